@@ -1,0 +1,26 @@
+//! Configuration of the two binaries: a TOML file, overridden by `MERIDIAN_*` environment
+//! variables and command-line flags (the binaries declare those with clap, which gives a
+//! flag precedence over its variable), then validated as a whole. Every error names the
+//! field and the bad value, so an operator can fix the file without reading code.
+
+mod control_plane;
+mod error;
+mod load;
+mod proxy;
+
+pub use control_plane::{
+    AuthConfig, ControlPlaneConfig, ControlPlaneListen, ElectionConfig, Role, StoreBackend,
+    StoreConfig, TokenConfig,
+};
+pub use error::ConfigError;
+pub use load::load_file;
+pub use proxy::{ProxyConfig, ProxyListen};
+
+/// A configuration that can check itself after all layers are applied.
+pub trait Validate {
+    /// The first problem found, naming the field and the value.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+#[cfg(test)]
+mod tests;

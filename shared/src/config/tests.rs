@@ -1,0 +1,167 @@
+//! The loader refuses bad files with errors that name the field and the value, and
+//! accepts good ones.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::load::parse;
+use super::*;
+
+fn control_plane(text: &str) -> Result<ControlPlaneConfig, ConfigError> {
+    let config: ControlPlaneConfig = parse(text, Path::new("control.toml"))?;
+    config.validate().map(|()| config)
+}
+
+fn proxy(text: &str) -> Result<ProxyConfig, ConfigError> {
+    let config: ProxyConfig = parse(text, Path::new("proxy.toml"))?;
+    config.validate().map(|()| config)
+}
+
+#[test]
+fn a_full_control_plane_file_loads() {
+    let config = control_plane(
+        r#"
+        replica_id = "cp-1"
+        [listen]
+        grpc = "127.0.0.1:17700"
+        http = "127.0.0.1:17701"
+        [store]
+        backend = "etcd"
+        etcd_endpoints = ["http://127.0.0.1:2379", "http://127.0.0.1:22379"]
+        prefix = "/test/"
+        [election]
+        lease_ttl_seconds = 5
+        [[auth.tokens]]
+        name = "alice"
+        token = "0123456789abcdef0123"
+        role = "operator"
+        [log]
+        format = "json"
+        level = "debug"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.listen.grpc.port(), 17700);
+    assert_eq!(config.store.etcd_endpoints.len(), 2);
+    assert_eq!(config.auth.tokens[0].role, Role::Operator);
+    assert_eq!(config.log.format, crate::telemetry::LogFormat::Json);
+}
+
+#[test]
+fn defaults_are_the_documented_addresses() {
+    let config = control_plane("").unwrap();
+    assert_eq!(config.listen.grpc.to_string(), "127.0.0.1:7700");
+    assert_eq!(config.listen.http.to_string(), "127.0.0.1:7701");
+    let config = proxy("id = \"p1\"\nregion = \"eu-west\"").unwrap();
+    assert_eq!(config.listen.grpc.to_string(), "127.0.0.1:7800");
+    assert_eq!(config.listen.admin.to_string(), "127.0.0.1:7801");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_field() {
+    let err = control_plane("[listen]\ngrpc = \"not-an-address\"").unwrap_err();
+    assert_eq!(err.field(), Some("listen.grpc"), "{err}");
+    assert!(err.to_string().contains("control.toml"), "{err}");
+}
+
+#[test]
+fn an_unknown_key_is_refused_by_name() {
+    let err = control_plane("[store]\nprefixx = \"/m/\"").unwrap_err();
+    assert!(err.to_string().contains("prefixx"), "{err}");
+}
+
+#[test]
+fn an_unknown_role_names_its_field() {
+    let err = control_plane(
+        "[[auth.tokens]]\nname = \"bob\"\ntoken = \"0123456789abcdef\"\nrole = \"root\"",
+    )
+    .unwrap_err();
+    assert_eq!(err.field(), Some("auth.tokens[0].role"), "{err}");
+    assert!(err.to_string().contains("root"), "{err}");
+}
+
+#[test]
+fn invalid_values_name_the_field_and_the_value() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[store]\nprefix = \"meridian\"",
+            "store.prefix",
+            "\"meridian\"",
+        ),
+        (
+            "[store]\netcd_endpoints = [\"localhost:2379\"]",
+            "store.etcd_endpoints[0]",
+            "localhost:2379",
+        ),
+        ("[store]\netcd_endpoints = []", "store.etcd_endpoints", "[]"),
+        (
+            "[election]\nlease_ttl_seconds = 1000",
+            "election.lease_ttl_seconds",
+            "1000",
+        ),
+        ("replica_id = \"Bad Name\"", "replica_id", "Bad Name"),
+        ("[log]\nlevel = \"info,=[\"", "log.level", "info,=["),
+        (
+            "[listen]\ngrpc = \"127.0.0.1:9000\"\nhttp = \"127.0.0.1:9000\"",
+            "listen.http",
+            "127.0.0.1:9000",
+        ),
+    ];
+    for (text, field, value) in cases {
+        let err = control_plane(text).unwrap_err();
+        assert_eq!(err.field(), Some(*field), "{text}: {err}");
+        assert!(
+            err.to_string().contains(value),
+            "{text}: {err} does not show {value}"
+        );
+    }
+}
+
+#[test]
+fn a_short_token_is_refused_without_showing_it() {
+    let err =
+        control_plane("[[auth.tokens]]\nname = \"bob\"\ntoken = \"hunter2\"\nrole = \"viewer\"")
+            .unwrap_err();
+    assert_eq!(err.field(), Some("auth.tokens[0].token"));
+    assert!(
+        !err.to_string().contains("hunter2"),
+        "the secret leaked: {err}"
+    );
+}
+
+#[test]
+fn token_debug_output_hides_the_secret() {
+    let config = control_plane(
+        "[[auth.tokens]]\nname = \"bob\"\ntoken = \"s3cr3t-s3cr3t-s3cr3t\"\nrole = \"viewer\"",
+    )
+    .unwrap();
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+}
+
+#[test]
+fn proxy_files_are_validated() {
+    let err = proxy("region = \"eu-west\"").unwrap_err();
+    assert_eq!(err.field(), Some("id"));
+    let err = proxy("id = \"p1\"\nregion = \"eu-west\"\ncontrol_planes = [\"127.0.0.1:7700\"]")
+        .unwrap_err();
+    assert_eq!(err.field(), Some("control_planes[0]"));
+    let err = proxy("id = \"p1\"\nregion = \"eu-west\"\nmax_message_bytes = 12").unwrap_err();
+    assert_eq!(err.field(), Some("max_message_bytes"));
+}
+
+#[test]
+fn load_file_reads_from_disk_and_reports_a_missing_file() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "id = \"p1\"\nregion = \"eu-west\"\nzone = \"eu-west-a\""
+    )
+    .unwrap();
+    let config: ProxyConfig = load_file(file.path()).unwrap();
+    assert_eq!(config.zone, "eu-west-a");
+
+    let err = load_file::<ProxyConfig>(Path::new("/nonexistent/meridian.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/meridian.toml"));
+}

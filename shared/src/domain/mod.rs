@@ -1,0 +1,34 @@
+//! Meridian's domain types: the topology (federations, regions, nodes, service policies),
+//! failovers and events, as the control plane stores them (serde JSON in etcd) and as both
+//! binaries reason about them.
+//!
+//! Each type converts to its `meridian.v1` message with `From` and back with `TryFrom`;
+//! the way back fails with a [`ConversionError`] naming the field when the message holds
+//! something the domain cannot (an unknown enum value, a missing required message).
+//! Converting domain → proto → domain is lossless; the tests check every type.
+
+mod conversion;
+mod enums;
+mod event;
+mod locality;
+mod node;
+mod policy;
+mod time;
+mod topology;
+
+pub use conversion::ConversionError;
+pub use enums::{Algorithm, NodeStatus, RegistrationKind};
+pub use event::{Event, EventKind};
+pub use locality::{Federation, GeoPoint, Region};
+pub use node::Node;
+pub use policy::{
+    ActiveFailover, FailoverPolicy, FailoverTier, HashPolicy, HealthCheckPolicy, OutlierPolicy,
+    RetryPolicy, ScalingPolicy, ServicePolicy, TimeoutPolicy,
+};
+pub use topology::Topology;
+
+/// Labels: small, sorted key/value maps (sorted so stored JSON and tables are stable).
+pub type Labels = std::collections::BTreeMap<String, String>;
+
+#[cfg(test)]
+mod round_trip_tests;

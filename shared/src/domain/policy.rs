@@ -1,0 +1,301 @@
+//! A service's routing policy: algorithm, locality failover, retries, deadlines, passive
+//! failure handling, active health checks, hashing and scaling bounds; and the failovers in
+//! force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
+//! operator only writes what they change; the `effective_*` helpers resolve defaults.
+
+use std::time::{Duration, SystemTime};
+
+use meridian_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use super::{Algorithm, ConversionError, time};
+
+/// Declares field-for-field conversions both ways between a domain struct and its proto
+/// message, for messages made only of scalars, strings and lists.
+macro_rules! mirror_message {
+    ($domain:ident <=> $proto:path { $($field:ident),* $(,)? }) => {
+        impl From<$domain> for $proto {
+            fn from(d: $domain) -> Self {
+                Self { $($field: d.$field),* }
+            }
+        }
+        impl From<$proto> for $domain {
+            fn from(p: $proto) -> Self {
+                Self { $($field: p.$field),* }
+            }
+        }
+    };
+}
+
+/// An ordered locality tier or backup group.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailoverTier {
+    pub name: String,
+    pub regions: Vec<String>,
+    pub zones: Vec<String>,
+    pub nodes: Vec<String>,
+}
+mirror_message!(FailoverTier <=> pb::FailoverTier { name, regions, zones, nodes });
+
+/// When traffic leaves the preferred tier and when it comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailoverPolicy {
+    /// Empty: tiers follow the geographic order.
+    pub tiers: Vec<FailoverTier>,
+    pub overprovisioning_percent: u32,
+    pub panic_threshold_percent: u32,
+    pub auto_recovery: bool,
+    pub slow_start_ms: u32,
+}
+
+impl FailoverPolicy {
+    /// Envoy's overprovisioning factor (1.4) unless set.
+    pub fn effective_overprovisioning_percent(&self) -> u32 {
+        or_default(self.overprovisioning_percent, 140)
+    }
+
+    pub fn effective_panic_threshold_percent(&self) -> u32 {
+        or_default(self.panic_threshold_percent, 50)
+    }
+
+    pub fn effective_slow_start(&self) -> Duration {
+        millis_or_default(self.slow_start_ms, 10_000)
+    }
+}
+
+impl From<FailoverPolicy> for pb::FailoverPolicy {
+    fn from(p: FailoverPolicy) -> Self {
+        pb::FailoverPolicy {
+            tiers: p.tiers.into_iter().map(Into::into).collect(),
+            overprovisioning_percent: p.overprovisioning_percent,
+            panic_threshold_percent: p.panic_threshold_percent,
+            auto_recovery: p.auto_recovery,
+            slow_start_ms: p.slow_start_ms,
+        }
+    }
+}
+
+impl From<pb::FailoverPolicy> for FailoverPolicy {
+    fn from(p: pb::FailoverPolicy) -> Self {
+        FailoverPolicy {
+            tiers: p.tiers.into_iter().map(Into::into).collect(),
+            overprovisioning_percent: p.overprovisioning_percent,
+            panic_threshold_percent: p.panic_threshold_percent,
+            auto_recovery: p.auto_recovery,
+            slow_start_ms: p.slow_start_ms,
+        }
+    }
+}
+
+/// When and how a proxy retries.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    /// `/pkg.Service/Method` or `pkg.Service/*`.
+    pub idempotent_methods: Vec<String>,
+    pub budget_percent: u32,
+    pub budget_min_per_second: u32,
+    pub backoff_base_ms: u32,
+    pub backoff_max_ms: u32,
+}
+mirror_message!(RetryPolicy <=> pb::RetryPolicy {
+    max_attempts, idempotent_methods, budget_percent, budget_min_per_second,
+    backoff_base_ms, backoff_max_ms,
+});
+
+impl RetryPolicy {
+    pub fn effective_max_attempts(&self) -> u32 {
+        or_default(self.max_attempts, 3)
+    }
+}
+
+/// Request deadlines.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TimeoutPolicy {
+    pub default_timeout_ms: u32,
+    pub max_timeout_ms: u32,
+}
+mirror_message!(TimeoutPolicy <=> pb::TimeoutPolicy { default_timeout_ms, max_timeout_ms });
+
+/// Breaker and outlier-ejection settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutlierPolicy {
+    pub consecutive_failures: u32,
+    pub failure_rate_percent: u32,
+    pub min_requests: u32,
+    pub window_ms: u32,
+    pub base_ejection_ms: u32,
+    pub max_ejection_ms: u32,
+    pub max_ejection_percent: u32,
+}
+mirror_message!(OutlierPolicy <=> pb::OutlierPolicy {
+    consecutive_failures, failure_rate_percent, min_requests, window_ms,
+    base_ejection_ms, max_ejection_ms, max_ejection_percent,
+});
+
+/// Active health checking by the control-plane leader.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthCheckPolicy {
+    pub grpc_service: String,
+    pub tcp_only: bool,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+mirror_message!(HealthCheckPolicy <=> pb::HealthCheckPolicy {
+    grpc_service, tcp_only, interval_ms, timeout_ms, unhealthy_threshold, healthy_threshold,
+});
+
+impl HealthCheckPolicy {
+    pub fn effective_interval(&self) -> Duration {
+        millis_or_default(self.interval_ms, 2_000)
+    }
+
+    pub fn effective_timeout(&self) -> Duration {
+        millis_or_default(self.timeout_ms, 1_000)
+    }
+
+    pub fn effective_unhealthy_threshold(&self) -> u32 {
+        or_default(self.unhealthy_threshold, 3)
+    }
+
+    pub fn effective_healthy_threshold(&self) -> u32 {
+        or_default(self.healthy_threshold, 2)
+    }
+}
+
+/// Where consistent hashing takes its key from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HashPolicy {
+    pub header: String,
+}
+mirror_message!(HashPolicy <=> pb::HashPolicy { header });
+
+/// HPA-style scaling bounds and targets.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScalingPolicy {
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub target_utilization_percent: u32,
+    pub tolerance_percent: u32,
+    pub scale_down_stabilization_ms: u32,
+    pub scale_up_stabilization_ms: u32,
+}
+mirror_message!(ScalingPolicy <=> pb::ScalingPolicy {
+    min_nodes, max_nodes, target_utilization_percent, tolerance_percent,
+    scale_down_stabilization_ms, scale_up_stabilization_ms,
+});
+
+/// The routing policy of one gRPC service.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ServicePolicy {
+    /// Fully qualified gRPC service name, e.g. `demo.v1.Echo`.
+    pub name: String,
+    pub federation: String,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub failover: FailoverPolicy,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub timeout: TimeoutPolicy,
+    #[serde(default)]
+    pub outlier: OutlierPolicy,
+    #[serde(default)]
+    pub health_check: HealthCheckPolicy,
+    #[serde(default)]
+    pub hash: HashPolicy,
+    #[serde(default)]
+    pub scaling: ScalingPolicy,
+}
+
+impl From<ServicePolicy> for pb::ServicePolicy {
+    fn from(p: ServicePolicy) -> Self {
+        pb::ServicePolicy {
+            name: p.name,
+            federation: p.federation,
+            algorithm: pb::Algorithm::from(p.algorithm).into(),
+            failover: Some(p.failover.into()),
+            retry: Some(p.retry.into()),
+            timeout: Some(p.timeout.into()),
+            outlier: Some(p.outlier.into()),
+            health_check: Some(p.health_check.into()),
+            hash: Some(p.hash.into()),
+            scaling: Some(p.scaling.into()),
+        }
+    }
+}
+
+impl TryFrom<pb::ServicePolicy> for ServicePolicy {
+    type Error = ConversionError;
+
+    /// Absent sub-policies mean "all defaults".
+    fn try_from(p: pb::ServicePolicy) -> Result<Self, Self::Error> {
+        Ok(ServicePolicy {
+            algorithm: Algorithm::from_proto(p.algorithm, "service_policy.algorithm")?,
+            name: p.name,
+            federation: p.federation,
+            failover: p.failover.map(Into::into).unwrap_or_default(),
+            retry: p.retry.map(Into::into).unwrap_or_default(),
+            timeout: p.timeout.map(Into::into).unwrap_or_default(),
+            outlier: p.outlier.map(Into::into).unwrap_or_default(),
+            health_check: p.health_check.map(Into::into).unwrap_or_default(),
+            hash: p.hash.map(Into::into).unwrap_or_default(),
+            scaling: p.scaling.map(Into::into).unwrap_or_default(),
+        })
+    }
+}
+
+/// A failover in force: a service's traffic sent to a tier, backup group or region.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ActiveFailover {
+    pub service: String,
+    pub target: String,
+    pub reason: String,
+    pub started_by: String,
+    pub started_at: Option<SystemTime>,
+}
+
+impl From<ActiveFailover> for pb::ActiveFailover {
+    fn from(f: ActiveFailover) -> Self {
+        pb::ActiveFailover {
+            service: f.service,
+            target: f.target,
+            reason: f.reason,
+            started_by: f.started_by,
+            started_at: time::to_proto(f.started_at),
+        }
+    }
+}
+
+impl TryFrom<pb::ActiveFailover> for ActiveFailover {
+    type Error = ConversionError;
+
+    fn try_from(f: pb::ActiveFailover) -> Result<Self, Self::Error> {
+        Ok(ActiveFailover {
+            started_at: time::from_proto(f.started_at, "active_failover.started_at")?,
+            service: f.service,
+            target: f.target,
+            reason: f.reason,
+            started_by: f.started_by,
+        })
+    }
+}
+
+fn or_default(value: u32, default: u32) -> u32 {
+    if value == 0 { default } else { value }
+}
+
+fn millis_or_default(value: u32, default_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(or_default(value, default_ms)))
+}

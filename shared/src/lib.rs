@@ -1,0 +1,15 @@
+//! What both Meridian binaries share: the domain types and their proto conversions,
+//! configuration loading and validation, telemetry (logs, traces, metrics, W3C context),
+//! backoff, the naming rule, and the shutdown signal.
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod config;
+pub mod domain;
+pub mod names;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use backoff::Backoff;
+pub use shutdown::Shutdown;
