@@ -1,1 +1,12 @@
-//! placeholder
+//! Meridian's test harness, shared by every crate's tests: real etcd members on loopback
+//! ([`etcd`]) and, as later issues add them, helpers that run the real binaries.
+//!
+//! Tests use real parts. When something they need is missing (an `etcd` binary), the
+//! harness fails with the command that installs it; it never skips.
+
+#![forbid(unsafe_code)]
+
+pub mod etcd;
+pub mod ports;
+
+pub use etcd::{EtcdCluster, HarnessError};
