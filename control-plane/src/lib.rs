@@ -1,1 +1,13 @@
-//! placeholder
+//! Meridian's control plane: the source of truth that every proxy follows. It keeps the
+//! federation's topology in etcd (or an embedded store in dev mode), serves the
+//! routing-table stream, node registration and the Admin API, and runs the reconcilers on
+//! the elected leader. `meridian-control` runs it; `meridianctl` drives it.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod ctl;
+pub mod server;
+
+pub use cli::ControlArgs;
+pub use server::{ControlPlane, ServeError};

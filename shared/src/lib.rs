@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_http;
 pub mod backoff;
 pub mod config;
 pub mod domain;

@@ -234,10 +234,10 @@ impl EtcdCluster {
         let started = Instant::now();
         let url = self.members[index].client_url();
         loop {
-            if let Ok(mut client) = etcd_client::Client::connect([&url], None).await {
-                if client.status().await.is_ok() {
-                    return Ok(());
-                }
+            if let Ok(mut client) = etcd_client::Client::connect([&url], None).await
+                && client.status().await.is_ok()
+            {
+                return Ok(());
             }
             let member = &mut self.members[index];
             let exited = member

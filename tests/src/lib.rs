@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod etcd;
+pub mod http;
 pub mod ports;
+pub mod process;
 
 pub use etcd::{EtcdCluster, HarnessError};

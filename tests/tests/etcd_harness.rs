@@ -95,6 +95,23 @@ async fn killed_member_restarts_on_the_same_ports_with_its_data() {
     );
 }
 
+/// Retries `op` until it succeeds or [`EVENT_DEADLINE`] passes: reads and writes fail while
+/// a cluster elects a new leader, and a client is expected to retry them.
+async fn until_ok<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(e) if started.elapsed() > EVENT_DEADLINE => panic!("{what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 #[tokio::test]
 async fn three_members_keep_serving_without_one() {
     let mut etcd = EtcdCluster::three()
@@ -102,31 +119,41 @@ async fn three_members_keep_serving_without_one() {
         .expect("starting a 3-member etcd");
     assert_eq!(etcd.endpoints().len(), 3);
 
-    let mut first = etcd_client::Client::connect([etcd.endpoint(0)], None)
+    let first = etcd_client::Client::connect([etcd.endpoint(0)], None)
         .await
         .unwrap();
-    first
-        .put("/t/replicated", "everywhere", None)
-        .await
-        .unwrap();
+    until_ok("put on member 0", || {
+        let mut c = first.clone();
+        async move { c.put("/t/replicated", "everywhere", None).await }
+    })
+    .await;
 
     etcd.kill_member(0);
-    let mut third = etcd_client::Client::connect([etcd.endpoint(2)], None)
+    let third = etcd_client::Client::connect([etcd.endpoint(2)], None)
         .await
         .unwrap();
-    let got = third.get("/t/replicated", None).await.unwrap();
+    let got = until_ok("read after losing member 0", || {
+        let mut c = third.clone();
+        async move { c.get("/t/replicated", None).await }
+    })
+    .await;
     assert_eq!(got.kvs()[0].value(), b"everywhere");
-    third
-        .put("/t/after-loss", "quorum", None)
-        .await
-        .expect("2 of 3 members keep quorum");
+    until_ok("2 of 3 members keep quorum for writes", || {
+        let mut c = third.clone();
+        async move { c.put("/t/after-loss", "quorum", None).await }
+    })
+    .await;
 
     etcd.restart_member(0).await.expect("restarting member 0");
-    let mut first = etcd_client::Client::connect([etcd.endpoint(0)], None)
+    let first = etcd_client::Client::connect([etcd.endpoint(0)], None)
         .await
         .unwrap();
     // A linearizable read on the restarted member sees the write made while it was down.
-    let got = first.get("/t/after-loss", None).await.unwrap();
+    let got = until_ok("read on the restarted member", || {
+        let mut c = first.clone();
+        async move { c.get("/t/after-loss", None).await }
+    })
+    .await;
     assert_eq!(got.kvs()[0].value(), b"quorum");
 }
 

@@ -16,6 +16,13 @@ pub use error::ConfigError;
 pub use load::load_file;
 pub use proxy::{ProxyConfig, ProxyListen};
 
+/// Replaces `target` with the flag or environment value when one was given.
+pub fn override_with<T: Clone>(target: &mut T, value: &Option<T>) {
+    if let Some(v) = value {
+        *target = v.clone();
+    }
+}
+
 /// A configuration that can check itself after all layers are applied.
 pub trait Validate {
     /// The first problem found, naming the field and the value.

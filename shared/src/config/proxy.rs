@@ -90,10 +90,8 @@ impl Validate for ProxyConfig {
                 return Err(ConfigError::invalid(field, value, problem));
             }
         }
-        if !self.zone.is_empty() {
-            if let Some(problem) = name_problem(&self.zone) {
-                return Err(ConfigError::invalid("zone", &self.zone, problem));
-            }
+        if let Some(problem) = name_problem(&self.zone).filter(|_| !self.zone.is_empty()) {
+            return Err(ConfigError::invalid("zone", &self.zone, problem));
         }
         if self.control_planes.is_empty() {
             return Err(ConfigError::invalid(

@@ -9,9 +9,17 @@ use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandl
 pub struct MetricsError(#[from] BuildError);
 
 /// Installs the global recorder and returns the handle that renders the exposition text.
-/// Starts the upkeep task that keeps histograms bounded; call inside the tokio runtime.
-pub fn install_prometheus() -> Result<PrometheusHandle, MetricsError> {
+/// Records `meridian_build_info{component, version} 1` so dashboards can tell which build
+/// runs where. Starts the upkeep task that keeps histograms bounded; call inside the tokio
+/// runtime.
+pub fn install_prometheus(component: &'static str) -> Result<PrometheusHandle, MetricsError> {
     let handle = PrometheusBuilder::new().install_recorder()?;
+    metrics::gauge!(
+        "meridian_build_info",
+        "component" => component,
+        "version" => env!("CARGO_PKG_VERSION")
+    )
+    .set(1.0);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

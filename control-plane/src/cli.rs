@@ -1,0 +1,189 @@
+//! `meridian-control`'s command line: every setting of the config file can be overridden
+//! by a flag or its `MERIDIAN_*` variable (a flag wins over its variable, both win over
+//! the file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use meridian_shared::config::{
+    ConfigError, ControlPlaneConfig, StoreBackend, Validate, load_file, override_with,
+};
+use meridian_shared::telemetry::LogFormat;
+
+/// Meridian control plane: keeps the federation's topology in etcd and streams routing
+/// tables to meridian-proxy instances.
+///
+/// Settings come from --config (TOML), then MERIDIAN_* environment variables, then flags.
+/// Try it without etcd: `meridian-control --dev`.
+#[derive(Debug, Parser)]
+#[command(name = "meridian-control", version, about, long_about)]
+pub struct ControlArgs {
+    /// TOML configuration file (see deploy/control-plane.toml for every key).
+    #[arg(long, env = "MERIDIAN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Development mode: use the embedded in-process store instead of etcd, so one
+    /// machine needs nothing else to try Meridian.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Address of the gRPC server (routing streams, node registry, Admin API, health,
+    /// reflection). Default 127.0.0.1:7700.
+    #[arg(long, env = "MERIDIAN_GRPC_ADDR", value_name = "HOST:PORT")]
+    pub grpc_addr: Option<SocketAddr>,
+
+    /// Address of the HTTP server (/metrics, /live, /ready). Default 127.0.0.1:7701.
+    #[arg(long, env = "MERIDIAN_HTTP_ADDR", value_name = "HOST:PORT")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// Name of this replica in leader election, events and `meridianctl proxies`.
+    /// Default cp-<pid>.
+    #[arg(long, env = "MERIDIAN_REPLICA_ID", value_name = "ID")]
+    pub replica_id: Option<String>,
+
+    /// Store backend: etcd (production) or embedded (single replica). --dev implies
+    /// embedded. Default etcd.
+    #[arg(long, env = "MERIDIAN_STORE", value_name = "BACKEND", value_parser = parse_backend)]
+    pub store: Option<StoreBackend>,
+
+    /// etcd client URLs, comma-separated. Default http://127.0.0.1:2379.
+    #[arg(
+        long,
+        env = "MERIDIAN_ETCD_ENDPOINTS",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Option<Vec<String>>,
+
+    /// Prefix of every key Meridian writes, so several federations or test runs can
+    /// share one etcd. Default /meridian/.
+    #[arg(long, env = "MERIDIAN_STORE_PREFIX", value_name = "PREFIX")]
+    pub store_prefix: Option<String>,
+
+    /// File the embedded store persists to; without it, dev-mode state is lost on exit.
+    #[arg(long, env = "MERIDIAN_EMBEDDED_FILE", value_name = "FILE")]
+    pub embedded_file: Option<PathBuf>,
+
+    /// TTL of the leader lease in seconds: how long a crashed leader delays the next.
+    /// Default 10.
+    #[arg(long, env = "MERIDIAN_ELECTION_TTL", value_name = "SECONDS")]
+    pub election_ttl: Option<u32>,
+
+    /// TOML file of Admin API tokens ([[tokens]] name, token, role = viewer|operator).
+    #[arg(long, env = "MERIDIAN_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Log format: human or json. Default human.
+    #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, e.g. info or info,meridian_control_plane=debug. RUST_LOG wins when
+    /// set. Default info.
+    #[arg(long, env = "MERIDIAN_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+fn parse_backend(name: &str) -> Result<StoreBackend, String> {
+    match name {
+        "etcd" => Ok(StoreBackend::Etcd),
+        "embedded" => Ok(StoreBackend::Embedded),
+        other => Err(format!(
+            "unknown store backend {other:?}; expected etcd or embedded"
+        )),
+    }
+}
+
+impl ControlArgs {
+    /// The configuration: the file (or defaults), the overrides, then validation.
+    pub fn load_config(&self) -> Result<ControlPlaneConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => load_file(path)?,
+            None => ControlPlaneConfig::default(),
+        };
+        self.apply_overrides(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_overrides(&self, config: &mut ControlPlaneConfig) {
+        override_with(&mut config.listen.grpc, &self.grpc_addr);
+        override_with(&mut config.listen.http, &self.http_addr);
+        override_with(&mut config.replica_id, &self.replica_id);
+        override_with(&mut config.store.backend, &self.store);
+        override_with(&mut config.store.etcd_endpoints, &self.etcd_endpoints);
+        override_with(&mut config.store.prefix, &self.store_prefix);
+        override_with(&mut config.election.lease_ttl_seconds, &self.election_ttl);
+        override_with(&mut config.log.format, &self.log_format);
+        override_with(&mut config.log.level, &self.log_level);
+        if self.embedded_file.is_some() {
+            config.store.embedded_file = self.embedded_file.clone();
+        }
+        if self.tokens_file.is_some() {
+            config.auth.tokens_file = self.tokens_file.clone();
+        }
+        if self.dev {
+            config.store.backend = StoreBackend::Embedded;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn args(argv: &[&str]) -> ControlArgs {
+        ControlArgs::try_parse_from(std::iter::once("meridian-control").chain(argv.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "[listen]\ngrpc = \"127.0.0.1:9100\"\nhttp = \"127.0.0.1:9101\""
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap();
+        let config = args(&["--config", path, "--grpc-addr", "127.0.0.1:9200"])
+            .load_config()
+            .unwrap();
+        assert_eq!(
+            config.listen.grpc.port(),
+            9200,
+            "the flag must win over the file"
+        );
+        assert_eq!(
+            config.listen.http.port(),
+            9101,
+            "the file must win over the default"
+        );
+    }
+
+    #[test]
+    fn dev_mode_uses_the_embedded_store() {
+        let config = args(&["--dev"]).load_config().unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Embedded);
+    }
+
+    #[test]
+    fn a_bad_override_is_refused_naming_the_field() {
+        let err = args(&["--store-prefix", "nope"]).load_config().unwrap_err();
+        assert_eq!(err.field(), Some("store.prefix"), "{err}");
+        let err = args(&["--etcd-endpoints", "http://a:1,b:2"])
+            .load_config()
+            .unwrap_err();
+        assert_eq!(err.field(), Some("store.etcd_endpoints[1]"), "{err}");
+    }
+
+    #[test]
+    fn comma_separated_endpoints_become_a_list() {
+        let config = args(&["--etcd-endpoints", "http://127.0.0.1:1,http://127.0.0.1:2"])
+            .load_config()
+            .unwrap();
+        assert_eq!(config.store.etcd_endpoints.len(), 2);
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Meridian's whole test suite, exactly as CI runs it (.ci/run calls this script):
+# installs missing prerequisites (protoc, etcd), then checks formatting, lints with
+# clippy (warnings are errors) and runs every test, including those that start real etcd
+# and real Meridian processes on loopback.
+#
+# Usage: scripts/test.sh [extra cargo test arguments, e.g. a test name filter]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/prereqs.sh
+ensure_prereqs
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build --bins (the multi-process tests run the real binaries)"
+cargo build --workspace --bins --locked
+echo "== cargo test"
+cargo test --workspace --locked -- "$@"
