@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use meridian_shared::Shutdown;
 use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::ControlPlaneConfig;
-use meridian_shared::telemetry::PrometheusHandle;
+use meridian_shared::telemetry::{self, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
@@ -80,6 +80,7 @@ impl ControlPlane {
             .build_v1()?;
 
         let grpc = tonic::transport::Server::builder()
+            .trace_fn(telemetry::grpc_request_span)
             .add_service(health_service)
             .add_service(reflection)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), shutdown.wait_owned());

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod config;
 pub mod domain;
 pub mod names;
+pub mod process;
 pub mod shutdown;
 pub mod telemetry;
 

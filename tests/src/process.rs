@@ -39,10 +39,21 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Starts workspace binary `name` with `args`; stdout and stderr go to `log`.
     pub fn spawn(name: &str, args: &[&str], log: &Path) -> std::io::Result<Self> {
+        Self::spawn_with_env(name, args, &[], log)
+    }
+
+    /// Like [`ChildProcess::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> std::io::Result<Self> {
         let out = File::create(log)?;
         let err = out.try_clone()?;
         let child = Command::new(binary(name))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

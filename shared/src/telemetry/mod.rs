@@ -11,7 +11,7 @@ mod traces;
 pub use logging::{LogConfig, LogFormat};
 pub use metrics::{MetricsError, install_prometheus};
 pub use metrics_exporter_prometheus::PrometheusHandle;
-pub use propagation::{continue_trace, extract_context, inject_context};
+pub use propagation::{continue_trace, extract_context, grpc_request_span, inject_context};
 pub use traces::{OTLP_ENDPOINT_ENV, TraceExport};
 
 use tracing_subscriber::layer::SubscriberExt;

@@ -58,3 +58,23 @@ pub fn inject_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
         &mut HeaderInjector(headers),
     );
 }
+
+/// The span for one incoming gRPC request, continuing the caller's W3C trace when the
+/// request carries one. For tonic's `Server::builder().trace_fn(...)`.
+pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
+    continue_trace(&span, request.headers());
+    span
+}

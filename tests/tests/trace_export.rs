@@ -1,0 +1,145 @@
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, `meridian-control` exports a span for every
+//! gRPC request over OTLP/gRPC, continuing the caller's W3C `traceparent`. The collector
+//! here is a real OTLP/gRPC server on loopback that records what it receives.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meridian_tests::http;
+use meridian_tests::ports::free_port;
+use meridian_tests::process::ChildProcess;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+async fn start_collector() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, rx)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn grpc_requests_are_exported_as_spans_continuing_the_callers_trace() {
+    let (collector, mut exports) = start_collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let endpoint = format!("http://{collector}");
+    let control = ChildProcess::spawn_with_env(
+        "meridian-control",
+        &[
+            "--dev",
+            "--grpc-addr",
+            &grpc.to_string(),
+            "--http-addr",
+            &http_addr.to_string(),
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+        &dir.path().join("control.log"),
+    )
+    .unwrap();
+    assert!(
+        http::wait_for_ok(http_addr, "/ready", Duration::from_secs(20)).await,
+        "{}",
+        control.output()
+    );
+
+    // A health check carrying the caller's trace context.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut request = Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
+            .parse()
+            .unwrap(),
+    );
+    HealthClient::new(channel)
+        .check(request)
+        .await
+        .expect("health check");
+
+    let span = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let export = exports.recv().await.expect("collector stopped");
+            for resource_spans in export.resource_spans {
+                let service = resource_spans
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref()?.value.clone());
+                for scope in resource_spans.scope_spans {
+                    for span in scope.spans {
+                        if span.name == "/grpc.health.v1.Health/Check" {
+                            return (service, span);
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no span exported; control plane output:\n{}",
+            control.output()
+        )
+    });
+
+    let (service, span) = span;
+    assert_eq!(
+        hex(&span.trace_id),
+        TRACE_ID,
+        "the caller's trace was not continued"
+    );
+    assert_eq!(hex(&span.parent_span_id), PARENT_SPAN_ID);
+    assert_eq!(service, Some(Value::StringValue("meridian-control".into())));
+}
