@@ -10,6 +10,14 @@ cd "$(dirname "$0")/.."
 source scripts/lib/prereqs.sh
 ensure_prereqs
 
+echo "== one version each of tonic, prost, hyper, h2, tower, rustls"
+for crate in tonic prost hyper h2 tower rustls; do
+    versions=$(grep -c "^name = \"$crate\"$" Cargo.lock || true)
+    if [ "$versions" -gt 1 ]; then
+        echo "Cargo.lock holds $versions versions of $crate; see \`cargo tree -d -i $crate\`" >&2
+        exit 1
+    fi
+done
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

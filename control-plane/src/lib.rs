@@ -7,7 +7,9 @@
 
 pub mod cli;
 pub mod ctl;
+pub mod keys;
 pub mod server;
+pub mod store;
 
 pub use cli::ControlArgs;
 pub use server::{ControlPlane, ServeError};
