@@ -1,0 +1,150 @@
+//! `meridian.v1.RoutingDiscovery`: proxies subscribe to their federation's routing table
+//! ([`session`]) and send load reports. Every replica serves it, leader or not.
+
+pub mod proxies;
+pub mod session;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::routing_discovery_server::RoutingDiscovery;
+use meridian_proto::v1::stream_routes_request::Message as Inbound;
+use meridian_shared::names::name_problem;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use self::proxies::ProxyRecord;
+use self::session::{Session, SessionContext};
+use crate::topology::StateHandle;
+
+/// How long a new stream may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+static STREAMS: AtomicU64 = AtomicU64::new(1);
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct DiscoveryService {
+    ctx: Arc<SessionContext>,
+    state: StateHandle,
+}
+
+impl DiscoveryService {
+    pub fn new(ctx: SessionContext, state: StateHandle) -> Self {
+        DiscoveryService {
+            ctx: Arc::new(ctx),
+            state,
+        }
+    }
+
+    fn check_hello(&self, hello: &pb::Hello) -> Result<(), Status> {
+        if let Some(problem) = name_problem(&hello.proxy_id) {
+            return Err(Status::invalid_argument(format!(
+                "hello.proxy_id: {:?} {problem}",
+                hello.proxy_id
+            )));
+        }
+        if !self
+            .state
+            .borrow()
+            .federations
+            .contains_key(&hello.federation)
+        {
+            return Err(Status::invalid_argument(format!(
+                "hello.federation: unknown federation {:?}; create it (meridianctl federations set) or fix the proxy's --federation",
+                hello.federation
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RoutingDiscovery for DiscoveryService {
+    type StreamRoutesStream = ResponseStream<pb::StreamRoutesResponse>;
+
+    async fn stream_routes(
+        &self,
+        request: Request<Streaming<pb::StreamRoutesRequest>>,
+    ) -> Result<Response<Self::StreamRoutesStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded("no Hello within 10 s of opening the stream")
+            })??;
+        let Some(pb::StreamRoutesRequest {
+            message: Some(Inbound::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message of a routing stream must be a Hello",
+            ));
+        };
+        self.check_hello(&hello)?;
+
+        let stream = STREAMS.fetch_add(1, Ordering::Relaxed);
+        let record = ProxyRecord {
+            proxy_id: hello.proxy_id.clone(),
+            federation: hello.federation.clone(),
+            region: hello.region.clone(),
+            zone: hello.zone.clone(),
+            acked_version: hello.held_version,
+            sent_version: 0,
+            last_nack: None,
+            connected_since: SystemTime::now(),
+            peer_address: peer,
+            replica: self.ctx.proxies.replica().to_owned(),
+            build_version: hello.build_version.clone(),
+        };
+        self.ctx.proxies.connected(stream, record).await;
+        tracing::info!(proxy = %hello.proxy_id, federation = %hello.federation, held = hello.held_version, "proxy subscribed");
+
+        let (tx, rx) = mpsc::channel(2);
+        let ctx = Arc::clone(&self.ctx);
+        tokio::spawn(async move {
+            let proxy_id = hello.proxy_id.clone();
+            Session::new(stream, &hello)
+                .run(hello.held_version, Arc::clone(&ctx), inbound, tx)
+                .await;
+            ctx.proxies.disconnected(stream, &proxy_id).await;
+            tracing::info!(proxy = %proxy_id, "proxy unsubscribed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ReportLoadStream = ResponseStream<pb::LoadReportResponse>;
+
+    /// Accepts load reports and answers with the wanted interval. Aggregation for scaling
+    /// decisions is not built yet; reports are counted.
+    async fn report_load(
+        &self,
+        request: Request<Streaming<pb::LoadReport>>,
+    ) -> Result<Response<Self::ReportLoadStream>, Status> {
+        let mut inbound = request.into_inner();
+        let state = self.state.clone();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            while let Ok(Some(_report)) = inbound.message().await {
+                metrics::counter!("meridian_control_load_reports_total").increment(1);
+                let interval = state.borrow().config.value.load_report_interval_ms;
+                let response = pb::LoadReportResponse {
+                    report_interval_ms: if interval == 0 { 5_000 } else { interval },
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

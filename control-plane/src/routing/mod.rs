@@ -1,0 +1,9 @@
+//! Routing tables: what each federation's proxies route with. [`table`] builds one
+//! federation's table from the topology and diffs two tables into a delta; [`publisher`]
+//! debounces store changes into versioned tables that every stream follows.
+
+pub mod publisher;
+pub mod table;
+
+pub use publisher::{FederationTable, Published, TablePublisher};
+pub use table::TableContent;
