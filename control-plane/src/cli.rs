@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use meridian_shared::config::{
-    ConfigError, ControlPlaneConfig, StoreBackend, Validate, load_file, override_with,
+    ConfigError, ControlPlaneConfig, Role, StoreBackend, TokenConfig, Validate, load_file,
+    override_with,
 };
 use meridian_shared::telemetry::LogFormat;
 
@@ -27,6 +28,16 @@ pub struct ControlArgs {
     /// machine needs nothing else to try Meridian.
     #[arg(long)]
     pub dev: bool,
+
+    /// Operator token to accept in dev mode (default: a random one, printed at start).
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        requires = "dev"
+    )]
+    pub dev_token: Option<String>,
 
     /// Address of the gRPC server (routing streams, node registry, Admin API, health,
     /// reflection). Default 127.0.0.1:7700.
@@ -126,6 +137,24 @@ impl ControlArgs {
             config.store.backend = StoreBackend::Embedded;
         }
     }
+
+    /// In dev mode, adds an operator token (the given one or a random one) and returns it
+    /// so it can be shown to the user; `None` outside dev mode.
+    pub fn add_dev_token(&self, config: &mut ControlPlaneConfig) -> Option<String> {
+        if !self.dev {
+            return None;
+        }
+        let token = self.dev_token.clone().unwrap_or_else(|| {
+            let bytes: [u8; 16] = rand::random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        });
+        config.auth.tokens.push(TokenConfig {
+            name: "dev".into(),
+            token: token.clone(),
+            role: Role::Operator,
+        });
+        Some(token)
+    }
 }
 
 #[cfg(test)]
@@ -164,9 +193,21 @@ mod tests {
     }
 
     #[test]
-    fn dev_mode_uses_the_embedded_store() {
-        let config = args(&["--dev"]).load_config().unwrap();
+    fn dev_mode_uses_the_embedded_store_and_an_operator_token() {
+        let dev = args(&["--dev"]);
+        let mut config = dev.load_config().unwrap();
         assert_eq!(config.store.backend, StoreBackend::Embedded);
+        let token = dev.add_dev_token(&mut config).unwrap();
+        assert_eq!(token.len(), 32);
+        assert_eq!(config.auth.tokens[0].role, Role::Operator);
+
+        let fixed = args(&["--dev", "--dev-token", "fixed-token-0123456789"]);
+        let mut config = fixed.load_config().unwrap();
+        assert_eq!(
+            fixed.add_dev_token(&mut config).as_deref(),
+            Some("fixed-token-0123456789")
+        );
+        assert!(args(&[]).add_dev_token(&mut config).is_none());
     }
 
     #[test]

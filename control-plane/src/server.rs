@@ -1,21 +1,48 @@
-//! Running the control plane: bind its two listeners, serve gRPC (health and reflection
-//! today; discovery, registry and Admin as they land) and HTTP (/metrics, /live, /ready)
-//! until the shutdown signal, then stop both gracefully.
+//! Running the control plane: open the store, start the follower, the table publisher,
+//! the leader election and its reconcilers, and serve gRPC (routing streams, node
+//! registry, Admin, health, reflection) and HTTP (/metrics, /live, /ready) until the
+//! shutdown signal, then stop everything gracefully. `/ready` turns true once the topology
+//! was loaded from the store.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use meridian_shared::Shutdown;
+use meridian_proto::v1::admin_server::AdminServer;
+use meridian_proto::v1::node_registry_server::NodeRegistryServer;
+use meridian_proto::v1::routing_discovery_server::RoutingDiscoveryServer;
 use meridian_shared::admin_http::{self, BindError, Readiness};
-use meridian_shared::config::ControlPlaneConfig;
+use meridian_shared::config::{ControlPlaneConfig, StoreBackend};
 use meridian_shared::telemetry::{self, PrometheusHandle};
+use meridian_shared::{Backoff, Shutdown};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
+
+use crate::admin::AdminService;
+use crate::auth::{AuthError, Authenticator};
+use crate::discovery::DiscoveryService;
+use crate::discovery::proxies::ProxyRegistry;
+use crate::discovery::session::SessionContext;
+use crate::events::EventLog;
+use crate::keys::Keys;
+use crate::leader::{LeaderElection, LeaderHandle, reconcilers};
+use crate::registry::RegistryService;
+use crate::replica_lease::ReplicaLease;
+use crate::routing::TablePublisher;
+use crate::store::Store;
+use crate::store::embedded::{EmbeddedError, EmbeddedStore};
+use crate::store::etcd::EtcdStore;
+use crate::topology::{StateFollower, StateHandle, TopologyWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("cannot open the embedded store: {0}")]
+    Embedded(#[from] EmbeddedError),
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server on {addr} failed: {source}")]
@@ -34,6 +61,7 @@ pub enum ServeError {
 /// when configured with port 0) and that is ready to serve.
 pub struct ControlPlane {
     config: ControlPlaneConfig,
+    auth: Authenticator,
     grpc: TcpListener,
     http: TcpListener,
     metrics: PrometheusHandle,
@@ -41,15 +69,22 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Binds the gRPC and HTTP listeners named in `config`.
+    /// Loads the tokens and binds the gRPC and HTTP listeners named in `config`.
     pub async fn bind(
         config: ControlPlaneConfig,
         metrics: PrometheusHandle,
     ) -> Result<Self, ServeError> {
+        let auth = Authenticator::load(&config.auth)?;
+        if auth.is_empty() {
+            tracing::warn!(
+                "no Admin API tokens are configured: every Admin call will be refused (add [[auth.tokens]] or --tokens-file)"
+            );
+        }
         let grpc = admin_http::bind(config.listen.grpc, "listen.grpc (--grpc-addr)").await?;
         let http = admin_http::bind(config.listen.http, "listen.http (--http-addr)").await?;
         Ok(ControlPlane {
             config,
+            auth,
             grpc,
             http,
             metrics,
@@ -72,42 +107,181 @@ impl ControlPlane {
     /// Serves until `shutdown` fires, then drains both servers.
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), ServeError> {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        let http = tokio::spawn(admin_http::serve(
+            self.http,
+            admin_http::router(self.metrics, self.readiness.clone()),
+            shutdown.clone(),
+        ));
+        let Some(store) = open_store(&self.config, &shutdown).await? else {
+            return Ok(());
+        };
+        let parts = Parts::start(&self.config, store, &shutdown);
+        tokio::spawn(mark_ready(
+            parts.state.clone(),
+            self.readiness.clone(),
+            shutdown.clone(),
+        ));
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::Serving).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-
-        let grpc = tonic::transport::Server::builder()
-            .trace_fn(telemetry::grpc_request_span)
-            .add_service(health_service)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), shutdown.wait_owned());
-        let http = admin_http::serve(
-            self.http,
-            admin_http::router(self.metrics, self.readiness.clone()),
+        let admin = AdminService::new(
+            self.auth,
+            parts.state.clone(),
+            parts.writer.clone(),
+            parts.events.clone(),
+            Arc::clone(&parts.proxies),
+            Arc::clone(&parts.store),
             shutdown.clone(),
         );
+        let registry = RegistryService::new(
+            Arc::clone(&parts.store),
+            parts.writer.clone(),
+            parts.state.clone(),
+            shutdown.clone(),
+        );
+        let discovery =
+            DiscoveryService::new(parts.session_context(&shutdown), parts.state.clone());
 
-        self.readiness.set(true);
         tracing::info!(
             replica = %self.config.replica_id,
             grpc = %grpc_addr,
             http = %http_addr,
             store = ?self.config.store.backend,
+            prefix = %self.config.store.prefix,
             "control plane serving"
         );
-        let (grpc, http) = tokio::join!(grpc, http);
-        grpc.map_err(|source| ServeError::Grpc {
-            addr: grpc_addr,
-            source,
-        })?;
-        http.map_err(|source| ServeError::Http {
-            addr: http_addr,
-            source,
-        })?;
+        tonic::transport::Server::builder()
+            .trace_fn(telemetry::grpc_request_span)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(AdminServer::new(admin))
+            .add_service(NodeRegistryServer::new(registry))
+            .add_service(RoutingDiscoveryServer::new(discovery))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), shutdown.wait_owned())
+            .await
+            .map_err(|source| ServeError::Grpc {
+                addr: grpc_addr,
+                source,
+            })?;
+        http.await
+            .ok()
+            .transpose()
+            .map_err(|source| ServeError::Http {
+                addr: http_addr,
+                source,
+            })?;
         tracing::info!("control plane stopped");
         Ok(())
+    }
+}
+
+/// The running pieces shared by the gRPC services.
+struct Parts {
+    store: Arc<dyn Store>,
+    state: StateHandle,
+    events: EventLog,
+    writer: TopologyWriter,
+    proxies: Arc<ProxyRegistry>,
+    tables: tokio::sync::watch::Receiver<Arc<crate::routing::Published>>,
+    #[allow(dead_code)]
+    leader: LeaderHandle,
+}
+
+impl Parts {
+    fn start(config: &ControlPlaneConfig, store: Arc<dyn Store>, shutdown: &Shutdown) -> Self {
+        let keys = Keys::new(&config.store.prefix);
+        let (follower, state) = StateFollower::new(Arc::clone(&store), keys.clone());
+        tokio::spawn(follower.run(shutdown.clone()));
+        let events = EventLog::new(Arc::clone(&store), keys.clone(), state.clone());
+        let writer = TopologyWriter::new(Arc::clone(&store), keys.clone(), events.clone());
+        let (publisher, tables) = TablePublisher::new(state.clone());
+        tokio::spawn(publisher.run(shutdown.clone()));
+        let lease = ReplicaLease::start(Arc::clone(&store), shutdown.clone());
+        let proxies = Arc::new(ProxyRegistry::new(
+            config.replica_id.clone(),
+            keys.clone(),
+            Arc::clone(&store),
+            lease,
+        ));
+        let (election, leader) = LeaderElection::new(
+            Arc::clone(&store),
+            keys,
+            config.replica_id.clone(),
+            config.election.lease_ttl_seconds,
+            events.clone(),
+        );
+        tokio::spawn(election.run(shutdown.clone()));
+        tokio::spawn(reconcilers::run(
+            leader.clone(),
+            state.clone(),
+            writer.clone(),
+            shutdown.clone(),
+        ));
+        Parts {
+            store,
+            state,
+            events,
+            writer,
+            proxies,
+            tables,
+            leader,
+        }
+    }
+
+    fn session_context(&self, shutdown: &Shutdown) -> SessionContext {
+        SessionContext {
+            tables: self.tables.clone(),
+            proxies: Arc::clone(&self.proxies),
+            events: self.events.clone(),
+            shutdown: shutdown.clone(),
+        }
+    }
+}
+
+/// Opens the configured store; for etcd, retries until it answers or shutdown (`None`).
+async fn open_store(
+    config: &ControlPlaneConfig,
+    shutdown: &Shutdown,
+) -> Result<Option<Arc<dyn Store>>, ServeError> {
+    let store = &config.store;
+    match store.backend {
+        StoreBackend::Embedded => {
+            let embedded = match &store.embedded_file {
+                Some(path) => EmbeddedStore::open(path)?,
+                None => EmbeddedStore::in_memory(),
+            };
+            Ok(Some(Arc::new(embedded)))
+        }
+        StoreBackend::Etcd => {
+            let timeout = Duration::from_millis(u64::from(store.dial_timeout_ms));
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+            loop {
+                match EtcdStore::connect(&store.etcd_endpoints, timeout).await {
+                    Ok(etcd) => return Ok(Some(Arc::new(etcd))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach etcd yet; retrying (is it running? --etcd-endpoints)")
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.wait() => return Ok(None),
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn mark_ready(state: StateHandle, readiness: Readiness, shutdown: Shutdown) {
+    let mut changes = state.subscribe();
+    tokio::select! {
+        _ = shutdown.wait() => {}
+        loaded = changes.wait_for(|s| s.revision > 0) => if loaded.is_ok() {
+            readiness.set(true);
+            tracing::info!("topology loaded from the store; ready");
+        }
     }
 }

@@ -132,9 +132,15 @@ impl RoutingDiscovery for DiscoveryService {
     ) -> Result<Response<Self::ReportLoadStream>, Status> {
         let mut inbound = request.into_inner();
         let state = self.state.clone();
+        let shutdown = self.ctx.shutdown.clone();
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
-            while let Ok(Some(_report)) = inbound.message().await {
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.wait() => break,
+                    message = inbound.message() => message,
+                };
+                let Ok(Some(_report)) = message else { break };
                 metrics::counter!("meridian_control_load_reports_total").increment(1);
                 let interval = state.borrow().config.value.load_report_interval_ms;
                 let response = pb::LoadReportResponse {

@@ -1,0 +1,483 @@
+//! `meridian.v1.Admin`: the operator API. Every call is authorized first (viewer for
+//! reads, operator for writes); reads come from this replica's followed state, writes go
+//! through the validated [`TopologyWriter`] or the helpers of this module's files, and
+//! every refusal is a gRPC status naming what is wrong.
+
+mod config;
+mod convert;
+mod events;
+mod failover;
+
+use std::sync::Arc;
+
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::admin_server::Admin;
+use meridian_shared::Shutdown;
+use meridian_shared::config::Role;
+use meridian_shared::domain::{Federation, Node, NodeStatus, Region, ServicePolicy};
+use tonic::{Request, Response, Status};
+
+use crate::auth::Authenticator;
+use crate::discovery::proxies::ProxyRegistry;
+use crate::errors::write_status;
+use crate::events::EventLog;
+use crate::store::Store;
+use crate::topology::writes::StatusChange;
+use crate::topology::{StateHandle, TopologyWriter};
+
+pub struct AdminService {
+    auth: Authenticator,
+    state: StateHandle,
+    writer: TopologyWriter,
+    events: EventLog,
+    proxies: Arc<ProxyRegistry>,
+    store: Arc<dyn Store>,
+    shutdown: Shutdown,
+}
+
+impl AdminService {
+    pub fn new(
+        auth: Authenticator,
+        state: StateHandle,
+        writer: TopologyWriter,
+        events: EventLog,
+        proxies: Arc<ProxyRegistry>,
+        store: Arc<dyn Store>,
+        shutdown: Shutdown,
+    ) -> Self {
+        AdminService {
+            auth,
+            state,
+            writer,
+            events,
+            proxies,
+            store,
+            shutdown,
+        }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
+    value.ok_or_else(|| Status::invalid_argument(format!("{field} is required")))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn get_topology(&self, request: Request<pb::GetTopologyRequest>) -> Reply<pb::Topology> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        let federation = request.into_inner().federation;
+        let filter = (!federation.is_empty()).then_some(federation.as_str());
+        Ok(Response::new(self.state.borrow().topology(filter).into()))
+    }
+
+    async fn list_federations(
+        &self,
+        request: Request<pb::ListFederationsRequest>,
+    ) -> Reply<pb::ListFederationsResponse> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        let federations = self
+            .state
+            .borrow()
+            .federations
+            .values()
+            .map(|f| f.value.clone().into())
+            .collect();
+        Ok(Response::new(pb::ListFederationsResponse { federations }))
+    }
+
+    async fn upsert_federation(
+        &self,
+        request: Request<pb::UpsertFederationRequest>,
+    ) -> Reply<pb::Federation> {
+        self.auth.authorize(&request, Role::Operator)?;
+        let federation = Federation::from(required(request.into_inner().federation, "federation")?);
+        let stored = self
+            .writer
+            .upsert_federation(federation)
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(stored.into()))
+    }
+
+    async fn delete_federation(
+        &self,
+        request: Request<pb::DeleteFederationRequest>,
+    ) -> Reply<pb::DeleteFederationResponse> {
+        self.auth.authorize(&request, Role::Operator)?;
+        self.writer
+            .delete_federation(&request.into_inner().name)
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(pb::DeleteFederationResponse {}))
+    }
+
+    async fn list_regions(
+        &self,
+        request: Request<pb::ListRegionsRequest>,
+    ) -> Reply<pb::ListRegionsResponse> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        let federation = request.into_inner().federation;
+        let regions = self
+            .state
+            .borrow()
+            .regions
+            .values()
+            .filter(|r| federation.is_empty() || r.value.federation == federation)
+            .map(|r| r.value.clone().into())
+            .collect();
+        Ok(Response::new(pb::ListRegionsResponse { regions }))
+    }
+
+    async fn upsert_region(&self, request: Request<pb::UpsertRegionRequest>) -> Reply<pb::Region> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let region = Region::try_from(required(request.into_inner().region, "region")?)?;
+        let stored = self
+            .writer
+            .upsert_region(region, &caller.actor())
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(stored.into()))
+    }
+
+    async fn delete_region(
+        &self,
+        request: Request<pb::DeleteRegionRequest>,
+    ) -> Reply<pb::DeleteRegionResponse> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        self.writer
+            .delete_region(&request.into_inner().name, &caller.actor())
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(pb::DeleteRegionResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Reply<pb::ListNodesResponse> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        let filter = request.into_inner();
+        let status = match filter.status {
+            0 => None,
+            value => Some(convert::node_status(value)?),
+        };
+        let matches = |n: &Node| {
+            (filter.federation.is_empty() || n.federation == filter.federation)
+                && (filter.region.is_empty() || n.region == filter.region)
+                && (filter.zone.is_empty() || n.zone == filter.zone)
+                && (filter.service.is_empty() || n.serves(&filter.service))
+                && status.is_none_or(|s: NodeStatus| n.status == s)
+        };
+        let nodes = self
+            .state
+            .borrow()
+            .nodes
+            .values()
+            .filter(|n| matches(&n.value))
+            .map(|n| n.value.clone().into())
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn register_node(&self, request: Request<pb::RegisterNodeRequest>) -> Reply<pb::Node> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let request = request.into_inner();
+        let node = Node::try_from(required(request.node, "node")?)?;
+        let stored = self
+            .writer
+            .register_node(node, request.replace, &caller.actor())
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(stored.into()))
+    }
+
+    async fn deregister_node(
+        &self,
+        request: Request<pb::DeregisterNodeRequest>,
+    ) -> Reply<pb::DeregisterNodeResponse> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let id = request.into_inner().id;
+        let existed = self
+            .writer
+            .deregister_node(&id, &caller.actor())
+            .await
+            .map_err(write_status)?;
+        if !existed {
+            return Err(Status::not_found(format!("node {id:?} does not exist")));
+        }
+        Ok(Response::new(pb::DeregisterNodeResponse {}))
+    }
+
+    async fn drain_node(&self, request: Request<pb::DrainNodeRequest>) -> Reply<pb::Node> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let request = request.into_inner();
+        self.change_status(
+            &request.id,
+            StatusChange::Drain,
+            &request.reason,
+            &caller.actor(),
+        )
+        .await
+    }
+
+    async fn fail_node(&self, request: Request<pb::FailNodeRequest>) -> Reply<pb::Node> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let request = request.into_inner();
+        if request.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: say why the node is failed (shown in events)",
+            ));
+        }
+        self.change_status(
+            &request.id,
+            StatusChange::Fail,
+            &request.reason,
+            &caller.actor(),
+        )
+        .await
+    }
+
+    async fn recover_node(&self, request: Request<pb::RecoverNodeRequest>) -> Reply<pb::Node> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let request = request.into_inner();
+        self.change_status(
+            &request.id,
+            StatusChange::Recover,
+            &request.reason,
+            &caller.actor(),
+        )
+        .await
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Reply<pb::ListServicesResponse> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        let federation = request.into_inner().federation;
+        let services = self
+            .state
+            .borrow()
+            .services
+            .values()
+            .filter(|s| federation.is_empty() || s.value.federation == federation)
+            .map(|s| s.value.clone().into())
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn upsert_service_policy(
+        &self,
+        request: Request<pb::UpsertServicePolicyRequest>,
+    ) -> Reply<pb::ServicePolicy> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let policy = ServicePolicy::try_from(required(request.into_inner().policy, "policy")?)?;
+        let stored = self
+            .writer
+            .upsert_service(policy, &caller.actor())
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(stored.into()))
+    }
+
+    async fn delete_service_policy(
+        &self,
+        request: Request<pb::DeleteServicePolicyRequest>,
+    ) -> Reply<pb::DeleteServicePolicyResponse> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        self.writer
+            .delete_service(&request.into_inner().name, &caller.actor())
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(pb::DeleteServicePolicyResponse {}))
+    }
+
+    async fn list_failovers(
+        &self,
+        request: Request<pb::ListFailoversRequest>,
+    ) -> Reply<pb::ListFailoversResponse> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        let failovers = self
+            .state
+            .borrow()
+            .failovers
+            .values()
+            .map(|f| f.value.clone().into())
+            .collect();
+        Ok(Response::new(pb::ListFailoversResponse { failovers }))
+    }
+
+    async fn start_failover(
+        &self,
+        request: Request<pb::StartFailoverRequest>,
+    ) -> Reply<pb::ActiveFailover> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let failover = failover::start(
+            &self.store,
+            &self.writer,
+            &self.events,
+            request.into_inner(),
+            &caller,
+        )
+        .await?;
+        Ok(Response::new(failover.into()))
+    }
+
+    async fn clear_failover(
+        &self,
+        request: Request<pb::ClearFailoverRequest>,
+    ) -> Reply<pb::ClearFailoverResponse> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        failover::clear(
+            &self.store,
+            &self.writer,
+            &self.events,
+            request.into_inner(),
+            &caller,
+        )
+        .await?;
+        Ok(Response::new(pb::ClearFailoverResponse {}))
+    }
+
+    async fn list_scaling(
+        &self,
+        request: Request<pb::ListScalingRequest>,
+    ) -> Reply<pb::ListScalingResponse> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        let wanted = request.into_inner().service;
+        let services = self
+            .state
+            .borrow()
+            .services
+            .values()
+            .filter(|s| wanted.is_empty() || s.value.name == wanted)
+            .map(|s| pb::ServiceScaling {
+                service: s.value.name.clone(),
+                policy: Some(s.value.scaling.clone().into()),
+                history: Vec::new(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListScalingResponse { services }))
+    }
+
+    async fn set_scaling_policy(
+        &self,
+        request: Request<pb::SetScalingPolicyRequest>,
+    ) -> Reply<pb::ServicePolicy> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let request = request.into_inner();
+        let mut policy = self
+            .state
+            .borrow()
+            .services
+            .get(&request.service)
+            .map(|s| s.value.clone())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "service {:?} has no policy; set one first",
+                    request.service
+                ))
+            })?;
+        policy.scaling = required(request.policy, "policy")?.into();
+        let stored = self
+            .writer
+            .upsert_service(policy, &caller.actor())
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(stored.into()))
+    }
+
+    async fn scale_service(
+        &self,
+        request: Request<pb::ScaleServiceRequest>,
+    ) -> Reply<pb::ScalingDecision> {
+        self.auth.authorize(&request, Role::Operator)?;
+        Err(Status::unimplemented(
+            "scaling decisions are not implemented yet; SetScalingPolicy stores bounds and targets",
+        ))
+    }
+
+    async fn list_proxies(
+        &self,
+        request: Request<pb::ListProxiesRequest>,
+    ) -> Reply<pb::ListProxiesResponse> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        let proxies = self
+            .proxies
+            .list()
+            .await
+            .into_iter()
+            .map(convert::proxy_status)
+            .collect();
+        Ok(Response::new(pb::ListProxiesResponse { proxies }))
+    }
+
+    type WatchEventsStream = events::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Reply<Self::WatchEventsStream> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        let stream = events::watch(
+            self.events.clone(),
+            request.into_inner(),
+            self.shutdown.clone(),
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn get_config(
+        &self,
+        request: Request<pb::GetConfigRequest>,
+    ) -> Reply<pb::ConfigResponse> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        Ok(Response::new(
+            config::get(&self.store, self.writer.keys()).await?,
+        ))
+    }
+
+    async fn validate_config(
+        &self,
+        request: Request<pb::ValidateConfigRequest>,
+    ) -> Reply<pb::ValidateConfigResponse> {
+        self.auth.authorize(&request, Role::Viewer)?;
+        Ok(Response::new(config::validate(request.into_inner())))
+    }
+
+    async fn update_config(
+        &self,
+        request: Request<pb::UpdateConfigRequest>,
+    ) -> Reply<pb::ConfigResponse> {
+        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let response = config::update(
+            &self.store,
+            self.writer.keys(),
+            &self.events,
+            request.into_inner(),
+            &caller,
+        )
+        .await?;
+        Ok(Response::new(response))
+    }
+}
+
+impl AdminService {
+    async fn change_status(
+        &self,
+        id: &str,
+        change: StatusChange,
+        reason: &str,
+        actor: &str,
+    ) -> Reply<pb::Node> {
+        let node = self
+            .writer
+            .change_status(id, change, reason, actor)
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(node.into()))
+    }
+}

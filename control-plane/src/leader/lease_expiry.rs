@@ -1,0 +1,47 @@
+//! Marks self-registered nodes `lost` once their lease is gone (the store deleted their
+//! liveness key), records a `nodeLost` event, and so tells operators what the routing
+//! tables already reflect (they leave such nodes out as soon as the liveness key goes).
+
+use meridian_shared::Shutdown;
+use meridian_shared::domain::{NodeStatus, RegistrationKind};
+
+use super::Leadership;
+
+/// How often the reconciler looks again without a change.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+use crate::topology::{StateHandle, TopologyWriter};
+
+pub async fn run(
+    leadership: Leadership,
+    state: StateHandle,
+    writer: TopologyWriter,
+    term: Shutdown,
+) {
+    let mut changes = state.subscribe();
+    loop {
+        let lapsed: Vec<_> = {
+            let state = changes.borrow_and_update();
+            state
+                .nodes
+                .values()
+                .filter(|n| {
+                    n.value.registration == RegistrationKind::SelfRegistered
+                        && n.value.status != NodeStatus::Lost
+                        && !state.liveness.contains_key(&n.value.id)
+                })
+                .cloned()
+                .collect()
+        };
+        for node in lapsed {
+            if let Err(e) = writer.mark_lost(&node, leadership.fence()).await {
+                tracing::warn!(error = %e, node = %node.value.id, "could not mark the node lost; retrying on the next change");
+            }
+        }
+        // Also look again now and then: a failed write may have no change to retry on.
+        tokio::select! {
+            _ = term.wait() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RECHECK) => {}
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Runs the reconcilers while this replica leads and stops them the moment it does not.
+//! Reconcilers are level-triggered: they look at the whole state after each change, so a
+//! new leader also repairs what happened while nobody led.
+
+use meridian_shared::Shutdown;
+
+use super::{LeaderHandle, lease_expiry};
+use crate::topology::{StateHandle, TopologyWriter};
+
+pub async fn run(
+    leader: LeaderHandle,
+    state: StateHandle,
+    writer: TopologyWriter,
+    shutdown: Shutdown,
+) {
+    let mut leadership = leader.subscribe();
+    while !shutdown.is_triggered() {
+        let current = leadership.borrow_and_update().clone();
+        let Some(lead) = current else {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                changed = leadership.changed() => if changed.is_err() { return },
+            }
+            continue;
+        };
+        let term = Shutdown::new();
+        let task = tokio::spawn(lease_expiry::run(
+            lead,
+            state.clone(),
+            writer.clone(),
+            term.clone(),
+        ));
+        let still_leading = tokio::select! {
+            _ = shutdown.wait() => false,
+            lost = leadership.wait_for(|l| l.is_none()) => lost.is_ok(),
+        };
+        term.trigger();
+        let _ = task.await;
+        if !still_leading && shutdown.is_triggered() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `meridian.v1.NodeRegistry`: nodes register themselves with a lease and keep it alive.
+//! When the keep-alives stop, the store deletes the node's liveness key at the end of the
+//! TTL, the routing tables drop the node, and the leader marks it `lost`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::node_registry_server::NodeRegistry;
+use meridian_shared::Shutdown;
+use meridian_shared::domain::Node;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::errors::{store_status, write_status};
+use crate::store::{Store, StoreError};
+use crate::topology::{StateHandle, TopologyWriter};
+
+/// Lease TTL bounds, in seconds.
+const TTL_RANGE: std::ops::RangeInclusive<u32> = 5..=300;
+
+pub struct RegistryService {
+    store: Arc<dyn Store>,
+    writer: TopologyWriter,
+    state: StateHandle,
+    shutdown: Shutdown,
+}
+
+impl RegistryService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        writer: TopologyWriter,
+        state: StateHandle,
+        shutdown: Shutdown,
+    ) -> Self {
+        RegistryService {
+            store,
+            writer,
+            state,
+            shutdown,
+        }
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeRegistry for RegistryService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let request = request.into_inner();
+        let node = Node::try_from(
+            request
+                .node
+                .ok_or_else(|| Status::invalid_argument("node is required"))?,
+        )?;
+        let ttl = match request.ttl_seconds {
+            0 => self.state.borrow().config.value.lease_ttl_seconds(),
+            ttl if TTL_RANGE.contains(&ttl) => ttl,
+            ttl => {
+                return Err(Status::invalid_argument(format!(
+                    "ttl_seconds: {ttl} is outside {} to {}",
+                    TTL_RANGE.start(),
+                    TTL_RANGE.end()
+                )));
+            }
+        };
+        let lease = self
+            .store
+            .grant_lease(i64::from(ttl))
+            .await
+            .map_err(store_status)?;
+        if let Err(e) = self.writer.register_self(node, lease, ttl).await {
+            let _ = self.store.revoke_lease(lease).await;
+            return Err(write_status(e));
+        }
+        metrics::counter!("meridian_control_registrations_total").increment(1);
+        Ok(Response::new(pb::RegisterResponse {
+            lease_id: lease,
+            ttl_seconds: ttl,
+            keepalive_interval_ms: ttl * 1000 / 3,
+        }))
+    }
+
+    type KeepAliveStream = KeepAliveStream;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let mut inbound = request.into_inner();
+        let store = Arc::clone(&self.store);
+        let shutdown = self.shutdown.clone();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.wait() => break,
+                    message = inbound.message() => message,
+                };
+                let Ok(Some(keep_alive)) = message else { break };
+                let answer = match store.keep_alive(keep_alive.lease_id).await {
+                    Ok(ttl) => Ok(pb::KeepAliveResponse {
+                        ttl_seconds: u32::try_from(ttl).unwrap_or_default(),
+                    }),
+                    Err(StoreError::LeaseNotFound(lease)) => Err(Status::not_found(format!(
+                        "lease {lease} of node {:?} expired or was revoked; register again",
+                        keep_alive.node_id
+                    ))),
+                    Err(e) => Err(store_status(e)),
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let request = request.into_inner();
+        self.writer
+            .deregister_node(&request.node_id, "node")
+            .await
+            .map_err(write_status)?;
+        Ok(Response::new(pb::DeregisterResponse {}))
+    }
+}
