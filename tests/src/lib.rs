@@ -6,9 +6,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod etcd;
 pub mod http;
 pub mod ports;
 pub mod process;
+pub mod subscriber;
 
 pub use etcd::{EtcdCluster, HarnessError};

@@ -2,11 +2,30 @@
 //! and runs one command. Output is a human table by default and JSON with `-o json`;
 //! errors print the gRPC status and message and exit non-zero.
 
+mod auth;
+#[cfg(test)]
+mod cli_tests;
+mod config;
+mod config_keys;
 mod connect;
+mod enums;
+mod events;
+#[cfg(test)]
+mod fake_admin;
+mod federations;
+mod labels;
+mod nodes;
+mod output;
+mod proxies;
+mod regions;
+mod services;
 mod status;
+mod topology;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
 
+pub use auth::BearerToken;
 pub use connect::CtlError;
 
 /// Operate a Meridian federation: inspect and change topology, nodes, services, proxies,
@@ -32,7 +51,7 @@ pub struct CtlArgs {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub token: Option<String>,
+    pub token: Option<BearerToken>,
 
     /// Output format: table for people, json for scripts.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
@@ -56,12 +75,95 @@ pub enum Output {
 pub enum Command {
     /// Check that the control plane answers and is serving (grpc.health.v1).
     Status,
+    /// Show the whole topology: federations, regions, nodes and services.
+    Topology(topology::TopologyArgs),
+    /// List, create, replace or delete federations.
+    #[command(subcommand)]
+    Federations(federations::FederationsCommand),
+    /// List, create, replace or delete regions.
+    #[command(subcommand)]
+    Regions(regions::RegionsCommand),
+    /// List, register, drain, fail, recover or deregister nodes.
+    #[command(subcommand)]
+    Nodes(nodes::NodesCommand),
+    /// List, change or delete service routing policies.
+    #[command(subcommand)]
+    Services(services::ServicesCommand),
+    /// List the proxies subscribed to routing tables and the versions they hold.
+    Proxies,
+    /// Print the event history and, with --follow, new events as they happen.
+    Events(events::EventsArgs),
+    /// Show, change or validate the dynamic configuration.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// Runs the parsed command, printing its result to stdout.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
+    // A token that cannot be sent is refused before anything goes over the network.
+    let auth = auth::BearerAuth::new(args.token.as_ref())?;
     let channel = connect::channel(&args).await?;
+    let format = args.output;
+    if let Command::Status = args.command {
+        return status::run(channel, &args).await;
+    }
+    let admin = auth::admin_client(channel, auth);
     match args.command {
-        Command::Status => status::run(channel, &args).await,
+        Command::Status => unreachable!("handled above: status uses grpc.health.v1, not Admin"),
+        Command::Topology(cmd) => topology::run(admin, cmd, format).await,
+        Command::Federations(cmd) => federations::run(admin, cmd, format).await,
+        Command::Regions(cmd) => regions::run(admin, cmd, format).await,
+        Command::Nodes(cmd) => nodes::run(admin, cmd, format).await,
+        Command::Services(cmd) => services::run(admin, cmd, format).await,
+        Command::Proxies => proxies::run(admin, format).await,
+        Command::Events(cmd) => events::run(admin, cmd, format).await,
+        Command::Config(cmd) => config::run(admin, cmd, format).await,
+    }
+}
+
+/// Confirms a deletion: `deleted node "eu-west-a-1"`, or `{"deleted": {...}}` in JSON.
+fn print_deleted(kind: &str, name: &str, format: Output) -> Result<(), CtlError> {
+    match format {
+        Output::Table => output::emit(&format!("deleted {kind} {name:?}\n")),
+        Output::Json => output::emit_json(&json!({ "deleted": { "kind": kind, "name": name } })),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// Parses `meridianctl <command_line>`, split on whitespace.
+    pub(crate) fn parse(command_line: &str) -> Result<CtlArgs, clap::Error> {
+        CtlArgs::try_parse_from(
+            std::iter::once("meridianctl").chain(command_line.split_whitespace()),
+        )
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        CtlArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let args = parse("nodes list -o json --token t0k").expect("parses");
+        assert_eq!(args.output, Output::Json);
+        assert_eq!(args.token, Some(BearerToken::from("t0k".to_owned())));
+        assert!(
+            !format!("{args:?}").contains("t0k"),
+            "token printed by Debug"
+        );
+    }
+
+    #[test]
+    fn malformed_labels_and_missing_flags_are_refused() {
+        assert!(parse("federations set prod --label team=payments").is_ok());
+        let err = parse("federations set prod --label team").expect_err("no '='");
+        assert!(err.to_string().contains("KEY=VALUE"), "{err}");
+        parse("nodes fail n1").expect_err("fail needs --reason");
+        parse("regions set eu --federation prod --lat 1").expect_err("needs --lon and --zones");
+        parse("topology --federation").expect_err("--federation needs a value");
     }
 }

@@ -351,10 +351,10 @@ impl TopologyWriter {
                 Ok((txn, (true, live.map(|l| l.value.lease))))
             })
             .await?;
-        if let Some(lease) = lease {
-            if let Err(e) = self.store.revoke_lease(lease).await {
-                tracing::warn!(error = %e, node = id, lease, "could not revoke the node's lease; it will expire by itself");
-            }
+        if let Some(lease) = lease
+            && let Err(e) = self.store.revoke_lease(lease).await
+        {
+            tracing::warn!(error = %e, node = id, lease, "could not revoke the node's lease; it will expire by itself");
         }
         if existed {
             self.event(

@@ -1,0 +1,291 @@
+//! `meridianctl services list|set|delete`, and how a service policy prints (also used by
+//! `meridianctl topology`).
+//!
+//! `services set` edits rather than replaces: the Admin API only offers "upsert the whole
+//! policy", and most of a policy (failover tiers, outlier ejection, health checks, scaling)
+//! has no flag here, so the command reads the current policy, changes the fields given on
+//! the command line and writes it back. A new service starts from the defaults.
+
+use clap::{Args, Subcommand};
+use meridian_proto::v1 as pb;
+use serde_json::{Value, json};
+
+use super::auth::Admin;
+use super::output::{self, Table, text_cell};
+use super::{CtlError, Output, enums};
+
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// List service routing policies.
+    List {
+        /// Only services of this federation.
+        #[arg(long)]
+        federation: Option<String>,
+    },
+    /// Create a service's routing policy or change fields of an existing one; fields not
+    /// given keep their current values.
+    Set(SetArgs),
+    /// Delete a service's routing policy.
+    Delete {
+        /// The fully qualified gRPC service name, e.g. demo.v1.Echo.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The fully qualified gRPC service name, e.g. demo.v1.Echo.
+    name: String,
+    /// The federation whose nodes serve it; it must exist.
+    #[arg(long)]
+    federation: String,
+    /// How proxies pick a node among the usable ones (default least_connections).
+    #[arg(long, value_parser = enums::algorithm_parser())]
+    algorithm: Option<pb::Algorithm>,
+    /// For consistent_hash: the request header holding the affinity key, e.g. x-user-id.
+    #[arg(long, value_name = "HEADER")]
+    hash_header: Option<String>,
+    /// Most attempts per request, the first included, 1 to 10 (0: the default, 3).
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// A method safe to retry even after it reached a node: "/pkg.Service/Method" or
+    /// "pkg.Service/*". Repeat for more; replaces the current list.
+    #[arg(long = "idempotent-method", value_name = "METHOD")]
+    idempotent_methods: Vec<String>,
+    /// Deadline for requests that carry no grpc-timeout, in milliseconds (0: none).
+    #[arg(long, value_name = "MS")]
+    default_timeout_ms: Option<u32>,
+}
+
+impl SetArgs {
+    /// Applies the flags given to `policy`, leaving every other field as it is.
+    fn apply(self, policy: &mut pb::ServicePolicy) {
+        policy.name = self.name;
+        policy.federation = self.federation;
+        if let Some(algorithm) = self.algorithm {
+            policy.algorithm = algorithm as i32;
+        }
+        if let Some(header) = self.hash_header {
+            policy.hash.get_or_insert_default().header = header;
+        }
+        if let Some(max_attempts) = self.max_attempts {
+            policy.retry.get_or_insert_default().max_attempts = max_attempts;
+        }
+        if !self.idempotent_methods.is_empty() {
+            policy.retry.get_or_insert_default().idempotent_methods = self.idempotent_methods;
+        }
+        if let Some(timeout) = self.default_timeout_ms {
+            policy.timeout.get_or_insert_default().default_timeout_ms = timeout;
+        }
+    }
+}
+
+pub(super) async fn run(
+    mut admin: Admin,
+    command: ServicesCommand,
+    format: Output,
+) -> Result<(), CtlError> {
+    match command {
+        ServicesCommand::List { federation } => {
+            let services = list(&mut admin, federation.unwrap_or_default()).await?;
+            print_list(&services, format)
+        }
+        ServicesCommand::Set(args) => {
+            // Any federation: a service moving to another federation keeps its policy.
+            let mut policy = list(&mut admin, String::new())
+                .await?
+                .into_iter()
+                .find(|p| p.name == args.name)
+                .unwrap_or_default();
+            args.apply(&mut policy);
+            let policy = admin
+                .upsert_service_policy(pb::UpsertServicePolicyRequest {
+                    policy: Some(policy),
+                })
+                .await?
+                .into_inner();
+            print_list(std::slice::from_ref(&policy), format)
+        }
+        ServicesCommand::Delete { name } => {
+            admin
+                .delete_service_policy(pb::DeleteServicePolicyRequest { name: name.clone() })
+                .await?;
+            super::print_deleted("service", &name, format)
+        }
+    }
+}
+
+async fn list(admin: &mut Admin, federation: String) -> Result<Vec<pb::ServicePolicy>, CtlError> {
+    let request = pb::ListServicesRequest { federation };
+    Ok(admin.list_services(request).await?.into_inner().services)
+}
+
+fn print_list(services: &[pb::ServicePolicy], format: Output) -> Result<(), CtlError> {
+    match format {
+        Output::Table => output::emit(&table(services).render()),
+        Output::Json => output::emit_json(&Value::Array(services.iter().map(json).collect())),
+    }
+}
+
+pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
+    let mut table = Table::new(&[
+        "SERVICE",
+        "FEDERATION",
+        "ALGORITHM",
+        "HASH HEADER",
+        "MAX ATTEMPTS",
+        "DEFAULT TIMEOUT",
+    ]);
+    for s in services {
+        let retry = s.retry.clone().unwrap_or_default();
+        let timeout = s.timeout.unwrap_or_default();
+        table.push(vec![
+            s.name.clone(),
+            s.federation.clone(),
+            enums::algorithm_name(s.algorithm),
+            text_cell(&s.hash.clone().unwrap_or_default().header),
+            match retry.max_attempts {
+                0 => "default".to_owned(),
+                n => n.to_string(),
+            },
+            match timeout.default_timeout_ms {
+                0 => "none".to_owned(),
+                ms => format!("{ms}ms"),
+            },
+        ]);
+    }
+    table
+}
+
+/// The whole policy; absent sub-policies print as their defaults (zeros) so every
+/// service has the same shape.
+pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
+    let failover = policy.failover.clone().unwrap_or_default();
+    let retry = policy.retry.clone().unwrap_or_default();
+    let timeout = policy.timeout.unwrap_or_default();
+    let outlier = policy.outlier.unwrap_or_default();
+    let hash = policy.hash.clone().unwrap_or_default();
+    let scaling = policy.scaling.unwrap_or_default();
+    let tiers: Vec<Value> = failover
+        .tiers
+        .iter()
+        .map(
+            |t| json!({ "name": t.name, "regions": t.regions, "zones": t.zones, "nodes": t.nodes }),
+        )
+        .collect();
+    json!({
+        "name": policy.name,
+        "federation": policy.federation,
+        "algorithm": enums::algorithm_name(policy.algorithm),
+        "failover": {
+            "tiers": tiers,
+            "overprovisioning_percent": failover.overprovisioning_percent,
+            "panic_threshold_percent": failover.panic_threshold_percent,
+            "auto_recovery": failover.auto_recovery,
+            "slow_start_ms": failover.slow_start_ms,
+        },
+        "retry": {
+            "max_attempts": retry.max_attempts,
+            "idempotent_methods": retry.idempotent_methods,
+            "budget_percent": retry.budget_percent,
+            "budget_min_per_second": retry.budget_min_per_second,
+            "backoff_base_ms": retry.backoff_base_ms,
+            "backoff_max_ms": retry.backoff_max_ms,
+        },
+        "timeout": {
+            "default_timeout_ms": timeout.default_timeout_ms,
+            "max_timeout_ms": timeout.max_timeout_ms,
+        },
+        "outlier": {
+            "consecutive_failures": outlier.consecutive_failures,
+            "failure_rate_percent": outlier.failure_rate_percent,
+            "min_requests": outlier.min_requests,
+            "window_ms": outlier.window_ms,
+            "base_ejection_ms": outlier.base_ejection_ms,
+            "max_ejection_ms": outlier.max_ejection_ms,
+            "max_ejection_percent": outlier.max_ejection_percent,
+        },
+        "health_check": health_check_json(policy.health_check.as_ref()),
+        "hash": { "header": hash.header },
+        "scaling": {
+            "min_nodes": scaling.min_nodes,
+            "max_nodes": scaling.max_nodes,
+            "target_utilization_percent": scaling.target_utilization_percent,
+            "tolerance_percent": scaling.tolerance_percent,
+            "scale_down_stabilization_ms": scaling.scale_down_stabilization_ms,
+            "scale_up_stabilization_ms": scaling.scale_up_stabilization_ms,
+        },
+    })
+}
+
+fn health_check_json(check: Option<&pb::HealthCheckPolicy>) -> Value {
+    let check = check.cloned().unwrap_or_default();
+    json!({
+        "grpc_service": check.grpc_service,
+        "tcp_only": check.tcp_only,
+        "interval_ms": check.interval_ms,
+        "timeout_ms": check.timeout_ms,
+        "unhealthy_threshold": check.unhealthy_threshold,
+        "healthy_threshold": check.healthy_threshold,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctl::Command;
+    use crate::ctl::tests::parse;
+
+    fn set_args(command_line: &str) -> SetArgs {
+        match parse(command_line).expect("parses").command {
+            Command::Services(ServicesCommand::Set(args)) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_changes_only_the_fields_given() {
+        let mut policy = pb::ServicePolicy {
+            name: "demo.v1.Echo".into(),
+            federation: "prod".into(),
+            algorithm: pb::Algorithm::Geographic as i32,
+            retry: Some(pb::RetryPolicy {
+                max_attempts: 4,
+                budget_percent: 30,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        set_args(
+            "services set demo.v1.Echo --federation prod --algorithm consistent_hash \
+             --hash-header x-user-id --idempotent-method /demo.v1.Echo/Get",
+        )
+        .apply(&mut policy);
+        assert_eq!(policy.algorithm, pb::Algorithm::ConsistentHash as i32);
+        assert_eq!(policy.hash.expect("hash set").header, "x-user-id");
+        let retry = policy.retry.expect("retry kept");
+        assert_eq!(retry.max_attempts, 4);
+        assert_eq!(retry.budget_percent, 30);
+        assert_eq!(retry.idempotent_methods, ["/demo.v1.Echo/Get"]);
+        assert_eq!(policy.timeout, None);
+    }
+
+    #[test]
+    fn set_refuses_an_unknown_algorithm() {
+        let err = parse("services set demo.v1.Echo --federation prod --algorithm fastest")
+            .expect_err("unknown algorithm");
+        assert!(err.to_string().contains("least_connections"), "{err}");
+    }
+
+    #[test]
+    fn policies_print_enums_by_name() {
+        let policy = pb::ServicePolicy {
+            name: "demo.v1.Echo".into(),
+            algorithm: pb::Algorithm::LeastConnections as i32,
+            ..Default::default()
+        };
+        let value = json(&policy);
+        assert_eq!(value["algorithm"], "least_connections");
+        assert_eq!(value["retry"]["max_attempts"], 0);
+    }
+}

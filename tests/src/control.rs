@@ -1,0 +1,141 @@
+//! A real `meridian-control` process for tests: on a given etcd, under a prefix of its
+//! own, on free loopback ports, with an operator and a viewer token; started and waited
+//! for until `/ready`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use meridian_proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+use crate::http;
+use crate::ports::free_port;
+use crate::process::ChildProcess;
+
+/// The operator token every test control plane accepts.
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+/// The viewer token every test control plane accepts.
+pub const VIEWER_TOKEN: &str = "test-viewer-token-0123456789";
+
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct ControlPlaneProcess {
+    pub process: ChildProcess,
+    pub replica: String,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Where and how to start a control plane.
+pub struct ControlPlaneOptions<'a> {
+    pub etcd_endpoints: &'a [String],
+    pub prefix: &'a str,
+    pub replica: &'a str,
+    pub election_ttl_seconds: u32,
+    /// Directory for the log and the tokens file.
+    pub dir: &'a Path,
+}
+
+impl ControlPlaneProcess {
+    /// Starts one and waits until it is ready (its topology is loaded).
+    pub async fn start(options: ControlPlaneOptions<'_>) -> Self {
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let tokens = options.dir.join("tokens.toml");
+        std::fs::write(
+            &tokens,
+            format!(
+                "[[tokens]]\nname = \"tester\"\ntoken = \"{OPERATOR_TOKEN}\"\nrole = \"operator\"\n\
+                 [[tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER_TOKEN}\"\nrole = \"viewer\"\n"
+            ),
+        )
+        .expect("writing the tokens file");
+        let ttl = options.election_ttl_seconds.to_string();
+        let process = ChildProcess::spawn(
+            "meridian-control",
+            &[
+                "--replica-id",
+                options.replica,
+                "--grpc-addr",
+                &grpc.to_string(),
+                "--http-addr",
+                &http_addr.to_string(),
+                "--etcd-endpoints",
+                &options.etcd_endpoints.join(","),
+                "--store-prefix",
+                options.prefix,
+                "--election-ttl",
+                &ttl,
+                "--tokens-file",
+                tokens.to_str().expect("utf-8 temp path"),
+                "--log-level",
+                "info,meridian_control_plane=debug",
+            ],
+            &options.dir.join(format!("{}.log", options.replica)),
+        )
+        .expect("starting meridian-control");
+        let ready = http::wait_for_ok(http_addr, "/ready", READY_DEADLINE).await;
+        assert!(
+            ready,
+            "{} not ready; its output:\n{}",
+            options.replica,
+            process.output()
+        );
+        ControlPlaneProcess {
+            process,
+            replica: options.replica.to_owned(),
+            grpc,
+            http: http_addr,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// An Admin client; add a token per request with [`authorized`].
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(channel(&self.url()).await)
+    }
+
+    /// Whether this replica reports itself leader on `/metrics`.
+    pub async fn is_leader(&self) -> bool {
+        match http::get(self.http, "/metrics").await {
+            Ok((200, body)) => body
+                .lines()
+                .any(|l| l.trim() == "meridian_control_leader 1"),
+            _ => false,
+        }
+    }
+
+    /// A counter or gauge value from `/metrics` (summed over label sets), 0 if absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Ok((200, body)) = http::get(self.http, "/metrics").await else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A connected channel to `url`.
+pub async fn channel(url: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("valid url")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
