@@ -144,7 +144,11 @@ struct EnvelopeIn<T> {
 
 /// `{"schema":1,"data":value}`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(&EnvelopeOut { schema: SCHEMA, data: value }).expect("domain types always serialize")
+    serde_json::to_vec(&EnvelopeOut {
+        schema: SCHEMA,
+        data: value,
+    })
+    .expect("domain types always serialize")
 }
 
 /// Reads what [`encode`] wrote; `key` names the value in errors.
@@ -156,7 +160,10 @@ pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, DecodeE
     if envelope.schema != SCHEMA {
         return Err(DecodeError {
             key: key.to_owned(),
-            reason: format!("schema {} is not {SCHEMA}; was it written by a newer Meridian?", envelope.schema),
+            reason: format!(
+                "schema {} is not {SCHEMA}; was it written by a newer Meridian?",
+                envelope.schema
+            ),
         });
     }
     Ok(envelope.data)
@@ -173,7 +180,10 @@ mod tests {
         assert_eq!(key, "/meridian/v1/nodes/eu-1");
         assert_eq!(keys.parse(&key), Some((Kind::Node, "eu-1")));
         assert_eq!(keys.parse("/other/v1/nodes/eu-1"), None);
-        assert!(keys.event(7) < keys.event(10), "event keys must sort by number");
+        assert!(
+            keys.event(7) < keys.event(10),
+            "event keys must sort by number"
+        );
     }
 
     #[test]

@@ -5,11 +5,22 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod ctl;
+pub mod discovery;
+pub mod dynconfig;
+pub mod errors;
+pub mod events;
 pub mod keys;
+pub mod leader;
+pub mod registry;
+pub mod replica_lease;
+pub mod routing;
 pub mod server;
 pub mod store;
+pub mod topology;
 
 pub use cli::ControlArgs;
 pub use server::{ControlPlane, ServeError};
