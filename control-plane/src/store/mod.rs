@@ -94,7 +94,12 @@ impl Txn {
         self
     }
 
-    pub fn put_with_lease(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Self {
+    pub fn put_with_lease(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        lease: LeaseId,
+    ) -> Self {
         self.ops.push(Op::Put {
             key: key.into(),
             value: value.into(),
@@ -131,7 +136,10 @@ pub struct TxnResult {
 pub enum WatchEvent {
     Put(KeyValue),
     /// `mod_revision` is the revision of the deletion.
-    Delete { key: String, mod_revision: Revision },
+    Delete {
+        key: String,
+        mod_revision: Revision,
+    },
 }
 
 impl WatchEvent {
@@ -162,8 +170,13 @@ pub enum StoreError {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
     /// A watch asked for history that compaction removed.
-    #[error("revision {requested} was compacted (store compacted up to {compacted}); reload and watch again")]
-    Compacted { requested: Revision, compacted: Revision },
+    #[error(
+        "revision {requested} was compacted (store compacted up to {compacted}); reload and watch again"
+    )]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     /// The lease expired or was revoked (or never existed).
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
