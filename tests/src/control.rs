@@ -29,6 +29,7 @@ pub struct ControlPlaneProcess {
 
 /// Where and how to start a control plane.
 pub struct ControlPlaneOptions<'a> {
+    /// etcd client URLs; empty runs in dev mode on the embedded store.
     pub etcd_endpoints: &'a [String],
     pub prefix: &'a str,
     pub replica: &'a str,
@@ -52,26 +53,35 @@ impl ControlPlaneProcess {
         )
         .expect("writing the tokens file");
         let ttl = options.election_ttl_seconds.to_string();
+        let (grpc_arg, http_arg, endpoints) = (
+            grpc.to_string(),
+            http_addr.to_string(),
+            options.etcd_endpoints.join(","),
+        );
+        let mut args = vec![
+            "--replica-id",
+            options.replica,
+            "--grpc-addr",
+            &grpc_arg,
+            "--http-addr",
+            &http_arg,
+            "--store-prefix",
+            options.prefix,
+            "--election-ttl",
+            &ttl,
+            "--tokens-file",
+            tokens.to_str().expect("utf-8 temp path"),
+            "--log-level",
+            "info,meridian_control_plane=debug",
+        ];
+        if options.etcd_endpoints.is_empty() {
+            args.push("--dev");
+        } else {
+            args.extend(["--etcd-endpoints", endpoints.as_str()]);
+        }
         let process = ChildProcess::spawn(
             "meridian-control",
-            &[
-                "--replica-id",
-                options.replica,
-                "--grpc-addr",
-                &grpc.to_string(),
-                "--http-addr",
-                &http_addr.to_string(),
-                "--etcd-endpoints",
-                &options.etcd_endpoints.join(","),
-                "--store-prefix",
-                options.prefix,
-                "--election-ttl",
-                &ttl,
-                "--tokens-file",
-                tokens.to_str().expect("utf-8 temp path"),
-                "--log-level",
-                "info,meridian_control_plane=debug",
-            ],
+            &args,
             &options.dir.join(format!("{}.log", options.replica)),
         )
         .expect("starting meridian-control");
