@@ -43,8 +43,19 @@ wait_http() { # url, what
     return 1
 }
 
-start control "$bin/meridian-control" --dev
-wait_http http://127.0.0.1:7701/live "the control plane"
+token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export MERIDIAN_TOKEN=$token
+ctl="$bin/meridianctl"
+
+start control "$bin/meridian-control" --dev --dev-token "$token"
+wait_http http://127.0.0.1:7701/ready "the control plane"
+
+echo "== creating the demo topology: federation default, regions eu-west and us-east"
+"$ctl" federations set default --description "Meridian demo" >/dev/null
+"$ctl" regions set eu-west --federation default --lat 53.35 --lon -6.26 --zones eu-west-a,eu-west-b >/dev/null
+"$ctl" regions set us-east --federation default --lat 38.9 --lon -77.04 --zones us-east-a,us-east-b >/dev/null
+"$ctl" services set demo.v1.Echo --federation default --algorithm least_connections >/dev/null
+
 start proxy-eu "$bin/meridian-proxy" --id proxy-eu-west --region eu-west --zone eu-west-a
 wait_http http://127.0.0.1:7801/live "proxy-eu-west"
 
@@ -54,14 +65,18 @@ Meridian is running.
   control plane  gRPC 127.0.0.1:7700   HTTP http://127.0.0.1:7701/metrics
   proxy eu-west  gRPC 127.0.0.1:7800   admin http://127.0.0.1:7801/metrics
 
-Try:
-  $bin/meridianctl status
+Try (in another shell):
+  export MERIDIAN_TOKEN=$token
+  $ctl topology
+  $ctl nodes register eu-1 --address 127.0.0.1:9001 --federation default \\
+      --region eu-west --zone eu-west-a --services demo.v1.Echo
+  $ctl events --follow
+  $ctl proxies
   grpcurl -plaintext 127.0.0.1:7700 list
-  curl -s http://127.0.0.1:7801/ready
 
 Ctrl-C stops everything.
 TRY
 
-"$bin/meridianctl" status
+"$ctl" topology
 wait -n "${pids[@]}" || true
 echo "meridian: a process exited; see $logs/" >&2
