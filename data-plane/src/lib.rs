@@ -6,8 +6,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod cli;
+pub mod endpoint;
+pub mod forward;
+pub mod router;
 pub mod server;
+pub mod table;
 
 pub use cli::ProxyArgs;
 pub use server::{Proxy, ServeError};

@@ -1,19 +1,41 @@
-//! Running the proxy: bind its listeners and serve the admin endpoints until shutdown.
-//! `/ready` stays false until a routing table is loaded, which the table subscription
-//! (next issue) will do; until then this proxy forwards nothing.
+//! Running the proxy: load the cached table, follow the control planes, serve client
+//! traffic on an HTTP/2 (h2c) listener and the admin endpoints (`/metrics`, `/ready`,
+//! `/live`, `/debug/table`). Calls to the proxy's own services (RouteMessage, health,
+//! reflection) are answered here; every other gRPC call is forwarded. On SIGTERM the proxy
+//! stops accepting, sends GOAWAY on every connection, and lets in-flight calls finish
+//! within the drain grace period.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::Json;
+use axum::routing::get;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meridian_proto::v1::message_router_server::MessageRouterServer;
 use meridian_shared::Shutdown;
 use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::ProxyConfig;
 use meridian_shared::telemetry::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use tonic_health::ServingStatus;
+use tower::Service;
+
+use crate::forward::{Forwarder, ProxyBody};
+use crate::router::Router;
+use crate::table::subscription::{Subscription, report_table_age};
+use crate::table::{ProxyIdentity, TableHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("building the reflection service failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("the admin HTTP server on {addr} failed: {source}")]
     Admin {
         addr: SocketAddr,
@@ -21,23 +43,42 @@ pub enum ServeError {
     },
 }
 
+/// Paths the proxy answers itself instead of forwarding.
+const LOCAL_SERVICES: [&str; 4] = [
+    "/meridian.v1.MessageRouter/",
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
 /// A proxy whose listeners are bound.
 pub struct Proxy {
     config: ProxyConfig,
+    grpc: TcpListener,
     admin: TcpListener,
     metrics: PrometheusHandle,
     readiness: Readiness,
+    table: TableHandle,
 }
 
 impl Proxy {
     pub async fn bind(config: ProxyConfig, metrics: PrometheusHandle) -> Result<Self, ServeError> {
+        let grpc = admin_http::bind(config.listen.grpc, "listen.grpc (--grpc-addr)").await?;
         let admin = admin_http::bind(config.listen.admin, "listen.admin (--admin-addr)").await?;
         Ok(Proxy {
             config,
+            grpc,
             admin,
             metrics,
             readiness: Readiness::default(),
+            table: TableHandle::default(),
         })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -46,19 +87,172 @@ impl Proxy {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` fires.
+    /// Serves until `shutdown`, then drains.
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), ServeError> {
-        let addr = self.admin_addr();
-        tracing::info!(
-            proxy = %self.config.id,
-            federation = %self.config.federation,
-            region = %self.config.region,
-            admin = %addr,
-            "proxy admin endpoints serving; no routing table yet (not ready)"
+        let (grpc_addr, admin_addr) = (self.grpc_addr(), self.admin_addr());
+        let identity = Arc::new(ProxyIdentity {
+            id: self.config.id.clone(),
+            federation: self.config.federation.clone(),
+            region: self.config.region.clone(),
+            zone: self.config.zone.clone(),
+        });
+        let subscription = Subscription {
+            identity: (*identity).clone(),
+            control_planes: self.config.control_planes.clone(),
+            cache: self.config.table_cache.clone(),
+            table: self.table.clone(),
+            readiness: self.readiness.clone(),
+        };
+        subscription.load_cache();
+        tokio::spawn(subscription.run(shutdown.clone()));
+        tokio::spawn(report_table_age(self.table.clone(), shutdown.clone()));
+
+        let admin_router = admin_http::router(self.metrics, self.readiness.clone()).route(
+            "/debug/table",
+            get({
+                let table = self.table.clone();
+                move || async move {
+                    Json(table.current().map(|t| t.debug_json()).unwrap_or_else(
+                        || serde_json::json!({ "version": 0, "note": "no routing table yet" }),
+                    ))
+                }
+            }),
         );
-        let router = admin_http::router(self.metrics, self.readiness);
-        admin_http::serve(self.admin, router, shutdown)
+        let admin = tokio::spawn(admin_http::serve(
+            self.admin,
+            admin_router,
+            shutdown.clone(),
+        ));
+
+        let dispatch = Arc::new(Dispatch {
+            local: local_services(&self.table, &identity, self.config.max_message_bytes).await?,
+            forwarder: Forwarder::new(self.table.clone(), Arc::clone(&identity)),
+        });
+        tracing::info!(
+            proxy = %identity.id,
+            federation = %identity.federation,
+            region = %identity.region,
+            zone = %identity.zone,
+            grpc = %grpc_addr,
+            admin = %admin_addr,
+            control_planes = ?self.config.control_planes,
+            "proxy serving"
+        );
+        let grace = Duration::from_secs(u64::from(self.config.drain_grace_seconds));
+        accept_until_shutdown(self.grpc, dispatch, &shutdown, grace).await;
+        admin
             .await
-            .map_err(|source| ServeError::Admin { addr, source })
+            .ok()
+            .transpose()
+            .map_err(|source| ServeError::Admin {
+                addr: admin_addr,
+                source,
+            })?;
+        tracing::info!("proxy stopped");
+        Ok(())
+    }
+}
+
+/// Routes a call to the proxy's own services or to the forwarder.
+struct Dispatch {
+    local: tonic::service::Routes,
+    forwarder: Forwarder,
+}
+
+impl Dispatch {
+    async fn handle(&self, request: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        let path = request.uri().path();
+        if LOCAL_SERVICES.iter().any(|prefix| path.starts_with(prefix)) {
+            let mut local = self.local.clone();
+            return match local.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+        }
+        self.forwarder.forward(request, Some(client)).await
+    }
+}
+
+async fn local_services(
+    table: &TableHandle,
+    identity: &Arc<ProxyIdentity>,
+    max_message_bytes: u32,
+) -> Result<tonic::service::Routes, ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status("meridian.v1.MessageRouter", ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = MessageRouterServer::new(Router::new(table.clone(), Arc::clone(identity)))
+        .max_decoding_message_size(max_message_bytes as usize);
+    Ok(tonic::service::Routes::new(router)
+        .add_service(health_service)
+        .add_service(reflection)
+        .prepare())
+}
+
+/// Accepts connections until `shutdown`, then drains them for at most `grace`.
+async fn accept_until_shutdown(
+    listener: TcpListener,
+    dispatch: Arc<Dispatch>,
+    shutdown: &Shutdown,
+    grace: Duration,
+) {
+    let connections = TaskTracker::new();
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let dispatch = Arc::clone(&dispatch);
+        let service = hyper::service::service_fn(move |request| {
+            let dispatch = Arc::clone(&dispatch);
+            async move { Ok::<_, Infallible>(dispatch.handle(request, client).await) }
+        });
+        let connection = http2.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%client, error = %e, "client connection ended with an error");
+                    }
+                }
+                _ = shutdown.wait() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    let in_flight = connections.len();
+    if in_flight > 0 {
+        tracing::info!(connections = in_flight, grace = ?grace, "draining client connections");
+    }
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?grace, "drain grace period over; closing the remaining connections");
     }
 }

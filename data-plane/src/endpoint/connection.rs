@@ -1,0 +1,125 @@
+//! The pooled HTTP/2 connection to one endpoint. gRPC multiplexes every request to a node
+//! over one connection, so the "pool" is a single shared connection, opened on first use
+//! and reopened when it closes. The request path loads the current sender lock-free
+//! (`ArcSwapOption`) and clones it; only (re)connecting takes a lock, so concurrent
+//! requests to a node that is down open one connection attempt, not one each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+/// Request body type on every upstream connection.
+pub type UpstreamBody = tonic::body::Body;
+
+/// How long connecting to a node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a request could not be forwarded. `NotSent` means the node never saw the request,
+/// so retrying it elsewhere is always safe.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {address}: {reason}")]
+    NotSent { address: String, reason: String },
+    #[error("the connection to {address} failed: {source}")]
+    Failed {
+        address: String,
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Whether the request certainly did not reach the node.
+    pub fn never_sent(&self) -> bool {
+        match self {
+            UpstreamError::NotSent { .. } => true,
+            // hyper reports a request it refused to send (connection closed before
+            // sending) as canceled; h2's REFUSED_STREAM surfaces the same way.
+            UpstreamError::Failed { source, .. } => source.is_canceled(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    address: String,
+    sender: ArcSwapOption<SendRequest<UpstreamBody>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Connection {
+    pub fn new(address: String) -> Self {
+        Connection {
+            address,
+            sender: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends `request` to the node and returns its response head (the body streams).
+    pub async fn send(
+        &self,
+        request: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let mut sender = self.sender().await?;
+        if sender.ready().await.is_err() {
+            // The connection closed between load and use: reconnect once.
+            self.sender.store(None);
+            sender = self.sender().await?;
+        }
+        sender
+            .send_request(request)
+            .await
+            .map_err(|source| UpstreamError::Failed {
+                address: self.address.clone(),
+                source,
+            })
+    }
+
+    async fn sender(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        if let Some(sender) = self.sender.load_full().filter(|s| !s.is_closed()) {
+            return Ok((*sender).clone());
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(sender) = self.sender.load_full().filter(|s| !s.is_closed()) {
+            return Ok((*sender).clone());
+        }
+        let sender = self.connect().await?;
+        self.sender.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let not_sent = |reason: String| UpstreamError::NotSent {
+            address: self.address.clone(),
+            reason,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| not_sent(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| not_sent(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| not_sent(e.to_string()))?;
+        let address = self.address.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%address, error = %e, "upstream connection closed");
+            }
+        });
+        Ok(sender)
+    }
+}

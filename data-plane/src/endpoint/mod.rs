@@ -1,0 +1,105 @@
+//! An endpoint: one node of one routing table, with the load counters the balancers read
+//! (in-flight requests, a Peak-EWMA latency estimate) and the pooled HTTP/2 connection
+//! requests go over. Endpoints outlive table versions: when a new table keeps a node at
+//! the same address, the proxy reuses its endpoint, so counters and connections carry on.
+//!
+//! Everything a request touches here is an atomic; nothing on the request path locks.
+
+pub mod connection;
+pub mod ewma;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use http::HeaderValue;
+use http::uri::Authority;
+use meridian_shared::domain::Node;
+
+pub use self::connection::Connection;
+pub use self::ewma::PeakEwma;
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub node: Node,
+    in_flight: AtomicU32,
+    pub ewma: PeakEwma,
+    pub connection: Connection,
+    /// The node's address as a URI authority, for upstream requests; `None` when the
+    /// address is not one (the table validated it, so only for hand-made tables).
+    pub authority: Option<Authority>,
+    /// The node id as a header value, for the `x-meridian-node` response header.
+    pub node_header: Option<HeaderValue>,
+    in_flight_gauge: metrics::Gauge,
+}
+
+impl Endpoint {
+    pub fn new(node: Node) -> Self {
+        let connection = Connection::new(node.address.clone());
+        let in_flight_gauge =
+            metrics::gauge!("meridian_proxy_endpoint_in_flight", "node" => node.id.clone());
+        Endpoint {
+            authority: node.address.parse().ok(),
+            node_header: HeaderValue::from_str(&node.id).ok(),
+            in_flight: AtomicU32::new(0),
+            ewma: PeakEwma::default(),
+            connection,
+            in_flight_gauge,
+            node,
+        }
+    }
+
+    /// Like [`Endpoint::start_request`], for a request whose end is not in this scope
+    /// (a streamed response).
+    pub fn start_owned_request(self: &Arc<Self>) -> OwnedInFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight_gauge.increment(1.0);
+        OwnedInFlight(Arc::clone(self))
+    }
+
+    /// `http://address`, the origin of gRPC client calls to this endpoint.
+    pub fn origin(&self) -> http::Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = self.authority.clone();
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        http::Uri::from_parts(parts).unwrap_or_default()
+    }
+
+    /// Requests sent to this endpoint and not yet finished.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn start_request(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight_gauge.increment(1.0);
+        InFlight(self)
+    }
+
+    fn finish_request(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight_gauge.decrement(1.0);
+    }
+}
+
+/// A request in flight on an endpoint; finishing it (dropping the guard) decrements the
+/// count.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a Endpoint);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.finish_request();
+    }
+}
+
+/// An owned [`InFlight`].
+#[derive(Debug)]
+pub struct OwnedInFlight(Arc<Endpoint>);
+
+impl Drop for OwnedInFlight {
+    fn drop(&mut self) {
+        self.0.finish_request();
+    }
+}

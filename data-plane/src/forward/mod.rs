@@ -1,0 +1,248 @@
+//! Transparent gRPC forwarding: any request whose gRPC service (from `:path`) is in the
+//! routing table goes to an endpoint of that service chosen by the service's balancer,
+//! over that endpoint's pooled HTTP/2 connection; the response — headers, body frames,
+//! trailers — streams back untouched but for an `x-meridian-node` header naming the node
+//! that served. The caller's `grpc-timeout` is honoured and the remaining budget passed
+//! on. Unknown services, missing endpoints and expired deadlines become trailers-only
+//! responses with a status and a message an operator can act on ([`status`]).
+
+pub mod body;
+pub mod status;
+pub mod timeout;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderName, Request, Response, Uri};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tonic::Code;
+
+use self::body::{Call, ObservedBody};
+use self::status::trailers_only;
+use crate::balance::PickContext;
+use crate::table::{ProxyIdentity, ServiceRoute, TableHandle};
+
+/// The body of every response the proxy sends.
+pub type ProxyBody = tonic::body::Body;
+
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const SERVED_BY: HeaderName = HeaderName::from_static("x-meridian-node");
+
+pub struct Forwarder {
+    table: TableHandle,
+    identity: Arc<ProxyIdentity>,
+}
+
+impl Forwarder {
+    pub fn new(table: TableHandle, identity: Arc<ProxyIdentity>) -> Self {
+        Forwarder { table, identity }
+    }
+
+    /// Forwards one call; every outcome is a gRPC response.
+    pub async fn forward(
+        &self,
+        request: Request<Incoming>,
+        client: Option<SocketAddr>,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let guard = self.table.load();
+        let Some(table) = guard.as_ref() else {
+            return trailers_only(
+                Code::Unavailable,
+                format!(
+                    "proxy {} has no routing table yet: it has not reached a control plane and has no cached table",
+                    self.identity.id
+                ),
+            );
+        };
+        let Some(service) = service_of(request.uri()) else {
+            return trailers_only(
+                Code::Unimplemented,
+                format!(
+                    "{:?} is not a gRPC method path (/package.Service/Method)",
+                    request.uri().path()
+                ),
+            );
+        };
+        let Some(route) = table.service(service) else {
+            return trailers_only(
+                Code::Unimplemented,
+                format!(
+                    "service {service} is not in the routing table of proxy {} (federation {}, version {}): no node serves it",
+                    self.identity.id,
+                    table.data.federation,
+                    table.version()
+                ),
+            );
+        };
+        let route = Arc::clone(route);
+        // Release the table: a long call must not keep an old version alive.
+        drop(guard);
+
+        let deadline = match deadline_of(&request, &route) {
+            Ok(deadline) => deadline,
+            Err(response) => return response,
+        };
+        let client_key = client.map(|a| a.ip().to_string());
+        let affinity = affinity_of(&request, &route, client_key.as_deref());
+        let Some(pick) = route.all.pick(&PickContext { affinity }) else {
+            return trailers_only(
+                Code::Unavailable,
+                format!(
+                    "no usable node for service {}: {} node(s) known, none healthy (draining, unhealthy, failed or lost)",
+                    route.name, route.known_nodes
+                ),
+            );
+        };
+        let endpoint = Arc::clone(&route.all.endpoints()[pick.index]);
+        let Some(authority) = endpoint.authority.clone() else {
+            return trailers_only(
+                Code::Internal,
+                format!(
+                    "node {} has an unusable address {:?}",
+                    endpoint.node.id, endpoint.node.address
+                ),
+            );
+        };
+
+        let (mut parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path);
+        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+        if let Some(deadline) = deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            parts
+                .headers
+                .insert(GRPC_TIMEOUT, timeout::format(remaining));
+        }
+        let upstream = Request::from_parts(parts, ProxyBody::new(body));
+
+        let in_flight = endpoint.start_owned_request();
+        let sent = endpoint.connection.send(upstream);
+        let response = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
+                Ok(result) => result,
+                Err(_) => {
+                    route
+                        .metrics_of(&endpoint.node.id)
+                        .record(Code::DeadlineExceeded as i32, started.elapsed());
+                    return trailers_only(
+                        Code::DeadlineExceeded,
+                        format!(
+                            "deadline exceeded waiting for node {} to answer",
+                            endpoint.node.id
+                        ),
+                    );
+                }
+            },
+            None => sent.await,
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                route
+                    .metrics_of(&endpoint.node.id)
+                    .record(Code::Unavailable as i32, started.elapsed());
+                return trailers_only(
+                    Code::Unavailable,
+                    format!(
+                        "node {} of service {} failed: {e}",
+                        endpoint.node.id, route.name
+                    ),
+                );
+            }
+        };
+        endpoint.ewma.observe(started.elapsed());
+
+        let (mut parts, body) = response.into_parts();
+        if let Some(node) = &endpoint.node_header {
+            parts.headers.insert(SERVED_BY, node.clone());
+        }
+        let call = Call {
+            _in_flight: in_flight,
+            metrics: route.metrics_of(&endpoint.node.id),
+            started,
+            header_status: body::header_status(&parts.headers),
+        };
+        Response::from_parts(
+            parts,
+            ProxyBody::new(ObservedBody::new(body, deadline, call)),
+        )
+    }
+}
+
+/// `pkg.Service` of `/pkg.Service/Method`.
+fn service_of(uri: &Uri) -> Option<&str> {
+    let (service, method) = uri.path().strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some(service)
+}
+
+/// When the call must end: the caller's `grpc-timeout`, capped by the policy's maximum,
+/// or the policy's default when the caller sent none.
+#[allow(clippy::result_large_err)]
+fn deadline_of(
+    request: &Request<Incoming>,
+    route: &ServiceRoute,
+) -> Result<Option<Instant>, Response<ProxyBody>> {
+    let policy = &route.policy.timeout;
+    let asked = match request.headers().get(GRPC_TIMEOUT) {
+        Some(value) => match timeout::parse(value) {
+            Some(budget) => Some(budget),
+            None => {
+                return Err(trailers_only(
+                    Code::InvalidArgument,
+                    format!("malformed grpc-timeout header {value:?}"),
+                ));
+            }
+        },
+        None if policy.default_timeout_ms > 0 => Some(std::time::Duration::from_millis(u64::from(
+            policy.default_timeout_ms,
+        ))),
+        None => None,
+    };
+    let capped = match (asked, policy.max_timeout_ms) {
+        (Some(budget), max) if max > 0 => {
+            Some(budget.min(std::time::Duration::from_millis(u64::from(max))))
+        }
+        (budget, _) => budget,
+    };
+    Ok(capped.map(|budget| Instant::now() + budget))
+}
+
+/// The consistent-hash key: the policy's header, else the client's address.
+fn affinity_of<'a>(
+    request: &'a Request<Incoming>,
+    route: &ServiceRoute,
+    client: Option<&'a str>,
+) -> Option<&'a [u8]> {
+    let header = &route.policy.hash.header;
+    if !header.is_empty()
+        && let Some(value) = request.headers().get(header.as_str())
+    {
+        return Some(value.as_bytes());
+    }
+    client.map(str::as_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_is_taken_from_the_method_path() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert_eq!(service_of(&uri("/demo.v1.Echo/Say")), Some("demo.v1.Echo"));
+        assert_eq!(service_of(&uri("/demo.v1.Echo/")), None);
+        assert_eq!(service_of(&uri("/nothing")), None);
+        assert_eq!(service_of(&uri("/a/b/c")), None);
+    }
+}

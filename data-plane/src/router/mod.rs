@@ -1,0 +1,261 @@
+//! `meridian.v1.MessageRouter/RouteMessage`: route one federation message to a node of
+//! its target service and return the node's reply with the routing decision. The node is
+//! the requested one (`target_node`), the least loaded in the requested region
+//! (`target_region`), or the service balancer's pick — among the proxy's own region only
+//! unless the message allows global routing. The call goes over the endpoint's pooled
+//! HTTP/2 connection, so RouteMessage and transparent traffic share load accounting.
+
+mod upstream;
+
+use std::sync::Arc;
+
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::message_handler_client::MessageHandlerClient;
+use meridian_proto::v1::message_router_server::MessageRouter;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use self::upstream::EndpointChannel;
+use crate::balance::{Pick, PickContext};
+use crate::endpoint::Endpoint;
+use crate::forward::timeout;
+use crate::table::{ProxyIdentity, ProxyTable, ServiceRoute, TableHandle};
+
+pub struct Router {
+    table: TableHandle,
+    identity: Arc<ProxyIdentity>,
+}
+
+impl Router {
+    pub fn new(table: TableHandle, identity: Arc<ProxyIdentity>) -> Self {
+        Router { table, identity }
+    }
+}
+
+/// The node chosen for a message and why.
+struct Choice {
+    endpoint: Arc<Endpoint>,
+    reason: String,
+    alternatives: Vec<pb::Alternative>,
+}
+
+#[tonic::async_trait]
+impl MessageRouter for Router {
+    async fn route_message(
+        &self,
+        request: Request<pb::RouteMessageRequest>,
+    ) -> Result<Response<pb::RouteMessageResponse>, Status> {
+        let budget = request.metadata().get("grpc-timeout").and_then(|v| {
+            let value = http::HeaderValue::from_bytes(v.as_bytes()).ok()?;
+            timeout::parse(&value)
+        });
+        let client = request.remote_addr().map(|a| a.ip().to_string());
+        let message = request
+            .into_inner()
+            .message
+            .ok_or_else(|| Status::invalid_argument("message is required"))?;
+        if message.target_service.is_empty() {
+            return Err(Status::invalid_argument(
+                "message.target_service is required",
+            ));
+        }
+        let table = self.table.current().ok_or_else(|| {
+            Status::unavailable(format!(
+                "proxy {} has no routing table yet",
+                self.identity.id
+            ))
+        })?;
+        let route = table.service(&message.target_service).cloned().ok_or_else(|| {
+            Status::unimplemented(format!(
+                "service {} is not in the routing table of proxy {} (version {}): no node serves it",
+                message.target_service,
+                self.identity.id,
+                table.version()
+            ))
+        })?;
+        let choice = self.choose(&table, &route, &message, client.as_deref())?;
+        let endpoint = Arc::clone(&choice.endpoint);
+
+        let mut handler = MessageHandlerClient::with_origin(
+            EndpointChannel(Arc::clone(&endpoint)),
+            endpoint.origin(),
+        );
+        let mut outgoing = Request::new(pb::HandleMessageRequest {
+            message: Some(message),
+            routed_by: self.identity.id.clone(),
+            attempt: 1,
+        });
+        if let Some(budget) = budget {
+            outgoing.set_timeout(budget);
+        }
+        let started = Instant::now();
+        let answer = {
+            let _in_flight = endpoint.start_request();
+            match budget {
+                Some(budget) => tokio::time::timeout(budget, handler.handle_message(outgoing))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(format!(
+                            "node {} did not answer in time",
+                            endpoint.node.id
+                        )))
+                    }),
+                None => handler.handle_message(outgoing).await,
+            }
+        };
+        let elapsed = started.elapsed();
+        let metrics = route.metrics_of(&endpoint.node.id);
+        let reply = match answer {
+            Ok(reply) => {
+                endpoint.ewma.observe(elapsed);
+                metrics.record(0, elapsed);
+                reply.into_inner()
+            }
+            Err(status) => {
+                metrics.record(status.code() as i32, elapsed);
+                return Err(status);
+            }
+        };
+        let decision = pb::RoutingDecision {
+            target_node: endpoint.node.id.clone(),
+            target_region: endpoint.node.region.clone(),
+            target_zone: endpoint.node.zone.clone(),
+            algorithm: pb::Algorithm::from(route.policy.algorithm).into(),
+            attempts: 1,
+            reason: choice.reason,
+            alternatives: choice.alternatives,
+            table_version: table.version(),
+            proxy_id: self.identity.id.clone(),
+        };
+        Ok(Response::new(pb::RouteMessageResponse {
+            reply: Some(reply),
+            decision: Some(decision),
+        }))
+    }
+}
+
+impl Router {
+    fn choose(
+        &self,
+        table: &ProxyTable,
+        route: &ServiceRoute,
+        message: &pb::FederationMessage,
+        client: Option<&str>,
+    ) -> Result<Choice, Status> {
+        let home = &self.identity.region;
+        if !message.target_node.is_empty() {
+            let endpoint = table.endpoint(&message.target_node).ok_or_else(|| {
+                Status::not_found(format!(
+                    "target_node {:?} is not in the routing table",
+                    message.target_node
+                ))
+            })?;
+            if !endpoint.node.serves(&route.name) {
+                return Err(Status::invalid_argument(format!(
+                    "target_node {:?} does not serve {}",
+                    message.target_node, route.name
+                )));
+            }
+            self.check_region(&endpoint.node.region, message)?;
+            if !endpoint.node.status.is_routable() {
+                return Err(Status::unavailable(format!(
+                    "target_node {:?} is {} ({})",
+                    message.target_node, endpoint.node.status, endpoint.node.status_reason
+                )));
+            }
+            return Ok(Choice {
+                endpoint: Arc::clone(endpoint),
+                reason: "the message named this node".into(),
+                alternatives: Vec::new(),
+            });
+        }
+        if !message.target_region.is_empty() {
+            if !table.data.regions.contains_key(&message.target_region) {
+                return Err(Status::not_found(format!(
+                    "target_region {:?} is not in the federation",
+                    message.target_region
+                )));
+            }
+            self.check_region(&message.target_region, message)?;
+            let in_region: Vec<&Arc<Endpoint>> = route
+                .all
+                .endpoints()
+                .iter()
+                .filter(|e| e.node.region == message.target_region)
+                .collect();
+            let endpoint = in_region
+                .iter()
+                .min_by_key(|e| e.in_flight())
+                .ok_or_else(|| {
+                    Status::unavailable(format!(
+                        "no usable node of {} in region {}",
+                        route.name, message.target_region
+                    ))
+                })?;
+            return Ok(Choice {
+                endpoint: Arc::clone(endpoint),
+                reason: format!(
+                    "fewest in-flight requests in the requested region {}",
+                    message.target_region
+                ),
+                alternatives: Vec::new(),
+            });
+        }
+        let balancer = if message.global_routing {
+            &route.all
+        } else {
+            &route.local
+        };
+        let affinity = if message.affinity_key.is_empty() {
+            client.map(str::as_bytes)
+        } else {
+            Some(message.affinity_key.as_bytes())
+        };
+        let Some(pick) = balancer.pick(&PickContext { affinity }) else {
+            let scope = if message.global_routing {
+                "anywhere in the federation".to_owned()
+            } else {
+                format!("in region {home} (set global_routing to use other regions)")
+            };
+            return Err(Status::unavailable(format!(
+                "no usable node of {} {scope}",
+                route.name
+            )));
+        };
+        Ok(explain(balancer.endpoints(), pick))
+    }
+
+    fn check_region(&self, region: &str, message: &pb::FederationMessage) -> Result<(), Status> {
+        if region != self.identity.region && !message.global_routing {
+            return Err(Status::invalid_argument(format!(
+                "region {region} is outside this proxy's region {}; set global_routing to route there",
+                self.identity.region
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn explain(endpoints: &[Arc<Endpoint>], pick: Pick) -> Choice {
+    let alternatives = pick
+        .compared_with
+        .filter(|i| *i != pick.index)
+        .and_then(|i| endpoints.get(i))
+        .map(|other| pb::Alternative {
+            node_id: other.node.id.clone(),
+            region: other.node.region.clone(),
+            zone: other.node.zone.clone(),
+            reason: format!(
+                "not chosen: {} ({} in flight)",
+                pick.reason,
+                other.in_flight()
+            ),
+        })
+        .into_iter()
+        .collect();
+    Choice {
+        endpoint: Arc::clone(&endpoints[pick.index]),
+        reason: pick.reason.to_owned(),
+        alternatives,
+    }
+}

@@ -1,0 +1,243 @@
+//! The proxy's routing table: the data the control plane sent ([`data`]), turned into
+//! what the request path reads — per service, balancers over its usable endpoints (all
+//! regions, and the proxy's own region only) — and published through an atomic pointer
+//! swap, so readers on the request path never block and always see one whole version.
+//! [`subscription`] keeps it current; [`cache_file`] keeps the last good one on disk.
+
+pub mod cache_file;
+pub mod data;
+pub mod route_metrics;
+pub mod subscription;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::{ArcSwapOption, Guard};
+use meridian_shared::domain::ServicePolicy;
+use serde_json::json;
+
+pub use self::data::TableData;
+pub use self::route_metrics::RouteMetrics;
+use crate::balance::{self, Balancer, Locality};
+use crate::endpoint::Endpoint;
+
+/// Where the table in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableSource {
+    Stream,
+    File,
+}
+
+/// Who and where this proxy is.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyIdentity {
+    pub id: String,
+    pub federation: String,
+    pub region: String,
+    pub zone: String,
+}
+
+/// One service as the request path sees it.
+#[derive(Debug)]
+pub struct ServiceRoute {
+    pub name: String,
+    pub policy: ServicePolicy,
+    /// Usable endpoints anywhere in the federation.
+    pub all: Box<dyn Balancer>,
+    /// Usable endpoints in the proxy's region.
+    pub local: Box<dyn Balancer>,
+    /// Nodes serving it in the table, usable or not (for error messages).
+    pub known_nodes: usize,
+    /// Request metrics per node id.
+    pub metrics: HashMap<String, Arc<RouteMetrics>>,
+}
+
+impl ServiceRoute {
+    /// The metrics of calls to `node_id`.
+    pub fn metrics_of(&self, node_id: &str) -> Arc<RouteMetrics> {
+        self.metrics
+            .get(node_id)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(RouteMetrics::new(&self.name, node_id)))
+    }
+}
+
+#[derive(Debug)]
+pub struct ProxyTable {
+    pub data: TableData,
+    pub locality: Locality,
+    pub source: TableSource,
+    pub applied_at: SystemTime,
+    services: HashMap<String, Arc<ServiceRoute>>,
+    endpoints: HashMap<String, Arc<Endpoint>>,
+}
+
+impl ProxyTable {
+    /// Builds the request-path view of `data`, reusing the endpoints (counters and
+    /// connections) of `previous` for nodes that did not change.
+    pub fn build(
+        data: TableData,
+        identity: &ProxyIdentity,
+        previous: Option<&ProxyTable>,
+        source: TableSource,
+    ) -> Self {
+        let regions: Vec<_> = data.regions.values().cloned().collect();
+        let locality = Locality::new(&identity.region, &identity.zone, &regions);
+        let endpoints: HashMap<String, Arc<Endpoint>> = data
+            .nodes
+            .values()
+            .map(|node| {
+                let reused = previous
+                    .and_then(|p| p.endpoints.get(&node.id))
+                    .filter(|e| e.node == *node)
+                    .cloned();
+                (
+                    node.id.clone(),
+                    reused.unwrap_or_else(|| Arc::new(Endpoint::new(node.clone()))),
+                )
+            })
+            .collect();
+        let names: BTreeSet<&String> = data
+            .services
+            .keys()
+            .chain(data.nodes.values().flat_map(|n| n.services.iter()))
+            .collect();
+        let services = names
+            .into_iter()
+            .map(|name| {
+                let policy = data
+                    .services
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| ServicePolicy {
+                        name: name.clone(),
+                        federation: data.federation.clone(),
+                        ..Default::default()
+                    });
+                let serving: Vec<&Arc<Endpoint>> =
+                    endpoints.values().filter(|e| e.node.serves(name)).collect();
+                let mut usable: Vec<Arc<Endpoint>> = serving
+                    .iter()
+                    .filter(|e| e.node.status.is_routable())
+                    .map(|e| Arc::clone(e))
+                    .collect();
+                usable.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+                let local: Vec<Arc<Endpoint>> = usable
+                    .iter()
+                    .filter(|e| e.node.region == identity.region)
+                    .cloned()
+                    .collect();
+                let metrics = usable
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.node.id.clone(),
+                            Arc::new(RouteMetrics::new(name, &e.node.id)),
+                        )
+                    })
+                    .collect();
+                let route = ServiceRoute {
+                    metrics,
+                    name: name.clone(),
+                    all: balance::build(policy.algorithm, usable, &locality),
+                    local: balance::build(policy.algorithm, local, &locality),
+                    known_nodes: serving.len(),
+                    policy,
+                };
+                (name.clone(), Arc::new(route))
+            })
+            .collect();
+        ProxyTable {
+            data,
+            locality,
+            source,
+            applied_at: SystemTime::now(),
+            services,
+            endpoints,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.data.version
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Arc<ServiceRoute>> {
+        self.services.get(name)
+    }
+
+    pub fn endpoint(&self, node_id: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.get(node_id)
+    }
+
+    /// The table and every endpoint's state, for `/debug/table`.
+    pub fn debug_json(&self) -> serde_json::Value {
+        let mut services: Vec<_> = self.services.values().collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        let services: Vec<_> = services
+            .into_iter()
+            .map(|route| {
+                let mut endpoints: Vec<_> = self
+                    .endpoints
+                    .values()
+                    .filter(|e| e.node.serves(&route.name))
+                    .collect();
+                endpoints.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+                json!({
+                    "name": route.name,
+                    "algorithm": route.policy.algorithm.as_str(),
+                    "has_policy": self.data.services.contains_key(&route.name),
+                    "usable_endpoints": route.all.endpoints().len(),
+                    "endpoints": endpoints.iter().map(|e| json!({
+                        "node": e.node.id,
+                        "address": e.node.address,
+                        "region": e.node.region,
+                        "zone": e.node.zone,
+                        "weight": e.node.effective_weight(),
+                        "status": e.node.status.as_str(),
+                        "usable": e.node.status.is_routable(),
+                        "in_flight": e.in_flight(),
+                        "latency_estimate_ms": e.ewma.estimate().as_secs_f64() * 1e3,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "version": self.data.version,
+            "federation": self.data.federation,
+            "source": match self.source { TableSource::Stream => "stream", TableSource::File => "file" },
+            "applied_at": humantime_rfc3339(self.applied_at),
+            "region": self.locality.region,
+            "zone": self.locality.zone,
+            "regions": self.data.regions.keys().collect::<Vec<_>>(),
+            "failovers": self.data.failovers.values().map(|f| json!({
+                "service": f.service, "target": f.target, "reason": f.reason,
+            })).collect::<Vec<_>>(),
+            "services": services,
+        })
+    }
+}
+
+fn humantime_rfc3339(time: SystemTime) -> String {
+    prost_types::Timestamp::from(time).to_string()
+}
+
+/// The table in force, shared by the request path and the subscription.
+#[derive(Debug, Clone, Default)]
+pub struct TableHandle(Arc<ArcSwapOption<ProxyTable>>);
+
+impl TableHandle {
+    /// The current table; cheap, lock-free, and stable for as long as it is held.
+    pub fn load(&self) -> Guard<Option<Arc<ProxyTable>>> {
+        self.0.load()
+    }
+
+    pub fn current(&self) -> Option<Arc<ProxyTable>> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, table: ProxyTable) {
+        metrics::gauge!("meridian_proxy_table_version").set(table.version() as f64);
+        self.0.store(Some(Arc::new(table)));
+    }
+}

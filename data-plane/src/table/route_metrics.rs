@@ -1,0 +1,50 @@
+//! Request metrics of one service on one endpoint: calls by gRPC status, and latency.
+//! The handles are made when the table is built, so the request path records with atomic
+//! operations instead of building label strings per call.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+
+use crate::forward::status::code_name;
+
+#[derive(Debug)]
+pub struct RouteMetrics {
+    service: String,
+    node: String,
+    latency: Histogram,
+    /// By gRPC code 0..=16, made on first use.
+    codes: [OnceLock<Counter>; 17],
+}
+
+impl RouteMetrics {
+    pub fn new(service: &str, node: &str) -> Self {
+        RouteMetrics {
+            latency: metrics::histogram!(
+                "meridian_proxy_request_duration_seconds",
+                "service" => service.to_owned(),
+                "node" => node.to_owned()
+            ),
+            service: service.to_owned(),
+            node: node.to_owned(),
+            codes: Default::default(),
+        }
+    }
+
+    /// Records a finished call.
+    pub fn record(&self, code: i32, latency: Duration) {
+        self.latency.record(latency.as_secs_f64());
+        let index = usize::try_from(code).ok().filter(|c| *c < 17).unwrap_or(2);
+        self.codes[index]
+            .get_or_init(|| {
+                metrics::counter!(
+                    "meridian_proxy_requests_total",
+                    "service" => self.service.clone(),
+                    "node" => self.node.clone(),
+                    "code" => code_name(tonic::Code::from(index as i32))
+                )
+            })
+            .increment(1);
+    }
+}

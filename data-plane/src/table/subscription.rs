@@ -1,0 +1,216 @@
+//! Following the control plane: open `RoutingDiscovery/StreamRoutes` on one of the
+//! configured replicas, say who this proxy is and which version it holds, apply each
+//! snapshot or delta (ACK) or refuse it and keep the last good table (NACK), and persist
+//! every applied table to the cache file. When the stream breaks, reconnect with jittered
+//! exponential backoff to the next replica and resume from the version held. The table is
+//! never evicted for being old: without a control plane, the proxy routes with what it has.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::routing_discovery_client::RoutingDiscoveryClient;
+use meridian_proto::v1::stream_routes_request::Message as Outbound;
+use meridian_shared::admin_http::Readiness;
+use meridian_shared::{Backoff, Shutdown};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::data::TableData;
+use super::{ProxyIdentity, ProxyTable, TableHandle, TableSource, cache_file};
+
+pub struct Subscription {
+    pub identity: ProxyIdentity,
+    pub control_planes: Vec<String>,
+    pub cache: Option<PathBuf>,
+    pub table: TableHandle,
+    pub readiness: Readiness,
+}
+
+impl Subscription {
+    /// Loads the cached table, if any, so the proxy can serve before it reaches a
+    /// control plane.
+    pub fn load_cache(&self) {
+        let Some(path) = &self.cache else { return };
+        match cache_file::load(path) {
+            Ok(Some(snapshot)) => match TableData::from_snapshot(snapshot) {
+                Ok(data)
+                    if data.federation == self.identity.federation
+                        || data.federation.is_empty() =>
+                {
+                    tracing::info!(version = data.version, path = %path.display(), "serving the cached routing table until the control plane answers");
+                    self.install(data, TableSource::File);
+                }
+                Ok(data) => tracing::warn!(
+                    cached = %data.federation,
+                    wanted = %self.identity.federation,
+                    "ignoring the cached table: it belongs to another federation"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "ignoring an unreadable cached table")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "ignoring the table cache"),
+        }
+    }
+
+    /// Follows the control planes until `shutdown`.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut replica = 0usize;
+        metrics::gauge!("meridian_proxy_control_plane_connected").set(0.0);
+        loop {
+            let url = &self.control_planes[replica % self.control_planes.len()];
+            let result = tokio::select! {
+                _ = shutdown.wait() => return,
+                result = self.follow(url, &mut backoff) => result,
+            };
+            metrics::gauge!("meridian_proxy_control_plane_connected").set(0.0);
+            let delay = backoff.next_delay();
+            let held = self
+                .table
+                .current()
+                .map(|t| t.version())
+                .unwrap_or_default();
+            tracing::warn!(control_plane = %url, error = %result, retry_in = ?delay, held_version = held, "routing stream lost; keeping the current table and reconnecting");
+            replica += 1;
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One stream: returns why it ended.
+    async fn follow(&self, url: &str, backoff: &mut Backoff) -> String {
+        let channel = match tonic::transport::Endpoint::from_shared(url.to_owned()) {
+            Ok(endpoint) => {
+                endpoint
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect()
+                    .await
+            }
+            Err(e) => return format!("invalid control-plane address {url}: {e}"),
+        };
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(e) => return format!("cannot connect: {e}"),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let held_version = self
+            .table
+            .current()
+            .map(|t| t.version())
+            .unwrap_or_default();
+        let hello = pb::Hello {
+            proxy_id: self.identity.id.clone(),
+            federation: self.identity.federation.clone(),
+            region: self.identity.region.clone(),
+            zone: self.identity.zone.clone(),
+            held_version,
+            build_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let _ = tx.send(message(Outbound::Hello(hello))).await;
+        let mut inbound = match RoutingDiscoveryClient::new(channel)
+            .stream_routes(ReceiverStream::new(rx))
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) => return format!("the control plane refused the stream: {status}"),
+        };
+        metrics::gauge!("meridian_proxy_control_plane_connected").set(1.0);
+        tracing::info!(control_plane = %url, held_version, "subscribed to routing tables");
+        backoff.reset();
+        loop {
+            let response = match inbound.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return "the control plane closed the stream".into(),
+                Err(status) => return status.to_string(),
+            };
+            let answer = self.apply(response);
+            if tx.send(message(answer)).await.is_err() {
+                return "the stream closed".into();
+            }
+        }
+    }
+
+    /// Applies one update; the ACK or NACK to send.
+    fn apply(&self, response: pb::StreamRoutesResponse) -> Outbound {
+        let current = self.table.current();
+        let base = current.as_ref().map(|t| t.data.clone()).unwrap_or_default();
+        let Some(update) = response.update else {
+            return nack(base.version, response.nonce, "the update was empty".into());
+        };
+        match base.apply(update) {
+            Ok(data) => {
+                let version = data.version;
+                self.persist(&data);
+                self.install(data, TableSource::Stream);
+                metrics::counter!("meridian_proxy_table_updates_total", "result" => "applied")
+                    .increment(1);
+                Outbound::Ack(pb::Ack {
+                    version,
+                    nonce: response.nonce,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, held_version = base.version, "refusing a routing-table update; keeping the current table");
+                metrics::counter!("meridian_proxy_table_updates_total", "result" => "refused")
+                    .increment(1);
+                nack(base.version, response.nonce, e.to_string())
+            }
+        }
+    }
+
+    fn install(&self, data: TableData, source: TableSource) {
+        let previous = self.table.current();
+        let table = ProxyTable::build(data, &self.identity, previous.as_deref(), source);
+        tracing::debug!(
+            version = table.version(),
+            ?source,
+            "routing table installed"
+        );
+        self.table.store(table);
+        self.readiness.set(true);
+    }
+
+    fn persist(&self, data: &TableData) {
+        let Some(path) = &self.cache else { return };
+        if let Err(e) = cache_file::store(path, &data.to_snapshot()) {
+            tracing::warn!(error = %e, "could not save the routing table; a restart without a control plane would start empty");
+        }
+    }
+}
+
+fn message(message: Outbound) -> pb::StreamRoutesRequest {
+    pb::StreamRoutesRequest {
+        message: Some(message),
+    }
+}
+
+fn nack(version: u64, nonce: String, error: String) -> Outbound {
+    Outbound::Nack(pb::Nack {
+        version,
+        nonce,
+        error,
+    })
+}
+
+/// Keeps `meridian_proxy_table_age_seconds` current: how long ago the table in force was
+/// applied.
+pub async fn report_table_age(table: TableHandle, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(t) = table.current() {
+            let age = SystemTime::now()
+                .duration_since(t.applied_at)
+                .unwrap_or_default();
+            metrics::gauge!("meridian_proxy_table_age_seconds").set(age.as_secs_f64());
+        }
+    }
+}
