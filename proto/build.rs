@@ -1,5 +1,6 @@
-//! Generates the meridian.v1 Rust code (messages, clients, servers) and the file
-//! descriptor set that server reflection serves. Needs `protoc` (Debian: protobuf-compiler).
+//! Generates the Rust code (messages, clients, servers) of the meridian.v1 protocol and of
+//! the demo.v1 sample API, and one file descriptor set of both that server reflection
+//! serves. Needs `protoc` (Debian: protobuf-compiler).
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/meridian/v1/discovery.proto",
     "proto/meridian/v1/registry.proto",
     "proto/meridian/v1/admin.proto",
+    "proto/demo/v1/demo.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("meridian_descriptor.bin"))
         .compile_protos(PROTOS, &["proto"])
         .map_err(|e| {
-            format!("compiling the meridian.v1 protos failed (is protoc installed? `apt-get install protobuf-compiler`): {e}")
+            format!("compiling the meridian.v1 and demo.v1 protos failed (is protoc installed? `apt-get install protobuf-compiler`): {e}")
         })?;
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");

@@ -1,6 +1,8 @@
 //! The `meridian.v1` protocol: the generated messages, clients and servers for every
 //! Meridian service, and the descriptor set that server reflection serves so `grpcurl`
-//! works without local .proto files. The .proto files under `proto/` are the reference.
+//! works without local .proto files. Also `demo.v1`, the sample application API that
+//! `meridian-demo-node` serves, so demos and tests exercise services Meridian has no code
+//! for. The .proto files under `proto/` are the reference.
 
 #![forbid(unsafe_code)]
 
@@ -10,5 +12,15 @@ pub mod v1 {
     tonic::include_proto!("meridian.v1");
 }
 
-/// Encoded `FileDescriptorSet` of every meridian.v1 file, for tonic-reflection.
+/// The sample application API, not part of the Meridian protocol.
+pub mod demo {
+    /// Package `demo.v1`: the `Echo` service and the `DemoControl` knobs of
+    /// `meridian-demo-node`.
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("demo.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every meridian.v1 and demo.v1 file, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("meridian_descriptor");

@@ -6,11 +6,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod control;
+pub mod demo_node;
 pub mod etcd;
 pub mod http;
+pub mod loadgen;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod subscriber;
 
 pub use etcd::{EtcdCluster, HarnessError};

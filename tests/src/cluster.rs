@@ -1,0 +1,208 @@
+//! A whole federation on loopback for end-to-end tests: real etcd, a real control plane,
+//! real demo nodes and real proxies, all processes. Federation `prod` has three regions at
+//! real coordinates: `eu-west` (Dublin; zones eu-west-a, eu-west-b), `us-east`
+//! (Washington; us-east-a) and `ap-south` (Mumbai; ap-south-a).
+
+use std::time::Duration;
+
+use meridian_proto::v1 as pb;
+use tempfile::TempDir;
+
+use crate::EtcdCluster;
+use crate::control::{ControlPlaneOptions, ControlPlaneProcess, OPERATOR_TOKEN, authorized};
+use crate::demo_node::process::DemoNodeProcess;
+use crate::proxy::{ProxyOptions, ProxyProcess};
+
+/// The sample service every demo node serves.
+pub const ECHO: &str = "demo.v1.Echo";
+
+pub struct Cluster {
+    pub etcd: EtcdCluster,
+    pub cp: ControlPlaneProcess,
+    pub dir: TempDir,
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let etcd = EtcdCluster::single().await.expect("starting etcd");
+        let cp = ControlPlaneProcess::start(ControlPlaneOptions {
+            etcd_endpoints: &etcd.endpoints(),
+            prefix: "/meridian/",
+            replica: "cp-a",
+            election_ttl_seconds: 5,
+            dir: dir.path(),
+        })
+        .await;
+        let cluster = Cluster { etcd, cp, dir };
+        cluster.seed().await;
+        cluster
+    }
+
+    async fn seed(&self) {
+        let mut admin = self.cp.admin().await;
+        let federation = pb::Federation {
+            name: "prod".into(),
+            ..Default::default()
+        };
+        admin
+            .upsert_federation(authorized(
+                pb::UpsertFederationRequest {
+                    federation: Some(federation),
+                },
+                OPERATOR_TOKEN,
+            ))
+            .await
+            .expect("creating federation prod");
+        for (name, lat, lon, zones) in [
+            ("eu-west", 53.35, -6.26, &["eu-west-a", "eu-west-b"][..]),
+            ("us-east", 38.9, -77.04, &["us-east-a"][..]),
+            ("ap-south", 19.08, 72.88, &["ap-south-a"][..]),
+        ] {
+            let region = pb::Region {
+                name: name.into(),
+                federation: "prod".into(),
+                location: Some(pb::GeoPoint {
+                    latitude: lat,
+                    longitude: lon,
+                }),
+                zones: zones.iter().map(|z| z.to_string()).collect(),
+                ..Default::default()
+            };
+            admin
+                .upsert_region(authorized(
+                    pb::UpsertRegionRequest {
+                        region: Some(region),
+                    },
+                    OPERATOR_TOKEN,
+                ))
+                .await
+                .expect("creating a region");
+        }
+    }
+
+    /// Starts a demo node and registers it (operator registration) in `region`/`zone`.
+    pub async fn node(
+        &self,
+        id: &str,
+        region: &str,
+        zone: &str,
+        weight: u32,
+        args: &[&str],
+    ) -> DemoNodeProcess {
+        let node =
+            DemoNodeProcess::start(id, args, &self.dir.path().join(format!("{id}.log"))).await;
+        self.register(pb::Node {
+            id: id.into(),
+            address: node.addr.to_string(),
+            federation: "prod".into(),
+            region: region.into(),
+            zone: zone.into(),
+            services: vec![ECHO.into()],
+            weight,
+            ..Default::default()
+        })
+        .await;
+        node
+    }
+
+    pub async fn register(&self, node: pb::Node) {
+        let request = pb::RegisterNodeRequest {
+            node: Some(node),
+            replace: true,
+        };
+        self.cp
+            .admin()
+            .await
+            .register_node(authorized(request, OPERATOR_TOKEN))
+            .await
+            .expect("registering a node");
+    }
+
+    pub async fn drain(&self, id: &str) {
+        let request = pb::DrainNodeRequest {
+            id: id.into(),
+            reason: "test".into(),
+        };
+        self.cp
+            .admin()
+            .await
+            .drain_node(authorized(request, OPERATOR_TOKEN))
+            .await
+            .expect("draining a node");
+    }
+
+    pub async fn deregister(&self, id: &str) {
+        let request = pb::DeregisterNodeRequest { id: id.into() };
+        self.cp
+            .admin()
+            .await
+            .deregister_node(authorized(request, OPERATOR_TOKEN))
+            .await
+            .expect("deregistering a node");
+    }
+
+    /// Sets `demo.v1.Echo`'s policy.
+    pub async fn echo_policy(&self, algorithm: pb::Algorithm, hash_header: &str) {
+        let policy = pb::ServicePolicy {
+            name: ECHO.into(),
+            federation: "prod".into(),
+            algorithm: algorithm.into(),
+            hash: Some(pb::HashPolicy {
+                header: hash_header.into(),
+            }),
+            ..Default::default()
+        };
+        self.cp
+            .admin()
+            .await
+            .upsert_service_policy(authorized(
+                pb::UpsertServicePolicyRequest {
+                    policy: Some(policy),
+                },
+                OPERATOR_TOKEN,
+            ))
+            .await
+            .expect("setting the Echo policy");
+    }
+
+    /// Starts a proxy in `region`/`zone` and waits until it has a table.
+    pub async fn proxy(&self, id: &str, region: &str, zone: &str) -> ProxyProcess {
+        let proxy = ProxyProcess::start(ProxyOptions {
+            id,
+            federation: "prod",
+            region,
+            zone,
+            control_planes: &[self.cp.url()],
+            dir: self.dir.path(),
+            ports: None,
+        })
+        .await;
+        proxy.wait_ready(Duration::from_secs(20)).await;
+        proxy
+    }
+}
+
+/// Waits until the proxy's table lists `count` usable endpoints for demo.v1.Echo.
+pub async fn wait_usable(proxy: &ProxyProcess, count: usize) {
+    proxy
+        .wait_table(Duration::from_secs(20), "usable Echo endpoints", |t| {
+            t["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["name"] == ECHO)
+                .is_some_and(|s| s["usable_endpoints"] == count)
+        })
+        .await;
+}
+
+/// The node named by a response's `x-meridian-node` header.
+pub fn served_by<T>(response: &tonic::Response<T>) -> String {
+    response
+        .metadata()
+        .get("x-meridian-node")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("<none>")
+        .to_owned()
+}

@@ -1,0 +1,106 @@
+//! The run-time knobs of one node (health, latency, error rate, keep-alives), shared by
+//! the services: the flags set them at start, `DemoControl` changes them, and every Echo
+//! and MessageHandler call passes [`NodeBehaviour::admit`] first so the knobs apply the
+//! same way to every call shape.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tonic::Status;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// The grpc.health.v1 names whose status follows the node's health: the server as a whole
+/// and the application services.
+pub const HEALTH_NAMES: [&str; 3] = ["", "demo.v1.Echo", "meridian.v1.MessageHandler"];
+
+/// What a node is and how it currently behaves.
+#[derive(Debug)]
+pub struct NodeBehaviour {
+    node_id: String,
+    latency_ms: AtomicU32,
+    /// The error rate's `f64` bits: atomics have no float type.
+    error_rate_bits: AtomicU64,
+    health: HealthReporter,
+    keep_alive: watch::Sender<bool>,
+    registers: bool,
+}
+
+impl NodeBehaviour {
+    /// `registers` says whether a registration loop reads [`NodeBehaviour::keep_alive`].
+    pub fn new(
+        node_id: String,
+        latency_ms: u32,
+        error_rate: f64,
+        health: HealthReporter,
+        registers: bool,
+    ) -> Self {
+        NodeBehaviour {
+            node_id,
+            latency_ms: AtomicU32::new(latency_ms),
+            error_rate_bits: AtomicU64::new(error_rate.to_bits()),
+            health,
+            keep_alive: watch::Sender::new(true),
+            registers,
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Waits the node's latency plus `extra_delay_ms`, then fails with the node's error
+    /// rate. Call at the start of every application call.
+    pub async fn admit(&self, extra_delay_ms: u32) -> Result<(), Status> {
+        let delay = self
+            .latency_ms
+            .load(Ordering::Relaxed)
+            .saturating_add(extra_delay_ms);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+        }
+        let rate = f64::from_bits(self.error_rate_bits.load(Ordering::Relaxed));
+        if rate > 0.0 && rand::rng().random::<f64>() < rate {
+            return Err(Status::unavailable("injected failure"));
+        }
+        Ok(())
+    }
+
+    pub fn set_latency_ms(&self, latency_ms: u32) {
+        self.latency_ms.store(latency_ms, Ordering::Relaxed);
+    }
+
+    /// Callers check `rate` is within 0 and 1.
+    pub fn set_error_rate(&self, rate: f64) {
+        self.error_rate_bits
+            .store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Sets the status of every name in [`HEALTH_NAMES`].
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in HEALTH_NAMES {
+            self.health.set_service_status(name, status).await;
+        }
+    }
+
+    /// Whether a registration loop is there to obey [`NodeBehaviour::set_keep_alive`].
+    pub fn registers(&self) -> bool {
+        self.registers
+    }
+
+    pub fn set_keep_alive(&self, enabled: bool) {
+        self.keep_alive.send_replace(enabled);
+    }
+
+    /// Follows whether keep-alives should be sent.
+    pub fn keep_alive(&self) -> watch::Receiver<bool> {
+        self.keep_alive.subscribe()
+    }
+}

@@ -1,0 +1,75 @@
+//! `demo.v1.DemoControl`: lets tests change a running node's health, latency, error rate
+//! and keep-alives. Its calls skip the knobs they set, so a node made to fail every call
+//! can still be repaired.
+
+use std::sync::Arc;
+
+use meridian_proto::demo::v1 as demo;
+use meridian_proto::demo::v1::demo_control_server::DemoControl;
+use tonic::{Request, Response, Status};
+
+use super::behaviour::NodeBehaviour;
+
+/// The DemoControl service of one node.
+pub struct ControlService {
+    behaviour: Arc<NodeBehaviour>,
+}
+
+impl ControlService {
+    pub fn new(behaviour: Arc<NodeBehaviour>) -> Self {
+        ControlService { behaviour }
+    }
+}
+
+#[tonic::async_trait]
+impl DemoControl for ControlService {
+    async fn set_health(
+        &self,
+        request: Request<demo::SetHealthRequest>,
+    ) -> Result<Response<demo::ControlReply>, Status> {
+        let serving = request.into_inner().serving;
+        self.behaviour.set_serving(serving).await;
+        tracing::info!(serving, "health set");
+        Ok(Response::new(demo::ControlReply {}))
+    }
+
+    async fn set_latency(
+        &self,
+        request: Request<demo::SetLatencyRequest>,
+    ) -> Result<Response<demo::ControlReply>, Status> {
+        let latency_ms = request.into_inner().latency_ms;
+        self.behaviour.set_latency_ms(latency_ms);
+        tracing::info!(latency_ms, "latency set");
+        Ok(Response::new(demo::ControlReply {}))
+    }
+
+    async fn set_error_rate(
+        &self,
+        request: Request<demo::SetErrorRateRequest>,
+    ) -> Result<Response<demo::ControlReply>, Status> {
+        let rate = request.into_inner().rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(Status::invalid_argument(format!(
+                "rate: {rate} is outside 0 to 1"
+            )));
+        }
+        self.behaviour.set_error_rate(rate);
+        tracing::info!(rate, "error rate set");
+        Ok(Response::new(demo::ControlReply {}))
+    }
+
+    async fn set_keep_alive(
+        &self,
+        request: Request<demo::SetKeepAliveRequest>,
+    ) -> Result<Response<demo::ControlReply>, Status> {
+        if !self.behaviour.registers() {
+            return Err(Status::failed_precondition(
+                "this node does not register itself (it was started without --register-with)",
+            ));
+        }
+        let enabled = request.into_inner().enabled;
+        self.behaviour.set_keep_alive(enabled);
+        tracing::info!(enabled, "keep-alives set");
+        Ok(Response::new(demo::ControlReply {}))
+    }
+}

@@ -1,0 +1,217 @@
+//! `meridian-demo-node`: a backend that behaves like a real node of a Meridian federation,
+//! for demos and tests. One port serves the sample application API (`demo.v1.Echo`), the
+//! knobs that break it on purpose (`demo.v1.DemoControl`), federation messages
+//! (`meridian.v1.MessageHandler`), `grpc.health.v1.Health` and server reflection; the node
+//! can also register itself with a control plane and keep its lease alive.
+//!
+//! The binary is a thin `main` over [`DemoNode`]; [`process::DemoNodeProcess`] runs that
+//! binary from tests.
+
+pub mod behaviour;
+pub mod cli;
+pub mod control;
+pub mod echo;
+pub mod handler;
+pub mod process;
+pub mod registration;
+pub mod served_by;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use meridian_proto::demo::v1::demo_control_server::DemoControlServer;
+use meridian_proto::demo::v1::echo_server::EchoServer;
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::message_handler_server::MessageHandlerServer;
+use meridian_shared::{Shutdown, telemetry};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+use tower::util::MapResponseLayer;
+
+pub use behaviour::NodeBehaviour;
+pub use cli::DemoNodeArgs;
+use control::ControlService;
+use echo::EchoService;
+use handler::HandlerService;
+use registration::SelfRegistration;
+
+/// The gRPC services a demo node serves, as reflection lists them.
+pub const SERVED_SERVICES: [&str; 5] = [
+    <EchoServer<EchoService> as NamedService>::NAME,
+    <DemoControlServer<ControlService> as NamedService>::NAME,
+    <MessageHandlerServer<HandlerService> as NamedService>::NAME,
+    <HealthServer<HealthService> as NamedService>::NAME,
+    "grpc.reflection.v1.ServerReflection",
+];
+
+/// How long a stopping node waits for clients to close their connections. A client that
+/// never answers the server's GOAWAY (a hung or blocked process) would otherwise keep the
+/// node alive after SIGTERM.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What stops a demo node.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoNodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the node id {0:?} cannot be sent as the x-served-by trailer (not visible ASCII)")]
+    NodeId(String),
+    #[error(transparent)]
+    ControlPlaneUrl(#[from] registration::InvalidUrl),
+    #[error("building the reflection service failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("serving gRPC on {addr} failed: {source}")]
+    Serve {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+}
+
+/// A bound, not yet serving, demo node.
+pub struct DemoNode {
+    listener: TcpListener,
+    addr: SocketAddr,
+    served_by: HeaderValue,
+    behaviour: Arc<NodeBehaviour>,
+    health: HealthReporter,
+    registration: Option<SelfRegistration>,
+}
+
+impl DemoNode {
+    /// Binds the port and sets the starting behaviour from `args`.
+    pub async fn bind(args: DemoNodeArgs) -> Result<Self, DemoNodeError> {
+        let served_by = HeaderValue::from_str(&args.id)
+            .ok()
+            .filter(|_| !args.id.is_empty())
+            .ok_or_else(|| DemoNodeError::NodeId(args.id.clone()))?;
+        let listener =
+            TcpListener::bind(args.listen)
+                .await
+                .map_err(|source| DemoNodeError::Bind {
+                    addr: args.listen,
+                    source,
+                })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| DemoNodeError::Bind {
+                addr: args.listen,
+                source,
+            })?;
+        let health = HealthReporter::new();
+        let behaviour = Arc::new(NodeBehaviour::new(
+            args.id.clone(),
+            args.latency_ms,
+            args.error_rate,
+            health.clone(),
+            args.register_with.is_some(),
+        ));
+        behaviour.set_serving(!args.unhealthy).await;
+        let registration = match &args.register_with {
+            Some(url) => Some(SelfRegistration::new(
+                url,
+                node_spec(&args, addr),
+                args.ttl_seconds,
+                behaviour.keep_alive(),
+            )?),
+            None => None,
+        };
+        Ok(DemoNode {
+            listener,
+            addr,
+            served_by,
+            behaviour,
+            health,
+            registration,
+        })
+    }
+
+    /// The address the node listens on (with the port picked when it asked for 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves (and keeps the registration alive) until `shutdown`, then deregisters and
+    /// drains.
+    pub async fn serve(self, shutdown: Shutdown) -> Result<(), DemoNodeError> {
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in SERVED_SERVICES {
+            reflection = reflection.with_service_name(name);
+        }
+        let reflection = reflection.build_v1()?;
+        let registration = self
+            .registration
+            .map(|registration| tokio::spawn(registration.run(shutdown.clone())));
+
+        let served_by = self.served_by;
+        tracing::info!(
+            node = %self.behaviour.node_id(),
+            addr = %self.addr,
+            "demo node serving"
+        );
+        let (addr, stop) = (self.addr, shutdown.wait_owned());
+        let server = tonic::transport::Server::builder()
+            .trace_fn(telemetry::grpc_request_span)
+            .layer(MapResponseLayer::new(move |response| {
+                served_by::add_served_by(response, &served_by)
+            }))
+            .add_service(HealthServer::new(HealthService::from_health_reporter(
+                self.health,
+            )))
+            .add_service(reflection)
+            .add_service(EchoServer::new(EchoService::new(Arc::clone(
+                &self.behaviour,
+            ))))
+            .add_service(DemoControlServer::new(ControlService::new(Arc::clone(
+                &self.behaviour,
+            ))))
+            .add_service(MessageHandlerServer::new(HandlerService::new(Arc::clone(
+                &self.behaviour,
+            ))))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stop);
+        let served = tokio::select! {
+            served = server => served.map_err(|source| DemoNodeError::Serve { addr, source }),
+            () = drain_deadline(&shutdown) => {
+                tracing::warn!(
+                    "connections still open {DRAIN_DEADLINE:?} after shutdown; stopping anyway"
+                );
+                Ok(())
+            }
+        };
+        // Stops the registration too when serving failed on its own.
+        shutdown.trigger();
+        if let Some(registration) = registration {
+            let _ = registration.await;
+        }
+        tracing::info!("demo node stopped");
+        served
+    }
+}
+
+/// Fires [`DRAIN_DEADLINE`] after `shutdown`.
+async fn drain_deadline(shutdown: &Shutdown) {
+    shutdown.wait().await;
+    tokio::time::sleep(DRAIN_DEADLINE).await;
+}
+
+/// The node as it registers itself: reachable at the bound address.
+fn node_spec(args: &DemoNodeArgs, addr: SocketAddr) -> pb::Node {
+    pb::Node {
+        id: args.id.clone(),
+        address: addr.to_string(),
+        federation: args.federation.clone().unwrap_or_default(),
+        region: args.region.clone().unwrap_or_default(),
+        zone: args.zone.clone().unwrap_or_default(),
+        services: args.services.clone(),
+        weight: args.weight,
+        ..Default::default()
+    }
+}

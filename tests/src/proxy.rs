@@ -1,0 +1,133 @@
+//! A real `meridian-proxy` process for tests: on free loopback ports, following the given
+//! control planes, with a table cache in the test's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::http;
+use crate::ports::free_port;
+use crate::process::ChildProcess;
+
+pub struct ProxyProcess {
+    pub process: ChildProcess,
+    pub id: String,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub cache: PathBuf,
+}
+
+/// Where and how to start a proxy.
+pub struct ProxyOptions<'a> {
+    pub id: &'a str,
+    pub federation: &'a str,
+    pub region: &'a str,
+    pub zone: &'a str,
+    pub control_planes: &'a [String],
+    /// Directory for the log and the table cache.
+    pub dir: &'a Path,
+    /// Reuse these ports (restart tests); fresh ones when `None`.
+    pub ports: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl ProxyProcess {
+    /// Starts a proxy and waits until it is live (not necessarily ready).
+    pub async fn start(options: ProxyOptions<'_>) -> Self {
+        let (grpc, admin) = options.ports.unwrap_or_else(|| {
+            (
+                SocketAddr::from(([127, 0, 0, 1], free_port())),
+                SocketAddr::from(([127, 0, 0, 1], free_port())),
+            )
+        });
+        let cache = options.dir.join(format!("{}.table", options.id));
+        let (grpc_arg, admin_arg, control_planes) = (
+            grpc.to_string(),
+            admin.to_string(),
+            options.control_planes.join(","),
+        );
+        let args = [
+            "--id",
+            options.id,
+            "--federation",
+            options.federation,
+            "--region",
+            options.region,
+            "--zone",
+            options.zone,
+            "--control-planes",
+            &control_planes,
+            "--grpc-addr",
+            &grpc_arg,
+            "--admin-addr",
+            &admin_arg,
+            "--table-cache",
+            cache.to_str().expect("utf-8 temp path"),
+            "--drain-grace",
+            "2",
+            "--log-level",
+            "info,meridian_data_plane=debug",
+        ];
+        let log = options.dir.join(format!("{}.log", options.id));
+        let process =
+            ChildProcess::spawn("meridian-proxy", &args, &log).expect("starting meridian-proxy");
+        let live = http::wait_for_ok(admin, "/live", Duration::from_secs(20)).await;
+        assert!(
+            live,
+            "proxy {} not live; its output:\n{}",
+            options.id,
+            process.output()
+        );
+        ProxyProcess {
+            process,
+            id: options.id.to_owned(),
+            grpc,
+            admin,
+            cache,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Waits until `/ready` (a table is loaded).
+    pub async fn wait_ready(&self, deadline: Duration) {
+        let ready = http::wait_for_ok(self.admin, "/ready", deadline).await;
+        assert!(
+            ready,
+            "proxy {} not ready; its output:\n{}",
+            self.id,
+            self.process.output()
+        );
+    }
+
+    /// `/debug/table` as JSON.
+    pub async fn debug_table(&self) -> serde_json::Value {
+        let (code, body) = http::get(self.admin, "/debug/table")
+            .await
+            .expect("GET /debug/table");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("/debug/table is JSON")
+    }
+
+    /// Polls `/debug/table` until `condition` holds; panics with the table after `deadline`.
+    pub async fn wait_table(
+        &self,
+        deadline: Duration,
+        what: &str,
+        condition: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let started = tokio::time::Instant::now();
+        loop {
+            let table = self.debug_table().await;
+            if condition(&table) {
+                return table;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "{what}: not reached within {deadline:?}; table: {table:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
