@@ -67,8 +67,12 @@ error_log $work/nginx/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    # The default (1000 calls per connection) makes nginx close busy HTTP/2 connections
+    # and fail the calls in flight on them.
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
     client_body_temp_path $work/nginx;
-    upstream nodes { server 127.0.0.1:${nodes[0]}; server 127.0.0.1:${nodes[1]}; server 127.0.0.1:${nodes[2]}; keepalive 16; }
+    upstream nodes { server 127.0.0.1:${nodes[0]}; server 127.0.0.1:${nodes[1]}; server 127.0.0.1:${nodes[2]}; keepalive 16; keepalive_requests 100000000; }
     server {
         listen 127.0.0.1:18100 http2;
         http2_max_concurrent_streams 1024;

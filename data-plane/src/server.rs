@@ -224,7 +224,9 @@ async fn accept_until_shutdown(
         let dispatch = Arc::clone(&dispatch);
         let service = hyper::service::service_fn(move |request| {
             let dispatch = Arc::clone(&dispatch);
-            async move { Ok::<_, Infallible>(dispatch.handle(request, client).await) }
+            // Boxed: hyper spawns a task per stream holding this future, and moving a large
+            // future into each task showed up as the top cost (memmove) under load.
+            Box::pin(async move { Ok::<_, Infallible>(dispatch.handle(request, client).await) })
         });
         let connection = http2.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
