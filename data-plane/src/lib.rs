@@ -10,6 +10,7 @@ pub mod balance;
 pub mod cli;
 pub mod endpoint;
 pub mod forward;
+pub mod retry;
 pub mod router;
 pub mod server;
 pub mod table;

@@ -38,8 +38,11 @@ impl Adaptive {
 
 impl Balancer for Adaptive {
     fn pick(&self, _ctx: &PickContext<'_>) -> Option<Pick> {
-        let (index, compared_with) =
-            power_of_two_choices(self.endpoints.len(), |i| cost(&self.endpoints[i]))?;
+        let (index, compared_with) = power_of_two_choices(
+            self.endpoints.len(),
+            |i| self.endpoints[i].is_ready(),
+            |i| cost(&self.endpoints[i]),
+        )?;
         Some(Pick {
             index,
             reason: if compared_with.is_some() {

@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use super::{Balancer, Pick, PickContext};
+use super::{Balancer, Pick, PickContext, first_ready};
 use crate::endpoint::Endpoint;
 
 /// Points on the ring per endpoint.
@@ -61,16 +61,24 @@ impl Balancer for ConsistentHash {
             if self.endpoints.is_empty() {
                 return None;
             }
+            let len = self.endpoints.len();
+            let index = first_ready(len, rand::random_range(0..len), |i| {
+                self.endpoints[i].is_ready()
+            })?;
             return Some(Pick {
-                index: rand::random_range(0..self.endpoints.len()),
+                index,
                 reason: "no affinity key: random",
                 compared_with: None,
             });
         };
         let position = hash(&[key]);
         let next = self.ring.partition_point(|&(point, _)| point < position);
-        // Past the last point the ring wraps around to the first.
-        let &(_, index) = self.ring.get(next).or_else(|| self.ring.first())?;
+        // Past the last point the ring wraps around to the first; an unready owner passes
+        // its keys to the next ready endpoint clockwise (and gets them back when ready).
+        let len = self.ring.len();
+        let index = (0..len)
+            .map(|k| self.ring[(next + k) % len].1)
+            .find(|&i| self.endpoints[i].is_ready())?;
         Some(Pick {
             index,
             reason: "owner of the affinity key on the hash ring",

@@ -61,9 +61,12 @@ impl Geographic {
 
 impl Balancer for Geographic {
     fn pick(&self, _ctx: &PickContext<'_>) -> Option<Pick> {
-        let tier = self.tiers.first()?;
-        let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
-        let (chosen, other) = power_of_two_choices(tier.endpoints.len(), load)?;
+        // The nearest tier with a ready endpoint.
+        let (tier, (chosen, other)) = self.tiers.iter().find_map(|tier| {
+            let ready = |position: usize| self.endpoints[tier.endpoints[position]].is_ready();
+            let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
+            power_of_two_choices(tier.endpoints.len(), ready, load).map(|pick| (tier, pick))
+        })?;
         Some(Pick {
             index: tier.endpoints[chosen],
             reason: tier.kind.reason(),

@@ -27,8 +27,11 @@ impl LeastConnections {
 
 impl Balancer for LeastConnections {
     fn pick(&self, _ctx: &PickContext<'_>) -> Option<Pick> {
-        let (index, compared_with) =
-            power_of_two_choices(self.endpoints.len(), |i| self.endpoints[i].in_flight())?;
+        let (index, compared_with) = power_of_two_choices(
+            self.endpoints.len(),
+            |i| self.endpoints[i].is_ready(),
+            |i| self.endpoints[i].in_flight(),
+        )?;
         Some(Pick {
             index,
             reason: if compared_with.is_some() {

@@ -68,21 +68,18 @@ pub fn build(
     }
 }
 
-/// Power of two choices over `len` candidates: samples two distinct candidates uniformly
-/// at random and keeps the one with the lower `load` (the first sampled on a tie, itself
-/// random). Returns the kept candidate and the other one; with a single candidate, that one
-/// and `None`; with none, `None`.
-///
-/// Why two and not the least loaded of all: comparing two random candidates avoids the
-/// herd effect of every proxy sending to the same least-loaded endpoint on stale counters,
-/// costs O(1) per pick, and still keeps the load spread exponentially tighter than random.
+/// Power of two choices among the ready endpoints: sample two distinct endpoints and
+/// take the one with the lower `load`. An unready sample loses to a ready one; when both
+/// are unready, the first ready endpoint from a random start is taken; `None` when no
+/// endpoint is ready.
 pub(crate) fn power_of_two_choices<L: PartialOrd>(
     len: usize,
+    ready: impl Fn(usize) -> bool,
     load: impl Fn(usize) -> L,
 ) -> Option<(usize, Option<usize>)> {
     match len {
         0 => None,
-        1 => Some((0, None)),
+        1 => ready(0).then_some((0, None)),
         _ => {
             let first = rand::random_range(0..len);
             // Drawing the second from the other `len - 1` keeps the pair distinct without
@@ -91,13 +88,24 @@ pub(crate) fn power_of_two_choices<L: PartialOrd>(
             if second >= first {
                 second += 1;
             }
-            if load(second) < load(first) {
-                Some((second, Some(first)))
-            } else {
-                Some((first, Some(second)))
+            match (ready(first), ready(second)) {
+                (true, true) if load(second) < load(first) => Some((second, Some(first))),
+                (true, true) => Some((first, Some(second))),
+                (true, false) => Some((first, None)),
+                (false, true) => Some((second, None)),
+                (false, false) => first_ready(len, first, ready).map(|i| (i, None)),
             }
         }
     }
+}
+
+/// The first ready index at or after `start`, wrapping around; `None` when none is.
+pub(crate) fn first_ready(
+    len: usize,
+    start: usize,
+    ready: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    (0..len).map(|k| (start + k) % len).find(|&i| ready(i))
 }
 
 #[cfg(test)]
@@ -136,5 +144,53 @@ pub(crate) mod test_support {
             counts[index] += 1;
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    //! Every algorithm picks only ready endpoints: an endpoint whose breaker is open gets
+    //! no calls, and with no ready endpoint there is no pick (the proxy fails fast).
+
+    use meridian_shared::domain::Algorithm;
+
+    use super::test_support::{endpoint, endpoints};
+    use super::{Locality, PickContext, build};
+
+    fn open_breaker(e: &crate::endpoint::Endpoint) {
+        for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+            e.breaker.record_failure();
+        }
+    }
+
+    #[tokio::test]
+    async fn no_algorithm_picks_an_endpoint_whose_breaker_is_open() {
+        let locality = Locality::new("eu-west", "eu-west-a", &[]);
+        for algorithm in Algorithm::ALL {
+            let mut eps = endpoints(3);
+            eps.push(endpoint("far", "us-east", "us-east-a", 1));
+            open_breaker(&eps[0]);
+            let balancer = build(algorithm, eps.clone(), &locality);
+            for key in 0..300u32 {
+                let key = key.to_be_bytes();
+                let pick = balancer
+                    .pick(&PickContext {
+                        affinity: Some(&key),
+                    })
+                    .unwrap_or_else(|| panic!("{algorithm}: no pick with 3 ready endpoints"));
+                assert_ne!(
+                    balancer.endpoints()[pick.index].node.id,
+                    "node-0",
+                    "{algorithm} picked a broken endpoint"
+                );
+            }
+            for e in &eps {
+                open_breaker(e);
+            }
+            assert!(
+                balancer.pick(&PickContext::default()).is_none(),
+                "{algorithm}: picked although no endpoint is ready"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{Balancer, Pick, PickContext};
+use super::{Balancer, Pick, PickContext, first_ready};
 use crate::endpoint::Endpoint;
 
 #[derive(Debug)]
@@ -28,8 +28,12 @@ impl Balancer for Random {
         if self.endpoints.is_empty() {
             return None;
         }
+        let len = self.endpoints.len();
+        let index = first_ready(len, rand::random_range(0..len), |i| {
+            self.endpoints[i].is_ready()
+        })?;
         Some(Pick {
-            index: rand::random_range(0..self.endpoints.len()),
+            index,
             reason: "uniformly at random",
             compared_with: None,
         })

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Balancer, Pick, PickContext};
+use super::{Balancer, Pick, PickContext, first_ready};
 use crate::endpoint::Endpoint;
 
 #[derive(Debug)]
@@ -42,8 +42,10 @@ impl Balancer for RoundRobin {
         }
         // Wrapping at `usize::MAX` skews one turn of the rotation once in 2^64 picks.
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let len = self.endpoints.len();
+        let index = first_ready(len, turn % len, |i| self.endpoints[i].is_ready())?;
         Some(Pick {
-            index: turn % self.endpoints.len(),
+            index,
             reason: "next in rotation",
             compared_with: None,
         })

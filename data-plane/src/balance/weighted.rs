@@ -20,7 +20,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Balancer, Pick, PickContext};
+use super::{Balancer, Pick, PickContext, first_ready};
 use crate::endpoint::Endpoint;
 
 /// Most slots in a schedule period (unless there are more endpoints than that: every
@@ -63,9 +63,15 @@ impl Balancer for Weighted {
         if self.schedule.is_empty() {
             return None;
         }
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
+        // Walk the schedule past unready endpoints (a few slots), then fall back to any
+        // ready endpoint.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let index = (0..self.schedule.len().min(16))
+            .map(|k| self.schedule[(start + k) % self.schedule.len()])
+            .find(|&i| self.endpoints[i].is_ready())
+            .or_else(|| first_ready(self.endpoints.len(), 0, |i| self.endpoints[i].is_ready()))?;
         Some(Pick {
-            index: self.schedule[slot],
+            index,
             reason: "next in weighted rotation",
             compared_with: None,
         })

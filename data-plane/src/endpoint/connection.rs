@@ -32,16 +32,12 @@ pub enum UpstreamError {
     },
 }
 
-impl UpstreamError {
-    /// Whether the request certainly did not reach the node.
-    pub fn never_sent(&self) -> bool {
-        match self {
-            UpstreamError::NotSent { .. } => true,
-            // hyper reports a request it refused to send (connection closed before
-            // sending) as canceled; h2's REFUSED_STREAM surfaces the same way.
-            UpstreamError::Failed { source, .. } => source.is_canceled(),
-        }
-    }
+/// A request that could not be forwarded; `unsent` holds it back when the node never saw
+/// it, so it can be retried elsewhere as is.
+#[derive(Debug)]
+pub struct SendFailure {
+    pub error: UpstreamError,
+    pub unsent: Option<http::Request<UpstreamBody>>,
 }
 
 #[derive(Debug)]
@@ -68,20 +64,43 @@ impl Connection {
     pub async fn send(
         &self,
         request: http::Request<UpstreamBody>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let mut sender = self.sender().await?;
+    ) -> Result<http::Response<Incoming>, SendFailure> {
+        let mut sender = match self.sender().await {
+            Ok(sender) => sender,
+            Err(error) => {
+                return Err(SendFailure {
+                    error,
+                    unsent: Some(request),
+                });
+            }
+        };
         if sender.ready().await.is_err() {
             // The connection closed between load and use: reconnect once.
             self.sender.store(None);
-            sender = self.sender().await?;
+            sender = match self.sender().await {
+                Ok(sender) => sender,
+                Err(error) => {
+                    return Err(SendFailure {
+                        error,
+                        unsent: Some(request),
+                    });
+                }
+            };
         }
-        sender
-            .send_request(request)
-            .await
-            .map_err(|source| UpstreamError::Failed {
-                address: self.address.clone(),
-                source,
-            })
+        sender.try_send_request(request).await.map_err(|mut e| {
+            let unsent = e.take_message();
+            if unsent.is_some() {
+                // The connection went away before this request was written.
+                self.sender.store(None);
+            }
+            SendFailure {
+                unsent,
+                error: UpstreamError::Failed {
+                    address: self.address.clone(),
+                    source: e.into_error(),
+                },
+            }
+        })
     }
 
     async fn sender(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {

@@ -5,6 +5,7 @@
 //!
 //! Everything a request touches here is an atomic; nothing on the request path locks.
 
+pub mod breaker;
 pub mod connection;
 pub mod ewma;
 
@@ -15,6 +16,7 @@ use http::HeaderValue;
 use http::uri::Authority;
 use meridian_shared::domain::Node;
 
+pub use self::breaker::Breaker;
 pub use self::connection::Connection;
 pub use self::ewma::PeakEwma;
 
@@ -23,6 +25,7 @@ pub struct Endpoint {
     pub node: Node,
     in_flight: AtomicU32,
     pub ewma: PeakEwma,
+    pub breaker: Breaker,
     pub connection: Connection,
     /// The node's address as a URI authority, for upstream requests; `None` when the
     /// address is not one (the table validated it, so only for hand-made tables).
@@ -42,6 +45,7 @@ impl Endpoint {
             node_header: HeaderValue::from_str(&node.id).ok(),
             in_flight: AtomicU32::new(0),
             ewma: PeakEwma::default(),
+            breaker: Breaker::default(),
             connection,
             in_flight_gauge,
             node,
@@ -51,6 +55,7 @@ impl Endpoint {
     /// Like [`Endpoint::start_request`], for a request whose end is not in this scope
     /// (a streamed response).
     pub fn start_owned_request(self: &Arc<Self>) -> OwnedInFlight {
+        self.breaker.start_call();
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.in_flight_gauge.increment(1.0);
         OwnedInFlight(Arc::clone(self))
@@ -65,6 +70,11 @@ impl Endpoint {
         http::Uri::from_parts(parts).unwrap_or_default()
     }
 
+    /// Whether the balancers may pick this endpoint now (its breaker allows a call).
+    pub fn is_ready(&self) -> bool {
+        self.breaker.is_ready()
+    }
+
     /// Requests sent to this endpoint and not yet finished.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
@@ -72,6 +82,7 @@ impl Endpoint {
 
     /// Counts a request as in flight until the guard drops.
     pub fn start_request(&self) -> InFlight<'_> {
+        self.breaker.start_call();
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.in_flight_gauge.increment(1.0);
         InFlight(self)

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderName, Request, Response, Uri};
 use hyper::body::Incoming;
+use meridian_shared::domain::Algorithm;
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -85,83 +86,106 @@ impl Forwarder {
             Ok(deadline) => deadline,
             Err(response) => return response,
         };
-        let client_key = client.map(|a| a.ip().to_string());
-        let affinity = affinity_of(&request, &route, client_key.as_deref());
-        let Some(pick) = route.all.pick(&PickContext { affinity }) else {
-            return trailers_only(
-                Code::Unavailable,
-                format!(
-                    "no usable node for service {}: {} node(s) known, none healthy (draining, unhealthy, failed or lost)",
-                    route.name, route.known_nodes
-                ),
-            );
-        };
-        let endpoint = Arc::clone(&route.all.endpoints()[pick.index]);
-        let Some(authority) = endpoint.authority.clone() else {
-            return trailers_only(
-                Code::Internal,
-                format!(
-                    "node {} has an unusable address {:?}",
-                    endpoint.node.id, endpoint.node.address
-                ),
-            );
-        };
-
         let (mut parts, body) = request.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(authority);
-        uri.path_and_query = Some(path);
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+        // Only consistent hashing reads the key; the others must not pay for building it.
+        let affinity_key = (route.policy.algorithm == Algorithm::ConsistentHash)
+            .then(|| affinity_of(&parts.headers, &route, client))
+            .flatten();
+        let affinity = affinity_key.as_deref();
         if let Some(deadline) = deadline {
             let remaining = deadline.saturating_duration_since(Instant::now());
             parts
                 .headers
                 .insert(GRPC_TIMEOUT, timeout::format(remaining));
         }
-        let upstream = Request::from_parts(parts, ProxyBody::new(body));
-
-        let in_flight = endpoint.start_owned_request();
-        let sent = endpoint.connection.send(upstream);
-        let response = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
-                Ok(result) => result,
-                Err(_) => {
-                    route
-                        .metrics_of(&endpoint.node.id)
-                        .record(Code::DeadlineExceeded as i32, started.elapsed());
-                    return trailers_only(
-                        Code::DeadlineExceeded,
-                        format!(
-                            "deadline exceeded waiting for node {} to answer",
-                            endpoint.node.id
-                        ),
-                    );
-                }
-            },
-            None => sent.await,
-        };
-        let response = match response {
-            Ok(response) => response,
-            Err(e) => {
-                route
-                    .metrics_of(&endpoint.node.id)
-                    .record(Code::Unavailable as i32, started.elapsed());
+        let mut upstream = Request::from_parts(parts, ProxyBody::new(body));
+        route.retry_budget.deposit();
+        let max_attempts = route.policy.retry.effective_max_attempts();
+        let mut previous: Option<usize> = None;
+        let mut attempt = 1;
+        let (endpoint, in_flight, response) = loop {
+            let Some(pick) = pick_avoiding(&route, affinity, previous) else {
                 return trailers_only(
                     Code::Unavailable,
                     format!(
-                        "node {} of service {} failed: {e}",
-                        endpoint.node.id, route.name
+                        "no usable node for service {}: {} node(s) known, none healthy (draining, unhealthy, failed or lost)",
+                        route.name, route.known_nodes
                     ),
                 );
+            };
+            let endpoint = Arc::clone(&route.all.endpoints()[pick]);
+            let Some(authority) = endpoint.authority.clone() else {
+                return trailers_only(
+                    Code::Internal,
+                    format!(
+                        "node {} has an unusable address {:?}",
+                        endpoint.node.id, endpoint.node.address
+                    ),
+                );
+            };
+            set_authority(upstream.uri_mut(), authority);
+            let in_flight = endpoint.start_owned_request();
+            let sent = endpoint.connection.send(upstream);
+            let result = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        route
+                            .metrics_of(&endpoint.node.id)
+                            .record(Code::DeadlineExceeded as i32, started.elapsed());
+                        return trailers_only(
+                            Code::DeadlineExceeded,
+                            format!(
+                                "deadline exceeded waiting for node {} to answer",
+                                endpoint.node.id
+                            ),
+                        );
+                    }
+                },
+                None => sent.await,
+            };
+            match result {
+                Ok(response) => break (endpoint, in_flight, response),
+                Err(failure) => {
+                    endpoint.breaker.record_failure();
+                    route
+                        .metrics_of(&endpoint.node.id)
+                        .record(Code::Unavailable as i32, started.elapsed());
+                    drop(in_flight);
+                    // Only a call the node never saw is retried: anything else may have
+                    // had effects.
+                    let retryable = failure.unsent.is_some()
+                        && attempt < max_attempts
+                        && deadline.is_none_or(|d| Instant::now() < d)
+                        && route.retry_budget.try_withdraw();
+                    match failure.unsent {
+                        Some(unsent) if retryable => {
+                            tracing::debug!(node = %endpoint.node.id, error = %failure.error, attempt, "call never reached the node; retrying on another");
+                            upstream = unsent;
+                            previous = Some(pick);
+                            attempt += 1;
+                        }
+                        _ => {
+                            return trailers_only(
+                                Code::Unavailable,
+                                format!(
+                                    "node {} of service {} failed after {attempt} attempt(s): {}",
+                                    endpoint.node.id, route.name, failure.error
+                                ),
+                            );
+                        }
+                    }
+                }
             }
         };
         endpoint.ewma.observe(started.elapsed());
+        // A node answering UNAVAILABLE itself is failing as much as one refusing
+        // connections; any other status is the application's answer.
+        if body::header_status(response.headers()) == Some(Code::Unavailable as i32) {
+            endpoint.breaker.record_failure();
+        } else {
+            endpoint.breaker.record_success();
+        }
 
         let (mut parts, body) = response.into_parts();
         if let Some(node) = &endpoint.node_header {
@@ -178,6 +202,37 @@ impl Forwarder {
             ProxyBody::new(ObservedBody::new(body, deadline, call)),
         )
     }
+}
+
+/// A pick, preferring an endpoint other than `previous` (the one that just failed) when
+/// the service has another.
+fn pick_avoiding(
+    route: &ServiceRoute,
+    affinity: Option<&[u8]>,
+    previous: Option<usize>,
+) -> Option<usize> {
+    let ctx = PickContext { affinity };
+    let first = route.all.pick(&ctx)?.index;
+    if previous != Some(first) || route.all.endpoints().len() < 2 {
+        return Some(first);
+    }
+    // Consistent hashing would pick the same node again; take the next one.
+    (0..3)
+        .filter_map(|_| route.all.pick(&ctx).map(|p| p.index))
+        .find(|i| Some(*i) != previous)
+        .or(Some((first + 1) % route.all.endpoints().len()))
+}
+
+fn set_authority(uri: &mut Uri, authority: http::uri::Authority) {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path);
+    *uri = Uri::from_parts(parts).expect("scheme, authority and path make a valid URI");
 }
 
 /// `pkg.Service` of `/pkg.Service/Method`.
@@ -219,18 +274,18 @@ fn deadline_of(
 }
 
 /// The consistent-hash key: the policy's header, else the client's address.
-fn affinity_of<'a>(
-    request: &'a Request<Incoming>,
+fn affinity_of(
+    headers: &http::HeaderMap,
     route: &ServiceRoute,
-    client: Option<&'a str>,
-) -> Option<&'a [u8]> {
+    client: Option<SocketAddr>,
+) -> Option<Vec<u8>> {
     let header = &route.policy.hash.header;
     if !header.is_empty()
-        && let Some(value) = request.headers().get(header.as_str())
+        && let Some(value) = headers.get(header.as_str())
     {
-        return Some(value.as_bytes());
+        return Some(value.as_bytes().to_vec());
     }
-    client.map(str::as_bytes)
+    client.map(|a| a.ip().to_string().into_bytes())
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use self::upstream::EndpointChannel;
 use crate::balance::{Pick, PickContext};
 use crate::endpoint::Endpoint;
 use crate::forward::timeout;
+use crate::retry;
 use crate::table::{ProxyIdentity, ProxyTable, ServiceRoute, TableHandle};
 
 pub struct Router {
@@ -73,17 +74,87 @@ impl MessageRouter for Router {
                 table.version()
             ))
         })?;
-        let choice = self.choose(&table, &route, &message, client.as_deref())?;
-        let endpoint = Arc::clone(&choice.endpoint);
+        route.retry_budget.deposit();
+        let max_attempts = if message.target_node.is_empty() {
+            route.policy.retry.effective_max_attempts()
+        } else {
+            1
+        };
+        let deadline = budget.map(|b| Instant::now() + b);
+        let mut attempt = 1;
+        let mut avoid: Option<String> = None;
+        let (choice, reply) = loop {
+            let choice = self.choose_avoiding(
+                &table,
+                &route,
+                &message,
+                client.as_deref(),
+                avoid.as_deref(),
+            )?;
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self
+                .call(&route, &choice.endpoint, &message, attempt, remaining)
+                .await
+            {
+                Ok(reply) => break (choice, reply),
+                Err(status) => {
+                    // RouteMessage is idempotent by contract: UNAVAILABLE (the node is
+                    // down, overloaded or never got the call) may go to another node.
+                    let retry = status.code() == tonic::Code::Unavailable
+                        && attempt < max_attempts
+                        && deadline.is_none_or(|d| Instant::now() < d)
+                        && route.retry_budget.try_withdraw();
+                    if !retry {
+                        return Err(status);
+                    }
+                    tracing::debug!(node = %choice.endpoint.node.id, %status, attempt, "retrying RouteMessage on another node");
+                    let pause = retry::backoff(&route.policy.retry, attempt);
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.min(Instant::now() + pause)).await,
+                        None => tokio::time::sleep(pause).await,
+                    }
+                    avoid = Some(choice.endpoint.node.id.clone());
+                    attempt += 1;
+                }
+            }
+        };
+        let endpoint = choice.endpoint;
+        let decision = pb::RoutingDecision {
+            target_node: endpoint.node.id.clone(),
+            target_region: endpoint.node.region.clone(),
+            target_zone: endpoint.node.zone.clone(),
+            algorithm: pb::Algorithm::from(route.policy.algorithm).into(),
+            attempts: attempt,
+            reason: choice.reason,
+            alternatives: choice.alternatives,
+            table_version: table.version(),
+            proxy_id: self.identity.id.clone(),
+        };
+        Ok(Response::new(pb::RouteMessageResponse {
+            reply: Some(reply),
+            decision: Some(decision),
+        }))
+    }
+}
 
+impl Router {
+    /// One attempt: the node's HandleMessage over the endpoint's connection, accounted.
+    async fn call(
+        &self,
+        route: &ServiceRoute,
+        endpoint: &Arc<Endpoint>,
+        message: &pb::FederationMessage,
+        attempt: u32,
+        budget: Option<std::time::Duration>,
+    ) -> Result<pb::HandleMessageResponse, Status> {
         let mut handler = MessageHandlerClient::with_origin(
-            EndpointChannel(Arc::clone(&endpoint)),
+            EndpointChannel(Arc::clone(endpoint)),
             endpoint.origin(),
         );
         let mut outgoing = Request::new(pb::HandleMessageRequest {
-            message: Some(message),
+            message: Some(message.clone()),
             routed_by: self.identity.id.clone(),
-            attempt: 1,
+            attempt,
         });
         if let Some(budget) = budget {
             outgoing.set_timeout(budget);
@@ -105,36 +176,44 @@ impl MessageRouter for Router {
         };
         let elapsed = started.elapsed();
         let metrics = route.metrics_of(&endpoint.node.id);
-        let reply = match answer {
+        match answer {
             Ok(reply) => {
                 endpoint.ewma.observe(elapsed);
+                endpoint.breaker.record_success();
                 metrics.record(0, elapsed);
-                reply.into_inner()
+                Ok(reply.into_inner())
             }
             Err(status) => {
+                if status.code() == tonic::Code::Unavailable {
+                    endpoint.breaker.record_failure();
+                } else {
+                    endpoint.breaker.record_success();
+                }
                 metrics.record(status.code() as i32, elapsed);
-                return Err(status);
+                Err(status)
             }
-        };
-        let decision = pb::RoutingDecision {
-            target_node: endpoint.node.id.clone(),
-            target_region: endpoint.node.region.clone(),
-            target_zone: endpoint.node.zone.clone(),
-            algorithm: pb::Algorithm::from(route.policy.algorithm).into(),
-            attempts: 1,
-            reason: choice.reason,
-            alternatives: choice.alternatives,
-            table_version: table.version(),
-            proxy_id: self.identity.id.clone(),
-        };
-        Ok(Response::new(pb::RouteMessageResponse {
-            reply: Some(reply),
-            decision: Some(decision),
-        }))
+        }
     }
-}
 
-impl Router {
+    /// Like [`Router::choose`], preferring another node than `avoid` when there is one.
+    fn choose_avoiding(
+        &self,
+        table: &ProxyTable,
+        route: &ServiceRoute,
+        message: &pb::FederationMessage,
+        client: Option<&str>,
+        avoid: Option<&str>,
+    ) -> Result<Choice, Status> {
+        let mut choice = self.choose(table, route, message, client)?;
+        for _ in 0..3 {
+            if avoid != Some(choice.endpoint.node.id.as_str()) {
+                break;
+            }
+            choice = self.choose(table, route, message, client)?;
+        }
+        Ok(choice)
+    }
+
     fn choose(
         &self,
         table: &ProxyTable,

@@ -21,6 +21,7 @@ pub use self::data::TableData;
 pub use self::route_metrics::RouteMetrics;
 use crate::balance::{self, Balancer, Locality};
 use crate::endpoint::Endpoint;
+use crate::retry::RetryBudget;
 
 /// Where the table in force came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub struct ServiceRoute {
     pub known_nodes: usize,
     /// Request metrics per node id.
     pub metrics: HashMap<String, Arc<RouteMetrics>>,
+    /// What retries of this service may spend.
+    pub retry_budget: RetryBudget,
 }
 
 impl ServiceRoute {
@@ -138,6 +141,7 @@ impl ProxyTable {
                     })
                     .collect();
                 let route = ServiceRoute {
+                    retry_budget: RetryBudget::new(&policy.retry),
                     metrics,
                     name: name.clone(),
                     all: balance::build(policy.algorithm, usable, &locality),
@@ -197,6 +201,8 @@ impl ProxyTable {
                         "status": e.node.status.as_str(),
                         "usable": e.node.status.is_routable(),
                         "in_flight": e.in_flight(),
+                        "breaker_open": e.breaker.is_open(),
+                        "ready": e.is_ready(),
                         "latency_estimate_ms": e.ewma.estimate().as_secs_f64() * 1e3,
                     })).collect::<Vec<_>>(),
                 })

@@ -1,0 +1,203 @@
+//! A per-endpoint circuit breaker, so the balancers only ever pick endpoints that are
+//! ready (the "failure through readiness" approach of linkerd2-proxy: breaking and
+//! balancing never disagree). Closed: calls flow; after `threshold` consecutive failures
+//! (connection refused, reset, UNAVAILABLE) it opens for a jittered penalty that doubles
+//! from a minimum to a maximum each time it re-opens. When the penalty is over, one probe
+//! call is let through (half-open): success closes the breaker and resets the penalty,
+//! failure re-opens it. All state is in atomics; readers on the request path never lock.
+
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+
+/// Consecutive failures that open the breaker.
+pub const DEFAULT_THRESHOLD: u32 = 5;
+/// First penalty.
+pub const DEFAULT_MIN_PENALTY: Duration = Duration::from_secs(1);
+/// Longest penalty.
+pub const DEFAULT_MAX_PENALTY: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    min_penalty_ns: i64,
+    max_penalty_ns: i64,
+    consecutive_failures: AtomicU32,
+    /// When the current penalty ends (ns since the process epoch); 0 when closed.
+    open_until: AtomicI64,
+    /// The penalty to apply on the next opening.
+    next_penalty_ns: AtomicI64,
+    /// When the single half-open probe went out (ns since the epoch); 0 when none.
+    probe_since: AtomicI64,
+}
+
+/// A probe that never reported (its call was dropped) stops blocking new probes after this.
+const PROBE_TIMEOUT_NS: i64 = 10_000_000_000;
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker::new(DEFAULT_THRESHOLD, DEFAULT_MIN_PENALTY, DEFAULT_MAX_PENALTY)
+    }
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, min_penalty: Duration, max_penalty: Duration) -> Self {
+        let min = nanos(min_penalty);
+        Breaker {
+            threshold: threshold.max(1),
+            min_penalty_ns: min,
+            max_penalty_ns: nanos(max_penalty).max(min),
+            consecutive_failures: AtomicU32::new(0),
+            open_until: AtomicI64::new(0),
+            next_penalty_ns: AtomicI64::new(min),
+            probe_since: AtomicI64::new(0),
+        }
+    }
+
+    /// Whether a new call may go to this endpoint now: closed, or open with its penalty
+    /// over and no probe out. Only reads, so balancers may ask about endpoints they do
+    /// not end up choosing.
+    pub fn is_ready(&self) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        let now = now_ns();
+        if now < until {
+            return false;
+        }
+        let probe = self.probe_since.load(Ordering::Acquire);
+        probe == 0 || now - probe > PROBE_TIMEOUT_NS
+    }
+
+    /// A call is going to this endpoint: when the breaker is half-open, this call is the
+    /// probe.
+    pub fn start_call(&self) {
+        if self.open_until.load(Ordering::Acquire) != 0 {
+            self.probe_since.store(now_ns(), Ordering::Release);
+        }
+    }
+
+    /// Whether the breaker is open (penalty running or probe out).
+    pub fn is_open(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) != 0
+    }
+
+    pub fn record_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.open_until.swap(0, Ordering::AcqRel) != 0 {
+            self.next_penalty_ns
+                .store(self.min_penalty_ns, Ordering::Relaxed);
+            self.probe_since.store(0, Ordering::Release);
+            metrics::counter!("meridian_proxy_breaker_transitions_total", "to" => "closed")
+                .increment(1);
+        }
+    }
+
+    pub fn record_failure(&self) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let was_open = self.open_until.load(Ordering::Acquire) != 0;
+        // A failed probe re-opens at once; a closed breaker opens at the threshold; other
+        // calls failing while it is open (started before it opened) change nothing.
+        if was_open && self.probe_since.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if was_open || failures >= self.threshold {
+            self.open();
+        }
+    }
+
+    fn open(&self) {
+        let penalty = self.next_penalty_ns.load(Ordering::Relaxed);
+        let jittered = rand::rng().random_range(penalty / 2..=penalty).max(1);
+        self.open_until
+            .store(now_ns() + jittered, Ordering::Release);
+        self.next_penalty_ns.store(
+            penalty.saturating_mul(2).min(self.max_penalty_ns),
+            Ordering::Relaxed,
+        );
+        self.probe_since.store(0, Ordering::Release);
+        metrics::counter!("meridian_proxy_breaker_transitions_total", "to" => "open").increment(1);
+    }
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Nanoseconds since a process-wide epoch, on tokio's clock (so paused-time tests work).
+fn now_ns() -> i64 {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| tokio::time::Instant::now() - Duration::from_secs(1));
+    let now = tokio::time::Instant::now();
+    if now >= epoch {
+        nanos(now - epoch)
+    } else {
+        -nanos(epoch - now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Breaker {
+        Breaker::new(3, Duration::from_secs(1), Duration::from_secs(8))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_and_probes_once_after_the_penalty() {
+        let b = breaker();
+        b.record_failure();
+        b.record_failure();
+        assert!(b.is_ready(), "two failures are under the threshold");
+        b.record_success();
+        b.record_failure();
+        b.record_failure();
+        assert!(b.is_ready(), "a success resets the count");
+        b.record_failure();
+        assert!(!b.is_ready(), "three consecutive failures open it");
+
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert!(b.is_ready(), "after the penalty one probe goes through");
+        assert!(b.is_ready(), "asking does not take the probe");
+        b.start_call();
+        assert!(!b.is_ready(), "only one probe at a time");
+        b.record_success();
+        assert!(b.is_ready() && b.is_ready(), "a successful probe closes it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_with_a_longer_penalty() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.record_failure();
+        }
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert!(b.is_ready());
+        b.start_call();
+        b.record_failure();
+        assert!(!b.is_ready());
+        // The second penalty is between 1 s and 2 s (jittered half to full of 2 s).
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!b.is_ready(), "the penalty doubled");
+        tokio::time::advance(Duration::from_millis(1_002)).await;
+        assert!(b.is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_of_calls_started_before_opening_do_not_extend_the_penalty() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.record_failure();
+        }
+        b.record_failure();
+        b.record_failure();
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert!(
+            b.is_ready(),
+            "late failures while open must not push the probe back"
+        );
+    }
+}
