@@ -10,6 +10,7 @@ mod config_keys;
 mod connect;
 mod enums;
 mod events;
+mod failover;
 #[cfg(test)]
 mod fake_admin;
 mod federations;
@@ -96,6 +97,9 @@ pub enum Command {
     /// Show, change or validate the dynamic configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// List, start or clear manual failovers of services.
+    #[command(subcommand)]
+    Failover(failover::FailoverCommand),
 }
 
 /// Runs the parsed command, printing its result to stdout.
@@ -118,6 +122,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         Command::Proxies => proxies::run(admin, format).await,
         Command::Events(cmd) => events::run(admin, cmd, format).await,
         Command::Config(cmd) => config::run(admin, cmd, format).await,
+        Command::Failover(cmd) => failover::run(admin, cmd, format).await,
     }
 }
 

@@ -126,11 +126,16 @@ impl ProxyTable {
                     .map(|e| Arc::clone(e))
                     .collect();
                 usable.sort_by(|a, b| a.node.id.cmp(&b.node.id));
-                let local: Vec<Arc<Endpoint>> = usable
+                let mut local: Vec<Arc<Endpoint>> = usable
                     .iter()
                     .filter(|e| e.node.region == identity.region)
                     .cloned()
                     .collect();
+                if let Some(targeted) = failover_endpoints(&data, &policy, &usable) {
+                    // An operator's failover moves the service, region restriction included.
+                    local = targeted.clone();
+                    usable = targeted;
+                }
                 let metrics = usable
                     .iter()
                     .map(|e| {
@@ -222,6 +227,40 @@ impl ProxyTable {
             "services": services,
         })
     }
+}
+
+/// The usable endpoints of the tier, backup group or region a failover of this service
+/// sends its traffic to; `None` when no failover is in force, or when the target has no
+/// usable endpoint (then routing stays as it was rather than going nowhere).
+fn failover_endpoints(
+    data: &TableData,
+    policy: &ServicePolicy,
+    usable: &[Arc<Endpoint>],
+) -> Option<Vec<Arc<Endpoint>>> {
+    let failover = data.failovers.get(&policy.name)?;
+    let tier = policy
+        .failover
+        .tiers
+        .iter()
+        .find(|t| t.name == failover.target);
+    let in_target = |e: &&Arc<Endpoint>| match tier {
+        Some(tier) => {
+            tier.regions.contains(&e.node.region)
+                || tier.zones.contains(&e.node.zone)
+                || tier.nodes.contains(&e.node.id)
+        }
+        None => e.node.region == failover.target,
+    };
+    let targeted: Vec<Arc<Endpoint>> = usable.iter().filter(in_target).cloned().collect();
+    if targeted.is_empty() {
+        tracing::warn!(
+            service = %policy.name,
+            target = %failover.target,
+            "failover target has no usable endpoint; routing as if there were no failover"
+        );
+        return None;
+    }
+    Some(targeted)
 }
 
 fn humantime_rfc3339(time: SystemTime) -> String {
