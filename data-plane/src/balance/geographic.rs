@@ -1,7 +1,15 @@
 //! Geographic: prefer the endpoints nearest the proxy, in locality tiers: the proxy's zone,
-//! then the rest of its region, then each other region by great-circle distance. Requests go
-//! to the first tier that has endpoints, by power of two choices over in-flight requests
-//! inside it.
+//! then the rest of its region, then each other region by great-circle distance — or, when
+//! the service policy lists explicit failover tiers (backup groups), those, in order.
+//! Inside a tier, power of two choices over in-flight requests.
+//!
+//! Spill-over follows Envoy's priority load: a tier whose ready share times the
+//! overprovisioning factor (default 1.4) is below 100 % keeps only that share of the
+//! traffic and spills the rest to the next tier, so losing a few endpoints moves nothing
+//! while losing most of a tier moves its traffic progressively. Below the panic threshold
+//! (default 50 % of all endpoints ready) the balancer routes to every endpoint, ready or
+//! not, rather than overload the few left; with none ready at all it fails fast (the
+//! breakers' half-open probes bring endpoints back).
 //!
 //! Trade-off: keeps traffic local, which saves cross-zone and cross-region latency and
 //! transfer cost and keeps a region's failure from spreading, at the price of uneven load
@@ -14,6 +22,8 @@
 
 use std::sync::Arc;
 
+use meridian_shared::domain::FailoverPolicy;
+
 use super::{Balancer, Locality, Pick, PickContext, power_of_two_choices};
 use crate::endpoint::Endpoint;
 
@@ -22,6 +32,10 @@ pub struct Geographic {
     endpoints: Vec<Arc<Endpoint>>,
     /// Nearest first; only tiers with endpoints.
     tiers: Vec<LocalityTier>,
+    /// Envoy's overprovisioning factor, in percent (140 = 1.4).
+    overprovisioning_percent: u64,
+    /// Below this share of ready endpoints (percent), route to all of them.
+    panic_threshold_percent: u64,
 }
 
 /// Endpoints at one distance from the proxy.
@@ -43,14 +57,43 @@ pub enum TierKind {
     Region,
     /// Another region; `rank` 0 is the nearest.
     OtherRegion { rank: usize },
+    /// An explicit tier (backup group) of the service policy; `rank` 0 is the primary.
+    Explicit { rank: usize },
 }
 
 // === impl Geographic ===
 
 impl Geographic {
-    pub fn new(endpoints: Vec<Arc<Endpoint>>, locality: &Locality) -> Self {
-        let tiers = tiers(&endpoints, locality);
-        Geographic { endpoints, tiers }
+    pub fn new(
+        endpoints: Vec<Arc<Endpoint>>,
+        locality: &Locality,
+        failover: &FailoverPolicy,
+    ) -> Self {
+        let tiers = if failover.tiers.is_empty() {
+            tiers(&endpoints, locality)
+        } else {
+            explicit_tiers(&endpoints, failover)
+        };
+        Geographic {
+            endpoints,
+            tiers,
+            overprovisioning_percent: u64::from(failover.effective_overprovisioning_percent()),
+            panic_threshold_percent: u64::from(failover.effective_panic_threshold_percent()),
+        }
+    }
+
+    /// How much traffic (out of 100 × the number of tiers, to keep integers) each tier
+    /// takes, in tier order, given how many of its endpoints are ready; the sum may be
+    /// under 100 when every tier is degraded (then picks are spread over what there is).
+    fn tier_load(&self, tier: &LocalityTier, remaining: u64) -> u64 {
+        let total = tier.endpoints.len() as u64;
+        let ready = tier
+            .endpoints
+            .iter()
+            .filter(|&&i| self.endpoints[i].is_ready())
+            .count() as u64;
+        let health = (ready * self.overprovisioning_percent / total.max(1)).min(100);
+        health.min(remaining)
     }
 
     /// The locality tiers, nearest first; empty tiers are left out.
@@ -61,16 +104,64 @@ impl Geographic {
 
 impl Balancer for Geographic {
     fn pick(&self, _ctx: &PickContext<'_>) -> Option<Pick> {
-        // The nearest tier with a ready endpoint.
-        let (tier, (chosen, other)) = self.tiers.iter().find_map(|tier| {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let ready = self.endpoints.iter().filter(|e| e.is_ready()).count();
+        if ready == 0 {
+            // Nothing is ready: fail fast; the breakers' probes readmit endpoints.
+            return None;
+        }
+        if (ready as u64) * 100 < self.panic_threshold_percent * self.endpoints.len() as u64 {
+            // Panic: too few ready endpoints; use every endpoint rather than none.
+            let load = |i: usize| self.endpoints[i].in_flight();
+            let (index, other) = power_of_two_choices(self.endpoints.len(), |_| true, load)?;
+            return Some(Pick {
+                index,
+                reason: "panic routing: too few healthy endpoints, using all",
+                compared_with: other,
+            });
+        }
+        // Priority load: each tier takes its healthy share, the rest spills onward.
+        let mut remaining = 100;
+        let mut total = 0;
+        for tier in &self.tiers {
+            let load = self.tier_load(tier, remaining);
+            remaining -= load;
+            total += load;
+        }
+        if total == 0 {
+            return None;
+        }
+        let mut draw = rand::random_range(0..total);
+        let mut remaining = 100;
+        for tier in &self.tiers {
+            let load = self.tier_load(tier, remaining);
+            remaining -= load;
+            if draw >= load {
+                draw -= load;
+                continue;
+            }
             let ready = |position: usize| self.endpoints[tier.endpoints[position]].is_ready();
             let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
-            power_of_two_choices(tier.endpoints.len(), ready, load).map(|pick| (tier, pick))
-        })?;
-        Some(Pick {
-            index: tier.endpoints[chosen],
-            reason: tier.kind.reason(),
-            compared_with: other.map(|position| tier.endpoints[position]),
+            if let Some((chosen, other)) = power_of_two_choices(tier.endpoints.len(), ready, load) {
+                return Some(Pick {
+                    index: tier.endpoints[chosen],
+                    reason: tier.kind.reason(),
+                    compared_with: other.map(|position| tier.endpoints[position]),
+                });
+            }
+        }
+        // Readiness changed between the passes: the nearest tier with a ready endpoint.
+        self.tiers.iter().find_map(|tier| {
+            let ready = |position: usize| self.endpoints[tier.endpoints[position]].is_ready();
+            let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
+            let (chosen, other) = power_of_two_choices(tier.endpoints.len(), ready, load)?;
+            Some(Pick {
+                index: tier.endpoints[chosen],
+                reason: tier.kind.reason(),
+                compared_with: other.map(|position| tier.endpoints[position]),
+            })
         })
     }
 
@@ -90,8 +181,43 @@ impl TierKind {
             TierKind::Region => "proxy's region",
             TierKind::OtherRegion { rank: 0 } => "nearest other region",
             TierKind::OtherRegion { .. } => "farther region",
+            TierKind::Explicit { rank: 0 } => "primary failover tier",
+            TierKind::Explicit { .. } => "backup failover tier",
         }
     }
+}
+
+/// Groups endpoints by the policy's explicit tiers, in order; endpoints in none of them
+/// form a last tier.
+fn explicit_tiers(endpoints: &[Arc<Endpoint>], failover: &FailoverPolicy) -> Vec<LocalityTier> {
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); failover.tiers.len() + 1];
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let node = &endpoint.node;
+        let rank = failover
+            .tiers
+            .iter()
+            .position(|t| {
+                t.regions.contains(&node.region)
+                    || t.zones.contains(&node.zone)
+                    || t.nodes.contains(&node.id)
+            })
+            .unwrap_or(failover.tiers.len());
+        groups[rank].push(index);
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, members)| !members.is_empty())
+        .map(|(rank, endpoints)| LocalityTier {
+            kind: TierKind::Explicit { rank },
+            region: failover
+                .tiers
+                .get(rank)
+                .map(|t| t.name.clone())
+                .unwrap_or_default(),
+            endpoints,
+        })
+        .collect()
 }
 
 /// Groups endpoints into tiers, nearest first: zone, region, then other regions by distance
@@ -206,7 +332,8 @@ mod tests {
 
     #[test]
     fn tiers_go_zone_region_then_regions_by_distance() {
-        let balancer = Geographic::new(all_endpoints(), &dublin_proxy());
+        let balancer =
+            Geographic::new(all_endpoints(), &dublin_proxy(), &FailoverPolicy::default());
         let tiers: Vec<(TierKind, &str, Vec<&str>)> = balancer
             .tiers()
             .iter()
@@ -240,7 +367,7 @@ mod tests {
         let everything = all_endpoints();
         let locality = dublin_proxy();
 
-        let in_zone = Geographic::new(everything.clone(), &locality);
+        let in_zone = Geographic::new(everything.clone(), &locality, &FailoverPolicy::default());
         assert_eq!(
             picked(&in_zone),
             (vec!["zone-1", "zone-2"], vec!["proxy's zone"])
@@ -248,7 +375,7 @@ mod tests {
 
         // The zone's endpoints leave: the rest of the region, not a nearer-looking index.
         let no_zone = without("zone-", &everything);
-        let in_region = Geographic::new(no_zone.clone(), &locality);
+        let in_region = Geographic::new(no_zone.clone(), &locality, &FailoverPolicy::default());
         assert_eq!(
             picked(&in_region),
             (vec!["region-1", "region-2"], vec!["proxy's region"])
@@ -256,7 +383,7 @@ mod tests {
 
         // The whole region leaves: Washington is nearer Dublin than Mumbai or Sydney.
         let no_region = without("region-", &no_zone);
-        let abroad = Geographic::new(no_region, &locality);
+        let abroad = Geographic::new(no_region, &locality, &FailoverPolicy::default());
         assert_eq!(
             picked(&abroad),
             (vec!["us-1", "us-2"], vec!["nearest other region"])
@@ -265,7 +392,8 @@ mod tests {
 
     #[test]
     fn load_is_spread_by_in_flight_inside_a_tier() {
-        let balancer = Geographic::new(all_endpoints(), &dublin_proxy());
+        let balancer =
+            Geographic::new(all_endpoints(), &dublin_proxy(), &FailoverPolicy::default());
         let zone_1 = balancer
             .endpoints()
             .iter()
@@ -282,15 +410,106 @@ mod tests {
             zone: String::new(),
             ..dublin_proxy()
         };
-        let balancer = Geographic::new(all_endpoints(), &locality);
+        let balancer = Geographic::new(all_endpoints(), &locality, &FailoverPolicy::default());
         assert_eq!(balancer.tiers()[0].kind, TierKind::Region);
         assert_eq!(balancer.tiers()[0].endpoints.len(), 4);
     }
 
     #[test]
     fn no_endpoints_no_pick() {
-        let balancer = Geographic::new(Vec::new(), &dublin_proxy());
+        let balancer = Geographic::new(Vec::new(), &dublin_proxy(), &FailoverPolicy::default());
         assert!(balancer.tiers().is_empty());
         assert_eq!(balancer.pick(&PickContext::default()), None);
+    }
+
+    fn break_endpoint(e: &Endpoint) {
+        for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+            e.breaker.record_failure();
+        }
+    }
+
+    /// Four endpoints in the proxy's zone and four elsewhere in its region.
+    fn zone_and_region() -> Vec<Arc<Endpoint>> {
+        (0..4)
+            .map(|i| endpoint(&format!("zone-{i}"), "eu-west", "eu-west-a", 1))
+            .chain((0..4).map(|i| endpoint(&format!("region-{i}"), "eu-west", "eu-west-b", 1)))
+            .collect()
+    }
+
+    fn zone_share(balancer: &Geographic, picks: usize) -> f64 {
+        let in_zone = (0..picks)
+            .filter(|_| {
+                let pick = balancer.pick(&PickContext::default()).unwrap();
+                balancer.endpoints()[pick.index].node.zone == "eu-west-a"
+            })
+            .count();
+        in_zone as f64 / picks as f64
+    }
+
+    #[tokio::test]
+    async fn a_tier_that_loses_a_little_keeps_all_its_traffic() {
+        let eps = zone_and_region();
+        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        break_endpoint(&eps[0]);
+        // 3 of 4 ready × 1.4 = 105 % ≥ 100 %: nothing spills.
+        assert_eq!(zone_share(&balancer, 2_000), 1.0);
+    }
+
+    #[tokio::test]
+    async fn a_tier_that_loses_half_spills_by_the_overprovisioning_factor() {
+        let eps = zone_and_region();
+        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        break_endpoint(&eps[0]);
+        break_endpoint(&eps[1]);
+        // 2 of 4 ready × 1.4 = 70 % stays in the zone, 30 % spills to the region.
+        let share = zone_share(&balancer, 20_000);
+        assert!((0.67..0.73).contains(&share), "zone kept {share}");
+    }
+
+    #[tokio::test]
+    async fn below_the_panic_threshold_every_endpoint_is_used() {
+        let eps = zone_and_region();
+        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        for e in &eps[..5] {
+            break_endpoint(e);
+        }
+        // 3 of 8 ready is under 50 %: route to all, broken ones included.
+        let picked_broken = (0..2_000).any(|_| {
+            let pick = balancer.pick(&PickContext::default()).unwrap();
+            !balancer.endpoints()[pick.index].is_ready()
+        });
+        assert!(
+            picked_broken,
+            "panic routing should use unready endpoints too"
+        );
+        let pick = balancer.pick(&PickContext::default()).unwrap();
+        assert!(pick.reason.starts_with("panic"), "{}", pick.reason);
+    }
+
+    #[tokio::test]
+    async fn explicit_tiers_replace_the_geographic_order() {
+        let policy = FailoverPolicy {
+            tiers: vec![
+                meridian_shared::domain::FailoverTier {
+                    name: "primary".into(),
+                    regions: vec!["ap-south".into()],
+                    ..Default::default()
+                },
+                meridian_shared::domain::FailoverTier {
+                    name: "backup".into(),
+                    regions: vec!["us-east".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let balancer = Geographic::new(all_endpoints(), &dublin_proxy(), &policy);
+        let kinds: Vec<TierKind> = balancer.tiers().iter().map(|t| t.kind).collect();
+        assert_eq!(kinds[0], TierKind::Explicit { rank: 0 });
+        for _ in 0..200 {
+            let pick = balancer.pick(&PickContext::default()).unwrap();
+            assert_eq!(balancer.endpoints()[pick.index].node.region, "ap-south");
+            assert_eq!(pick.reason, "primary failover tier");
+        }
     }
 }

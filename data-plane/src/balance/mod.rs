@@ -15,7 +15,7 @@ pub mod weighted;
 
 use std::sync::Arc;
 
-use meridian_shared::domain::Algorithm;
+use meridian_shared::domain::{Algorithm, FailoverPolicy};
 
 pub use self::locality::Locality;
 use crate::endpoint::Endpoint;
@@ -54,6 +54,7 @@ pub fn build(
     algorithm: Algorithm,
     endpoints: Vec<Arc<Endpoint>>,
     locality: &Locality,
+    failover: &FailoverPolicy,
 ) -> Box<dyn Balancer> {
     match algorithm {
         Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(endpoints)),
@@ -63,7 +64,9 @@ pub fn build(
             Box::new(least_connections::LeastConnections::new(endpoints))
         }
         Algorithm::Adaptive => Box::new(adaptive::Adaptive::new(endpoints)),
-        Algorithm::Geographic => Box::new(geographic::Geographic::new(endpoints, locality)),
+        Algorithm::Geographic => {
+            Box::new(geographic::Geographic::new(endpoints, locality, failover))
+        }
         Algorithm::ConsistentHash => Box::new(consistent_hash::ConsistentHash::new(endpoints)),
     }
 }
@@ -170,7 +173,7 @@ mod readiness_tests {
             let mut eps = endpoints(3);
             eps.push(endpoint("far", "us-east", "us-east-a", 1));
             open_breaker(&eps[0]);
-            let balancer = build(algorithm, eps.clone(), &locality);
+            let balancer = build(algorithm, eps.clone(), &locality, &Default::default());
             for key in 0..300u32 {
                 let key = key.to_be_bytes();
                 let pick = balancer

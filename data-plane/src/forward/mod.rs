@@ -101,10 +101,10 @@ impl Forwarder {
         let mut upstream = Request::from_parts(parts, ProxyBody::new(body));
         route.retry_budget.deposit();
         let max_attempts = route.policy.retry.effective_max_attempts();
-        let mut previous: Option<usize> = None;
+        let mut tried: Vec<usize> = Vec::new();
         let mut attempt = 1;
         let (endpoint, in_flight, response) = loop {
-            let Some(pick) = pick_avoiding(&route, affinity, previous) else {
+            let Some(pick) = pick_avoiding(&route, affinity, &tried) else {
                 return trailers_only(
                     Code::Unavailable,
                     format!(
@@ -162,7 +162,7 @@ impl Forwarder {
                         Some(unsent) if retryable => {
                             tracing::debug!(node = %endpoint.node.id, error = %failure.error, attempt, "call never reached the node; retrying on another");
                             upstream = unsent;
-                            previous = Some(pick);
+                            tried.push(pick);
                             attempt += 1;
                         }
                         _ => {
@@ -204,23 +204,26 @@ impl Forwarder {
     }
 }
 
-/// A pick, preferring an endpoint other than `previous` (the one that just failed) when
-/// the service has another.
-fn pick_avoiding(
-    route: &ServiceRoute,
-    affinity: Option<&[u8]>,
-    previous: Option<usize>,
-) -> Option<usize> {
+/// A pick, preferring an endpoint not in `tried` (those that already failed this call)
+/// when the service has another.
+fn pick_avoiding(route: &ServiceRoute, affinity: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
     let ctx = PickContext { affinity };
     let first = route.all.pick(&ctx)?.index;
-    if previous != Some(first) || route.all.endpoints().len() < 2 {
+    if !tried.contains(&first) {
         return Some(first);
     }
-    // Consistent hashing would pick the same node again; take the next one.
+    let len = route.all.endpoints().len();
+    // Resample a few times, then walk to the next untried ready endpoint (consistent
+    // hashing would keep answering the same one).
     (0..3)
         .filter_map(|_| route.all.pick(&ctx).map(|p| p.index))
-        .find(|i| Some(*i) != previous)
-        .or(Some((first + 1) % route.all.endpoints().len()))
+        .find(|i| !tried.contains(i))
+        .or_else(|| {
+            (1..len)
+                .map(|k| (first + k) % len)
+                .find(|i| !tried.contains(i) && route.all.endpoints()[*i].is_ready())
+        })
+        .or(Some(first))
 }
 
 fn set_authority(uri: &mut Uri, authority: http::uri::Authority) {

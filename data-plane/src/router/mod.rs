@@ -82,15 +82,10 @@ impl MessageRouter for Router {
         };
         let deadline = budget.map(|b| Instant::now() + b);
         let mut attempt = 1;
-        let mut avoid: Option<String> = None;
+        let mut tried: Vec<String> = Vec::new();
         let (choice, reply) = loop {
-            let choice = self.choose_avoiding(
-                &table,
-                &route,
-                &message,
-                client.as_deref(),
-                avoid.as_deref(),
-            )?;
+            let choice =
+                self.choose_avoiding(&table, &route, &message, client.as_deref(), &tried)?;
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             match self
                 .call(&route, &choice.endpoint, &message, attempt, remaining)
@@ -113,7 +108,7 @@ impl MessageRouter for Router {
                         Some(d) => tokio::time::sleep_until(d.min(Instant::now() + pause)).await,
                         None => tokio::time::sleep(pause).await,
                     }
-                    avoid = Some(choice.endpoint.node.id.clone());
+                    tried.push(choice.endpoint.node.id.clone());
                     attempt += 1;
                 }
             }
@@ -195,18 +190,18 @@ impl Router {
         }
     }
 
-    /// Like [`Router::choose`], preferring another node than `avoid` when there is one.
+    /// Like [`Router::choose`], preferring a node not in `tried` when there is one.
     fn choose_avoiding(
         &self,
         table: &ProxyTable,
         route: &ServiceRoute,
         message: &pb::FederationMessage,
         client: Option<&str>,
-        avoid: Option<&str>,
+        tried: &[String],
     ) -> Result<Choice, Status> {
         let mut choice = self.choose(table, route, message, client)?;
-        for _ in 0..3 {
-            if avoid != Some(choice.endpoint.node.id.as_str()) {
+        for _ in 0..5 {
+            if !tried.contains(&choice.endpoint.node.id) {
                 break;
             }
             choice = self.choose(table, route, message, client)?;

@@ -149,8 +149,8 @@ impl ProxyTable {
                     retry_budget: RetryBudget::new(&policy.retry),
                     metrics,
                     name: name.clone(),
-                    all: balance::build(policy.algorithm, usable, &locality),
-                    local: balance::build(policy.algorithm, local, &locality),
+                    all: balance::build(policy.algorithm, usable, &locality, &policy.failover),
+                    local: balance::build(policy.algorithm, local, &locality, &policy.failover),
                     known_nodes: serving.len(),
                     policy,
                 };

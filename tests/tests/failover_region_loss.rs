@@ -1,0 +1,177 @@
+//! Losing the proxy's whole region: with both eu-west nodes killed under load, traffic
+//! goes to the nearest other region (us-east from Dublin, not ap-south) within 2 s, with
+//! no errors for RouteMessage and at most the in-flight transparent calls failing; when
+//! the eu-west nodes come back, traffic returns to them.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_proto::demo::v1 as demo;
+use meridian_proto::demo::v1::echo_client::EchoClient;
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::message_router_client::MessageRouterClient;
+use meridian_tests::cluster::{Cluster, served_by, wait_usable};
+use meridian_tests::control::channel;
+use meridian_tests::demo_node::process::DemoNodeProcess;
+
+const WORKERS: usize = 3;
+const PACE: Duration = Duration::from_millis(20);
+
+/// One finished call: when, which kind, the serving node (or None on error).
+type Log = Arc<Mutex<Vec<(Instant, &'static str, Option<String>)>>>;
+
+fn spawn_load(
+    via: tonic::transport::Channel,
+    log: Log,
+    until: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (channel, log_r) = (via.clone(), Arc::clone(&log));
+        tasks.push(tokio::spawn(async move {
+            let mut router = MessageRouterClient::new(channel);
+            let mut seq = 0;
+            while Instant::now() < until {
+                seq += 1;
+                let message = pb::FederationMessage {
+                    id: format!("w{w}-{seq}"),
+                    target_service: "demo.v1.Echo".into(),
+                    global_routing: true,
+                    ..Default::default()
+                };
+                let node = router
+                    .route_message(pb::RouteMessageRequest {
+                        message: Some(message),
+                    })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().reply)
+                    .map(|r| r.node_id);
+                log_r.lock().unwrap().push((Instant::now(), "route", node));
+                tokio::time::sleep(PACE).await;
+            }
+        }));
+        let (channel, log_p) = (via.clone(), Arc::clone(&log));
+        tasks.push(tokio::spawn(async move {
+            let mut echo = EchoClient::new(channel);
+            while Instant::now() < until {
+                let node = echo
+                    .say(demo::SayRequest::default())
+                    .await
+                    .ok()
+                    .map(|r| served_by(&r));
+                log_p.lock().unwrap().push((Instant::now(), "plain", node));
+                tokio::time::sleep(PACE).await;
+            }
+        }));
+    }
+    tasks
+}
+
+#[tokio::test]
+async fn losing_the_region_moves_traffic_to_the_nearest_region_and_back() {
+    let cluster = Cluster::start().await;
+    cluster.echo_policy(pb::Algorithm::Geographic, "").await;
+    let mut eu1 = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
+    let mut eu2 = cluster.node("eu-2", "eu-west", "eu-west-b", 0, &[]).await;
+    let _us = cluster.node("us-1", "us-east", "us-east-a", 0, &[]).await;
+    let _ap = cluster.node("ap-1", "ap-south", "ap-south-a", 0, &[]).await;
+    let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
+    wait_usable(&proxy, 4).await;
+    let via = channel(&proxy.url()).await;
+
+    let log: Log = Arc::default();
+    let start = Instant::now();
+    let tasks = spawn_load(
+        via.clone(),
+        Arc::clone(&log),
+        start + Duration::from_secs(7),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (eu1_addr, eu2_addr) = (eu1.addr, eu2.addr);
+    let killed = Instant::now();
+    eu1.process.kill();
+    eu2.process.kill();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let calls = log.lock().unwrap().clone();
+    let failed = |kind: &str| {
+        calls
+            .iter()
+            .filter(|(_, k, node)| *k == kind && node.is_none())
+            .count()
+    };
+    let before: Vec<_> = calls.iter().filter(|(t, _, _)| *t < killed).collect();
+    assert!(
+        before.iter().all(|(_, _, n)| n.as_deref() == Some("eu-1")),
+        "before the loss traffic stays in the zone"
+    );
+    let settled: Vec<_> = calls
+        .iter()
+        .filter(|(t, _, _)| *t > killed + Duration::from_secs(2))
+        .collect();
+    assert!(
+        settled.len() > 100,
+        "too few calls after the loss: {}",
+        settled.len()
+    );
+    let elsewhere: Vec<_> = settled
+        .iter()
+        .filter(|(_, _, n)| n.as_deref() != Some("us-1"))
+        .collect();
+    eprintln!(
+        "{} calls; failed: route {} plain {}; after 2 s all on us-1: {}",
+        calls.len(),
+        failed("route"),
+        failed("plain"),
+        elsewhere.is_empty()
+    );
+    assert!(
+        elsewhere.is_empty(),
+        "2 s after the loss, calls still went elsewhere than us-east: {elsewhere:?}"
+    );
+    assert_eq!(failed("route"), 0, "RouteMessage calls failed");
+    assert!(
+        failed("plain") <= WORKERS,
+        "more plain calls failed than were in flight"
+    );
+
+    // The region comes back on the same addresses: once the breakers' probes succeed,
+    // traffic returns to eu-west.
+    let _eu1 = DemoNodeProcess::start(
+        "eu-1",
+        &["--listen", &eu1_addr.to_string()],
+        &cluster.dir.path().join("eu-1b.log"),
+    )
+    .await;
+    let _eu2 = DemoNodeProcess::start(
+        "eu-2",
+        &["--listen", &eu2_addr.to_string()],
+        &cluster.dir.path().join("eu-2b.log"),
+    )
+    .await;
+    let back = Instant::now();
+    let mut echo = EchoClient::new(via);
+    loop {
+        let node = served_by(
+            &echo
+                .say(demo::SayRequest::default())
+                .await
+                .expect("no errors while the region returns"),
+        );
+        if node == "eu-1" {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(40),
+            "traffic did not return to eu-west"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "traffic back on eu-1 {:?} after the nodes restarted",
+        back.elapsed()
+    );
+}
