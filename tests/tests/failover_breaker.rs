@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::demo_control_client::DemoControlClient;
+use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_router_client::MessageRouterClient;
 use meridian_tests::cluster::{Cluster, wait_usable};
-use meridian_tests::control::channel;
+use meridian_tests::control::{OPERATOR_TOKEN, authorized, channel};
 use meridian_tests::demo_node::process::DemoNodeProcess;
 use meridian_tests::http;
 use meridian_tests::proxy::ProxyProcess;
@@ -141,4 +142,83 @@ async fn with_every_node_failing_retries_stay_within_the_budget() {
         retries <= allowed,
         "{retries} retries for {calls} calls exceed the budget ({allowed:.0})"
     );
+}
+
+async fn set_idempotent(cluster: &Cluster, methods: &[&str]) {
+    let policy = pb::ServicePolicy {
+        name: "demo.v1.Echo".into(),
+        federation: "prod".into(),
+        retry: Some(pb::RetryPolicy {
+            idempotent_methods: methods.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    cluster
+        .cp
+        .admin()
+        .await
+        .upsert_service_policy(authorized(
+            pb::UpsertServicePolicyRequest {
+                policy: Some(policy),
+            },
+            OPERATOR_TOKEN,
+        ))
+        .await
+        .unwrap();
+}
+
+/// Errors among 40 Say calls.
+async fn say_errors(proxy: &ProxyProcess) -> usize {
+    let mut echo = EchoClient::new(channel(&proxy.url()).await);
+    let mut errors = 0;
+    for _ in 0..40 {
+        if echo.say(demo::SayRequest::default()).await.is_err() {
+            errors += 1;
+        }
+    }
+    errors
+}
+
+#[tokio::test]
+async fn only_methods_marked_idempotent_are_retried_after_reaching_a_node() {
+    let cluster = Cluster::start().await;
+    let bad = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
+    let _good = cluster.node("eu-2", "eu-west", "eu-west-a", 0, &[]).await;
+    let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
+    wait_usable(&proxy, 2).await;
+    error_rate(&bad, 1.0).await;
+
+    // Not marked: an UNAVAILABLE answer is the call's answer (until the breaker ejects
+    // the node, some calls fail).
+    let unmarked = say_errors(&proxy).await;
+    assert!(
+        unmarked > 0,
+        "without the idempotent marking, the failing node's answers must pass through"
+    );
+
+    // Marked idempotent: replayed on the other node, no errors, even before ejection.
+    set_idempotent(&cluster, &["demo.v1.Echo/*"]).await;
+    proxy
+        .wait_table(Duration::from_secs(5), "the retry policy", |t| {
+            t["services"][0]["has_policy"] == true
+        })
+        .await;
+    // Readmit eu-1 first (its breaker may be open from the unmarked calls).
+    error_rate(&bad, 0.0).await;
+    let started = Instant::now();
+    while breaker_open(&proxy, "eu-1").await {
+        say_errors(&proxy).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "eu-1 was never readmitted"
+        );
+    }
+    error_rate(&bad, 1.0).await;
+    assert_eq!(
+        say_errors(&proxy).await,
+        0,
+        "idempotent calls failed although another node was healthy"
+    );
+    eprintln!("unmarked: {unmarked} of 40 failed; marked idempotent: 0 of 40");
 }

@@ -13,8 +13,10 @@ pub mod timeout;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderName, Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use meridian_shared::domain::Algorithm;
 use tokio::time::Instant;
@@ -98,7 +100,19 @@ impl Forwarder {
                 .headers
                 .insert(GRPC_TIMEOUT, timeout::format(remaining));
         }
-        let mut upstream = Request::from_parts(parts, ProxyBody::new(body));
+        // Calls to methods the policy marks idempotent are buffered so they can be replayed
+        // on another node that answers UNAVAILABLE; everything else streams through.
+        let (replay, mut upstream) = if is_idempotent(&route, parts.uri.path()) {
+            let bytes = match buffer(body).await {
+                Ok(bytes) => bytes,
+                Err(message) => return trailers_only(Code::InvalidArgument, message),
+            };
+            let first =
+                Request::from_parts(parts.clone(), ProxyBody::new(Full::new(bytes.clone())));
+            (Some((parts, bytes)), first)
+        } else {
+            (None, Request::from_parts(parts, ProxyBody::new(body)))
+        };
         route.retry_budget.deposit();
         let max_attempts = route.policy.retry.effective_max_attempts();
         let mut tried: Vec<usize> = Vec::new();
@@ -145,7 +159,35 @@ impl Forwarder {
                 None => sent.await,
             };
             match result {
-                Ok(response) => break (endpoint, in_flight, response),
+                Ok(response) => {
+                    let unavailable =
+                        body::header_status(response.headers()) == Some(Code::Unavailable as i32);
+                    let again = unavailable
+                        && attempt < max_attempts
+                        && deadline.is_none_or(|d| Instant::now() < d)
+                        && replay.is_some()
+                        && route.retry_budget.try_withdraw();
+                    let Some((parts, bytes)) = replay.as_ref().filter(|_| again) else {
+                        break (endpoint, in_flight, response);
+                    };
+                    endpoint.breaker.record_failure();
+                    route
+                        .metrics_of(&endpoint.node.id)
+                        .record(Code::Unavailable as i32, started.elapsed());
+                    tracing::debug!(node = %endpoint.node.id, attempt, "idempotent call answered UNAVAILABLE; retrying on another node");
+                    drop((response, in_flight));
+                    let pause = crate::retry::backoff(&route.policy.retry, attempt);
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.min(Instant::now() + pause)).await,
+                        None => tokio::time::sleep(pause).await,
+                    }
+                    upstream = Request::from_parts(
+                        parts.clone(),
+                        ProxyBody::new(Full::new(bytes.clone())),
+                    );
+                    tried.push(pick);
+                    attempt += 1;
+                }
                 Err(failure) => {
                     endpoint.breaker.record_failure();
                     route
@@ -201,6 +243,33 @@ impl Forwarder {
             parts,
             ProxyBody::new(ObservedBody::new(body, deadline, call)),
         )
+    }
+}
+
+/// Largest request body buffered for replay.
+const MAX_REPLAY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Whether the policy marks `path` (`/pkg.Service/Method`) idempotent, by full name or by
+/// `pkg.Service/*`.
+fn is_idempotent(route: &ServiceRoute, path: &str) -> bool {
+    let method = path.trim_start_matches('/');
+    route.policy.retry.idempotent_methods.iter().any(|entry| {
+        let entry = entry.trim_start_matches('/');
+        match entry.strip_suffix('*') {
+            Some(service_prefix) => method.starts_with(service_prefix),
+            None => entry == method,
+        }
+    })
+}
+
+/// The whole request body, for replays; refused above [`MAX_REPLAY_BYTES`].
+async fn buffer(body: Incoming) -> Result<Bytes, String> {
+    let limited = http_body_util::Limited::new(body, MAX_REPLAY_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(format!(
+            "the request body of an idempotent call could not be read (at most {MAX_REPLAY_BYTES} bytes are buffered for retries): {e}"
+        )),
     }
 }
 
