@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod dynconfig;
 pub mod errors;
 pub mod events;
+pub mod health;
 pub mod keys;
 pub mod leader;
 pub mod registry;

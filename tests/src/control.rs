@@ -104,6 +104,30 @@ impl ControlPlaneProcess {
         format!("http://{}", self.grpc)
     }
 
+    /// Slows active health checks to one per 10 minutes, for tests whose nodes are
+    /// addresses with nothing listening: the checker would otherwise mark them unhealthy
+    /// mid-test and change the tables those tests compare.
+    pub async fn slow_health_checks(&self) {
+        use meridian_proto::v1 as pb;
+        let config = pb::DynamicConfig {
+            default_health_check: Some(pb::HealthCheckPolicy {
+                interval_ms: 600_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let request = pb::UpdateConfigRequest {
+            config: Some(config),
+            dry_run: false,
+            expected_revision: 0,
+        };
+        self.admin()
+            .await
+            .update_config(authorized(request, OPERATOR_TOKEN))
+            .await
+            .expect("slowing health checks");
+    }
+
     /// An Admin client; add a token per request with [`authorized`].
     pub async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(channel(&self.url()).await)

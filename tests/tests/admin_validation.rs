@@ -26,6 +26,7 @@ async fn setup() -> Setup {
         dir: dir.path(),
     })
     .await;
+    cp.slow_health_checks().await;
     let mut admin = cp.admin().await;
     admin
         .upsert_federation(op(pb::UpsertFederationRequest {

@@ -35,6 +35,7 @@ async fn start_cp(
 }
 
 async fn seed(cp: &ControlPlaneProcess) {
+    cp.slow_health_checks().await;
     let mut admin = cp.admin().await;
     let federation = pb::Federation {
         name: "prod".into(),

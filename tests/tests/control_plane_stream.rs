@@ -44,6 +44,7 @@ async fn setup() -> Setup {
 }
 
 async fn seed(cp: &ControlPlaneProcess) {
+    cp.slow_health_checks().await;
     let mut admin = cp.admin().await;
     let federation = pb::Federation {
         name: "prod".into(),

@@ -23,6 +23,7 @@ async fn dev_control_plane(dir: &std::path::Path) -> ControlPlaneProcess {
         dir,
     })
     .await;
+    cp.slow_health_checks().await;
     let mut admin = cp.admin().await;
     let federation = pb::Federation {
         name: "prod".into(),

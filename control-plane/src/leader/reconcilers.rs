@@ -5,6 +5,7 @@
 use meridian_shared::Shutdown;
 
 use super::{LeaderHandle, lease_expiry};
+use crate::health;
 use crate::topology::{StateHandle, TopologyWriter};
 
 pub async fn run(
@@ -24,18 +25,28 @@ pub async fn run(
             continue;
         };
         let term = Shutdown::new();
-        let task = tokio::spawn(lease_expiry::run(
-            lead,
-            state.clone(),
-            writer.clone(),
-            term.clone(),
-        ));
+        let tasks = [
+            tokio::spawn(lease_expiry::run(
+                lead.clone(),
+                state.clone(),
+                writer.clone(),
+                term.clone(),
+            )),
+            tokio::spawn(health::run(
+                lead,
+                state.clone(),
+                writer.clone(),
+                term.clone(),
+            )),
+        ];
         let still_leading = tokio::select! {
             _ = shutdown.wait() => false,
             lost = leadership.wait_for(|l| l.is_none()) => lost.is_ok(),
         };
         term.trigger();
-        let _ = task.await;
+        for task in tasks {
+            let _ = task.await;
+        }
         if !still_leading && shutdown.is_triggered() {
             return;
         }

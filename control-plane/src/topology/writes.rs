@@ -446,6 +446,46 @@ impl TopologyWriter {
         Ok(true)
     }
 
+    /// Sets the status the health checker decided on (healthy, unhealthy, quarantined),
+    /// recording `event` (cause "health check") when given; `fence` makes the write
+    /// conditional on this replica still leading. Returns false when the node changed
+    /// since `node` was read (an operator drained it, it re-registered...) or the fence
+    /// failed: the checker decides again from the fresh state.
+    pub async fn set_health(
+        &self,
+        node: &Stored<Node>,
+        status: NodeStatus,
+        reason: String,
+        fence: Compare,
+        event: Option<EventKind>,
+    ) -> Result<bool, WriteError> {
+        let key = self.keys.key(Kind::Node, &node.value.id);
+        let mut checked = node.value.clone();
+        checked.status = status;
+        checked.status_reason = reason;
+        checked.status_since = Some(SystemTime::now());
+        let txn = Txn::new()
+            .when(fence)
+            .when(Compare::ModRevision {
+                key: key.clone(),
+                revision: node.mod_revision,
+            })
+            .put(&key, keys::encode(&checked));
+        if !self.store.txn(txn).await?.succeeded {
+            return Ok(false);
+        }
+        if let Some(kind) = event {
+            self.event(
+                kind,
+                format!("node/{}", checked.id),
+                checked.status_reason,
+                "health check",
+            )
+            .await;
+        }
+        Ok(true)
+    }
+
     // === services ===
 
     pub async fn upsert_service(
