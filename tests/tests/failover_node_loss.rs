@@ -1,8 +1,8 @@
 //! Losing a node under steady load: `kill -9` one of three nodes while calls flow through
 //! a proxy. RouteMessage (idempotent by contract, retried on UNAVAILABLE) sees no errors;
 //! plain unary calls are retried only when they never reached the node, so at most the
-//! calls in flight on the dead node fail — the test counts them. The dead node's breaker
-//! opens, so the balancer stops picking it.
+//! calls in flight on the dead node fail — the test counts them. The dead node leaves
+//! rotation (its breaker opens, or the health check marks it unhealthy).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,8 +125,10 @@ async fn killing_a_node_under_load_loses_no_route_message_and_only_in_flight_cal
         .find(|e| e["node"] == "eu-2")
         .cloned()
         .unwrap();
-    assert_eq!(
-        dead["breaker_open"], true,
-        "the dead node's breaker should be open: {dead}"
+    // Out of rotation either way: its breaker opened, or the leader's health check
+    // already marked it unhealthy (then it is no longer a usable endpoint at all).
+    assert!(
+        dead["breaker_open"] == true || dead["usable"] == false,
+        "the dead node is still in rotation: {dead}"
     );
 }
