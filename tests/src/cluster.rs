@@ -40,44 +40,12 @@ impl Cluster {
     }
 
     async fn seed(&self) {
-        let mut admin = self.cp.admin().await;
-        let federation = pb::Federation {
-            name: "prod".into(),
-            ..Default::default()
-        };
-        admin
-            .upsert_federation(authorized(
-                pb::UpsertFederationRequest {
-                    federation: Some(federation),
-                },
-                OPERATOR_TOKEN,
-            ))
-            .await
-            .expect("creating federation prod");
-        for (name, lat, lon, zones) in [
-            ("eu-west", 53.35, -6.26, &["eu-west-a", "eu-west-b"][..]),
-            ("us-east", 38.9, -77.04, &["us-east-a"][..]),
-            ("ap-south", 19.08, 72.88, &["ap-south-a"][..]),
+        for (name, location, zones) in [
+            ("eu-west", (53.35, -6.26), &["eu-west-a", "eu-west-b"][..]),
+            ("us-east", (38.9, -77.04), &["us-east-a"][..]),
+            ("ap-south", (19.08, 72.88), &["ap-south-a"][..]),
         ] {
-            let region = pb::Region {
-                name: name.into(),
-                federation: "prod".into(),
-                location: Some(pb::GeoPoint {
-                    latitude: lat,
-                    longitude: lon,
-                }),
-                zones: zones.iter().map(|z| z.to_string()).collect(),
-                ..Default::default()
-            };
-            admin
-                .upsert_region(authorized(
-                    pb::UpsertRegionRequest {
-                        region: Some(region),
-                    },
-                    OPERATOR_TOKEN,
-                ))
-                .await
-                .expect("creating a region");
+            self.cp.create_region("prod", name, location, zones).await;
         }
     }
 

@@ -104,6 +104,45 @@ impl ControlPlaneProcess {
         format!("http://{}", self.grpc)
     }
 
+    /// Creates federation `federation` (if needed) and, in it, region `region` at
+    /// `(latitude, longitude)` with `zones`.
+    pub async fn create_region(
+        &self,
+        federation: &str,
+        region: &str,
+        (latitude, longitude): (f64, f64),
+        zones: &[&str],
+    ) {
+        use meridian_proto::v1 as pb;
+        let mut admin = self.admin().await;
+        let request = pb::UpsertFederationRequest {
+            federation: Some(pb::Federation {
+                name: federation.into(),
+                ..Default::default()
+            }),
+        };
+        admin
+            .upsert_federation(authorized(request, OPERATOR_TOKEN))
+            .await
+            .expect("creating the federation");
+        let request = pb::UpsertRegionRequest {
+            region: Some(pb::Region {
+                name: region.into(),
+                federation: federation.into(),
+                location: Some(pb::GeoPoint {
+                    latitude,
+                    longitude,
+                }),
+                zones: zones.iter().map(|z| z.to_string()).collect(),
+                ..Default::default()
+            }),
+        };
+        admin
+            .upsert_region(authorized(request, OPERATOR_TOKEN))
+            .await
+            .expect("creating the region");
+    }
+
     /// Slows active health checks to one per 10 minutes, for tests whose nodes are
     /// addresses with nothing listening: the checker would otherwise mark them unhealthy
     /// mid-test and change the tables those tests compare.

@@ -45,39 +45,8 @@ async fn setup() -> Setup {
 
 async fn seed(cp: &ControlPlaneProcess) {
     cp.slow_health_checks().await;
-    let mut admin = cp.admin().await;
-    let federation = pb::Federation {
-        name: "prod".into(),
-        ..Default::default()
-    };
-    admin
-        .upsert_federation(authorized(
-            pb::UpsertFederationRequest {
-                federation: Some(federation),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap();
-    let region = pb::Region {
-        name: "eu-west".into(),
-        federation: "prod".into(),
-        location: Some(pb::GeoPoint {
-            latitude: 53.3,
-            longitude: -6.2,
-        }),
-        zones: vec!["eu-west-a".into(), "eu-west-b".into()],
-        ..Default::default()
-    };
-    admin
-        .upsert_region(authorized(
-            pb::UpsertRegionRequest {
-                region: Some(region),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap();
+    cp.create_region("prod", "eu-west", (53.3, -6.2), &["eu-west-a", "eu-west-b"])
+        .await;
 }
 
 pub fn node(id: &str, port: u16) -> pb::Node {
