@@ -19,6 +19,7 @@ use http::{HeaderName, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use meridian_shared::domain::Algorithm;
+use meridian_shared::telemetry;
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -89,6 +90,11 @@ impl Forwarder {
             Err(response) => return response,
         };
         let (mut parts, body) = request.into_parts();
+        // With trace export on, the proxy is a span of the caller's trace and the node's
+        // parent; without it, `traceparent` passes through untouched at no cost.
+        // The span lasts until the response head is back (it is dropped with this call).
+        let _span =
+            telemetry::exporting_traces().then(|| proxy_span(&route.name, &mut parts.headers));
         // Only consistent hashing reads the key; the others must not pay for building it.
         let affinity_key = (route.policy.algorithm == Algorithm::ConsistentHash)
             .then(|| affinity_of(&parts.headers, &route, client))
@@ -244,6 +250,15 @@ impl Forwarder {
             ProxyBody::new(ObservedBody::new(body, deadline, call)),
         )
     }
+}
+
+/// A span for one forwarded call, continuing the caller's W3C trace, and the headers
+/// rewritten so the node's span is its child.
+fn proxy_span(service: &str, headers: &mut http::HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!("proxy.forward", otel.name = %format!("forward {service}"), otel.kind = "client", rpc.service = %service);
+    telemetry::continue_trace(&span, headers);
+    telemetry::inject_context(&span, headers);
+    span
 }
 
 /// Largest request body buffered for replay.

@@ -14,6 +14,8 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 pub use propagation::{continue_trace, extract_context, grpc_request_span, inject_context};
 pub use traces::{OTLP_ENDPOINT_ENV, TraceExport};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -46,6 +48,14 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Set once traces are exported, so hot paths create spans only when someone reads them.
+static EXPORTING_TRACES: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports traces (OTLP endpoint configured).
+pub fn exporting_traces() -> bool {
+    EXPORTING_TRACES.load(Ordering::Relaxed)
+}
+
 /// Installs the global subscriber: logs per `config`, plus an OpenTelemetry layer when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Call once, inside the tokio runtime (the OTLP
 /// exporter needs it).
@@ -63,6 +73,7 @@ pub fn init(service_name: &str, config: &LogConfig) -> Result<TelemetryGuard, Te
     result.map_err(|_| TelemetryError::AlreadyInstalled)?;
     propagation::install_w3c_propagator();
     if let Some(t) = &traces {
+        EXPORTING_TRACES.store(true, Ordering::Relaxed);
         tracing::info!(endpoint = %t.endpoint(), "exporting traces over OTLP/gRPC");
     }
     Ok(TelemetryGuard { traces })
