@@ -18,8 +18,49 @@ pub const DEFAULT_MIN_PENALTY: Duration = Duration::from_secs(1);
 /// Longest penalty.
 pub const DEFAULT_MAX_PENALTY: Duration = Duration::from_secs(30);
 
+/// What a breaker is configured with (from the service's outlier policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    pub threshold: u32,
+    pub min_penalty: Duration,
+    pub max_penalty: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            threshold: DEFAULT_THRESHOLD,
+            min_penalty: DEFAULT_MIN_PENALTY,
+            max_penalty: DEFAULT_MAX_PENALTY,
+        }
+    }
+}
+
+impl BreakerSettings {
+    /// The settings an outlier policy asks for; zero fields take the defaults.
+    pub fn from_policy(policy: &meridian_shared::domain::OutlierPolicy) -> Self {
+        let ms = |value: u32, default: Duration| {
+            if value == 0 {
+                default
+            } else {
+                Duration::from_millis(u64::from(value))
+            }
+        };
+        BreakerSettings {
+            threshold: if policy.consecutive_failures == 0 {
+                DEFAULT_THRESHOLD
+            } else {
+                policy.consecutive_failures
+            },
+            min_penalty: ms(policy.base_ejection_ms, DEFAULT_MIN_PENALTY),
+            max_penalty: ms(policy.max_ejection_ms, DEFAULT_MAX_PENALTY),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Breaker {
+    settings: BreakerSettings,
     threshold: u32,
     min_penalty_ns: i64,
     max_penalty_ns: i64,
@@ -37,14 +78,28 @@ const PROBE_TIMEOUT_NS: i64 = 10_000_000_000;
 
 impl Default for Breaker {
     fn default() -> Self {
-        Breaker::new(DEFAULT_THRESHOLD, DEFAULT_MIN_PENALTY, DEFAULT_MAX_PENALTY)
+        Breaker::with_settings(BreakerSettings::default())
     }
 }
 
 impl Breaker {
     pub fn new(threshold: u32, min_penalty: Duration, max_penalty: Duration) -> Self {
+        Breaker::with_settings(BreakerSettings {
+            threshold,
+            min_penalty,
+            max_penalty,
+        })
+    }
+
+    pub fn with_settings(settings: BreakerSettings) -> Self {
+        let BreakerSettings {
+            threshold,
+            min_penalty,
+            max_penalty,
+        } = settings;
         let min = nanos(min_penalty);
         Breaker {
+            settings,
             threshold: threshold.max(1),
             min_penalty_ns: min,
             max_penalty_ns: nanos(max_penalty).max(min),
@@ -77,6 +132,10 @@ impl Breaker {
         if self.open_until.load(Ordering::Acquire) != 0 {
             self.probe_since.store(now_ns(), Ordering::Release);
         }
+    }
+
+    pub fn settings(&self) -> BreakerSettings {
+        self.settings
     }
 
     /// Whether the breaker is open (penalty running or probe out).

@@ -16,7 +16,7 @@ use http::HeaderValue;
 use http::uri::Authority;
 use meridian_shared::domain::Node;
 
-pub use self::breaker::Breaker;
+pub use self::breaker::{Breaker, BreakerSettings};
 pub use self::connection::Connection;
 pub use self::ewma::PeakEwma;
 
@@ -37,6 +37,11 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(node: Node) -> Self {
+        Endpoint::with_breaker(node, BreakerSettings::default())
+    }
+
+    /// An endpoint whose breaker follows `breaker` (the service's outlier policy).
+    pub fn with_breaker(node: Node, breaker: BreakerSettings) -> Self {
         let connection = Connection::new(node.address.clone());
         let in_flight_gauge =
             metrics::gauge!("meridian_proxy_endpoint_in_flight", "node" => node.id.clone());
@@ -45,7 +50,7 @@ impl Endpoint {
             node_header: HeaderValue::from_str(&node.id).ok(),
             in_flight: AtomicU32::new(0),
             ewma: PeakEwma::default(),
-            breaker: Breaker::default(),
+            breaker: Breaker::with_settings(breaker),
             connection,
             in_flight_gauge,
             node,

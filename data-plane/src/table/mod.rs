@@ -20,7 +20,7 @@ use serde_json::json;
 pub use self::data::TableData;
 pub use self::route_metrics::RouteMetrics;
 use crate::balance::{self, Balancer, Locality};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{BreakerSettings, Endpoint};
 use crate::retry::RetryBudget;
 
 /// Where the table in force came from.
@@ -91,14 +91,14 @@ impl ProxyTable {
             .nodes
             .values()
             .map(|node| {
+                let breaker = breaker_settings(&data, node);
                 let reused = previous
                     .and_then(|p| p.endpoints.get(&node.id))
-                    .filter(|e| e.node == *node)
+                    .filter(|e| e.node == *node && e.breaker.settings() == breaker)
                     .cloned();
-                (
-                    node.id.clone(),
-                    reused.unwrap_or_else(|| Arc::new(Endpoint::new(node.clone()))),
-                )
+                let endpoint = reused
+                    .unwrap_or_else(|| Arc::new(Endpoint::with_breaker(node.clone(), breaker)));
+                (node.id.clone(), endpoint)
             })
             .collect();
         let names: BTreeSet<&String> = data
@@ -229,6 +229,20 @@ impl ProxyTable {
     }
 }
 
+/// A node's breaker follows the outlier policy of the first of its services (by name) whose
+/// policy sets one; the defaults otherwise. (A node has one connection and one breaker,
+/// shared by all the services it serves.)
+fn breaker_settings(data: &TableData, node: &meridian_shared::domain::Node) -> BreakerSettings {
+    let mut services: Vec<&String> = node.services.iter().collect();
+    services.sort();
+    services
+        .into_iter()
+        .filter_map(|s| data.services.get(s))
+        .find(|p| p.outlier != Default::default())
+        .map(|p| BreakerSettings::from_policy(&p.outlier))
+        .unwrap_or_default()
+}
+
 /// The usable endpoints of the tier, backup group or region a failover of this service
 /// sends its traffic to; `None` when no failover is in force, or when the target has no
 /// usable endpoint (then routing stays as it was rather than going nowhere).
@@ -284,5 +298,73 @@ impl TableHandle {
     pub fn store(&self, table: ProxyTable) {
         metrics::gauge!("meridian_proxy_table_version").set(table.version() as f64);
         self.0.store(Some(Arc::new(table)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use meridian_shared::domain::{Node, OutlierPolicy};
+
+    use super::*;
+
+    fn data(outlier: OutlierPolicy) -> TableData {
+        let mut data = TableData {
+            version: 1,
+            federation: "prod".into(),
+            ..Default::default()
+        };
+        data.nodes.insert(
+            "n1".into(),
+            Node {
+                id: "n1".into(),
+                address: "127.0.0.1:9".into(),
+                services: vec!["demo.v1.Echo".into()],
+                ..Default::default()
+            },
+        );
+        data.services.insert(
+            "demo.v1.Echo".into(),
+            ServicePolicy {
+                name: "demo.v1.Echo".into(),
+                outlier,
+                ..Default::default()
+            },
+        );
+        data
+    }
+
+    #[test]
+    fn a_nodes_breaker_follows_its_services_outlier_policy() {
+        let identity = ProxyIdentity::default();
+        let table = ProxyTable::build(
+            data(OutlierPolicy::default()),
+            &identity,
+            None,
+            TableSource::Stream,
+        );
+        assert_eq!(
+            table.endpoint("n1").unwrap().breaker.settings(),
+            BreakerSettings::default()
+        );
+
+        let strict = OutlierPolicy {
+            consecutive_failures: 2,
+            base_ejection_ms: 500,
+            max_ejection_ms: 4_000,
+            ..Default::default()
+        };
+        let next = ProxyTable::build(data(strict), &identity, Some(&table), TableSource::Stream);
+        let settings = next.endpoint("n1").unwrap().breaker.settings();
+        assert_eq!(
+            settings,
+            BreakerSettings {
+                threshold: 2,
+                min_penalty: Duration::from_millis(500),
+                max_penalty: Duration::from_secs(4),
+            },
+            "a policy change must reach the breaker"
+        );
     }
 }
