@@ -71,6 +71,8 @@ pub struct Breaker {
     next_penalty_ns: AtomicI64,
     /// When the single half-open probe went out (ns since the epoch); 0 when none.
     probe_since: AtomicI64,
+    /// `meridian_proxy_endpoint_breaker_open{node}`, once the endpoint knows its node.
+    state_gauge: std::sync::OnceLock<metrics::Gauge>,
 }
 
 /// A probe that never reported (its call was dropped) stops blocking new probes after this.
@@ -107,6 +109,7 @@ impl Breaker {
             open_until: AtomicI64::new(0),
             next_penalty_ns: AtomicI64::new(min),
             probe_since: AtomicI64::new(0),
+            state_gauge: std::sync::OnceLock::new(),
         }
     }
 
@@ -151,10 +154,19 @@ impl Breaker {
             self.probe_since.store(0, Ordering::Release);
             metrics::counter!("meridian_proxy_breaker_transitions_total", "to" => "closed")
                 .increment(1);
+            if let Some(gauge) = self.state_gauge.get() {
+                gauge.set(0.0);
+            }
         }
     }
 
     pub fn record_failure(&self) {
+        self.record_failure_unless_capped(true);
+    }
+
+    /// Records a failure; the breaker may open only when `may_open` (false when the
+    /// service already has its maximum share of endpoints ejected).
+    pub fn record_failure_unless_capped(&self, may_open: bool) {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let was_open = self.open_until.load(Ordering::Acquire) != 0;
         // A failed probe re-opens at once; a closed breaker opens at the threshold; other
@@ -162,9 +174,14 @@ impl Breaker {
         if was_open && self.probe_since.load(Ordering::Acquire) == 0 {
             return;
         }
-        if was_open || failures >= self.threshold {
+        if was_open || (failures >= self.threshold && may_open) {
             self.open();
         }
+    }
+
+    /// Sets the gauge that exports this breaker's state for `node`.
+    pub fn export_state(&self, gauge: metrics::Gauge) {
+        let _ = self.state_gauge.set(gauge);
     }
 
     fn open(&self) {
@@ -178,6 +195,9 @@ impl Breaker {
         );
         self.probe_since.store(0, Ordering::Release);
         metrics::counter!("meridian_proxy_breaker_transitions_total", "to" => "open").increment(1);
+        if let Some(gauge) = self.state_gauge.get() {
+            gauge.set(1.0);
+        }
     }
 }
 

@@ -50,7 +50,13 @@ impl Endpoint {
             node_header: HeaderValue::from_str(&node.id).ok(),
             in_flight: AtomicU32::new(0),
             ewma: PeakEwma::default(),
-            breaker: Breaker::with_settings(breaker),
+            breaker: {
+                let breaker = Breaker::with_settings(breaker);
+                let gauge = metrics::gauge!("meridian_proxy_endpoint_breaker_open", "node" => node.id.clone());
+                gauge.set(0.0);
+                breaker.export_state(gauge);
+                breaker
+            },
             connection,
             in_flight_gauge,
             node,

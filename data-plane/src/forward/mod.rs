@@ -176,7 +176,7 @@ impl Forwarder {
                     let Some((parts, bytes)) = replay.as_ref().filter(|_| again) else {
                         break (endpoint, in_flight, response);
                     };
-                    endpoint.breaker.record_failure();
+                    route.record_failure(&endpoint);
                     route
                         .metrics_of(&endpoint.node.id)
                         .record(Code::Unavailable as i32, started.elapsed());
@@ -195,7 +195,7 @@ impl Forwarder {
                     attempt += 1;
                 }
                 Err(failure) => {
-                    endpoint.breaker.record_failure();
+                    route.record_failure(&endpoint);
                     route
                         .metrics_of(&endpoint.node.id)
                         .record(Code::Unavailable as i32, started.elapsed());
@@ -230,7 +230,7 @@ impl Forwarder {
         // A node answering UNAVAILABLE itself is failing as much as one refusing
         // connections; any other status is the application's answer.
         if body::header_status(response.headers()) == Some(Code::Unavailable as i32) {
-            endpoint.breaker.record_failure();
+            route.record_failure(&endpoint);
         } else {
             endpoint.breaker.record_success();
         }

@@ -180,7 +180,7 @@ impl Router {
             }
             Err(status) => {
                 if status.code() == tonic::Code::Unavailable {
-                    endpoint.breaker.record_failure();
+                    route.record_failure(&endpoint);
                 } else {
                     endpoint.breaker.record_success();
                 }

@@ -57,6 +57,20 @@ pub struct ServiceRoute {
 }
 
 impl ServiceRoute {
+    /// Records a failed call on `endpoint`. Its breaker may open only while fewer than the
+    /// policy's maximum share (default 50 %) of this service's endpoints are ejected, so
+    /// a service-wide problem cannot eject every endpoint.
+    pub fn record_failure(&self, endpoint: &Endpoint) {
+        let endpoints = self.all.endpoints();
+        let max_percent = match self.policy.outlier.max_ejection_percent {
+            0 => 50,
+            percent => percent as usize,
+        };
+        let ejected = endpoints.iter().filter(|e| e.breaker.is_open()).count();
+        let may_open = (ejected + 1) * 100 <= max_percent * endpoints.len().max(1);
+        endpoint.breaker.record_failure_unless_capped(may_open);
+    }
+
     /// The metrics of calls to `node_id`.
     pub fn metrics_of(&self, node_id: &str) -> Arc<RouteMetrics> {
         self.metrics
@@ -366,5 +380,29 @@ mod tests {
             },
             "a policy change must reach the breaker"
         );
+    }
+
+    #[tokio::test]
+    async fn at_most_the_maximum_share_of_a_services_endpoints_is_ejected() {
+        let mut data = data(OutlierPolicy::default());
+        for id in ["n2", "n3", "n4"] {
+            let mut node = data.nodes["n1"].clone();
+            node.id = id.into();
+            data.nodes.insert(id.into(), node);
+        }
+        let table = ProxyTable::build(data, &ProxyIdentity::default(), None, TableSource::Stream);
+        let route = table.service("demo.v1.Echo").unwrap();
+        for endpoint in route.all.endpoints() {
+            for _ in 0..10 {
+                route.record_failure(endpoint);
+            }
+        }
+        let ejected = route
+            .all
+            .endpoints()
+            .iter()
+            .filter(|e| e.breaker.is_open())
+            .count();
+        assert_eq!(ejected, 2, "the default cap is half of the 4 endpoints");
     }
 }
