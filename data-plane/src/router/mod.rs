@@ -180,7 +180,7 @@ impl Router {
             }
             Err(status) => {
                 if status.code() == tonic::Code::Unavailable {
-                    route.record_failure(&endpoint);
+                    route.record_failure(endpoint);
                 } else {
                     endpoint.breaker.record_success();
                 }
