@@ -61,7 +61,7 @@ impl Balancer for Adaptive {
 
 /// Expected wait for a new request: estimated RTT (seconds) × (in-flight + 1).
 fn cost(endpoint: &Endpoint) -> f64 {
-    endpoint.ewma.estimate().as_secs_f64() * (f64::from(endpoint.in_flight()) + 1.0)
+    endpoint.ewma.estimate().as_secs_f64() * endpoint.weighted_load()
 }
 
 #[cfg(test)]

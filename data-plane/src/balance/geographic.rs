@@ -87,12 +87,16 @@ impl Geographic {
     /// under 100 when every tier is degraded (then picks are spread over what there is).
     fn tier_load(&self, tier: &LocalityTier, remaining: u64) -> u64 {
         let total = tier.endpoints.len() as u64;
-        let ready = tier
+        // Ready endpoints count by their warmth, so a recovering tier takes its traffic back
+        // gradually (slow start) instead of all at once.
+        let ready: f64 = tier
             .endpoints
             .iter()
             .filter(|&&i| self.endpoints[i].is_ready())
-            .count() as u64;
-        let health = (ready * self.overprovisioning_percent / total.max(1)).min(100);
+            .map(|&i| self.endpoints[i].warmth())
+            .sum();
+        let health = ((ready * self.overprovisioning_percent as f64) / total.max(1) as f64) as u64;
+        let health = health.min(100);
         health.min(remaining)
     }
 
@@ -114,7 +118,7 @@ impl Balancer for Geographic {
         }
         if (ready as u64) * 100 < self.panic_threshold_percent * self.endpoints.len() as u64 {
             // Panic: too few ready endpoints; use every endpoint rather than none.
-            let load = |i: usize| self.endpoints[i].in_flight();
+            let load = |i: usize| self.endpoints[i].weighted_load();
             let (index, other) = power_of_two_choices(self.endpoints.len(), |_| true, load)?;
             return Some(Pick {
                 index,
@@ -143,7 +147,7 @@ impl Balancer for Geographic {
                 continue;
             }
             let ready = |position: usize| self.endpoints[tier.endpoints[position]].is_ready();
-            let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
+            let load = |position: usize| self.endpoints[tier.endpoints[position]].weighted_load();
             if let Some((chosen, other)) = power_of_two_choices(tier.endpoints.len(), ready, load) {
                 return Some(Pick {
                     index: tier.endpoints[chosen],
@@ -155,7 +159,7 @@ impl Balancer for Geographic {
         // Readiness changed between the passes: the nearest tier with a ready endpoint.
         self.tiers.iter().find_map(|tier| {
             let ready = |position: usize| self.endpoints[tier.endpoints[position]].is_ready();
-            let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
+            let load = |position: usize| self.endpoints[tier.endpoints[position]].weighted_load();
             let (chosen, other) = power_of_two_choices(tier.endpoints.len(), ready, load)?;
             Some(Pick {
                 index: tier.endpoints[chosen],
@@ -511,5 +515,42 @@ mod tests {
             assert_eq!(balancer.endpoints()[pick.index].node.region, "ap-south");
             assert_eq!(pick.reason, "primary failover tier");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovering_tier_takes_its_traffic_back_gradually() {
+        let mut returning = Endpoint::new(meridian_shared::domain::Node {
+            id: "zone-0".into(),
+            address: "zone-0:50051".into(),
+            region: "eu-west".into(),
+            zone: "eu-west-a".into(),
+            ..Default::default()
+        });
+        returning.set_slow_start(std::time::Duration::from_secs(10));
+        returning.start_warming();
+        let eps = vec![
+            Arc::new(returning),
+            endpoint("region-0", "eu-west", "eu-west-b", 1),
+        ];
+        let balancer = Geographic::new(eps, &dublin_proxy(), &FailoverPolicy::default());
+
+        // Just back: a tenth of its capacity × 1.4 ≈ 14 % of the traffic.
+        let share = zone_share(&balancer, 20_000);
+        assert!(
+            (0.11..0.17).contains(&share),
+            "right after recovery the zone took {share}"
+        );
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        let share = zone_share(&balancer, 20_000);
+        assert!(
+            (0.70..0.84).contains(&share),
+            "half-way through slow start the zone took {share}"
+        );
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        assert_eq!(
+            zone_share(&balancer, 2_000),
+            1.0,
+            "after slow start the zone takes everything back"
+        );
     }
 }

@@ -30,7 +30,7 @@ impl Balancer for LeastConnections {
         let (index, compared_with) = power_of_two_choices(
             self.endpoints.len(),
             |i| self.endpoints[i].is_ready(),
-            |i| self.endpoints[i].in_flight(),
+            |i| self.endpoints[i].weighted_load(),
         )?;
         Some(Pick {
             index,

@@ -146,9 +146,12 @@ impl Breaker {
         self.open_until.load(Ordering::Acquire) != 0
     }
 
-    pub fn record_success(&self) {
+    /// Records a successful call; returns whether it closed the breaker (the endpoint is
+    /// back and should warm up).
+    pub fn record_success(&self) -> bool {
         self.consecutive_failures.store(0, Ordering::Relaxed);
-        if self.open_until.swap(0, Ordering::AcqRel) != 0 {
+        let closed = self.open_until.swap(0, Ordering::AcqRel) != 0;
+        if closed {
             self.next_penalty_ns
                 .store(self.min_penalty_ns, Ordering::Relaxed);
             self.probe_since.store(0, Ordering::Release);
@@ -158,6 +161,7 @@ impl Breaker {
                 gauge.set(0.0);
             }
         }
+        closed
     }
 
     pub fn record_failure(&self) {
@@ -201,12 +205,12 @@ impl Breaker {
     }
 }
 
-fn nanos(d: Duration) -> i64 {
+pub(crate) fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Nanoseconds since a process-wide epoch, on tokio's clock (so paused-time tests work).
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| tokio::time::Instant::now() - Duration::from_secs(1));
     let now = tokio::time::Instant::now();

@@ -17,6 +17,9 @@ use http::uri::Authority;
 use meridian_shared::domain::Node;
 
 pub use self::breaker::{Breaker, BreakerSettings};
+
+/// Share of its full load a warming endpoint starts with.
+const WARM_START: f64 = 0.1;
 pub use self::connection::Connection;
 pub use self::ewma::PeakEwma;
 
@@ -33,6 +36,11 @@ pub struct Endpoint {
     /// The node id as a header value, for the `x-meridian-node` response header.
     pub node_header: Option<HeaderValue>,
     in_flight_gauge: metrics::Gauge,
+    /// When the endpoint last became usable (ns since the breaker clock's epoch);
+    /// `i64::MIN` for endpoints that need no warm-up.
+    ready_since: std::sync::atomic::AtomicI64,
+    /// How long a returning endpoint ramps from a tenth of its share to all of it.
+    slow_start_ns: i64,
 }
 
 impl Endpoint {
@@ -59,6 +67,8 @@ impl Endpoint {
             },
             connection,
             in_flight_gauge,
+            ready_since: std::sync::atomic::AtomicI64::new(i64::MIN),
+            slow_start_ns: 0,
             node,
         }
     }
@@ -84,6 +94,41 @@ impl Endpoint {
     /// Whether the balancers may pick this endpoint now (its breaker allows a call).
     pub fn is_ready(&self) -> bool {
         self.breaker.is_ready()
+    }
+
+    /// Sets how long this endpoint ramps up whenever it becomes usable again.
+    pub fn set_slow_start(&mut self, window: std::time::Duration) {
+        self.slow_start_ns = breaker::nanos(window);
+    }
+
+    /// Makes this endpoint ramp up starting now (it has just become usable: a node added
+    /// or recovered).
+    pub fn start_warming(&mut self) {
+        *self.ready_since.get_mut() = breaker::now_ns();
+    }
+
+    /// The share of its full load the endpoint should take now: from 0.1 right after it
+    /// became usable up to 1.0 at the end of its slow-start window.
+    pub fn warmth(&self) -> f64 {
+        let since = self.ready_since.load(Ordering::Relaxed);
+        if since == i64::MIN || self.slow_start_ns <= 0 {
+            return 1.0;
+        }
+        let elapsed = (breaker::now_ns() - since) as f64 / self.slow_start_ns as f64;
+        (WARM_START + (1.0 - WARM_START) * elapsed).clamp(WARM_START, 1.0)
+    }
+
+    /// Records a successful call; an endpoint its breaker readmits warms up again.
+    pub fn record_success(&self) {
+        if self.breaker.record_success() && self.slow_start_ns > 0 {
+            self.ready_since.store(breaker::now_ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// The load balancers compare: in-flight requests (plus one, so idle endpoints
+    /// differ by warmth) divided by the warmth, so a warming endpoint looks busier.
+    pub fn weighted_load(&self) -> f64 {
+        (f64::from(self.in_flight()) + 1.0) / self.warmth()
     }
 
     /// Requests sent to this endpoint and not yet finished.

@@ -232,7 +232,7 @@ impl Forwarder {
         if body::header_status(response.headers()) == Some(Code::Unavailable as i32) {
             route.record_failure(&endpoint);
         } else {
-            endpoint.breaker.record_success();
+            endpoint.record_success();
         }
 
         let (mut parts, body) = response.into_parts();

@@ -174,7 +174,7 @@ impl Router {
         match answer {
             Ok(reply) => {
                 endpoint.ewma.observe(elapsed);
-                endpoint.breaker.record_success();
+                endpoint.record_success();
                 metrics.record(0, elapsed);
                 Ok(reply.into_inner())
             }
@@ -182,7 +182,7 @@ impl Router {
                 if status.code() == tonic::Code::Unavailable {
                     route.record_failure(endpoint);
                 } else {
-                    endpoint.breaker.record_success();
+                    endpoint.record_success();
                 }
                 metrics.record(status.code() as i32, elapsed);
                 Err(status)

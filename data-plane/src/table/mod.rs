@@ -106,12 +106,21 @@ impl ProxyTable {
             .values()
             .map(|node| {
                 let breaker = breaker_settings(&data, node);
-                let reused = previous
-                    .and_then(|p| p.endpoints.get(&node.id))
+                let before = previous.and_then(|p| p.endpoints.get(&node.id));
+                let reused = before
                     .filter(|e| e.node == *node && e.breaker.settings() == breaker)
                     .cloned();
-                let endpoint = reused
-                    .unwrap_or_else(|| Arc::new(Endpoint::with_breaker(node.clone(), breaker)));
+                let endpoint = reused.unwrap_or_else(|| {
+                    let mut endpoint = Endpoint::with_breaker(node.clone(), breaker);
+                    endpoint.set_slow_start(slow_start(&data, node));
+                    // A node that becomes usable after the first table (added, recovered,
+                    // undrained) ramps up; the first table's nodes take full load at once.
+                    let was_usable = before.is_some_and(|e| e.node.status.is_routable());
+                    if previous.is_some() && node.status.is_routable() && !was_usable {
+                        endpoint.start_warming();
+                    }
+                    Arc::new(endpoint)
+                });
                 (node.id.clone(), endpoint)
             })
             .collect();
@@ -241,6 +250,20 @@ impl ProxyTable {
             "services": services,
         })
     }
+}
+
+/// The slow-start window of a node: that of the first of its services (by name) with a
+/// policy; the default (10 s) otherwise.
+fn slow_start(data: &TableData, node: &meridian_shared::domain::Node) -> std::time::Duration {
+    let mut services: Vec<&String> = node.services.iter().collect();
+    services.sort();
+    services
+        .into_iter()
+        .find_map(|s| data.services.get(s))
+        .map(|p| p.failover.effective_slow_start())
+        .unwrap_or_else(|| {
+            meridian_shared::domain::FailoverPolicy::default().effective_slow_start()
+        })
 }
 
 /// A node's breaker follows the outlier policy of the first of its services (by name) whose
@@ -404,5 +427,28 @@ mod tests {
             .filter(|e| e.breaker.is_open())
             .count();
         assert_eq!(ejected, 2, "the default cap is half of the 4 endpoints");
+    }
+
+    #[tokio::test]
+    async fn only_nodes_that_join_after_the_first_table_warm_up() {
+        let identity = ProxyIdentity::default();
+        let first = data(OutlierPolicy::default());
+        let table = ProxyTable::build(first.clone(), &identity, None, TableSource::Stream);
+        assert_eq!(
+            table.endpoint("n1").unwrap().warmth(),
+            1.0,
+            "the first table's nodes take full load"
+        );
+
+        let mut second = first;
+        let mut joining = second.nodes["n1"].clone();
+        joining.id = "n2".into();
+        second.nodes.insert("n2".into(), joining);
+        let next = ProxyTable::build(second, &identity, Some(&table), TableSource::Stream);
+        assert_eq!(next.endpoint("n1").unwrap().warmth(), 1.0);
+        assert!(
+            next.endpoint("n2").unwrap().warmth() < 0.2,
+            "a node added later starts warming"
+        );
     }
 }
