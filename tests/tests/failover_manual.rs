@@ -136,3 +136,77 @@ async fn failover_moves_traffic_and_clearing_moves_it_back() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn with_auto_recovery_a_failover_clears_itself_once_the_primary_has_failed_and_recovered() {
+    let cluster = Cluster::start().await;
+    let policy = pb::ServicePolicy {
+        name: "demo.v1.Echo".into(),
+        federation: "prod".into(),
+        algorithm: pb::Algorithm::Geographic.into(),
+        failover: Some(pb::FailoverPolicy {
+            auto_recovery: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    cluster
+        .cp
+        .admin()
+        .await
+        .upsert_service_policy(meridian_tests::control::authorized(
+            pb::UpsertServicePolicyRequest {
+                policy: Some(policy),
+            },
+            OPERATOR_TOKEN,
+        ))
+        .await
+        .unwrap();
+    let _eu = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
+    let _us = cluster.node("us-1", "us-east", "us-east-a", 0, &[]).await;
+    let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
+    wait_usable(&proxy, 2).await;
+
+    ctl(
+        &cluster,
+        &[
+            "failover",
+            "start",
+            "demo.v1.Echo",
+            "--to",
+            "us-east",
+            "--reason",
+            "drill",
+        ],
+    );
+    served_becomes(&proxy, &["us-1"]).await;
+    // The primary is healthy: the failover stays (planned failovers are not undone).
+    assert!(ctl(&cluster, &["failover", "list"]).contains("us-east"));
+
+    ctl(
+        &cluster,
+        &["nodes", "fail", "eu-1", "--reason", "disk gone"],
+    );
+    // While the primary has no usable node the failover stays too.
+    assert!(ctl(&cluster, &["failover", "list"]).contains("us-east"));
+    ctl(&cluster, &["nodes", "recover", "eu-1"]);
+
+    let started = Instant::now();
+    loop {
+        let listed = ctl(&cluster, &["failover", "list", "-o", "json"]);
+        if listed.trim() == "[]" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the failover was not cleared: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served_becomes(&proxy, &["eu-1"]).await;
+    let events = ctl(
+        &cluster,
+        &["events", "-o", "json", "--kind", "failoverCleared"],
+    );
+    assert!(events.contains("auto recovery"), "{events}");
+}

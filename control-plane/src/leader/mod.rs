@@ -5,6 +5,7 @@
 //! their writes carry a [`Leadership::fence`]: a compare on the leader key's revision, so
 //! a deposed leader's late write changes nothing.
 
+pub mod failback;
 pub mod lease_expiry;
 pub mod reconcilers;
 

@@ -4,7 +4,7 @@
 
 use meridian_shared::Shutdown;
 
-use super::{LeaderHandle, lease_expiry};
+use super::{LeaderHandle, failback, lease_expiry};
 use crate::health;
 use crate::topology::{StateHandle, TopologyWriter};
 
@@ -27,6 +27,12 @@ pub async fn run(
         let term = Shutdown::new();
         let tasks = [
             tokio::spawn(lease_expiry::run(
+                lead.clone(),
+                state.clone(),
+                writer.clone(),
+                term.clone(),
+            )),
+            tokio::spawn(failback::run(
                 lead.clone(),
                 state.clone(),
                 writer.clone(),

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use meridian_shared::domain::{
-    EventKind, Federation, Node, NodeStatus, Region, RegistrationKind, ServicePolicy,
+    ActiveFailover, EventKind, Federation, Node, NodeStatus, Region, RegistrationKind,
+    ServicePolicy,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -483,6 +484,37 @@ impl TopologyWriter {
             )
             .await;
         }
+        Ok(true)
+    }
+
+    /// Clears a failover automatically (failback), fenced on leadership and on the
+    /// failover being unchanged; returns false when either changed.
+    pub async fn clear_failover(
+        &self,
+        failover: &Stored<ActiveFailover>,
+        fence: Compare,
+    ) -> Result<bool, WriteError> {
+        let key = self.keys.key(Kind::Failover, &failover.value.service);
+        let txn = Txn::new()
+            .when(fence)
+            .when(Compare::ModRevision {
+                key: key.clone(),
+                revision: failover.mod_revision,
+            })
+            .delete(&key);
+        if !self.store.txn(txn).await?.succeeded {
+            return Ok(false);
+        }
+        self.event(
+            EventKind::FailoverCleared,
+            format!("service/{}", failover.value.service),
+            format!(
+                "failed back from {}: the primary nodes are usable again",
+                failover.value.target
+            ),
+            "auto recovery",
+        )
+        .await;
         Ok(true)
     }
 

@@ -230,6 +230,7 @@ impl ProxyTable {
                         "usable": e.node.status.is_routable(),
                         "in_flight": e.in_flight(),
                         "breaker_open": e.breaker.is_open(),
+                        "warmth": e.warmth(),
                         "ready": e.is_ready(),
                         "latency_estimate_ms": e.ewma.estimate().as_secs_f64() * 1e3,
                     })).collect::<Vec<_>>(),
