@@ -24,6 +24,11 @@ pub struct BreakerSettings {
     pub threshold: u32,
     pub min_penalty: Duration,
     pub max_penalty: Duration,
+    /// Failure share over `window` that opens the breaker, in percent.
+    pub failure_rate_percent: u32,
+    /// Calls needed in the window before the failure rate counts.
+    pub min_requests: u32,
+    pub window: Duration,
 }
 
 impl Default for BreakerSettings {
@@ -32,6 +37,9 @@ impl Default for BreakerSettings {
             threshold: DEFAULT_THRESHOLD,
             min_penalty: DEFAULT_MIN_PENALTY,
             max_penalty: DEFAULT_MAX_PENALTY,
+            failure_rate_percent: 50,
+            min_requests: 20,
+            window: Duration::from_secs(10),
         }
     }
 }
@@ -39,6 +47,8 @@ impl Default for BreakerSettings {
 impl BreakerSettings {
     /// The settings an outlier policy asks for; zero fields take the defaults.
     pub fn from_policy(policy: &meridian_shared::domain::OutlierPolicy) -> Self {
+        let defaults = BreakerSettings::default();
+        let or = |value: u32, default: u32| if value == 0 { default } else { value };
         let ms = |value: u32, default: Duration| {
             if value == 0 {
                 default
@@ -47,13 +57,12 @@ impl BreakerSettings {
             }
         };
         BreakerSettings {
-            threshold: if policy.consecutive_failures == 0 {
-                DEFAULT_THRESHOLD
-            } else {
-                policy.consecutive_failures
-            },
-            min_penalty: ms(policy.base_ejection_ms, DEFAULT_MIN_PENALTY),
-            max_penalty: ms(policy.max_ejection_ms, DEFAULT_MAX_PENALTY),
+            threshold: or(policy.consecutive_failures, defaults.threshold),
+            min_penalty: ms(policy.base_ejection_ms, defaults.min_penalty),
+            max_penalty: ms(policy.max_ejection_ms, defaults.max_penalty),
+            failure_rate_percent: or(policy.failure_rate_percent, defaults.failure_rate_percent),
+            min_requests: or(policy.min_requests, defaults.min_requests),
+            window: ms(policy.window_ms, defaults.window),
         }
     }
 }
@@ -73,6 +82,10 @@ pub struct Breaker {
     probe_since: AtomicI64,
     /// `meridian_proxy_endpoint_breaker_open{node}`, once the endpoint knows its node.
     state_gauge: std::sync::OnceLock<metrics::Gauge>,
+    /// The failure-rate window: when it started, calls and failures in it.
+    window_start: AtomicI64,
+    window_calls: AtomicU32,
+    window_failures: AtomicU32,
 }
 
 /// A probe that never reported (its call was dropped) stops blocking new probes after this.
@@ -90,6 +103,7 @@ impl Breaker {
             threshold,
             min_penalty,
             max_penalty,
+            ..BreakerSettings::default()
         })
     }
 
@@ -98,6 +112,7 @@ impl Breaker {
             threshold,
             min_penalty,
             max_penalty,
+            ..
         } = settings;
         let min = nanos(min_penalty);
         Breaker {
@@ -110,6 +125,9 @@ impl Breaker {
             next_penalty_ns: AtomicI64::new(min),
             probe_since: AtomicI64::new(0),
             state_gauge: std::sync::OnceLock::new(),
+            window_start: AtomicI64::new(now_ns()),
+            window_calls: AtomicU32::new(0),
+            window_failures: AtomicU32::new(0),
         }
     }
 
@@ -149,6 +167,7 @@ impl Breaker {
     /// Records a successful call; returns whether it closed the breaker (the endpoint is
     /// back and should warm up).
     pub fn record_success(&self) -> bool {
+        self.count(false);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         let closed = self.open_until.swap(0, Ordering::AcqRel) != 0;
         if closed {
@@ -171,6 +190,10 @@ impl Breaker {
     /// Records a failure; the breaker may open only when `may_open` (false when the
     /// service already has its maximum share of endpoints ejected).
     pub fn record_failure_unless_capped(&self, may_open: bool) {
+        let (calls, failed) = self.count(true);
+        let rate_exceeded = calls >= self.settings.min_requests
+            && u64::from(failed) * 100
+                >= u64::from(self.settings.failure_rate_percent) * u64::from(calls);
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let was_open = self.open_until.load(Ordering::Acquire) != 0;
         // A failed probe re-opens at once; a closed breaker opens at the threshold; other
@@ -178,7 +201,7 @@ impl Breaker {
         if was_open && self.probe_since.load(Ordering::Acquire) == 0 {
             return;
         }
-        if was_open || (failures >= self.threshold && may_open) {
+        if was_open || ((failures >= self.threshold || rate_exceeded) && may_open) {
             self.open();
         }
     }
@@ -188,7 +211,33 @@ impl Breaker {
         let _ = self.state_gauge.set(gauge);
     }
 
+    /// Counts a call in the failure-rate window (starting a new window when the last one
+    /// is over); returns the window's calls and failures so far.
+    fn count(&self, failed: bool) -> (u32, u32) {
+        let now = now_ns();
+        let start = self.window_start.load(Ordering::Relaxed);
+        if now - start > nanos(self.settings.window)
+            && self
+                .window_start
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.window_calls.store(0, Ordering::Relaxed);
+            self.window_failures.store(0, Ordering::Relaxed);
+        }
+        let calls = self.window_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = if failed {
+            self.window_failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.window_failures.load(Ordering::Relaxed)
+        };
+        (calls, failures)
+    }
+
     fn open(&self) {
+        // A readmitted endpoint starts with a fresh window.
+        self.window_calls.store(0, Ordering::Relaxed);
+        self.window_failures.store(0, Ordering::Relaxed);
         let penalty = self.next_penalty_ns.load(Ordering::Relaxed);
         let jittered = rand::rng().random_range(penalty / 2..=penalty).max(1);
         self.open_until
@@ -282,5 +331,47 @@ mod tests {
             b.is_ready(),
             "late failures while open must not push the probe back"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_high_failure_rate_opens_it_without_consecutive_failures() {
+        let b = Breaker::with_settings(BreakerSettings {
+            threshold: 100,
+            min_requests: 10,
+            failure_rate_percent: 50,
+            window: Duration::from_secs(10),
+            ..BreakerSettings::default()
+        });
+        // Alternating success and failure: never two failures in a row, 50 % failing.
+        for _ in 0..4 {
+            b.record_success();
+            b.record_failure();
+        }
+        assert!(
+            b.is_ready(),
+            "under min_requests the rate does not count yet"
+        );
+        b.record_success();
+        b.record_failure();
+        assert!(!b.is_ready(), "10 calls at 50 % failures open it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_failure_rate_window_rolls_over() {
+        let b = Breaker::with_settings(BreakerSettings {
+            threshold: 100,
+            min_requests: 10,
+            failure_rate_percent: 50,
+            window: Duration::from_secs(10),
+            ..BreakerSettings::default()
+        });
+        for _ in 0..4 {
+            b.record_success();
+            b.record_failure();
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        b.record_success();
+        b.record_failure();
+        assert!(b.is_ready(), "failures of an old window must not count");
     }
 }

@@ -202,14 +202,25 @@ impl Forwarder {
                     drop(in_flight);
                     // Only a call the node never saw is retried: anything else may have
                     // had effects.
-                    let retryable = failure.unsent.is_some()
+                    // A call the node never saw may always go elsewhere; an idempotent
+                    // call (its body kept for replay) may even if it was sent.
+                    let next = match failure.unsent {
+                        Some(unsent) => Some(unsent),
+                        None => replay.as_ref().map(|(parts, bytes)| {
+                            Request::from_parts(
+                                parts.clone(),
+                                ProxyBody::new(Full::new(bytes.clone())),
+                            )
+                        }),
+                    };
+                    let retryable = next.is_some()
                         && attempt < max_attempts
                         && deadline.is_none_or(|d| Instant::now() < d)
                         && route.retry_budget.try_withdraw();
-                    match failure.unsent {
-                        Some(unsent) if retryable => {
-                            tracing::debug!(node = %endpoint.node.id, error = %failure.error, attempt, "call never reached the node; retrying on another");
-                            upstream = unsent;
+                    match next {
+                        Some(next) if retryable => {
+                            tracing::debug!(node = %endpoint.node.id, error = %failure.error, attempt, "call failed in transport; retrying on another node");
+                            upstream = next;
                             tried.push(pick);
                             attempt += 1;
                         }

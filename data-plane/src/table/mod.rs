@@ -401,6 +401,7 @@ mod tests {
                 threshold: 2,
                 min_penalty: Duration::from_millis(500),
                 max_penalty: Duration::from_secs(4),
+                ..BreakerSettings::default()
             },
             "a policy change must reach the breaker"
         );
