@@ -41,6 +41,7 @@ impl Balancer for Adaptive {
         let (index, compared_with) = power_of_two_choices(
             self.endpoints.len(),
             |i| self.endpoints[i].is_ready(),
+            |i| self.endpoints[i].warmth(),
             |i| cost(&self.endpoints[i]),
         )?;
         Some(Pick {
@@ -61,7 +62,7 @@ impl Balancer for Adaptive {
 
 /// Expected wait for a new request: estimated RTT (seconds) × (in-flight + 1).
 fn cost(endpoint: &Endpoint) -> f64 {
-    endpoint.ewma.estimate().as_secs_f64() * endpoint.weighted_load()
+    endpoint.ewma.estimate().as_secs_f64() * (f64::from(endpoint.in_flight()) + 1.0)
 }
 
 #[cfg(test)]

@@ -118,8 +118,9 @@ impl Balancer for Geographic {
         }
         if (ready as u64) * 100 < self.panic_threshold_percent * self.endpoints.len() as u64 {
             // Panic: too few ready endpoints; use every endpoint rather than none.
-            let load = |i: usize| self.endpoints[i].weighted_load();
-            let (index, other) = power_of_two_choices(self.endpoints.len(), |_| true, load)?;
+            let load = |i: usize| self.endpoints[i].in_flight();
+            let (index, other) =
+                power_of_two_choices(self.endpoints.len(), |_| true, |_| 1.0, load)?;
             return Some(Pick {
                 index,
                 reason: "panic routing: too few healthy endpoints, using all",
@@ -147,8 +148,11 @@ impl Balancer for Geographic {
                 continue;
             }
             let ready = |position: usize| self.endpoints[tier.endpoints[position]].is_ready();
-            let load = |position: usize| self.endpoints[tier.endpoints[position]].weighted_load();
-            if let Some((chosen, other)) = power_of_two_choices(tier.endpoints.len(), ready, load) {
+            let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
+            let warmth = |position: usize| self.endpoints[tier.endpoints[position]].warmth();
+            if let Some((chosen, other)) =
+                power_of_two_choices(tier.endpoints.len(), ready, warmth, load)
+            {
                 return Some(Pick {
                     index: tier.endpoints[chosen],
                     reason: tier.kind.reason(),
@@ -159,8 +163,9 @@ impl Balancer for Geographic {
         // Readiness changed between the passes: the nearest tier with a ready endpoint.
         self.tiers.iter().find_map(|tier| {
             let ready = |position: usize| self.endpoints[tier.endpoints[position]].is_ready();
-            let load = |position: usize| self.endpoints[tier.endpoints[position]].weighted_load();
-            let (chosen, other) = power_of_two_choices(tier.endpoints.len(), ready, load)?;
+            let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
+            let warmth = |position: usize| self.endpoints[tier.endpoints[position]].warmth();
+            let (chosen, other) = power_of_two_choices(tier.endpoints.len(), ready, warmth, load)?;
             Some(Pick {
                 index: tier.endpoints[chosen],
                 reason: tier.kind.reason(),

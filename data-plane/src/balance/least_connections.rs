@@ -30,7 +30,8 @@ impl Balancer for LeastConnections {
         let (index, compared_with) = power_of_two_choices(
             self.endpoints.len(),
             |i| self.endpoints[i].is_ready(),
-            |i| self.endpoints[i].weighted_load(),
+            |i| self.endpoints[i].warmth(),
+            |i| self.endpoints[i].in_flight(),
         )?;
         Some(Pick {
             index,
@@ -94,5 +95,28 @@ mod tests {
             LeastConnections::new(Vec::new()).pick(&PickContext::default()),
             None
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_warming_endpoint_gets_a_growing_share() {
+        let mut warming = Endpoint::new(meridian_shared::domain::Node {
+            id: "warming".into(),
+            address: "warming:1".into(),
+            ..Default::default()
+        });
+        warming.set_slow_start(std::time::Duration::from_secs(10));
+        warming.start_warming();
+        let eps = vec![Arc::new(warming), endpoints(1).remove(0)];
+        let balancer = LeastConnections::new(eps);
+        let share = |b: &LeastConnections| {
+            let picks = (0..20_000).map(|_| b.pick(&PickContext::default()).unwrap().index);
+            counts(2, picks)[0] as f64 / 20_000.0
+        };
+        // Idle pair: normally half each; at warmth 0.1, a tenth of that.
+        let start = share(&balancer);
+        assert!((0.03..0.07).contains(&start), "a just-returned endpoint got {start}");
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        let warm = share(&balancer);
+        assert!((0.45..0.55).contains(&warm), "a warm endpoint got {warm}");
     }
 }

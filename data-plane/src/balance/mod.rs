@@ -72,14 +72,22 @@ pub fn build(
 }
 
 /// Power of two choices among the ready endpoints: sample two distinct endpoints and
-/// take the one with the lower `load`. An unready sample loses to a ready one; when both
-/// are unready, the first ready endpoint from a random start is taken; `None` when no
-/// endpoint is ready.
+/// take the one with the lower `load`. An unready sample loses to a ready one; a warming
+/// sample (slow start) takes part with probability `warmth`, so its share ramps up; when
+/// neither sample takes part, the first ready endpoint from a random start is taken;
+/// `None` when no endpoint is ready.
 pub(crate) fn power_of_two_choices<L: PartialOrd>(
     len: usize,
     ready: impl Fn(usize) -> bool,
+    warmth: impl Fn(usize) -> f64,
     load: impl Fn(usize) -> L,
 ) -> Option<(usize, Option<usize>)> {
+    let admitted = |i: usize| {
+        ready(i) && {
+            let w = warmth(i);
+            w >= 1.0 || rand::random::<f64>() < w
+        }
+    };
     match len {
         0 => None,
         1 => ready(0).then_some((0, None)),
@@ -91,7 +99,7 @@ pub(crate) fn power_of_two_choices<L: PartialOrd>(
             if second >= first {
                 second += 1;
             }
-            match (ready(first), ready(second)) {
+            match (admitted(first), admitted(second)) {
                 (true, true) if load(second) < load(first) => Some((second, Some(first))),
                 (true, true) => Some((first, Some(second))),
                 (true, false) => Some((first, None)),

@@ -125,12 +125,6 @@ impl Endpoint {
         }
     }
 
-    /// The load balancers compare: in-flight requests (plus one, so idle endpoints
-    /// differ by warmth) divided by the warmth, so a warming endpoint looks busier.
-    pub fn weighted_load(&self) -> f64 {
-        (f64::from(self.in_flight()) + 1.0) / self.warmth()
-    }
-
     /// Requests sent to this endpoint and not yet finished.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
