@@ -114,7 +114,10 @@ mod tests {
         };
         // Idle pair: normally half each; at warmth 0.1, a tenth of that.
         let start = share(&balancer);
-        assert!((0.03..0.07).contains(&start), "a just-returned endpoint got {start}");
+        assert!(
+            (0.03..0.07).contains(&start),
+            "a just-returned endpoint got {start}"
+        );
         tokio::time::advance(std::time::Duration::from_secs(10)).await;
         let warm = share(&balancer);
         assert!((0.45..0.55).contains(&warm), "a warm endpoint got {warm}");
