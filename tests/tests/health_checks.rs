@@ -420,19 +420,33 @@ async fn a_flapping_node_is_quarantined_until_an_operator_recovers_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // An operator recovers it: unknown, then healthy on its checks.
-    let recovered = admin
-        .recover_node(authorized(
-            pb::RecoverNodeRequest {
-                id: "eu-1".into(),
-                reason: "flapping fixed".into(),
-            },
+    // An operator recovers it with `meridianctl nodes recover`: unknown, then healthy on
+    // its checks.
+    let url = cluster.cp.url();
+    let (status, stdout, stderr) = meridian_tests::process::run_to_completion(
+        "meridianctl",
+        &[
+            "--control-plane",
+            &url,
+            "--token",
             OPERATOR_TOKEN,
-        ))
-        .await
-        .expect("RecoverNode")
-        .into_inner();
-    assert_eq!(status_of(&recovered), pb::NodeStatus::Unspecified);
+            "-o",
+            "json",
+            "nodes",
+            "recover",
+            "eu-1",
+            "--reason",
+            "flapping fixed",
+        ],
+    );
+    assert!(
+        status.success(),
+        "meridianctl nodes recover failed: {stderr}"
+    );
+    assert!(
+        stdout.contains("unknown"),
+        "recovered node should be unknown until checked: {stdout}"
+    );
     wait_status(&cluster, "eu-1", pb::NodeStatus::Healthy, Instant::now()).await;
 
     // With a clean history: one failure episode is one flap, not a second quarantine.
