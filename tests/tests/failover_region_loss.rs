@@ -1,7 +1,7 @@
 //! Losing the proxy's whole region: with both eu-west nodes killed under load, traffic
 //! goes to the nearest other region (us-east from Dublin, not ap-south) within 2 s, with
 //! no errors for RouteMessage and at most the in-flight transparent calls failing; when
-//! the eu-west nodes come back, traffic returns to them.
+//! the eu-west nodes come back, traffic returns to them, ramped (slow start).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -174,4 +174,33 @@ async fn losing_the_region_moves_traffic_to_the_nearest_region_and_back() {
         "traffic back on eu-1 {:?} after the nodes restarted",
         back.elapsed()
     );
+
+    // Ramped: just after it returns, the zone takes only part of the traffic (slow
+    // start); within the slow-start window (10 s) it takes all of it again.
+    let mut in_zone = 0;
+    for _ in 0..100 {
+        let node = served_by(&echo.say(demo::SayRequest::default()).await.unwrap());
+        in_zone += usize::from(node == "eu-1");
+    }
+    eprintln!("right after returning, eu-1 served {in_zone} of 100 calls");
+    assert!(
+        in_zone < 90,
+        "the returning zone took {in_zone} of 100 calls at once: no ramp"
+    );
+    let ramp = Instant::now();
+    loop {
+        let mut all = true;
+        for _ in 0..50 {
+            all &= served_by(&echo.say(demo::SayRequest::default()).await.unwrap()) == "eu-1";
+        }
+        if all {
+            break;
+        }
+        assert!(
+            ramp.elapsed() < Duration::from_secs(20),
+            "the zone never took all its traffic back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("all traffic back in the zone {:?} later", ramp.elapsed());
 }
