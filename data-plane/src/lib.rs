@@ -1,8 +1,9 @@
-//! Meridian's data-plane proxy: subscribes to routing tables from the control plane and
-//! forwards gRPC traffic to nodes. `meridian-proxy` runs it.
-//!
-//! Today it loads and validates its configuration and serves its admin HTTP endpoints;
-//! the table subscription and forwarding are the next issue's work.
+//! Meridian's data-plane proxy: follows routing tables from the control plane ([`table`]),
+//! forwards any gRPC call to a node of its service ([`forward`]) or routes federation
+//! messages ([`router`]), picks endpoints with the service's algorithm ([`balance`]) among
+//! those whose breakers allow ([`endpoint`]), retries only when safe ([`retry`]), and keeps
+//! working on its last good table when the control plane is away. `meridian-proxy` runs it
+//! ([`server`]).
 
 #![forbid(unsafe_code)]
 
