@@ -67,3 +67,54 @@ async fn the_proxy_serves_on_without_a_control_plane_and_restarts_from_its_file(
         "the restarted proxy failed calls"
     );
 }
+
+#[tokio::test]
+async fn sigterm_lets_calls_in_flight_finish_and_refuses_new_ones() {
+    let cluster = Cluster::start().await;
+    let _node = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
+    let mut proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
+    wait_usable(&proxy, 1).await;
+
+    // A call that takes 1 s is in flight when the proxy is told to stop.
+    let url = proxy.url();
+    let slow = tokio::spawn(async move {
+        let mut client = EchoClient::new(channel(&url).await);
+        client
+            .say(demo::SayRequest {
+                text: "slow".into(),
+                delay_ms: 1_000,
+                ..Default::default()
+            })
+            .await
+    });
+    let started = std::time::Instant::now();
+    proxy
+        .wait_table(Duration::from_secs(5), "the call in flight", |t| {
+            t["services"][0]["endpoints"][0]["in_flight"] == 1
+        })
+        .await;
+    let pid = proxy.process.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let reply = slow
+        .await
+        .unwrap()
+        .expect("the call in flight must finish during the drain");
+    assert_eq!(reply.get_ref().text, "slow");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let exit = proxy.process.wait_for_exit(Duration::from_secs(10));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "the proxy did not exit cleanly: {exit:?}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(proxy.grpc).await.is_err(),
+        "the stopped proxy still accepts connections"
+    );
+}
