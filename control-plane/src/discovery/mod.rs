@@ -22,6 +22,9 @@ use self::proxies::ProxyRecord;
 use self::session::{Session, SessionContext};
 use crate::topology::StateHandle;
 
+/// How long a Hello naming an unknown federation waits for it to appear.
+const FEDERATION_GRACE: Duration = Duration::from_secs(2);
+
 /// How long a new stream may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,19 +45,23 @@ impl DiscoveryService {
         }
     }
 
-    fn check_hello(&self, hello: &pb::Hello) -> Result<(), Status> {
+    async fn check_hello(&self, hello: &pb::Hello) -> Result<(), Status> {
         if let Some(problem) = name_problem(&hello.proxy_id) {
             return Err(Status::invalid_argument(format!(
                 "hello.proxy_id: {:?} {problem}",
                 hello.proxy_id
             )));
         }
-        if !self
-            .state
-            .borrow()
-            .federations
-            .contains_key(&hello.federation)
-        {
+        // A federation created a moment ago may not have reached this replica's view of
+        // the store yet: give it a moment before refusing.
+        let mut state = self.state.subscribe();
+        let known = tokio::time::timeout(
+            FEDERATION_GRACE,
+            state.wait_for(|s| s.federations.contains_key(&hello.federation)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !known {
             return Err(Status::invalid_argument(format!(
                 "hello.federation: unknown federation {:?}; create it (meridianctl federations set) or fix the proxy's --federation",
                 hello.federation
@@ -90,7 +97,7 @@ impl RoutingDiscovery for DiscoveryService {
                 "the first message of a routing stream must be a Hello",
             ));
         };
-        self.check_hello(&hello)?;
+        self.check_hello(&hello).await?;
 
         let stream = STREAMS.fetch_add(1, Ordering::Relaxed);
         let record = ProxyRecord {
