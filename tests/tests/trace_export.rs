@@ -107,35 +107,14 @@ async fn grpc_requests_are_exported_as_spans_continuing_the_callers_trace() {
         .await
         .expect("health check");
 
-    let span = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let export = exports.recv().await.expect("collector stopped");
-            for resource_spans in export.resource_spans {
-                let service = resource_spans
-                    .resource
-                    .iter()
-                    .flat_map(|r| &r.attributes)
-                    .find(|kv| kv.key == "service.name")
-                    .and_then(|kv| kv.value.as_ref()?.value.clone());
-                for scope in resource_spans.scope_spans {
-                    for span in scope.spans {
-                        if span.name == "/grpc.health.v1.Health/Check" {
-                            return (service, span);
-                        }
-                    }
-                }
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "no span exported; control plane output:\n{}",
-            control.output()
-        )
-    });
-
-    let (service, span) = span;
+    let (service, span) = exported_span(&mut exports, "/grpc.health.v1.Health/Check")
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no span exported; control plane output:\n{}",
+                control.output()
+            )
+        });
     assert_eq!(
         hex(&span.trace_id),
         TRACE_ID,
