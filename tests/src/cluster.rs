@@ -110,9 +110,22 @@ impl Cluster {
             .expect("deregistering a node");
     }
 
-    /// Sets `demo.v1.Echo`'s policy.
+    /// Creates or replaces a service policy.
+    pub async fn set_policy(&self, policy: pb::ServicePolicy) {
+        let request = pb::UpsertServicePolicyRequest {
+            policy: Some(policy),
+        };
+        self.cp
+            .admin()
+            .await
+            .upsert_service_policy(authorized(request, OPERATOR_TOKEN))
+            .await
+            .expect("setting a service policy");
+    }
+
+    /// Sets `demo.v1.Echo`'s algorithm (and consistent-hash header), all else default.
     pub async fn echo_policy(&self, algorithm: pb::Algorithm, hash_header: &str) {
-        let policy = pb::ServicePolicy {
+        self.set_policy(pb::ServicePolicy {
             name: ECHO.into(),
             federation: "prod".into(),
             algorithm: algorithm.into(),
@@ -120,18 +133,8 @@ impl Cluster {
                 header: hash_header.into(),
             }),
             ..Default::default()
-        };
-        self.cp
-            .admin()
-            .await
-            .upsert_service_policy(authorized(
-                pb::UpsertServicePolicyRequest {
-                    policy: Some(policy),
-                },
-                OPERATOR_TOKEN,
-            ))
-            .await
-            .expect("setting the Echo policy");
+        })
+        .await;
     }
 
     /// Starts a proxy in `region`/`zone` and waits until it has a table.

@@ -11,7 +11,7 @@ use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_router_client::MessageRouterClient;
 use meridian_tests::cluster::{Cluster, wait_usable};
-use meridian_tests::control::{OPERATOR_TOKEN, authorized, channel};
+use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
 use meridian_tests::http;
 use meridian_tests::proxy::ProxyProcess;
@@ -154,18 +154,7 @@ async fn set_idempotent(cluster: &Cluster, methods: &[&str]) {
         }),
         ..Default::default()
     };
-    cluster
-        .cp
-        .admin()
-        .await
-        .upsert_service_policy(authorized(
-            pb::UpsertServicePolicyRequest {
-                policy: Some(policy),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap();
+    cluster.set_policy(policy).await;
 }
 
 /// Errors among 40 Say calls.

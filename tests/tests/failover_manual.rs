@@ -150,18 +150,7 @@ async fn with_auto_recovery_a_failover_clears_itself_once_the_primary_has_failed
         }),
         ..Default::default()
     };
-    cluster
-        .cp
-        .admin()
-        .await
-        .upsert_service_policy(meridian_tests::control::authorized(
-            pb::UpsertServicePolicyRequest {
-                policy: Some(policy),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap();
+    cluster.set_policy(policy).await;
     let _eu = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
     let _us = cluster.node("us-1", "us-east", "us-east-a", 0, &[]).await;
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;

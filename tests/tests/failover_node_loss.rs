@@ -14,7 +14,7 @@ use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_router_client::MessageRouterClient;
 use meridian_tests::cluster::{Cluster, wait_usable};
-use meridian_tests::control::{OPERATOR_TOKEN, authorized, channel};
+use meridian_tests::control::channel;
 use tonic::transport::Channel;
 
 const WORKERS: usize = 4;
@@ -118,16 +118,7 @@ async fn killing_a_node_under_load_loses_no_route_message_or_idempotent_call() {
         }),
         ..Default::default()
     };
-    let request = pb::UpsertServicePolicyRequest {
-        policy: Some(policy),
-    };
-    cluster
-        .cp
-        .admin()
-        .await
-        .upsert_service_policy(authorized(request, OPERATOR_TOKEN))
-        .await
-        .unwrap();
+    cluster.set_policy(policy).await;
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
     wait_usable(&proxy, 3).await;
     proxy

@@ -38,18 +38,7 @@ async fn fast_health_checks(cluster: &Cluster) {
         }),
         ..Default::default()
     };
-    cluster
-        .cp
-        .admin()
-        .await
-        .upsert_service_policy(authorized(
-            pb::UpsertServicePolicyRequest {
-                policy: Some(policy),
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .expect("setting the Echo policy");
+    cluster.set_policy(policy).await;
 }
 
 /// Starts a demo node and registers it in eu-west; returns it and the node as registered.

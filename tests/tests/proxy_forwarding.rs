@@ -119,18 +119,7 @@ async fn unary_streaming_errors_metadata_and_deadlines_pass_through() {
         }),
         ..Default::default()
     };
-    cluster
-        .cp
-        .admin()
-        .await
-        .upsert_service_policy(meridian_tests::control::authorized(
-            pb::UpsertServicePolicyRequest {
-                policy: Some(policy),
-            },
-            meridian_tests::control::OPERATOR_TOKEN,
-        ))
-        .await
-        .unwrap();
+    cluster.set_policy(policy).await;
     proxy
         .wait_table(Duration::from_secs(5), "the timeout policy", |t| {
             t["services"][0]["has_policy"] == true
