@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/prereqs.sh
 ensure_prereqs
+echo "== prerequisites usable (protoc resolves the well-known types, etcd --version runs)"
+check_prereqs_usable
 
 echo "== one version each of tonic, prost, hyper, h2, tower, rustls"
 for crate in tonic prost hyper h2 tower rustls; do

@@ -1,21 +1,49 @@
-# Installs the system packages Meridian needs to build and test, when they are missing:
+# Installs the system packages Meridian needs to build, test and run, when they are missing,
+# then proves each one usable:
 #   protoc    (protobuf-compiler)  code generation for meridian.v1 and etcd-client
+#   google/protobuf/*.proto (libprotobuf-dev)  the well-known types our protos import;
+#             Debian's protobuf-compiler only *recommends* it, so it is named here
 #   etcd      (etcd-server)        the store, for tests and production-like runs
 #   etcdctl   (etcd-client)        inspecting the store by hand
+#   curl      (curl)               scripts/run.sh waits on the HTTP ports with it
 # Sourced by scripts/test.sh and scripts/run.sh. Debian/Ubuntu only; elsewhere it says
-# what to install.
+# what to install. scripts/fresh-machine-check.sh purges PREREQ_PACKAGES to prove this works
+# on a machine that has only Rust, git, curl and Python.
+
+PREREQ_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server etcd-client)
+
+# Prints the Debian packages whose part is missing or unusable, one per line.
+missing_prereqs() {
+    command -v protoc >/dev/null 2>&1 || echo protobuf-compiler
+    protoc_resolves_well_known_types || echo libprotobuf-dev
+    { command -v etcd >/dev/null 2>&1 && etcd --version >/dev/null 2>&1; } || echo etcd-server
+    command -v etcdctl >/dev/null 2>&1 || echo etcd-client
+    command -v curl >/dev/null 2>&1 || echo curl
+}
+
+# True when protoc can compile a file importing google/protobuf/timestamp.proto, as
+# proto/meridian/v1/topology.proto does.
+protoc_resolves_well_known_types() {
+    command -v protoc >/dev/null 2>&1 || return 1
+    local dir
+    dir=$(mktemp -d)
+    printf 'syntax = "proto3";\nimport "google/protobuf/timestamp.proto";\nmessage Probe { google.protobuf.Timestamp at = 1; }\n' >"$dir/probe.proto"
+    protoc --proto_path="$dir" --descriptor_set_out="$dir/probe.bin" "$dir/probe.proto" >/dev/null 2>&1
+    local status=$?
+    rm -rf "$dir"
+    return $status
+}
 
 ensure_prereqs() {
-    local missing=()
-    command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-    command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-    command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
     command -v cargo >/dev/null 2>&1 || {
-        echo "meridian: cargo is not installed; install Rust (https://rustup.rs) and retry" >&2
+        echo "meridian: cargo is not installed; install Rust 1.95 or newer (https://rustup.rs) and retry" >&2
         return 1
     }
+    local missing
+    mapfile -t missing < <(missing_prereqs | sort -u)
     [ ${#missing[@]} -eq 0 ] && return 0
 
+    local install="apt-get install -y --no-install-recommends ${missing[*]}"
     echo "meridian: installing missing packages: ${missing[*]}" >&2
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "meridian: no apt-get here; install ${missing[*]} (or their equivalents) yourself" >&2
@@ -24,7 +52,7 @@ ensure_prereqs() {
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         command -v sudo >/dev/null 2>&1 || {
-            echo "meridian: need root to install ${missing[*]}; run as root or install sudo" >&2
+            echo "meridian: need root to install ${missing[*]}; run as root: $install" >&2
             return 1
         }
         sudo=(sudo)
@@ -34,4 +62,24 @@ ensure_prereqs() {
     # Debian's etcd-server package starts a system etcd on 127.0.0.1:2379; Meridian's tests
     # start their own on random ports and do not need it.
     echo "meridian: installed ${missing[*]}" >&2
+    check_prereqs_usable
+}
+
+# Fails, with the exact command that fixes it, when a prerequisite is still not usable.
+check_prereqs_usable() {
+    local still
+    mapfile -t still < <(missing_prereqs | sort -u)
+    [ ${#still[@]} -eq 0 ] && return 0
+    local p
+    for p in "${still[@]}"; do
+        case $p in
+            protobuf-compiler) echo "meridian: protoc is not usable (\`protoc --version\` fails)" >&2 ;;
+            libprotobuf-dev) echo "meridian: protoc cannot resolve google/protobuf/timestamp.proto (the well-known types)" >&2 ;;
+            etcd-server) echo "meridian: \`etcd --version\` does not run" >&2 ;;
+            etcd-client) echo "meridian: etcdctl is not on PATH" >&2 ;;
+            curl) echo "meridian: curl is not on PATH" >&2 ;;
+        esac
+    done
+    echo "meridian: fix with: apt-get install -y --no-install-recommends ${still[*]}" >&2
+    return 1
 }
