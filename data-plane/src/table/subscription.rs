@@ -1,7 +1,10 @@
 //! Following the control plane: open `RoutingDiscovery/StreamRoutes` on one of the
 //! configured replicas, say who this proxy is and which version it holds, apply each
 //! snapshot or delta (ACK) or refuse it and keep the last good table (NACK), and persist
-//! every applied table to the cache file. When the stream breaks, reconnect with jittered
+//! every applied table to the cache file (off the async runtime). Besides what cannot be
+//! decoded, the proxy refuses what it must never serve: a table for another federation
+//! than its own, or a version older than the one it holds (see [`TableData`] for why the
+//! version held itself is accepted). When the stream breaks, reconnect with jittered
 //! exponential backoff to the next replica and resume from the version held. The table is
 //! never evicted for being old: without a control plane, the proxy routes with what it has.
 
@@ -12,15 +15,19 @@ use meridian_proto::v1 as pb;
 use meridian_proto::v1::routing_discovery_client::RoutingDiscoveryClient;
 use meridian_proto::v1::stream_routes_request::Message as Outbound;
 use meridian_shared::admin_http::Readiness;
+use meridian_shared::credentials::BearerAuth;
 use meridian_shared::{Backoff, Shutdown};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::cache_file::{self, CacheWriter};
 use super::data::TableData;
-use super::{ProxyIdentity, ProxyTable, TableHandle, TableSource, cache_file};
+use super::{ProxyIdentity, ProxyTable, TableHandle, TableSource};
 
 pub struct Subscription {
     pub identity: ProxyIdentity,
+    /// The proxy-role credential presented to the control plane.
+    pub auth: BearerAuth,
     pub control_planes: Vec<String>,
     pub cache: Option<PathBuf>,
     pub table: TableHandle,
@@ -59,12 +66,13 @@ impl Subscription {
     pub async fn run(self, shutdown: Shutdown) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut replica = 0usize;
+        let cache = self.cache.clone().map(CacheWriter::new);
         metrics::gauge!("meridian_proxy_control_plane_connected").set(0.0);
         loop {
             let url = &self.control_planes[replica % self.control_planes.len()];
             let result = tokio::select! {
                 _ = shutdown.wait() => return,
-                result = self.follow(url, &mut backoff) => result,
+                result = self.follow(url, &mut backoff, cache.as_ref()) => result,
             };
             metrics::gauge!("meridian_proxy_control_plane_connected").set(0.0);
             let delay = backoff.next_delay();
@@ -83,7 +91,12 @@ impl Subscription {
     }
 
     /// One stream: returns why it ended.
-    async fn follow(&self, url: &str, backoff: &mut Backoff) -> String {
+    async fn follow(
+        &self,
+        url: &str,
+        backoff: &mut Backoff,
+        cache: Option<&CacheWriter>,
+    ) -> String {
         let channel = match tonic::transport::Endpoint::from_shared(url.to_owned()) {
             Ok(endpoint) => {
                 endpoint
@@ -112,7 +125,7 @@ impl Subscription {
             build_version: env!("CARGO_PKG_VERSION").into(),
         };
         let _ = tx.send(message(Outbound::Hello(hello))).await;
-        let mut inbound = match RoutingDiscoveryClient::new(channel)
+        let mut inbound = match RoutingDiscoveryClient::with_interceptor(channel, self.auth.clone())
             .stream_routes(ReceiverStream::new(rx))
             .await
         {
@@ -128,24 +141,26 @@ impl Subscription {
                 Ok(None) => return "the control plane closed the stream".into(),
                 Err(status) => return status.to_string(),
             };
-            let answer = self.apply(response);
+            let answer = self.apply(response, cache);
             if tx.send(message(answer)).await.is_err() {
                 return "the stream closed".into();
             }
         }
     }
 
-    /// Applies one update; the ACK or NACK to send.
-    fn apply(&self, response: pb::StreamRoutesResponse) -> Outbound {
+    /// Applies one update, queueing the result for the cache file; the ACK or NACK to send.
+    fn apply(&self, response: pb::StreamRoutesResponse, cache: Option<&CacheWriter>) -> Outbound {
         let current = self.table.current();
         let base = current.as_ref().map(|t| t.data.clone()).unwrap_or_default();
         let Some(update) = response.update else {
             return nack(base.version, response.nonce, "the update was empty".into());
         };
-        match base.apply(update) {
+        match base.apply(update, &self.identity.federation) {
             Ok(data) => {
                 let version = data.version;
-                self.persist(&data);
+                if let Some(cache) = cache {
+                    cache.persist(data.to_snapshot());
+                }
                 self.install(data, TableSource::Stream);
                 metrics::counter!("meridian_proxy_table_updates_total", "result" => "applied")
                     .increment(1);
@@ -173,13 +188,6 @@ impl Subscription {
         );
         self.table.store(table);
         self.readiness.set(true);
-    }
-
-    fn persist(&self, data: &TableData) {
-        let Some(path) = &self.cache else { return };
-        if let Err(e) = cache_file::store(path, &data.to_snapshot()) {
-            tracing::warn!(error = %e, "could not save the routing table; a restart without a control plane would start empty");
-        }
     }
 }
 
@@ -212,5 +220,137 @@ pub async fn report_table_age(table: TableHandle, shutdown: Shutdown) {
                 .unwrap_or_default();
             metrics::gauge!("meridian_proxy_table_age_seconds").set(age.as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_proto::v1::stream_routes_response::Update;
+
+    use super::*;
+
+    fn subscription() -> Subscription {
+        Subscription {
+            identity: ProxyIdentity {
+                id: "proxy-1".into(),
+                federation: "prod".into(),
+                region: "eu".into(),
+                zone: "eu-a".into(),
+            },
+            auth: BearerAuth::default(),
+            control_planes: vec![],
+            cache: None,
+            table: TableHandle::default(),
+            readiness: Readiness::default(),
+        }
+    }
+
+    fn snapshot(version: u64, federation: &str) -> pb::StreamRoutesResponse {
+        pb::StreamRoutesResponse {
+            nonce: format!("n{version}"),
+            update: Some(Update::Snapshot(pb::RoutingTable {
+                version,
+                federation: federation.into(),
+                nodes: vec![pb::Node {
+                    id: format!("node-{version}"),
+                    address: "127.0.0.1:9".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn delta(base_version: u64, version: u64) -> pb::StreamRoutesResponse {
+        pb::StreamRoutesResponse {
+            nonce: format!("d{version}"),
+            update: Some(Update::Delta(pb::RoutingDelta {
+                base_version,
+                version,
+                removed_nodes: vec![format!("node-{base_version}")],
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// The table in force: its version, federation and nodes.
+    fn held(sub: &Subscription) -> (u64, String, Vec<String>) {
+        let table = sub.table.current().expect("a table is installed");
+        let nodes = table.data.nodes.keys().cloned().collect();
+        (table.version(), table.data.federation.clone(), nodes)
+    }
+
+    fn expect_ack(answer: Outbound, version: u64) {
+        match answer {
+            Outbound::Ack(ack) => assert_eq!(ack.version, version),
+            other => panic!("expected an ACK of version {version}, got {other:?}"),
+        }
+    }
+
+    fn expect_nack(answer: Outbound) -> pb::Nack {
+        match answer {
+            Outbound::Nack(nack) => nack,
+            other => panic!("expected a NACK, got {other:?}"),
+        }
+    }
+
+    fn at_version_5() -> Subscription {
+        let sub = subscription();
+        expect_ack(sub.apply(snapshot(5, "prod"), None), 5);
+        sub
+    }
+
+    #[tokio::test]
+    async fn a_table_for_another_federation_is_nacked_and_not_applied() {
+        let sub = at_version_5();
+        let nack = expect_nack(sub.apply(snapshot(6, "staging"), None));
+        assert_eq!(
+            nack.error,
+            "the control plane sent a table for federation \"staging\"; this proxy serves \"prod\" (--federation)"
+        );
+        assert_eq!((nack.version, nack.nonce.as_str()), (5, "n6"));
+        assert_eq!(held(&sub), (5, "prod".into(), vec!["node-5".into()]));
+    }
+
+    #[tokio::test]
+    async fn a_first_table_for_another_federation_leaves_the_proxy_without_one() {
+        let sub = subscription();
+        expect_nack(sub.apply(snapshot(6, "staging"), None));
+        assert!(sub.table.current().is_none());
+        assert!(!sub.readiness.is_ready());
+    }
+
+    #[tokio::test]
+    async fn an_older_version_is_nacked_and_not_applied() {
+        let sub = at_version_5();
+        let nack = expect_nack(sub.apply(snapshot(4, "prod"), None));
+        assert!(nack.error.contains("version 4"), "{}", nack.error);
+        assert!(nack.error.contains("newer version 5"), "{}", nack.error);
+        expect_nack(sub.apply(delta(5, 3), None));
+        assert_eq!(held(&sub), (5, "prod".into(), vec!["node-5".into()]));
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_resending_the_held_version_is_acked() {
+        let sub = at_version_5();
+        expect_ack(sub.apply(snapshot(5, "prod"), None), 5);
+        expect_ack(sub.apply(snapshot(7, "prod"), None), 7);
+        assert_eq!(held(&sub), (7, "prod".into(), vec!["node-7".into()]));
+    }
+
+    #[tokio::test]
+    async fn only_applied_tables_reach_the_cache_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.bin");
+        let sub = subscription();
+        let cache = CacheWriter::new(path.clone());
+        expect_ack(sub.apply(snapshot(5, "prod"), Some(&cache)), 5);
+        expect_nack(sub.apply(snapshot(9, "staging"), Some(&cache)));
+        expect_nack(sub.apply(snapshot(4, "prod"), Some(&cache)));
+        cache.flushed().await;
+        let on_disk = cache_file::load(&path)
+            .unwrap()
+            .expect("the cache was written");
+        assert_eq!((on_disk.version, on_disk.federation.as_str()), (5, "prod"));
     }
 }
