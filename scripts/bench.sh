@@ -45,7 +45,7 @@ token=bench-operator-token-0123456789
 start control "$bin/meridian-control" --dev --dev-token "$token" --grpc-addr 127.0.0.1:17700 --http-addr 127.0.0.1:17701 --log-level warn
 for p in "${nodes[@]}" 17700; do wait_port "$p"; done
 ctl() { "$bin/meridianctl" --control-plane http://127.0.0.1:17700 --token "$token" "$@" >/dev/null; }
-ctl federations set bench
+ctl federations set bench --allowed-networks 127.0.0.0/8
 ctl regions set local --federation bench --lat 0 --lon 0 --zones a
 for i in 0 1 2; do
     ctl nodes register "bench-$i" --address "127.0.0.1:${nodes[$i]}" --federation bench --region local --zone a --services demo.v1.Echo

@@ -32,8 +32,17 @@ stop_all() {
 trap stop_all INT TERM EXIT
 
 start() { # name, command...
-    local name=$1; shift
-    "$@" >"$logs/$name.log" 2>&1 &
+    start_with_token "" "$@"
+}
+
+# Like start, with MERIDIAN_TOKEN set to $1 in the process's environment only: a token
+# never goes on a command line (where ps shows it) or into a log.
+start_with_token() { # token, name, command...
+    local token=$1 name=$2; shift 2
+    (
+        [ -n "$token" ] && export MERIDIAN_TOKEN=$token
+        exec "$@"
+    ) >"$logs/$name.log" 2>&1 &
     pids+=($!)
     echo "started $name (pid $!, log $logs/$name.log)"
 }
@@ -47,22 +56,27 @@ wait_http() { # url, what
     return 1
 }
 
-token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+new_token() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+# One credential per role: operator (meridianctl), node (self-registration), proxy
+# (routing tables). The control plane reads them from its environment (dev mode).
+token=$(new_token) node_token=$(new_token) proxy_token=$(new_token)
 export MERIDIAN_TOKEN=$token
 ctl="$bin/meridianctl"
 
-start control "$bin/meridian-control" --dev --dev-token "$token"
+export MERIDIAN_DEV_TOKEN=$token MERIDIAN_DEV_NODE_TOKEN=$node_token MERIDIAN_DEV_PROXY_TOKEN=$proxy_token
+start control "$bin/meridian-control" --dev
+unset MERIDIAN_DEV_TOKEN MERIDIAN_DEV_NODE_TOKEN MERIDIAN_DEV_PROXY_TOKEN
 wait_http http://127.0.0.1:7701/ready "the control plane"
 
 echo "== creating the demo topology: federation default, regions eu-west and us-east"
-"$ctl" federations set default --description "Meridian demo" >/dev/null
+"$ctl" federations set default --description "Meridian demo" --allowed-networks 127.0.0.0/8 >/dev/null
 "$ctl" regions set eu-west --federation default --lat 53.35 --lon -6.26 --zones eu-west-a,eu-west-b >/dev/null
 "$ctl" regions set us-east --federation default --lat 38.9 --lon -77.04 --zones us-east-a,us-east-b >/dev/null
 "$ctl" services set demo.v1.Echo --federation default --algorithm geographic >/dev/null
 
 echo "== starting 4 demo nodes (self-registering with a 10 s lease) and 2 proxies"
 node() { # id region zone port
-    start "node-$1" "$bin/meridian-demo-node" --id "$1" --listen "127.0.0.1:$4" \
+    start_with_token "$node_token" "node-$1" "$bin/meridian-demo-node" --id "$1" --listen "127.0.0.1:$4" \
         --register-with http://127.0.0.1:7700 --federation default --region "$2" --zone "$3"
 }
 node eu-1 eu-west eu-west-a 9101
@@ -70,9 +84,9 @@ node eu-2 eu-west eu-west-b 9102
 node us-1 us-east us-east-a 9201
 node us-2 us-east us-east-b 9202
 mkdir -p .meridian/cache
-start proxy-eu "$bin/meridian-proxy" --id proxy-eu-west --federation default --region eu-west --zone eu-west-a \
+start_with_token "$proxy_token" proxy-eu "$bin/meridian-proxy" --id proxy-eu-west --federation default --region eu-west --zone eu-west-a \
     --grpc-addr 127.0.0.1:7800 --admin-addr 127.0.0.1:7801 --table-cache .meridian/cache/proxy-eu-west.table
-start proxy-us "$bin/meridian-proxy" --id proxy-us-east --federation default --region us-east --zone us-east-a \
+start_with_token "$proxy_token" proxy-us "$bin/meridian-proxy" --id proxy-us-east --federation default --region us-east --zone us-east-a \
     --grpc-addr 127.0.0.1:7810 --admin-addr 127.0.0.1:7811 --table-cache .meridian/cache/proxy-us-east.table
 wait_http http://127.0.0.1:7801/ready "proxy-eu-west"
 wait_http http://127.0.0.1:7811/ready "proxy-us-east"

@@ -30,6 +30,7 @@ pub struct ControlArgs {
     pub dev: bool,
 
     /// Operator token to accept in dev mode (default: a random one, printed at start).
+    /// Prefer the environment variable: a flag's value shows in `ps`.
     #[arg(
         long,
         env = "MERIDIAN_DEV_TOKEN",
@@ -38,6 +39,27 @@ pub struct ControlArgs {
         requires = "dev"
     )]
     pub dev_token: Option<String>,
+
+    /// Node-role token to accept in dev mode, for self-registering nodes (default: a
+    /// random one, printed at start).
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_NODE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        requires = "dev"
+    )]
+    pub dev_node_token: Option<String>,
+
+    /// Proxy-role token to accept in dev mode (default: a random one, printed at start).
+    #[arg(
+        long,
+        env = "MERIDIAN_DEV_PROXY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        requires = "dev"
+    )]
+    pub dev_proxy_token: Option<String>,
 
     /// Address of the gRPC server (routing streams, node registry, Admin API, health,
     /// reflection). Default 127.0.0.1:7700.
@@ -138,23 +160,41 @@ impl ControlArgs {
         }
     }
 
-    /// In dev mode, adds an operator token (the given one or a random one) and returns it
-    /// so it can be shown to the user; `None` outside dev mode.
-    pub fn add_dev_token(&self, config: &mut ControlPlaneConfig) -> Option<String> {
+    /// In dev mode, adds the credentials a demo needs: an operator, a node and a proxy
+    /// token, each the given one or a random one. Returns the random ones, which only
+    /// the user can be told; empty outside dev mode.
+    pub fn add_dev_credentials(&self, config: &mut ControlPlaneConfig) -> Vec<DevCredential> {
         if !self.dev {
-            return None;
+            return Vec::new();
         }
-        let token = self.dev_token.clone().unwrap_or_else(|| {
-            let bytes: [u8; 16] = rand::random();
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        });
-        config.auth.tokens.push(TokenConfig {
-            name: "dev".into(),
-            token: token.clone(),
-            role: Role::Operator,
-        });
-        Some(token)
+        let mut generated = Vec::new();
+        for (name, role, given) in [
+            ("dev", Role::Operator, &self.dev_token),
+            ("dev-node", Role::Node, &self.dev_node_token),
+            ("dev-proxy", Role::Proxy, &self.dev_proxy_token),
+        ] {
+            let token = given.clone().unwrap_or_else(|| {
+                let bytes: [u8; 16] = rand::random();
+                let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                generated.push(DevCredential {
+                    role,
+                    token: token.clone(),
+                });
+                token
+            });
+            config
+                .auth
+                .tokens
+                .push(TokenConfig::new(name, &token, role));
+        }
+        generated
     }
+}
+
+/// A token dev mode made up, to be shown to the user once.
+pub struct DevCredential {
+    pub role: Role,
+    pub token: String,
 }
 
 #[cfg(test)]
@@ -193,21 +233,22 @@ mod tests {
     }
 
     #[test]
-    fn dev_mode_uses_the_embedded_store_and_an_operator_token() {
+    fn dev_mode_uses_the_embedded_store_and_operator_node_and_proxy_tokens() {
         let dev = args(&["--dev"]);
         let mut config = dev.load_config().unwrap();
         assert_eq!(config.store.backend, StoreBackend::Embedded);
-        let token = dev.add_dev_token(&mut config).unwrap();
-        assert_eq!(token.len(), 32);
-        assert_eq!(config.auth.tokens[0].role, Role::Operator);
+        let generated = dev.add_dev_credentials(&mut config);
+        let roles: Vec<Role> = generated.iter().map(|c| c.role).collect();
+        assert_eq!(roles, [Role::Operator, Role::Node, Role::Proxy]);
+        assert!(generated.iter().all(|c| c.token.len() == 32));
+        assert_eq!(config.auth.tokens.len(), 3);
 
         let fixed = args(&["--dev", "--dev-token", "fixed-token-0123456789"]);
         let mut config = fixed.load_config().unwrap();
-        assert_eq!(
-            fixed.add_dev_token(&mut config).as_deref(),
-            Some("fixed-token-0123456789")
-        );
-        assert!(args(&[]).add_dev_token(&mut config).is_none());
+        let generated = fixed.add_dev_credentials(&mut config);
+        assert_eq!(generated.len(), 2, "a given token is not shown again");
+        assert_eq!(config.auth.tokens[0].token, "fixed-token-0123456789");
+        assert!(args(&[]).add_dev_credentials(&mut config).is_empty());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub fn write_status(error: WriteError) -> Status {
         WriteError::Invalid(invalid) => Status::invalid_argument(invalid.to_string()),
         WriteError::NotFound(message) => Status::not_found(message),
         WriteError::Precondition(message) => Status::failed_precondition(message),
+        WriteError::Forbidden(message) => Status::permission_denied(message),
         WriteError::Conflict => Status::aborted(error.to_string()),
         WriteError::Store(e) => store_status(e),
         WriteError::Decode(e) => decode_status(e),

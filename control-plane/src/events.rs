@@ -121,6 +121,11 @@ impl EventLog {
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
+
+    /// The followed state this log reads its history limit from.
+    pub fn state(&self) -> &StateHandle {
+        &self.state
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

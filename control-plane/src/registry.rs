@@ -1,6 +1,12 @@
 //! `meridian.v1.NodeRegistry`: nodes register themselves with a lease and keep it alive.
 //! When the keep-alives stop, the store deletes the node's liveness key at the end of the
 //! TTL, the routing tables drop the node, and the leader marks it `lost`.
+//!
+//! Callers hold the `node` role ([`crate::auth`]); a node credential may register only
+//! nodes inside its scope (federation, regions, services), and a lease belongs to the
+//! credential that registered it: only that credential can keep it alive or deregister
+//! the node, and no lease other than a node's own (the leader's election lease, say) can
+//! be reached through this API.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,9 +20,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth;
 use crate::errors::{store_status, write_status};
 use crate::store::{Store, StoreError};
-use crate::topology::{StateHandle, TopologyWriter};
+use crate::topology::{Liveness, StateHandle, TopologyWriter};
 
 /// Lease TTL bounds, in seconds.
 const TTL_RANGE: std::ops::RangeInclusive<u32> = 5..=300;
@@ -52,12 +59,14 @@ impl NodeRegistry for RegistryService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let owner = auth::caller(&request)?.clone();
         let request = request.into_inner();
         let node = Node::try_from(
             request
                 .node
                 .ok_or_else(|| Status::invalid_argument("node is required"))?,
         )?;
+        owner.check_node(&node)?;
         let ttl = match request.ttl_seconds {
             0 => self.state.borrow().config.value.lease_ttl_seconds(),
             ttl if TTL_RANGE.contains(&ttl) => ttl,
@@ -74,7 +83,11 @@ impl NodeRegistry for RegistryService {
             .grant_lease(i64::from(ttl))
             .await
             .map_err(store_status)?;
-        if let Err(e) = self.writer.register_self(node, lease, ttl).await {
+        if let Err(e) = self
+            .writer
+            .register_self(node, lease, ttl, &owner.actor())
+            .await
+        {
             let _ = self.store.revoke_lease(lease).await;
             return Err(write_status(e));
         }
@@ -92,8 +105,13 @@ impl NodeRegistry for RegistryService {
         &self,
         request: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let owner = auth::caller(&request)?.actor();
         let mut inbound = request.into_inner();
         let store = Arc::clone(&self.store);
+        let leases = LeaseOwners {
+            state: self.state.clone(),
+            writer: self.writer.clone(),
+        };
         let shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
@@ -103,6 +121,10 @@ impl NodeRegistry for RegistryService {
                     message = inbound.message() => message,
                 };
                 let Ok(Some(keep_alive)) = message else { break };
+                if let Err(refused) = leases.check(&keep_alive, &owner).await {
+                    let _ = tx.send(Err(refused)).await;
+                    break;
+                }
                 let answer = match store.keep_alive(keep_alive.lease_id).await {
                     Ok(ttl) => Ok(pb::KeepAliveResponse {
                         ttl_seconds: u32::try_from(ttl).unwrap_or_default(),
@@ -126,11 +148,48 @@ impl NodeRegistry for RegistryService {
         &self,
         request: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let owner = auth::caller(&request)?.actor();
         let request = request.into_inner();
         self.writer
-            .deregister_node(&request.node_id, "node")
+            .deregister_own_node(&request.node_id, request.lease_id, &owner)
             .await
             .map_err(write_status)?;
         Ok(Response::new(pb::DeregisterResponse {}))
+    }
+}
+
+/// Answers whether a keep-alive names a lease its caller holds.
+struct LeaseOwners {
+    state: StateHandle,
+    writer: TopologyWriter,
+}
+
+impl LeaseOwners {
+    /// `PERMISSION_DENIED` unless `keep_alive.lease_id` is the live lease of node
+    /// `keep_alive.node_id` and `owner` registered it. The followed state answers first;
+    /// the store is asked when it disagrees (a registration this replica has not seen).
+    async fn check(&self, keep_alive: &pb::KeepAliveRequest, owner: &str) -> Result<(), Status> {
+        let holds = |l: &Liveness| l.lease == keep_alive.lease_id && l.owner == owner;
+        let followed = self
+            .state
+            .borrow()
+            .liveness
+            .get(&keep_alive.node_id)
+            .is_some_and(|l| holds(&l.value));
+        if followed {
+            return Ok(());
+        }
+        match self.writer.read_liveness(&keep_alive.node_id).await {
+            Ok(Some(live)) if holds(&live) => Ok(()),
+            Ok(Some(_)) => Err(Status::permission_denied(format!(
+                "lease {} is not held by node {:?} for this credential; keep alive only the lease Register returned",
+                keep_alive.lease_id, keep_alive.node_id
+            ))),
+            Ok(None) => Err(Status::not_found(format!(
+                "node {:?} holds no live lease (it expired or was deregistered); register again",
+                keep_alive.node_id
+            ))),
+            Err(e) => Err(write_status(e)),
+        }
     }
 }

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, AuthLayer, Authenticator};
 use crate::discovery::DiscoveryService;
 use crate::discovery::proxies::ProxyRegistry;
 use crate::discovery::session::SessionContext;
@@ -77,7 +77,7 @@ impl ControlPlane {
         let auth = Authenticator::load(&config.auth)?;
         if auth.is_empty() {
             tracing::warn!(
-                "no Admin API tokens are configured: every Admin call will be refused (add [[auth.tokens]] or --tokens-file)"
+                "no credentials are configured: every Admin, NodeRegistry and RoutingDiscovery call will be refused (add [[auth.tokens]] or --tokens-file)"
             );
         }
         let grpc = admin_http::bind(config.listen.grpc, "listen.grpc (--grpc-addr)").await?;
@@ -129,7 +129,6 @@ impl ControlPlane {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let admin = AdminService::new(
-            self.auth,
             parts.state.clone(),
             parts.writer.clone(),
             parts.events.clone(),
@@ -156,6 +155,7 @@ impl ControlPlane {
         );
         tonic::transport::Server::builder()
             .trace_fn(telemetry::grpc_request_span)
+            .layer(AuthLayer::new(self.auth, no_certificate))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(AdminServer::new(admin))
@@ -284,4 +284,9 @@ async fn mark_ready(state: StateHandle, readiness: Readiness, shutdown: Shutdown
             tracing::info!("topology loaded from the store; ready");
         }
     }
+}
+
+/// Plaintext connections carry no client certificate.
+fn no_certificate(_: &http::Extensions) -> Vec<String> {
+    Vec::new()
 }

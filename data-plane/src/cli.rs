@@ -61,6 +61,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "MERIDIAN_TABLE_CACHE", value_name = "FILE")]
     pub table_cache: Option<PathBuf>,
 
+    /// File holding the proxy-role token for the control plane (default: the
+    /// MERIDIAN_TOKEN environment variable).
+    #[arg(long, env = "MERIDIAN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Seconds in-flight requests may take to finish after SIGTERM. Default 10.
     #[arg(long, env = "MERIDIAN_DRAIN_GRACE", value_name = "SECONDS")]
     pub drain_grace: Option<u32>,
@@ -99,6 +104,9 @@ impl ProxyArgs {
         override_with(&mut config.log.level, &self.log_level);
         if self.table_cache.is_some() {
             config.table_cache = self.table_cache.clone();
+        }
+        if self.token_file.is_some() {
+            config.token_file = self.token_file.clone();
         }
         config.validate()?;
         Ok(config)

@@ -19,6 +19,7 @@ use meridian_proto::v1::message_router_server::MessageRouterServer;
 use meridian_shared::Shutdown;
 use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::ProxyConfig;
+use meridian_shared::credentials::{BearerAuth, CredentialError};
 use meridian_shared::telemetry::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -32,6 +33,8 @@ use crate::table::{ProxyIdentity, TableHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("building the reflection service failed: {0}")]
@@ -54,6 +57,8 @@ const LOCAL_SERVICES: [&str; 4] = [
 /// A proxy whose listeners are bound.
 pub struct Proxy {
     config: ProxyConfig,
+    /// The proxy-role credential presented to the control plane.
+    auth: BearerAuth,
     grpc: TcpListener,
     admin: TcpListener,
     metrics: PrometheusHandle,
@@ -62,11 +67,19 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Reads the control-plane credential and binds the listeners named in `config`.
     pub async fn bind(config: ProxyConfig, metrics: PrometheusHandle) -> Result<Self, ServeError> {
+        let auth = BearerAuth::from_file_or_env(config.token_file.as_deref())?;
+        if !auth.is_some() {
+            tracing::warn!(
+                "no control-plane credential: the control plane will refuse the routing stream (set MERIDIAN_TOKEN or --token-file to a proxy-role token)"
+            );
+        }
         let grpc = admin_http::bind(config.listen.grpc, "listen.grpc (--grpc-addr)").await?;
         let admin = admin_http::bind(config.listen.admin, "listen.admin (--admin-addr)").await?;
         Ok(Proxy {
             config,
+            auth,
             grpc,
             admin,
             metrics,
@@ -98,6 +111,7 @@ impl Proxy {
         });
         let subscription = Subscription {
             identity: (*identity).clone(),
+            auth: self.auth.clone(),
             control_planes: self.config.control_planes.clone(),
             cache: self.config.table_cache.clone(),
             table: self.table.clone(),

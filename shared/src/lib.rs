@@ -7,11 +7,13 @@
 pub mod admin_http;
 pub mod backoff;
 pub mod config;
+pub mod credentials;
 pub mod domain;
 pub mod names;
 pub mod process;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use backoff::Backoff;
 pub use shutdown::Shutdown;

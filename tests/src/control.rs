@@ -17,6 +17,45 @@ use crate::process::ChildProcess;
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 /// The viewer token every test control plane accepts.
 pub const VIEWER_TOKEN: &str = "test-viewer-token-0123456789";
+/// The node-role token (any federation) every test control plane accepts; demo nodes
+/// started by the harness register with it.
+pub const NODE_TOKEN: &str = "test-node-token-0123456789";
+/// The proxy-role token (any federation) every test control plane accepts; proxies and
+/// subscribers started by the harness present it.
+pub const PROXY_TOKEN: &str = "test-proxy-token-0123456789";
+/// A second unscoped node-role token, another credential than [`NODE_TOKEN`].
+pub const SECOND_NODE_TOKEN: &str = "test-second-node-token-0123456789";
+/// A node-role token scoped to federation `other`.
+pub const OTHER_FEDERATION_NODE_TOKEN: &str = "test-other-node-token-0123456789";
+/// A proxy-role token scoped to federation `other`.
+pub const OTHER_FEDERATION_PROXY_TOKEN: &str = "test-other-proxy-token-0123456789";
+
+/// The tokens file of every test control plane: the tokens above.
+pub fn tokens_file_text() -> String {
+    let token = |name: &str, token: &str, role: &str, extra: &str| {
+        format!("[[tokens]]\nname = \"{name}\"\ntoken = \"{token}\"\nrole = \"{role}\"\n{extra}")
+    };
+    [
+        token("tester", OPERATOR_TOKEN, "operator", ""),
+        token("watcher", VIEWER_TOKEN, "viewer", ""),
+        token("nodes", NODE_TOKEN, "node", ""),
+        token("proxies", PROXY_TOKEN, "proxy", ""),
+        token("more-nodes", SECOND_NODE_TOKEN, "node", ""),
+        token(
+            "other-nodes",
+            OTHER_FEDERATION_NODE_TOKEN,
+            "node",
+            "federation = \"other\"\n",
+        ),
+        token(
+            "other-proxies",
+            OTHER_FEDERATION_PROXY_TOKEN,
+            "proxy",
+            "federation = \"other\"\n",
+        ),
+    ]
+    .concat()
+}
 
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -44,14 +83,7 @@ impl ControlPlaneProcess {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let tokens = options.dir.join("tokens.toml");
-        std::fs::write(
-            &tokens,
-            format!(
-                "[[tokens]]\nname = \"tester\"\ntoken = \"{OPERATOR_TOKEN}\"\nrole = \"operator\"\n\
-                 [[tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER_TOKEN}\"\nrole = \"viewer\"\n"
-            ),
-        )
-        .expect("writing the tokens file");
+        std::fs::write(&tokens, tokens_file_text()).expect("writing the tokens file");
         let ttl = options.election_ttl_seconds.to_string();
         let (grpc_arg, http_arg, endpoints) = (
             grpc.to_string(),
@@ -104,8 +136,8 @@ impl ControlPlaneProcess {
         format!("http://{}", self.grpc)
     }
 
-    /// Creates federation `federation` (if needed) and, in it, region `region` at
-    /// `(latitude, longitude)` with `zones`.
+    /// Creates federation `federation` (if needed; its nodes may use loopback addresses)
+    /// and, in it, region `region` at `(latitude, longitude)` with `zones`.
     pub async fn create_region(
         &self,
         federation: &str,
@@ -118,6 +150,7 @@ impl ControlPlaneProcess {
         let request = pb::UpsertFederationRequest {
             federation: Some(pb::Federation {
                 name: federation.into(),
+                allowed_networks: vec!["127.0.0.0/8".into()],
                 ..Default::default()
             }),
         };
@@ -201,6 +234,11 @@ pub async fn channel(url: &str) -> Channel {
         .connect()
         .await
         .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+/// An interceptor adding `authorization: Bearer <token>` to every call of a client.
+pub fn bearer(token: &str) -> meridian_shared::credentials::BearerAuth {
+    meridian_shared::credentials::BearerAuth::new(token, "test").expect("ascii token")
 }
 
 /// `message` with `authorization: Bearer <token>`.

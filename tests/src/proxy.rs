@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meridian_shared::credentials::TOKEN_ENV;
+
+use crate::control::PROXY_TOKEN;
 use crate::http;
 use crate::ports::free_port;
 use crate::process::ChildProcess;
@@ -68,8 +71,13 @@ impl ProxyProcess {
             "info,meridian_data_plane=debug",
         ];
         let log = options.dir.join(format!("{}.log", options.id));
-        let process =
-            ChildProcess::spawn("meridian-proxy", &args, &log).expect("starting meridian-proxy");
+        let process = ChildProcess::spawn_with_env(
+            "meridian-proxy",
+            &args,
+            &[(TOKEN_ENV, PROXY_TOKEN)],
+            &log,
+        )
+        .expect("starting meridian-proxy");
         let live = http::wait_for_ok(admin, "/live", Duration::from_secs(20)).await;
         assert!(
             live,

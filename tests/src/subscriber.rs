@@ -45,7 +45,10 @@ impl Subscriber {
         held_version: u64,
         nack_version: Option<u64>,
     ) -> Self {
-        let mut client = RoutingDiscoveryClient::new(crate::control::channel(url).await);
+        let mut client = RoutingDiscoveryClient::with_interceptor(
+            crate::control::channel(url).await,
+            crate::control::bearer(crate::control::PROXY_TOKEN),
+        );
         let (tx, rx) = mpsc::channel(8);
         let hello = pb::Hello {
             proxy_id: proxy_id.into(),

@@ -32,6 +32,7 @@ async fn setup() -> Setup {
         .upsert_federation(op(pb::UpsertFederationRequest {
             federation: Some(pb::Federation {
                 name: "prod".into(),
+                allowed_networks: vec!["127.0.0.0/8".into()],
                 ..Default::default()
             }),
         }))

@@ -157,7 +157,10 @@ async fn a_node_registered_with_meridianctl_arrives_as_a_delta_and_its_ack_is_li
 async fn a_node_that_stops_its_keep_alives_leaves_the_table_and_is_reported_lost() {
     let s = setup().await;
     let proxy = Subscriber::start(&s.cp.url(), "proxy-eu", "prod", 0).await;
-    let mut registry = NodeRegistryClient::new(channel(&s.cp.url()).await);
+    let mut registry = NodeRegistryClient::with_interceptor(
+        channel(&s.cp.url()).await,
+        meridian_tests::control::bearer(meridian_tests::control::NODE_TOKEN),
+    );
     let ttl = 5;
     let registered = registry
         .register(pb::RegisterRequest {

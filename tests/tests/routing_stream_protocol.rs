@@ -168,7 +168,10 @@ async fn reconnecting_with_a_version_gets_nothing_a_delta_or_a_snapshot() {
 async fn a_hello_for_an_unknown_federation_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cp = dev_control_plane(dir.path()).await;
-    let mut client = RoutingDiscoveryClient::new(channel(&cp.url()).await);
+    let mut client = RoutingDiscoveryClient::with_interceptor(
+        channel(&cp.url()).await,
+        meridian_tests::control::bearer(meridian_tests::control::PROXY_TOKEN),
+    );
     let hello = pb::StreamRoutesRequest {
         message: Some(pb::stream_routes_request::Message::Hello(pb::Hello {
             proxy_id: "proxy-x".into(),

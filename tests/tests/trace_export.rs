@@ -216,6 +216,7 @@ async fn the_proxy_exports_a_span_for_each_forwarded_call_in_the_callers_trace()
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("MERIDIAN_TOKEN", meridian_tests::control::PROXY_TOKEN),
         ],
         &dir.path().join("proxy.log"),
     )

@@ -1,5 +1,5 @@
-//! `meridian.v1.Admin`: the operator API. Every call is authorized first (viewer for
-//! reads, operator for writes); reads come from this replica's followed state, writes go
+//! `meridian.v1.Admin`: the operator API. Every call was authorized before it got here
+//! (viewer for reads, operator for writes: [`crate::auth::layer`]); reads come from this replica's followed state, writes go
 //! through the validated [`TopologyWriter`] or the helpers of this module's files, and
 //! every refusal is a gRPC status naming what is wrong.
 
@@ -13,11 +13,10 @@ use std::sync::Arc;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::admin_server::Admin;
 use meridian_shared::Shutdown;
-use meridian_shared::config::Role;
 use meridian_shared::domain::{Federation, Node, NodeStatus, Region, ServicePolicy};
 use tonic::{Request, Response, Status};
 
-use crate::auth::Authenticator;
+use crate::auth;
 use crate::discovery::proxies::ProxyRegistry;
 use crate::errors::write_status;
 use crate::events::EventLog;
@@ -26,7 +25,6 @@ use crate::topology::writes::StatusChange;
 use crate::topology::{StateHandle, TopologyWriter};
 
 pub struct AdminService {
-    auth: Authenticator,
     state: StateHandle,
     writer: TopologyWriter,
     events: EventLog,
@@ -37,7 +35,6 @@ pub struct AdminService {
 
 impl AdminService {
     pub fn new(
-        auth: Authenticator,
         state: StateHandle,
         writer: TopologyWriter,
         events: EventLog,
@@ -46,7 +43,6 @@ impl AdminService {
         shutdown: Shutdown,
     ) -> Self {
         AdminService {
-            auth,
             state,
             writer,
             events,
@@ -66,7 +62,7 @@ fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn get_topology(&self, request: Request<pb::GetTopologyRequest>) -> Reply<pb::Topology> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         let federation = request.into_inner().federation;
         let filter = (!federation.is_empty()).then_some(federation.as_str());
         Ok(Response::new(self.state.borrow().topology(filter).into()))
@@ -76,7 +72,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListFederationsRequest>,
     ) -> Reply<pb::ListFederationsResponse> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         let federations = self
             .state
             .borrow()
@@ -91,7 +87,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpsertFederationRequest>,
     ) -> Reply<pb::Federation> {
-        self.auth.authorize(&request, Role::Operator)?;
+        auth::caller(&request)?;
         let federation = Federation::from(required(request.into_inner().federation, "federation")?);
         let stored = self
             .writer
@@ -105,7 +101,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteFederationRequest>,
     ) -> Reply<pb::DeleteFederationResponse> {
-        self.auth.authorize(&request, Role::Operator)?;
+        auth::caller(&request)?;
         self.writer
             .delete_federation(&request.into_inner().name)
             .await
@@ -117,7 +113,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListRegionsRequest>,
     ) -> Reply<pb::ListRegionsResponse> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         let federation = request.into_inner().federation;
         let regions = self
             .state
@@ -131,7 +127,7 @@ impl Admin for AdminService {
     }
 
     async fn upsert_region(&self, request: Request<pb::UpsertRegionRequest>) -> Reply<pb::Region> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let region = Region::try_from(required(request.into_inner().region, "region")?)?;
         let stored = self
             .writer
@@ -145,7 +141,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteRegionRequest>,
     ) -> Reply<pb::DeleteRegionResponse> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         self.writer
             .delete_region(&request.into_inner().name, &caller.actor())
             .await
@@ -157,7 +153,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Reply<pb::ListNodesResponse> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         let filter = request.into_inner();
         let status = match filter.status {
             0 => None,
@@ -182,7 +178,7 @@ impl Admin for AdminService {
     }
 
     async fn register_node(&self, request: Request<pb::RegisterNodeRequest>) -> Reply<pb::Node> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let request = request.into_inner();
         let node = Node::try_from(required(request.node, "node")?)?;
         let stored = self
@@ -197,7 +193,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeregisterNodeRequest>,
     ) -> Reply<pb::DeregisterNodeResponse> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let id = request.into_inner().id;
         let existed = self
             .writer
@@ -211,7 +207,7 @@ impl Admin for AdminService {
     }
 
     async fn drain_node(&self, request: Request<pb::DrainNodeRequest>) -> Reply<pb::Node> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let request = request.into_inner();
         self.change_status(
             &request.id,
@@ -223,7 +219,7 @@ impl Admin for AdminService {
     }
 
     async fn fail_node(&self, request: Request<pb::FailNodeRequest>) -> Reply<pb::Node> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let request = request.into_inner();
         if request.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -240,7 +236,7 @@ impl Admin for AdminService {
     }
 
     async fn recover_node(&self, request: Request<pb::RecoverNodeRequest>) -> Reply<pb::Node> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let request = request.into_inner();
         self.change_status(
             &request.id,
@@ -255,7 +251,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListServicesRequest>,
     ) -> Reply<pb::ListServicesResponse> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         let federation = request.into_inner().federation;
         let services = self
             .state
@@ -272,7 +268,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpsertServicePolicyRequest>,
     ) -> Reply<pb::ServicePolicy> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let policy = ServicePolicy::try_from(required(request.into_inner().policy, "policy")?)?;
         let stored = self
             .writer
@@ -286,7 +282,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteServicePolicyRequest>,
     ) -> Reply<pb::DeleteServicePolicyResponse> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         self.writer
             .delete_service(&request.into_inner().name, &caller.actor())
             .await
@@ -298,7 +294,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListFailoversRequest>,
     ) -> Reply<pb::ListFailoversResponse> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         let failovers = self
             .state
             .borrow()
@@ -313,7 +309,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::StartFailoverRequest>,
     ) -> Reply<pb::ActiveFailover> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let failover = failover::start(
             &self.store,
             &self.writer,
@@ -329,7 +325,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ClearFailoverRequest>,
     ) -> Reply<pb::ClearFailoverResponse> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         failover::clear(
             &self.store,
             &self.writer,
@@ -345,7 +341,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListScalingRequest>,
     ) -> Reply<pb::ListScalingResponse> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         let wanted = request.into_inner().service;
         let services = self
             .state
@@ -366,7 +362,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetScalingPolicyRequest>,
     ) -> Reply<pb::ServicePolicy> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let request = request.into_inner();
         let mut policy = self
             .state
@@ -393,7 +389,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ScaleServiceRequest>,
     ) -> Reply<pb::ScalingDecision> {
-        self.auth.authorize(&request, Role::Operator)?;
+        auth::caller(&request)?;
         Err(Status::unimplemented(
             "scaling decisions are not implemented yet; SetScalingPolicy stores bounds and targets",
         ))
@@ -403,7 +399,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListProxiesRequest>,
     ) -> Reply<pb::ListProxiesResponse> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         let proxies = self
             .proxies
             .list()
@@ -420,7 +416,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Reply<Self::WatchEventsStream> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         let stream = events::watch(
             self.events.clone(),
             request.into_inner(),
@@ -434,7 +430,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetConfigRequest>,
     ) -> Reply<pb::ConfigResponse> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         Ok(Response::new(
             config::get(&self.store, self.writer.keys()).await?,
         ))
@@ -444,7 +440,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ValidateConfigRequest>,
     ) -> Reply<pb::ValidateConfigResponse> {
-        self.auth.authorize(&request, Role::Viewer)?;
+        auth::caller(&request)?;
         Ok(Response::new(config::validate(request.into_inner())))
     }
 
@@ -452,7 +448,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpdateConfigRequest>,
     ) -> Reply<pb::ConfigResponse> {
-        let caller = self.auth.authorize(&request, Role::Operator)?;
+        let caller = auth::caller(&request)?.clone();
         let response = config::update(
             &self.store,
             self.writer.keys(),

@@ -9,9 +9,15 @@ use meridian_control_plane::{ControlArgs, ControlPlane};
 async fn main() -> ExitCode {
     let args = ControlArgs::parse();
     let config = args.load_config().map(|mut config| {
-        if let Some(token) = args.add_dev_token(&mut config) {
+        let generated = args.add_dev_credentials(&mut config);
+        if args.dev {
+            eprintln!("meridian-control: dev mode (embedded store, loopback, no TLS).");
+        }
+        for credential in generated {
             eprintln!(
-                "meridian-control: dev mode (embedded store). Operator token for this run:\n  export MERIDIAN_TOKEN={token}"
+                "  {} token for this run (meridianctl, proxies and nodes read MERIDIAN_TOKEN):\n    export MERIDIAN_TOKEN={}",
+                credential.role.name(),
+                credential.token
             );
         }
         config

@@ -84,6 +84,62 @@ const FIELDS: &[Field] = &[
         key: "load_report_interval_ms",
         slot: Slot::Number(|c| &mut c.load_report_interval_ms),
     },
+    Field {
+        key: "max_labels",
+        slot: Slot::Number(|c| &mut c.max_labels),
+    },
+    Field {
+        key: "max_label_key_bytes",
+        slot: Slot::Number(|c| &mut c.max_label_key_bytes),
+    },
+    Field {
+        key: "max_label_value_bytes",
+        slot: Slot::Number(|c| &mut c.max_label_value_bytes),
+    },
+    Field {
+        key: "max_services_per_node",
+        slot: Slot::Number(|c| &mut c.max_services_per_node),
+    },
+    Field {
+        key: "max_nodes_per_federation",
+        slot: Slot::Number(|c| &mut c.max_nodes_per_federation),
+    },
+    Field {
+        key: "max_regions_per_federation",
+        slot: Slot::Number(|c| &mut c.max_regions_per_federation),
+    },
+    Field {
+        key: "max_zones_per_region",
+        slot: Slot::Number(|c| &mut c.max_zones_per_region),
+    },
+    Field {
+        key: "max_services_per_federation",
+        slot: Slot::Number(|c| &mut c.max_services_per_federation),
+    },
+    Field {
+        key: "max_failover_tiers",
+        slot: Slot::Number(|c| &mut c.max_failover_tiers),
+    },
+    Field {
+        key: "max_tier_members",
+        slot: Slot::Number(|c| &mut c.max_tier_members),
+    },
+    Field {
+        key: "max_idempotent_methods",
+        slot: Slot::Number(|c| &mut c.max_idempotent_methods),
+    },
+    Field {
+        key: "max_text_bytes",
+        slot: Slot::Number(|c| &mut c.max_text_bytes),
+    },
+    Field {
+        key: "max_allowed_networks",
+        slot: Slot::Number(|c| &mut c.max_allowed_networks),
+    },
+    Field {
+        key: "lost_node_retention_seconds",
+        slot: Slot::Number(|c| &mut c.lost_node_retention_seconds),
+    },
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

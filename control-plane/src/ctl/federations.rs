@@ -24,6 +24,11 @@ pub enum FederationsCommand {
         /// A label as KEY=VALUE, e.g. --label team=payments; repeat for more.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = labels::parse_label)]
         labels: Vec<(String, String)>,
+        /// Networks node addresses must be in, as CIDRs separated by commas, e.g.
+        /// --allowed-networks 10.0.0.0/8,fd00::/8. Loopback and link-local addresses are
+        /// refused unless listed (development: --allowed-networks 127.0.0.0/8).
+        #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+        allowed_networks: Vec<String>,
     },
     /// Delete a federation; refused while regions or nodes still use it.
     Delete {
@@ -50,11 +55,13 @@ pub(super) async fn run(
             name,
             description,
             labels,
+            allowed_networks,
         } => {
             let federation = pb::Federation {
                 name,
                 description,
                 labels: labels::to_map(&labels),
+                allowed_networks,
             };
             let federation = admin
                 .upsert_federation(pb::UpsertFederationRequest {
@@ -81,12 +88,13 @@ fn print_list(federations: &[pb::Federation], format: Output) -> Result<(), CtlE
 }
 
 pub(super) fn table(federations: &[pb::Federation]) -> Table {
-    let mut table = Table::new(&["FEDERATION", "DESCRIPTION", "LABELS"]);
+    let mut table = Table::new(&["FEDERATION", "DESCRIPTION", "LABELS", "ALLOWED NETWORKS"]);
     for f in federations {
         table.push(vec![
             f.name.clone(),
             text_cell(&f.description),
             labels::cell(&f.labels),
+            text_cell(&f.allowed_networks.join(",")),
         ]);
     }
     table
@@ -97,5 +105,6 @@ pub(super) fn json(federation: &pb::Federation) -> Value {
         "name": federation.name,
         "description": federation.description,
         "labels": labels::json(&federation.labels),
+        "allowed_networks": federation.allowed_networks,
     })
 }

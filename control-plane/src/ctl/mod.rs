@@ -105,7 +105,7 @@ pub enum Command {
 /// Runs the parsed command, printing its result to stdout.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     // A token that cannot be sent is refused before anything goes over the network.
-    let auth = auth::BearerAuth::new(args.token.as_ref())?;
+    let auth = auth::bearer_auth(args.token.as_ref())?;
     let channel = connect::channel(&args).await?;
     let format = args.output;
     if let Command::Status = args.command {

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::proxies::ProxyRecord;
 use self::session::{Session, SessionContext};
+use crate::auth::{self, Caller};
 use crate::topology::StateHandle;
 
 /// How long a Hello naming an unknown federation waits for it to appear.
@@ -45,13 +46,16 @@ impl DiscoveryService {
         }
     }
 
-    async fn check_hello(&self, hello: &pb::Hello) -> Result<(), Status> {
+    /// Refuses a Hello with a bad proxy id, for a federation outside the caller's scope
+    /// (before anything says whether it exists), or for an unknown federation.
+    async fn check_hello(&self, hello: &pb::Hello, caller: &Caller) -> Result<(), Status> {
         if let Some(problem) = name_problem(&hello.proxy_id) {
             return Err(Status::invalid_argument(format!(
                 "hello.proxy_id: {:?} {problem}",
                 hello.proxy_id
             )));
         }
+        caller.check_federation(&hello.federation)?;
         // A federation created a moment ago may not have reached this replica's view of
         // the store yet: give it a moment before refusing.
         let mut state = self.state.subscribe();
@@ -79,6 +83,7 @@ impl RoutingDiscovery for DiscoveryService {
         &self,
         request: Request<Streaming<pb::StreamRoutesRequest>>,
     ) -> Result<Response<Self::StreamRoutesStream>, Status> {
+        let caller = auth::caller(&request)?.clone();
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -97,7 +102,7 @@ impl RoutingDiscovery for DiscoveryService {
                 "the first message of a routing stream must be a Hello",
             ));
         };
-        self.check_hello(&hello).await?;
+        self.check_hello(&hello, &caller).await?;
 
         let stream = STREAMS.fetch_add(1, Ordering::Relaxed);
         let record = ProxyRecord {
@@ -137,6 +142,7 @@ impl RoutingDiscovery for DiscoveryService {
         &self,
         request: Request<Streaming<pb::LoadReport>>,
     ) -> Result<Response<Self::ReportLoadStream>, Status> {
+        let caller = auth::caller(&request)?.clone();
         let mut inbound = request.into_inner();
         let state = self.state.clone();
         let shutdown = self.ctx.shutdown.clone();
@@ -147,7 +153,11 @@ impl RoutingDiscovery for DiscoveryService {
                     _ = shutdown.wait() => break,
                     message = inbound.message() => message,
                 };
-                let Ok(Some(_report)) = message else { break };
+                let Ok(Some(report)) = message else { break };
+                if let Err(denied) = caller.check_federation(&report.federation) {
+                    let _ = tx.send(Err(denied.into())).await;
+                    break;
+                }
                 metrics::counter!("meridian_control_load_reports_total").increment(1);
                 let interval = state.borrow().config.value.load_report_interval_ms;
                 let response = pb::LoadReportResponse {

@@ -27,6 +27,9 @@ use crate::routing::{FederationTable, Published};
 /// it holds before it is sent a snapshot.
 const CATCH_UP: Duration = Duration::from_secs(5);
 
+/// Longest NACK reason kept in the proxy record and the event history, bytes.
+const MAX_NACK_TEXT: usize = 512;
+
 static NONCES: AtomicU64 = AtomicU64::new(1);
 
 /// What a session needs from the control plane.
@@ -179,9 +182,10 @@ impl Session {
                 metrics::counter!("meridian_control_nacks_total").increment(1);
                 let version = in_flight.table.version;
                 self.nacked = self.nacked.max(version);
+                let error = truncated(&nack.error, MAX_NACK_TEXT);
                 let record = NackRecord {
                     version,
-                    error: nack.error.clone(),
+                    error: error.to_owned(),
                     at: SystemTime::now(),
                 };
                 ctx.proxies
@@ -191,7 +195,7 @@ impl Session {
                     .record(
                         EventKind::ProxyNack,
                         format!("proxy/{}", self.proxy_id),
-                        format!("refused table version {version}: {}", nack.error),
+                        format!("refused table version {version}: {error}"),
                         "proxy".into(),
                     )
                     .await;
@@ -201,6 +205,15 @@ impl Session {
             }
         }
     }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// What the proxy can be taken to hold, given the version it says it holds.

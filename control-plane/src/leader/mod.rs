@@ -8,6 +8,7 @@
 pub mod failback;
 pub mod lease_expiry;
 pub mod reconcilers;
+pub mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 
 use meridian_shared::Shutdown;
 
-use super::{LeaderHandle, failback, lease_expiry};
+use super::{LeaderHandle, failback, lease_expiry, retention};
 use crate::health;
 use crate::topology::{StateHandle, TopologyWriter};
 
@@ -33,6 +33,12 @@ pub async fn run(
                 term.clone(),
             )),
             tokio::spawn(failback::run(
+                lead.clone(),
+                state.clone(),
+                writer.clone(),
+                term.clone(),
+            )),
+            tokio::spawn(retention::run(
                 lead.clone(),
                 state.clone(),
                 writer.clone(),

@@ -223,6 +223,7 @@ mod tests {
             lease: 7,
             ttl_seconds: 10,
             registered_at: SystemTime::UNIX_EPOCH,
+            owner: "node:test".into(),
         };
         s.liveness.insert("leased".into(), stored(liveness));
         s

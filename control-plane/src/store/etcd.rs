@@ -19,6 +19,14 @@
 //! - **Leaderless members**: requests carry etcd's "require leader" flag, so a member cut
 //!   off from its quorum fails requests and cancels watches (`Unavailable`) instead of
 //!   leaving a watcher silently waiting for changes it will never see.
+//! - **Message sizes**: a gRPC client decodes at most 4 MiB per response by default, and
+//!   a federation at its limits is far larger (10,000 nodes of up to ~15 KiB each). Lists
+//!   are read in pages of [`LIST_PAGE_KEYS`] keys, all at the revision of the first page
+//!   so the listing is one consistent snapshot (a page too large to decode is read again
+//!   in halves; a revision compacted between pages restarts the listing). A watch that
+//!   catches up gets up to 1,000 revisions in one response; with topology writes bounded
+//!   by the limits (a node write is a few tens of KiB at most) that stays well within
+//!   [`MAX_RESPONSE_BYTES`], the decode limit of both clients.
 //!
 //! `etcd_client::Client` is a cheap handle over one shared channel that reconnects by
 //! itself, so each call clones the sub-client it needs instead of locking.
@@ -48,6 +56,14 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// shares its gRPC code (OutOfRange) with "future revision", so only the text tells them
 /// apart (etcd's own Go client compares this text too).
 const ALREADY_COMPACTED: &str = "required revision has been compacted";
+/// tonic's message for a response over the decode limit (code OutOfRange, like the above).
+const TOO_LARGE: &str = "decoded message length too large";
+/// Keys per page of a list.
+pub const LIST_PAGE_KEYS: i64 = 1_000;
+/// The largest response the etcd clients decode.
+pub const MAX_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
+/// Listings restarted because compaction removed their revision between two pages.
+const LIST_ATTEMPTS: usize = 3;
 
 /// A store backed by an etcd cluster.
 #[derive(Clone)]
@@ -55,6 +71,8 @@ pub struct EtcdStore {
     client: Client,
     /// The endpoints, comma-separated, for error messages.
     endpoints: String,
+    /// Keys per page of a list.
+    page_keys: i64,
 }
 
 impl EtcdStore {
@@ -78,6 +96,7 @@ impl EtcdStore {
         let store = EtcdStore {
             client,
             endpoints: named,
+            page_keys: LIST_PAGE_KEYS,
         };
         // The channel connects lazily; one status request proves that an endpoint answers.
         let mut maintenance = store.client.maintenance_client();
@@ -88,6 +107,59 @@ impl EtcdStore {
                 "no etcd endpoint of {} answered within {dial_timeout:?}",
                 store.endpoints
             ))),
+        }
+    }
+
+    /// Reads lists in pages of `keys` keys instead of [`LIST_PAGE_KEYS`] (at least one).
+    pub fn with_page_keys(mut self, keys: i64) -> Self {
+        self.page_keys = keys.max(1);
+        self
+    }
+
+    fn kv_client(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// Every key under `prefix`, page by page at the first page's revision.
+    async fn list_pages(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let end = super::prefix_end(prefix);
+        let mut kv = self.kv_client();
+        let mut listing = Listing::default();
+        let mut from = prefix.as_bytes().to_vec();
+        let mut page_keys = self.page_keys;
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.as_bytes())
+                .with_limit(page_keys)
+                .with_revision(listing.revision);
+            let mut response = match self
+                .call("a list", None, kv.get(from.clone(), Some(options)))
+                .await
+            {
+                Ok(response) => response,
+                Err(StoreError::Rejected(message))
+                    if message.contains(TOO_LARGE) && page_keys > 1 =>
+                {
+                    page_keys = (page_keys / 2).max(1);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if listing.revision == 0 {
+                listing.revision = self.header_revision(response.header())?;
+            }
+            let more = response.more();
+            let kvs = response.take_kvs();
+            if let Some(last) = kvs.last() {
+                // The smallest key after the last one read.
+                from = [last.key(), &[0]].concat();
+            }
+            listing.kvs.extend(kvs.iter().map(key_value));
+            if !more || kvs.is_empty() {
+                return Ok(listing);
+            }
         }
     }
 
@@ -198,22 +270,23 @@ fn etcd_txn(txn: Txn) -> EtcdTxn {
 #[tonic::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv_client();
         let response = self.call("a get", None, kv.get(key, None)).await?;
         Ok(response.kvs().first().map(key_value))
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let mut kv = self.client.kv_client();
-        let options = GetOptions::new().with_prefix();
-        let response = self
-            .call("a list", None, kv.get(prefix, Some(options)))
-            .await?;
-        Ok(Listing {
-            // etcd returns a range sorted by key.
-            kvs: response.kvs().iter().map(key_value).collect(),
-            revision: self.header_revision(response.header())?,
-        })
+        let mut attempt = 1;
+        loop {
+            match self.list_pages(prefix).await {
+                Err(StoreError::Rejected(message))
+                    if message.contains(ALREADY_COMPACTED) && attempt < LIST_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
@@ -225,7 +298,7 @@ impl Store for EtcdStore {
             } if *lease != 0 => Some(*lease),
             _ => None,
         });
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv_client();
         let response = self
             .call("a transaction", lease, kv.txn(etcd_txn(txn)))
             .await?;
@@ -239,7 +312,10 @@ impl Store for EtcdStore {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from.max(0));
-        let mut watch_client = self.client.watch_client();
+        let mut watch_client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let mut stream = self
             .call("a watch", None, watch_client.watch(prefix, Some(options)))
             .await?;
@@ -319,7 +395,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv_client();
         match self
             .call("a compaction", None, kv.compact(revision, None))
             .await
@@ -332,7 +408,7 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv_client();
         // A count-only read of one key: linearizable, and carries the revision.
         let options = GetOptions::new().with_count_only();
         let response = self

@@ -26,6 +26,10 @@ pub struct Liveness {
     pub lease: LeaseId,
     pub ttl_seconds: u32,
     pub registered_at: SystemTime,
+    /// The credential that registered it (`node:<name>`): only it may keep the lease
+    /// alive or deregister the node.
+    #[serde(default)]
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -2,19 +2,29 @@
 //! so `INVALID_ARGUMENT: node.address: "10.0.0.1" ...` tells the operator what to fix.
 //! Rules that need other entities (does the region exist?) take them as arguments; the
 //! writer reads them from the store and fences the write on their revisions.
+//!
+//! Every list and free-text field is bounded by the [`TopologyLimits`] of the dynamic
+//! configuration; a value over a limit is refused naming the limit's config key, e.g.
+//! `node.labels: 17 labels exceed the limit of 16 (config max_labels)`. Node addresses
+//! are checked against their federation's `allowed_networks` ([`networks`]).
+
+mod networks;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use meridian_shared::domain::{Federation, Node, Region, ServicePolicy};
+use meridian_shared::domain::limits::{HEADER_NAME_BYTES, METHOD_NAME_BYTES};
+use meridian_shared::domain::{Federation, Node, Region, ServicePolicy, TopologyLimits};
 use meridian_shared::names::name_problem;
+
+pub use networks::{Cidr, check_node_address};
 
 /// Highest node weight.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Highest node capacity (concurrent requests).
 pub const MAX_CAPACITY: u32 = 1_000_000;
 /// Longest gRPC service name.
-pub const MAX_SERVICE_NAME: usize = 255;
+pub const MAX_SERVICE_NAME: usize = meridian_shared::domain::limits::SERVICE_NAME_BYTES as usize;
 
 /// A field holds a value the rules refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,39 +48,115 @@ fn check_name(field: &str, value: &str) -> Result<(), Invalid> {
     }
 }
 
-fn check_labels(field: &str, labels: &meridian_shared::domain::Labels) -> Result<(), Invalid> {
+/// `count` items of `what` are at most `limit` (config `key`).
+fn at_most(field: &str, count: usize, what: &str, limit: u32, key: &str) -> Result<(), Invalid> {
+    if count > limit as usize {
+        return Err(invalid(
+            field,
+            format!("{count} {what} exceed the limit of {limit} (config {key})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Free text (a description, a reason) within `max_text_bytes`.
+pub fn text(field: &str, value: &str, limits: &TopologyLimits) -> Result<(), Invalid> {
+    at_most(
+        field,
+        value.len(),
+        "bytes",
+        limits.max_text_bytes,
+        "max_text_bytes",
+    )
+}
+
+/// A federation that already holds `count` of something may take one more only while
+/// below `limit`.
+pub fn room_for_one_more(
+    field: &str,
+    federation: &str,
+    count: usize,
+    what: &str,
+    limit: u32,
+    key: &str,
+) -> Result<(), Invalid> {
+    if count >= limit as usize {
+        return Err(invalid(
+            field,
+            format!(
+                "federation {federation:?} already has {count} {what}, the limit (config {key})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_labels(
+    field: &str,
+    labels: &meridian_shared::domain::Labels,
+    limits: &TopologyLimits,
+) -> Result<(), Invalid> {
+    at_most(
+        field,
+        labels.len(),
+        "labels",
+        limits.max_labels,
+        "max_labels",
+    )?;
     for (key, value) in labels {
         let key_ok = !key.is_empty()
-            && key.len() <= 63
             && key
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c));
         if !key_ok {
             return Err(invalid(
                 format!("{field}[{key:?}]"),
-                "label keys are 1 to 63 of letters, digits, '.', '_', '/', '-'",
+                "label keys are letters, digits, '.', '_', '/', '-'",
             ));
         }
-        if value.len() > 255 {
-            return Err(invalid(
-                format!("{field}[{key:?}]"),
-                "label values are at most 255 bytes",
-            ));
-        }
+        at_most(
+            &format!("{field}[{key:?}]"),
+            key.len(),
+            "bytes of key",
+            limits.max_label_key_bytes,
+            "max_label_key_bytes",
+        )?;
+        at_most(
+            &format!("{field}[{key:?}]"),
+            value.len(),
+            "bytes of value",
+            limits.max_label_value_bytes,
+            "max_label_value_bytes",
+        )?;
     }
     Ok(())
 }
 
-pub fn federation(f: &Federation) -> Result<(), Invalid> {
+pub fn federation(f: &Federation, limits: &TopologyLimits) -> Result<(), Invalid> {
     check_name("federation.name", &f.name)?;
-    if f.description.len() > 1024 {
-        return Err(invalid("federation.description", "at most 1024 bytes"));
+    text("federation.description", &f.description, limits)?;
+    check_labels("federation.labels", &f.labels, limits)?;
+    at_most(
+        "federation.allowed_networks",
+        f.allowed_networks.len(),
+        "networks",
+        limits.max_allowed_networks,
+        "max_allowed_networks",
+    )?;
+    for (i, network) in f.allowed_networks.iter().enumerate() {
+        network
+            .parse::<Cidr>()
+            .map_err(|why| invalid(format!("federation.allowed_networks[{i}]"), why))?;
     }
-    check_labels("federation.labels", &f.labels)
+    Ok(())
 }
 
 /// `federation` is the region's federation as stored, `None` when it does not exist.
-pub fn region(r: &Region, federation: Option<&Federation>) -> Result<(), Invalid> {
+pub fn region(
+    r: &Region,
+    federation: Option<&Federation>,
+    limits: &TopologyLimits,
+) -> Result<(), Invalid> {
     check_name("region.name", &r.name)?;
     check_name("region.federation", &r.federation)?;
     if federation.is_none() {
@@ -98,6 +184,13 @@ pub fn region(r: &Region, federation: Option<&Federation>) -> Result<(), Invalid
     if r.zones.is_empty() {
         return Err(invalid("region.zones", "a region needs at least one zone"));
     }
+    at_most(
+        "region.zones",
+        r.zones.len(),
+        "zones",
+        limits.max_zones_per_region,
+        "max_zones_per_region",
+    )?;
     let mut seen = HashSet::new();
     for (i, zone) in r.zones.iter().enumerate() {
         check_name(&format!("region.zones[{i}]"), zone)?;
@@ -108,24 +201,27 @@ pub fn region(r: &Region, federation: Option<&Federation>) -> Result<(), Invalid
             ));
         }
     }
-    check_labels("region.labels", &r.labels)
+    check_labels("region.labels", &r.labels, limits)
 }
 
-/// `region` is the node's region as stored, `None` when it does not exist.
+/// `region` is the node's region as stored, `None` when it does not exist. The address
+/// must be allowed by the federation's `allowed_networks`.
 pub fn node(
     n: &Node,
     federation: Option<&Federation>,
     region: Option<&Region>,
+    limits: &TopologyLimits,
 ) -> Result<(), Invalid> {
     check_name("node.id", &n.id)?;
     address("node.address", &n.address)?;
     check_name("node.federation", &n.federation)?;
-    if federation.is_none() {
+    let Some(federation) = federation else {
         return Err(invalid(
             "node.federation",
             format!("unknown federation {:?}", n.federation),
         ));
-    }
+    };
+    check_node_address("node.address", &n.address, federation)?;
     check_name("node.region", &n.region)?;
     let Some(region) = region.filter(|r| r.federation == n.federation) else {
         return Err(invalid(
@@ -153,6 +249,13 @@ pub fn node(
             "a node must serve at least one service",
         ));
     }
+    at_most(
+        "node.services",
+        n.services.len(),
+        "services",
+        limits.max_services_per_node,
+        "max_services_per_node",
+    )?;
     for (i, service) in n.services.iter().enumerate() {
         service_name(&format!("node.services[{i}]"), service)?;
     }
@@ -168,7 +271,7 @@ pub fn node(
             format!("{} is above the maximum {MAX_CAPACITY}", n.capacity),
         ));
     }
-    check_labels("node.labels", &n.labels)
+    check_labels("node.labels", &n.labels, limits)
 }
 
 /// A fully qualified gRPC service name: dot-separated identifiers, e.g. `demo.v1.Echo`.
@@ -229,6 +332,7 @@ pub fn service(
     p: &ServicePolicy,
     federation: Option<&Federation>,
     regions: &HashSet<&str>,
+    limits: &TopologyLimits,
 ) -> Result<(), Invalid> {
     service_name("service_policy.name", &p.name)?;
     check_name("service_policy.federation", &p.federation)?;
@@ -256,8 +360,34 @@ pub fn service(
         f.panic_threshold_percent,
         100,
     )?;
+    at_most(
+        "service_policy.failover.tiers",
+        f.tiers.len(),
+        "tiers",
+        limits.max_failover_tiers,
+        "max_failover_tiers",
+    )?;
     let mut tier_names = HashSet::new();
     for (i, tier) in f.tiers.iter().enumerate() {
+        at_most(
+            &format!("service_policy.failover.tiers[{i}]"),
+            tier.regions.len() + tier.zones.len() + tier.nodes.len(),
+            "regions, zones and nodes",
+            limits.max_tier_members,
+            "max_tier_members",
+        )?;
+        for (j, zone) in tier.zones.iter().enumerate() {
+            check_name(
+                &format!("service_policy.failover.tiers[{i}].zones[{j}]"),
+                zone,
+            )?;
+        }
+        for (j, node) in tier.nodes.iter().enumerate() {
+            check_name(
+                &format!("service_policy.failover.tiers[{i}].nodes[{j}]"),
+                node,
+            )?;
+        }
         check_name(
             &format!("service_policy.failover.tiers[{i}].name"),
             &tier.name,
@@ -280,6 +410,13 @@ pub fn service(
     let r = &p.retry;
     percent("service_policy.retry.max_attempts", r.max_attempts, 10)?;
     percent("service_policy.retry.budget_percent", r.budget_percent, 100)?;
+    at_most(
+        "service_policy.retry.idempotent_methods",
+        r.idempotent_methods.len(),
+        "methods",
+        limits.max_idempotent_methods,
+        "max_idempotent_methods",
+    )?;
     for (i, method) in r.idempotent_methods.iter().enumerate() {
         let field = format!("service_policy.retry.idempotent_methods[{i}]");
         let (service, name) = method
@@ -293,6 +430,7 @@ pub fn service(
             })?;
         service_name(&field, service)?;
         if name.is_empty()
+            || name.len() > METHOD_NAME_BYTES as usize
             || (name != "*" && !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         {
             return Err(invalid(
@@ -338,7 +476,9 @@ pub fn service(
             "at least 100 ms",
         ));
     }
-    if !p.hash.header.is_empty() && http::HeaderName::from_bytes(p.hash.header.as_bytes()).is_err()
+    if !p.hash.header.is_empty()
+        && (p.hash.header.len() > HEADER_NAME_BYTES as usize
+            || http::HeaderName::from_bytes(p.hash.header.as_bytes()).is_err())
     {
         return Err(invalid(
             "service_policy.hash.header",

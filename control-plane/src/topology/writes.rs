@@ -2,6 +2,10 @@
 //! possibly lagging follower), validates, and commits in one transaction that compares the
 //! mod-revisions of everything it read: if any of it changed meanwhile, nothing is written
 //! and the write is retried from a fresh read. Refused writes change nothing.
+//!
+//! The limits come from the dynamic configuration, read with the rest and fenced on too.
+//! Counts (nodes, regions, services per federation) come from the followed state, which
+//! may lag the store by a moment: concurrent writes near a limit can pass it by a few.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,13 +13,14 @@ use std::time::SystemTime;
 
 use meridian_shared::domain::{
     ActiveFailover, EventKind, Federation, Node, NodeStatus, Region, RegistrationKind,
-    ServicePolicy,
+    ServicePolicy, TopologyLimits,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{Liveness, Stored};
+use super::state::{Liveness, Stored, TopologyState};
 use super::validate::{self, Invalid};
+use crate::dynconfig::DynamicConfig;
 use crate::events::EventLog;
 use crate::keys::{self, DecodeError, Keys, Kind};
 use crate::store::{Compare, LeaseId, Store, StoreError, Txn};
@@ -31,6 +36,9 @@ pub enum WriteError {
     NotFound(String),
     #[error("{0}")]
     Precondition(String),
+    /// The caller may not change this entity (a node held by another credential).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the write kept racing concurrent changes to the same entities; retry it")]
     Conflict,
     #[error(transparent)]
@@ -92,14 +100,16 @@ impl TopologyWriter {
         &self,
         federation: Federation,
     ) -> Result<Federation, WriteError> {
-        validate::federation(&federation)?;
         let key = self.keys.key(Kind::Federation, &federation.name);
         self.retry(|| async {
+            let config = self.config().await?;
+            validate::federation(&federation, &limits(&config))?;
             let existing = self
                 .read::<Federation>(Kind::Federation, &federation.name)
                 .await?;
             Ok((
                 Txn::new()
+                    .when(self.config_unchanged(&config))
                     .when(unchanged(&key, existing.as_ref()))
                     .put(&key, keys::encode(&federation)),
                 (),
@@ -147,8 +157,14 @@ impl TopologyWriter {
     pub async fn upsert_region(&self, region: Region, actor: &str) -> Result<Region, WriteError> {
         let key = self.keys.key(Kind::Region, &region.name);
         self.retry(|| async {
+            let config = self.config().await?;
+            let limits = limits(&config);
             let federation = self.read::<Federation>(Kind::Federation, &region.federation).await?;
-            validate::region(&region, federation.as_ref().map(|f| &f.value))?;
+            validate::region(&region, federation.as_ref().map(|f| &f.value), &limits)?;
+            let others = self.count(|s| {
+                s.regions.values().filter(|r| r.value.federation == region.federation && r.value.name != region.name).count()
+            });
+            validate::room_for_one_more("region.federation", &region.federation, others, "regions", limits.max_regions_per_federation, "max_regions_per_federation")?;
             let existing = self.read::<Region>(Kind::Region, &region.name).await?;
             if let Some(old) = &existing {
                 if old.value.federation != region.federation {
@@ -174,6 +190,7 @@ impl TopologyWriter {
             }
             let federation_key = self.keys.key(Kind::Federation, &region.federation);
             let txn = Txn::new()
+                .when(self.config_unchanged(&config))
                 .when(unchanged(&federation_key, federation.as_ref()))
                 .when(unchanged(&key, existing.as_ref()))
                 .put(&key, keys::encode(&region));
@@ -236,12 +253,14 @@ impl TopologyWriter {
         let key = self.keys.key(Kind::Node, &node.id);
         let unchanged_spec = self
             .retry(|| async {
-                let (federation, region) = self.placement(&node).await?;
+                let (config, federation, region) = self.placement(&node).await?;
                 validate::node(
                     &node,
                     federation.as_ref().map(|f| &f.value),
                     region.as_ref().map(|r| &r.value),
+                    &limits(&config),
                 )?;
+                self.room_for_node(&node, &limits(&config))?;
                 let existing = self.read::<Node>(Kind::Node, &node.id).await?;
                 if let Some(old) = &existing {
                     if same_spec(&old.value, &node) {
@@ -252,7 +271,7 @@ impl TopologyWriter {
                     }
                 }
                 let txn = self
-                    .placement_unchanged(&node, federation.as_ref(), region.as_ref())
+                    .placement_unchanged(&node, &config, federation.as_ref(), region.as_ref())
                     .when(unchanged(&key, existing.as_ref()))
                     .put(&key, keys::encode(&node))
                     .delete(self.keys.key(Kind::Liveness, &node.id));
@@ -279,11 +298,15 @@ impl TopologyWriter {
 
     /// Registers a node that announced itself, binding its liveness to `lease`. Refused
     /// when another live registration holds the id with a different spec.
+    /// Registers a node for `owner` (the credential's actor name) with its liveness on
+    /// `lease`. A node an operator registered, or one whose live lease another credential
+    /// holds, is refused: a node credential cannot take over someone else's node.
     pub async fn register_self(
         &self,
         node: Node,
         lease: LeaseId,
         ttl_seconds: u32,
+        owner: &str,
     ) -> Result<Node, WriteError> {
         let node = fresh(node, RegistrationKind::SelfRegistered);
         let key = self.keys.key(Kind::Node, &node.id);
@@ -292,25 +315,27 @@ impl TopologyWriter {
             lease,
             ttl_seconds,
             registered_at: SystemTime::now(),
+            owner: owner.to_owned(),
         };
         self.retry(|| async {
-            let (federation, region) = self.placement(&node).await?;
+            let (config, federation, region) = self.placement(&node).await?;
             validate::node(
                 &node,
                 federation.as_ref().map(|f| &f.value),
                 region.as_ref().map(|r| &r.value),
+                &limits(&config),
             )?;
+            self.room_for_node(&node, &limits(&config))?;
             let existing = self.read::<Node>(Kind::Node, &node.id).await?;
             let live = self.read::<Liveness>(Kind::Liveness, &node.id).await?;
             if let Some(old) = &existing {
-                let held_by_other =
-                    old.value.registration == RegistrationKind::Operator || live.is_some();
-                if held_by_other && !same_spec(&old.value, &node) {
+                check_self_owned(old, live.as_ref(), owner)?;
+                if live.is_some() && !same_spec(&old.value, &node) {
                     return Err(duplicate(old));
                 }
             }
             let txn = self
-                .placement_unchanged(&node, federation.as_ref(), region.as_ref())
+                .placement_unchanged(&node, &config, federation.as_ref(), region.as_ref())
                 .when(unchanged(&key, existing.as_ref()))
                 .when(unchanged(&liveness_key, live.as_ref()))
                 .put(&key, keys::encode(&node))
@@ -327,15 +352,56 @@ impl TopologyWriter {
             EventKind::NodeRegistered,
             format!("node/{}", node.id),
             message,
-            "node",
+            owner,
         )
         .await;
         Ok(node)
     }
 
+    /// The liveness of node `id` as the store holds it now.
+    pub async fn read_liveness(&self, id: &str) -> Result<Option<Liveness>, WriteError> {
+        Ok(self
+            .read::<Liveness>(Kind::Liveness, id)
+            .await?
+            .map(|l| l.value))
+    }
+
     /// Removes a node and its liveness at once; revokes its lease. Returns whether it
     /// existed.
     pub async fn deregister_node(&self, id: &str, actor: &str) -> Result<bool, WriteError> {
+        self.deregister_node_if(id, actor, |_, _| Ok(())).await
+    }
+
+    /// Removes a self-registered node for the credential that holds its live lease
+    /// (`lease`, or 0 for whichever it holds); refuses anyone else. Returns whether it
+    /// existed.
+    pub async fn deregister_own_node(
+        &self,
+        id: &str,
+        lease: LeaseId,
+        owner: &str,
+    ) -> Result<bool, WriteError> {
+        self.deregister_node_if(id, owner, |node, live| {
+            check_self_owned(node, live, owner)?;
+            match live {
+                Some(l) if lease == 0 || l.value.lease == lease => Ok(()),
+                Some(_) => Err(WriteError::Forbidden(format!(
+                    "lease {lease} is not the lease of node {id:?}; send the lease_id Register returned"
+                ))),
+                None => Err(WriteError::Forbidden(format!(
+                    "node {id:?} holds no live lease; its lease lapsed, so only an operator can remove it (meridianctl nodes deregister {id})"
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn deregister_node_if(
+        &self,
+        id: &str,
+        actor: &str,
+        allowed: impl Fn(&Stored<Node>, Option<&Stored<Liveness>>) -> Result<(), WriteError>,
+    ) -> Result<bool, WriteError> {
         let key = self.keys.key(Kind::Node, id);
         let liveness_key = self.keys.key(Kind::Liveness, id);
         let (existed, lease) = self
@@ -344,6 +410,7 @@ impl TopologyWriter {
                     return Ok((Txn::new(), (false, None)));
                 };
                 let live = self.read::<Liveness>(Kind::Liveness, id).await?;
+                allowed(&existing, live.as_ref())?;
                 let txn = Txn::new()
                     .when(unchanged(&key, Some(&existing)))
                     .when(unchanged(&liveness_key, live.as_ref()))
@@ -377,6 +444,7 @@ impl TopologyWriter {
         reason: &str,
         actor: &str,
     ) -> Result<Node, WriteError> {
+        validate::text("reason", reason, &self.limits().await?)?;
         let key = self.keys.key(Kind::Node, id);
         let node = self
             .retry(|| async {
@@ -442,6 +510,45 @@ impl TopologyWriter {
             "lost: its lease expired (no keep-alive within the TTL); proxies stop routing to it"
                 .into(),
             "lease expiry",
+        )
+        .await;
+        Ok(true)
+    }
+
+    /// Deletes a node that has been `lost` longer than the retention period, with its
+    /// liveness key (absent for a lost node, and required to stay so); `fence` makes the
+    /// write conditional on this replica still leading. Returns false when the node
+    /// changed meanwhile (it registered again) or the fence failed.
+    pub async fn remove_lost(
+        &self,
+        node: &Stored<Node>,
+        lost_for: std::time::Duration,
+        fence: Compare,
+    ) -> Result<bool, WriteError> {
+        let key = self.keys.key(Kind::Node, &node.value.id);
+        let txn = Txn::new()
+            .when(fence)
+            .when(Compare::ModRevision {
+                key: key.clone(),
+                revision: node.mod_revision,
+            })
+            .when(Compare::ModRevision {
+                key: self.keys.key(Kind::Liveness, &node.value.id),
+                revision: 0,
+            })
+            .delete(&key);
+        if !self.store.txn(txn).await?.succeeded {
+            return Ok(false);
+        }
+        self.event(
+            EventKind::NodeDeregistered,
+            format!("node/{}", node.value.id),
+            format!(
+                "removed: lost for {} min, longer than the retention period \
+                 (config lost_node_retention_seconds)",
+                lost_for.as_secs() / 60
+            ),
+            "lost-node retention",
         )
         .await;
         Ok(true)
@@ -536,12 +643,36 @@ impl TopologyWriter {
                 .filter(|r| r.value.federation == policy.federation)
                 .map(|r| r.value.name.as_str())
                 .collect();
-            validate::service(&policy, federation.as_ref().map(|f| &f.value), &names)?;
+            let config = self.config().await?;
+            let limits = limits(&config);
+            validate::service(
+                &policy,
+                federation.as_ref().map(|f| &f.value),
+                &names,
+                &limits,
+            )?;
+            let others = self.count(|s| {
+                s.services
+                    .values()
+                    .filter(|p| {
+                        p.value.federation == policy.federation && p.value.name != policy.name
+                    })
+                    .count()
+            });
+            validate::room_for_one_more(
+                "service_policy.federation",
+                &policy.federation,
+                others,
+                "service policies",
+                limits.max_services_per_federation,
+                "max_services_per_federation",
+            )?;
             let existing = self
                 .read::<ServicePolicy>(Kind::Service, &policy.name)
                 .await?;
             let federation_key = self.keys.key(Kind::Federation, &policy.federation);
             let txn = Txn::new()
+                .when(self.config_unchanged(&config))
                 .when(unchanged(&federation_key, federation.as_ref()))
                 .when(unchanged(&key, existing.as_ref()))
                 .put(&key, keys::encode(&policy));
@@ -630,23 +761,24 @@ impl TopologyWriter {
             .collect()
     }
 
-    async fn placement(
-        &self,
-        node: &Node,
-    ) -> Result<(Option<Stored<Federation>>, Option<Stored<Region>>), WriteError> {
+    async fn placement(&self, node: &Node) -> Result<Placement, WriteError> {
+        let config = self.config().await?;
         let federation = self.read(Kind::Federation, &node.federation).await?;
         let region = self.read(Kind::Region, &node.region).await?;
-        Ok((federation, region))
+        Ok((config, federation, region))
     }
 
-    /// A transaction that holds only if the node's federation and region did not change.
+    /// A transaction that holds only if the configuration and the node's federation and
+    /// region did not change.
     fn placement_unchanged(
         &self,
         node: &Node,
+        config: &Option<Stored<DynamicConfig>>,
         federation: Option<&Stored<Federation>>,
         region: Option<&Stored<Region>>,
     ) -> Txn {
         Txn::new()
+            .when(self.config_unchanged(config))
             .when(unchanged(
                 &self.keys.key(Kind::Federation, &node.federation),
                 federation,
@@ -657,11 +789,69 @@ impl TopologyWriter {
             ))
     }
 
+    /// The dynamic configuration as stored; `None` when never set (the defaults).
+    async fn config(&self) -> Result<Option<Stored<DynamicConfig>>, WriteError> {
+        let Some(kv) = self.store.get(&self.keys.config()).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Stored {
+            value: keys::decode(&kv.key, &kv.value)?,
+            mod_revision: kv.mod_revision,
+        }))
+    }
+
+    /// The limits on what callers can create, as the stored configuration sets them.
+    pub async fn limits(&self) -> Result<TopologyLimits, WriteError> {
+        Ok(limits(&self.config().await?))
+    }
+
+    fn config_unchanged(&self, config: &Option<Stored<DynamicConfig>>) -> Compare {
+        unchanged(&self.keys.config(), config.as_ref())
+    }
+
+    /// Counts something in the followed state (see the module doc for why not the store).
+    fn count(&self, count: impl FnOnce(&TopologyState) -> usize) -> usize {
+        count(&self.events.state().borrow())
+    }
+
+    /// Refuses a node that would take its federation past `max_nodes_per_federation`;
+    /// replacing a node already counted never does.
+    fn room_for_node(&self, node: &Node, limits: &TopologyLimits) -> Result<(), WriteError> {
+        let others = self.count(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.value.federation == node.federation && n.value.id != node.id)
+                .count()
+        });
+        validate::room_for_one_more(
+            "node.federation",
+            &node.federation,
+            others,
+            "nodes",
+            limits.max_nodes_per_federation,
+            "max_nodes_per_federation",
+        )?;
+        Ok(())
+    }
+
     async fn event(&self, kind: EventKind, subject: String, message: String, actor: &str) {
         self.events
             .record(kind, subject, message, actor.to_owned())
             .await;
     }
+}
+
+/// The configuration, federation and region a node write depends on.
+type Placement = (
+    Option<Stored<DynamicConfig>>,
+    Option<Stored<Federation>>,
+    Option<Stored<Region>>,
+);
+
+fn limits(config: &Option<Stored<DynamicConfig>>) -> TopologyLimits {
+    config
+        .as_ref()
+        .map_or_else(TopologyLimits::default, |c| c.value.limits())
 }
 
 /// The compare that holds while `key` is as it was read (absent when `stored` is `None`).
@@ -679,6 +869,27 @@ fn fresh(mut node: Node, registration: RegistrationKind) -> Node {
     node.status_since = Some(SystemTime::now());
     node.registration = registration;
     node
+}
+
+/// Refuses NodeRegistry changes to a node an operator registered, or whose live lease
+/// another credential (`owner` is the caller's actor name) holds.
+fn check_self_owned(
+    node: &Stored<Node>,
+    live: Option<&Stored<Liveness>>,
+    owner: &str,
+) -> Result<(), WriteError> {
+    let id = &node.value.id;
+    if node.value.registration == RegistrationKind::Operator {
+        return Err(WriteError::Forbidden(format!(
+            "node {id:?} was registered by an operator; NodeRegistry cannot take it over or remove it (use meridianctl nodes)"
+        )));
+    }
+    match live {
+        Some(l) if l.value.owner != owner => Err(WriteError::Forbidden(format!(
+            "node {id:?} is held by the live lease of another credential; use the credential that registered it, or wait for its lease to lapse"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Whether two nodes have the same spec (everything but status and registration).

@@ -11,23 +11,22 @@
 //! prefix = "/meridian/"
 //! [election]
 //! lease_ttl_seconds = 10
-//! [auth]
+//! [auth]                    # see config/auth.rs for roles and scopes
 //! tokens_file = "/etc/meridian/tokens.toml"
 //! [[auth.tokens]]
 //! name = "alice"
 //! token = "..."             # at least 16 characters
-//! role = "operator"         # or "viewer"
+//! role = "operator"         # viewer, operator, node or proxy
 //! [log]
 //! format = "json"
 //! ```
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{ConfigError, Validate};
+use super::{AuthConfig, ConfigError, Validate};
 use crate::names::name_problem;
 use crate::telemetry::LogConfig;
 
@@ -118,77 +117,6 @@ impl Default for ElectionConfig {
         ElectionConfig {
             lease_ttl_seconds: 10,
         }
-    }
-}
-
-/// What an admin token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Reads only.
-    Viewer,
-    /// Reads and writes.
-    Operator,
-}
-
-/// One bearer token. `Debug` hides the secret so tokens never reach logs.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    /// Who holds it; appears in events as `operator:<name>`.
-    pub name: String,
-    pub token: String,
-    pub role: Role,
-}
-
-impl std::fmt::Debug for TokenConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenConfig")
-            .field("name", &self.name)
-            .field("token", &"<redacted>")
-            .field("role", &self.role)
-            .finish()
-    }
-}
-
-/// Shortest token accepted: guessable tokens are refused at start.
-pub const MIN_TOKEN_LEN: usize = 16;
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// A TOML file with `[[tokens]]` entries, read in addition to `tokens`.
-    pub tokens_file: Option<PathBuf>,
-    pub tokens: Vec<TokenConfig>,
-}
-
-impl Validate for AuthConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let mut seen = HashSet::new();
-        for (i, t) in self.tokens.iter().enumerate() {
-            if let Some(problem) = name_problem(&t.name) {
-                return Err(ConfigError::invalid(
-                    format!("auth.tokens[{i}].name"),
-                    &t.name,
-                    problem,
-                ));
-            }
-            if t.token.len() < MIN_TOKEN_LEN {
-                return Err(ConfigError::invalid(
-                    format!("auth.tokens[{i}].token"),
-                    format_args!("<{} characters>", t.token.len()),
-                    format!("tokens must be at least {MIN_TOKEN_LEN} characters"),
-                ));
-            }
-            if !seen.insert(t.token.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("auth.tokens[{i}].token"),
-                    format_args!("<token of {}>", t.name),
-                    "the same token is configured twice",
-                ));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -3,14 +3,15 @@
 //! flag precedence over its variable), then validated as a whole. Every error names the
 //! field and the bad value, so an operator can fix the file without reading code.
 
+mod auth;
 mod control_plane;
 mod error;
 mod load;
 mod proxy;
 
+pub use auth::{AuthConfig, CertificateIdentity, MIN_TOKEN_LEN, Role, Scope, TokenConfig};
 pub use control_plane::{
-    AuthConfig, ControlPlaneConfig, ControlPlaneListen, ElectionConfig, Role, StoreBackend,
-    StoreConfig, TokenConfig,
+    ControlPlaneConfig, ControlPlaneListen, ElectionConfig, StoreBackend, StoreConfig,
 };
 pub use error::ConfigError;
 pub use load::load_file;

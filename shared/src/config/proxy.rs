@@ -7,6 +7,7 @@
 //! zone = "eu-west-a"
 //! control_planes = ["http://127.0.0.1:7700", "http://127.0.0.1:7710"]
 //! table_cache = "/var/lib/meridian/proxy-eu-west-1.table"
+//! token_file = "/etc/meridian/proxy.token"   # proxy-role token; else MERIDIAN_TOKEN
 //! drain_grace_seconds = 10
 //! [listen]
 //! grpc = "127.0.0.1:7800"    # client traffic (h2c)
@@ -38,6 +39,9 @@ pub struct ProxyConfig {
     pub control_planes: Vec<String>,
     /// Where the last good routing table is kept across restarts.
     pub table_cache: Option<PathBuf>,
+    /// File holding the proxy-role token presented to the control plane; without it the
+    /// `MERIDIAN_TOKEN` environment variable is used.
+    pub token_file: Option<PathBuf>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_grace_seconds: u32,
     /// Largest gRPC message accepted, bytes.
@@ -55,6 +59,7 @@ impl Default for ProxyConfig {
             zone: String::new(),
             control_planes: vec!["http://127.0.0.1:7700".into()],
             table_cache: None,
+            token_file: None,
             drain_grace_seconds: 10,
             max_message_bytes: 4 * 1024 * 1024,
             listen: ProxyListen::default(),

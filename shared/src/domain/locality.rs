@@ -14,6 +14,9 @@ pub struct Federation {
     pub description: String,
     #[serde(default)]
     pub labels: Labels,
+    /// CIDRs node addresses must be in; empty: any but loopback, link-local and the like.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_networks: Vec<String>,
 }
 
 impl From<Federation> for pb::Federation {
@@ -22,6 +25,7 @@ impl From<Federation> for pb::Federation {
             name: f.name,
             description: f.description,
             labels: f.labels.into_iter().collect(),
+            allowed_networks: f.allowed_networks,
         }
     }
 }
@@ -32,6 +36,7 @@ impl From<pb::Federation> for Federation {
             name: f.name,
             description: f.description,
             labels: f.labels.into_iter().collect(),
+            allowed_networks: f.allowed_networks,
         }
     }
 }

@@ -10,6 +10,7 @@
 mod conversion;
 mod enums;
 mod event;
+pub mod limits;
 mod locality;
 mod node;
 mod policy;
@@ -19,6 +20,7 @@ mod topology;
 pub use conversion::ConversionError;
 pub use enums::{Algorithm, NodeStatus, RegistrationKind};
 pub use event::{Event, EventKind};
+pub use limits::TopologyLimits;
 pub use locality::{Federation, GeoPoint, Region};
 pub use node::Node;
 pub use policy::{

@@ -27,6 +27,7 @@ fn federation() -> Federation {
         name: "prod".into(),
         description: "production".into(),
         labels: labels(&[("team", "core"), ("tier", "1")]),
+        allowed_networks: vec!["10.0.0.0/8".into(), "fd00::/8".into()],
     }
 }
 

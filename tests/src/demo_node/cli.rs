@@ -44,6 +44,11 @@ pub struct DemoNodeArgs {
     )]
     pub register_with: Option<String>,
 
+    /// File holding the node-role token to register with (default: the MERIDIAN_TOKEN
+    /// environment variable).
+    #[arg(long, env = "MERIDIAN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
     /// Federation to register in.
     #[arg(long, env = "MERIDIAN_DEMO_FEDERATION")]
     pub federation: Option<String>,

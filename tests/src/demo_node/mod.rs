@@ -24,6 +24,7 @@ use meridian_proto::demo::v1::demo_control_server::DemoControlServer;
 use meridian_proto::demo::v1::echo_server::EchoServer;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_handler_server::MessageHandlerServer;
+use meridian_shared::credentials::BearerAuth;
 use meridian_shared::{Shutdown, telemetry};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -65,6 +66,8 @@ pub enum DemoNodeError {
     NodeId(String),
     #[error(transparent)]
     ControlPlaneUrl(#[from] registration::InvalidUrl),
+    #[error(transparent)]
+    Credential(#[from] meridian_shared::credentials::CredentialError),
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving gRPC on {addr} failed: {source}")]
@@ -116,6 +119,7 @@ impl DemoNode {
         let registration = match &args.register_with {
             Some(url) => Some(SelfRegistration::new(
                 url,
+                BearerAuth::from_file_or_env(args.token_file.as_deref())?,
                 node_spec(&args, addr),
                 args.ttl_seconds,
                 behaviour.keep_alive(),

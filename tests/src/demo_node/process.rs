@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use meridian_shared::credentials::TOKEN_ENV;
+
+use crate::control::NODE_TOKEN;
 use crate::process::ChildProcess;
 
 /// The binary's name in the target directory.
@@ -30,7 +33,8 @@ impl DemoNodeProcess {
         let mut all_args = vec!["--id", id];
         all_args.extend_from_slice(args);
         let process =
-            ChildProcess::spawn(BINARY, &all_args, log).expect("starting meridian-demo-node");
+            ChildProcess::spawn_with_env(BINARY, &all_args, &[(TOKEN_ENV, NODE_TOKEN)], log)
+                .expect("starting meridian-demo-node");
         let started = Instant::now();
         loop {
             if let Some(addr) = listening_addr(&process.output()) {

@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::node_registry_client::NodeRegistryClient;
+use meridian_shared::credentials::BearerAuth;
 use meridian_shared::{Backoff, Shutdown};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -49,7 +51,7 @@ enum StreamEnd {
 
 /// Registers one node and keeps it registered until shutdown.
 pub struct SelfRegistration {
-    client: NodeRegistryClient<Channel>,
+    client: NodeRegistryClient<InterceptedService<Channel, BearerAuth>>,
     node: pb::Node,
     ttl_seconds: u32,
     keep_alive_enabled: watch::Receiver<bool>,
@@ -58,9 +60,11 @@ pub struct SelfRegistration {
 
 impl SelfRegistration {
     /// Connects lazily: a control plane that is not up yet is retried, not an error.
-    /// `keep_alive` says whether keep-alives are currently sent.
+    /// `keep_alive` says whether keep-alives are currently sent; `auth` is the node-role
+    /// credential.
     pub fn new(
         url: &str,
+        auth: BearerAuth,
         node: pb::Node,
         ttl_seconds: u32,
         keep_alive: watch::Receiver<bool>,
@@ -73,7 +77,7 @@ impl SelfRegistration {
             .connect_timeout(CONNECT_TIMEOUT)
             .connect_lazy();
         Ok(SelfRegistration {
-            client: NodeRegistryClient::new(channel),
+            client: NodeRegistryClient::with_interceptor(channel, auth),
             node,
             ttl_seconds,
             keep_alive_enabled: keep_alive,

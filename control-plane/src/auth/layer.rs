@@ -1,0 +1,196 @@
+//! The tower layer in front of every gRPC service of the control plane: the one place
+//! that decides who may call what.
+//!
+//! | path | role needed |
+//! | --- | --- |
+//! | `grpc.health.v1.Health/*`, server reflection | none (they disclose no topology) |
+//! | `meridian.v1.Admin/` reads ([`ADMIN_READS`]) | viewer |
+//! | `meridian.v1.Admin/` everything else | operator |
+//! | `meridian.v1.NodeRegistry/*` | node |
+//! | `meridian.v1.RoutingDiscovery/*` | proxy |
+//! | anything else | operator (deny by default) |
+//!
+//! Operators may call everything. A refusal is a trailers-only gRPC response written
+//! before the request body is read, so a refused call never reaches a handler.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{Either, Ready, ready};
+use meridian_shared::config::Role;
+use tonic::Status;
+use tower::{Layer, Service};
+
+use super::credentials::{Authenticator, role_allows};
+use super::{Caller, Denied};
+
+/// Admin methods a viewer may call: they read and change nothing.
+pub const ADMIN_READS: &[&str] = &[
+    "GetTopology",
+    "ListFederations",
+    "ListRegions",
+    "ListNodes",
+    "ListServices",
+    "ListFailovers",
+    "ListScaling",
+    "ListProxies",
+    "WatchEvents",
+    "GetConfig",
+    "ValidateConfig",
+];
+
+/// The role a call to `path` (`/package.Service/Method`) needs; `None` for open services.
+pub fn required_role(path: &str) -> Option<Role> {
+    let (service, method) = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .unwrap_or(("", ""));
+    match service {
+        "grpc.health.v1.Health"
+        | "grpc.reflection.v1.ServerReflection"
+        | "grpc.reflection.v1alpha.ServerReflection" => None,
+        "meridian.v1.Admin" if ADMIN_READS.contains(&method) => Some(Role::Viewer),
+        "meridian.v1.NodeRegistry" => Some(Role::Node),
+        "meridian.v1.RoutingDiscovery" => Some(Role::Proxy),
+        _ => Some(Role::Operator),
+    }
+}
+
+/// Source of the client certificate's identities for a request (its URI SANs, DNS SANs
+/// and CN), when the connection is mTLS.
+pub type CertificateIdentities = fn(&http::Extensions) -> Vec<String>;
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+    identities: CertificateIdentities,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Authenticator, identities: CertificateIdentities) -> Self {
+        AuthLayer {
+            auth: Arc::new(auth),
+            identities,
+        }
+    }
+
+    /// The caller of a request to `path`, or why it is refused; `Ok(None)` for open paths.
+    fn admit(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Option<Caller>, Denied> {
+        let Some(needed) = required_role(path) else {
+            return Ok(None);
+        };
+        let authorization = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let certificate = if authorization.is_none() {
+            (self.identities)(extensions)
+        } else {
+            Vec::new()
+        };
+        let caller = self.auth.authenticate(authorization, &certificate)?;
+        if !role_allows(caller.role, needed) {
+            return Err(Denied::PermissionDenied(format!(
+                "credential {:?} has the {} role; {} needs the {} role",
+                caller.name,
+                caller.role.name(),
+                path.trim_start_matches('/'),
+                needed.name()
+            )));
+        }
+        Ok(Some(caller))
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Self::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match self.layer.admit(
+            request.uri().path(),
+            request.headers(),
+            request.extensions(),
+        ) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                Either::Left(self.inner.call(request))
+            }
+            Err(denied) => {
+                metrics::counter!("meridian_control_auth_refusals_total", "reason" => reason(&denied))
+                    .increment(1);
+                Either::Right(ready(Ok(Status::from(denied).into_http())))
+            }
+        }
+    }
+}
+
+fn reason(denied: &Denied) -> &'static str {
+    match denied {
+        Denied::Unauthenticated(_) => "unauthenticated",
+        Denied::PermissionDenied(_) => "permission_denied",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_needs_the_role_of_its_service() {
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            required_role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+        assert_eq!(
+            required_role("/meridian.v1.Admin/ListNodes"),
+            Some(Role::Viewer)
+        );
+        assert_eq!(
+            required_role("/meridian.v1.Admin/DrainNode"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            required_role("/meridian.v1.NodeRegistry/KeepAlive"),
+            Some(Role::Node)
+        );
+        assert_eq!(
+            required_role("/meridian.v1.RoutingDiscovery/StreamRoutes"),
+            Some(Role::Proxy)
+        );
+        assert_eq!(required_role("/x.Y/Z"), Some(Role::Operator));
+        assert_eq!(required_role("nonsense"), Some(Role::Operator));
+    }
+}
