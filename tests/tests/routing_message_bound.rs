@@ -21,11 +21,13 @@ fn name(tag: usize) -> String {
     text(NAME_BYTES, tag)
 }
 
-fn timestamp() -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: i64::MAX,
-        nanos: 999_999_999,
-    })
+/// The widest `google.protobuf.Timestamp`, built from its encoding so this crate needs no
+/// prost-types.
+fn timestamp<T: Message + Default>() -> Option<T> {
+    let mut bytes = Vec::new();
+    prost::encoding::int64::encode(1, &i64::MAX, &mut bytes);
+    prost::encoding::int32::encode(2, &999_999_999, &mut bytes);
+    Some(T::decode(bytes.as_slice()).expect("a timestamp"))
 }
 
 fn labels(l: &TopologyLimits) -> std::collections::HashMap<String, String> {

@@ -62,7 +62,7 @@ pub struct TopologyLimits {
 
 impl TopologyLimits {
     /// The defaults: generous for real federations, and their largest routing table
-    /// (about 120 MiB, for 10,000 nodes each at every limit) fits
+    /// (about 127 MiB, for 10,000 nodes each at every limit) fits
     /// [`MAX_ROUTING_MESSAGE_BYTES`].
     pub const DEFAULT: TopologyLimits = TopologyLimits {
         max_labels: 16,
