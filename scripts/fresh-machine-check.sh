@@ -50,7 +50,7 @@ run_pid=$!
 set +m
 ok_calls() { # proxy admin port -> count of calls answered OK through that proxy
     curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null |
-        awk '/^meridian_proxy_requests_total\{.*code="OK"/ {s += $NF} END {print s + 0}'
+        awk '/^meridian_proxy_requests_total\{.*code="ok"/ {s += $NF} END {print s + 0}'
 }
 flowing=false
 for _ in $(seq 1 1800); do # up to 30 min: the release build comes first

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use meridian_shared::config::{
-    ConfigError, ControlPlaneConfig, Role, StoreBackend, TokenConfig, Validate, load_file,
-    override_with,
+    ConfigError, ControlPlaneConfig, ListenerTlsConfig, Role, StoreBackend, TokenConfig, Validate,
+    load_file, override_with,
 };
 use meridian_shared::telemetry::LogFormat;
 
@@ -66,6 +66,39 @@ pub struct ControlArgs {
     #[arg(long, env = "MERIDIAN_GRPC_ADDR", value_name = "HOST:PORT")]
     pub grpc_addr: Option<SocketAddr>,
 
+    /// TLS certificate chain (PEM) of the gRPC listener; with --tls-key, serves TLS.
+    /// Re-read when the file changes.
+    #[arg(
+        long,
+        env = "MERIDIAN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "MERIDIAN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (mTLS). Proxies and nodes may then
+    /// authenticate with their certificate alone ([[auth.certificates]]).
+    #[arg(
+        long,
+        env = "MERIDIAN_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve plaintext gRPC on a non-loopback address (tokens and tables in the clear).
+    #[arg(long, env = "MERIDIAN_INSECURE")]
+    pub insecure: bool,
+
     /// Address of the HTTP server (/metrics, /live, /ready). Default 127.0.0.1:7701.
     #[arg(long, env = "MERIDIAN_HTTP_ADDR", value_name = "HOST:PORT")]
     pub http_addr: Option<SocketAddr>,
@@ -88,6 +121,32 @@ pub struct ControlArgs {
         value_delimiter = ','
     )]
     pub etcd_endpoints: Option<Vec<String>>,
+
+    /// CA (PEM) that signed etcd's server certificates; needed for https:// endpoints.
+    #[arg(long, env = "MERIDIAN_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key. Read at
+    /// start: a rotated certificate takes a restart.
+    #[arg(long, env = "MERIDIAN_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, env = "MERIDIAN_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// Name etcd's certificate must carry, when it differs from the endpoints' host.
+    #[arg(long, env = "MERIDIAN_ETCD_SERVER_NAME", value_name = "NAME")]
+    pub etcd_server_name: Option<String>,
+
+    /// etcd user to authenticate as (etcd's own authentication). The password comes from
+    /// --etcd-password-file or the MERIDIAN_ETCD_PASSWORD variable, never from a flag.
+    #[arg(long, env = "MERIDIAN_ETCD_USER", value_name = "USER")]
+    pub etcd_user: Option<String>,
+
+    /// File holding the password of --etcd-user (a trailing newline is ignored).
+    #[arg(long, env = "MERIDIAN_ETCD_PASSWORD_FILE", value_name = "FILE")]
+    pub etcd_password_file: Option<PathBuf>,
 
     /// Prefix of every key Meridian writes, so several federations or test runs can
     /// share one etcd. Default /meridian/.
@@ -155,8 +214,46 @@ impl ControlArgs {
         if self.tokens_file.is_some() {
             config.auth.tokens_file = self.tokens_file.clone();
         }
+        self.apply_etcd_access(config);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(ListenerTlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            });
+        }
+        if self.insecure {
+            config.insecure = true;
+        }
         if self.dev {
             config.store.backend = StoreBackend::Embedded;
+        }
+    }
+
+    /// The etcd TLS and user flags, each replacing its key of the file.
+    fn apply_etcd_access(&self, config: &mut ControlPlaneConfig) {
+        let store = &mut config.store;
+        let tls_flags = [&self.etcd_ca, &self.etcd_cert, &self.etcd_key];
+        if tls_flags.iter().any(|flag| flag.is_some()) || self.etcd_server_name.is_some() {
+            let tls = store.etcd_tls.get_or_insert_with(Default::default);
+            for (target, flag) in [
+                (&mut tls.ca, &self.etcd_ca),
+                (&mut tls.cert, &self.etcd_cert),
+                (&mut tls.key, &self.etcd_key),
+            ] {
+                if flag.is_some() {
+                    *target = flag.clone();
+                }
+            }
+            if self.etcd_server_name.is_some() {
+                tls.server_name = self.etcd_server_name.clone();
+            }
+        }
+        if self.etcd_user.is_some() {
+            store.etcd_user = self.etcd_user.clone();
+        }
+        if self.etcd_password_file.is_some() {
+            store.etcd_password_file = self.etcd_password_file.clone();
         }
     }
 
@@ -259,6 +356,39 @@ mod tests {
             .load_config()
             .unwrap_err();
         assert_eq!(err.field(), Some("store.etcd_endpoints[1]"), "{err}");
+    }
+
+    #[test]
+    fn etcd_tls_and_user_flags_fill_the_store_section() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "[store]\netcd_endpoints = [\"https://127.0.0.1:2379\"]\n[store.etcd_tls]\nca = \"/from-file/ca.pem\""
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap();
+        let config = args(&[
+            "--config",
+            path,
+            "--etcd-cert",
+            "/c.pem",
+            "--etcd-key",
+            "/c.key",
+            "--etcd-user",
+            "meridian",
+            "--etcd-password-file",
+            "/p",
+        ])
+        .load_config()
+        .unwrap();
+        let tls = config.store.etcd_tls.unwrap();
+        assert_eq!(tls.ca.unwrap().to_str(), Some("/from-file/ca.pem"));
+        assert_eq!(tls.cert.unwrap().to_str(), Some("/c.pem"));
+        assert_eq!(tls.key.unwrap().to_str(), Some("/c.key"));
+        assert_eq!(config.store.etcd_user.as_deref(), Some("meridian"));
+
+        let err = args(&["--etcd-ca", "/ca.pem"]).load_config().unwrap_err();
+        assert_eq!(err.field(), Some("store.etcd_tls"), "{err}");
     }
 
     #[test]

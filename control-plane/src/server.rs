@@ -12,8 +12,9 @@ use meridian_proto::v1::admin_server::AdminServer;
 use meridian_proto::v1::node_registry_server::NodeRegistryServer;
 use meridian_proto::v1::routing_discovery_server::RoutingDiscoveryServer;
 use meridian_shared::admin_http::{self, BindError, Readiness};
-use meridian_shared::config::{ControlPlaneConfig, StoreBackend};
+use meridian_shared::config::{ControlPlaneConfig, StoreBackend, StoreConfig};
 use meridian_shared::telemetry::{self, PrometheusHandle};
+use meridian_shared::tls::{PeerIdentity, ServerTls, TlsConfigError};
 use meridian_shared::{Backoff, Shutdown};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -33,6 +34,7 @@ use crate::routing::TablePublisher;
 use crate::store::Store;
 use crate::store::embedded::{EmbeddedError, EmbeddedStore};
 use crate::store::etcd::EtcdStore;
+use crate::store::etcd_access::{EtcdAccess, EtcdAccessError, EtcdConnectError};
 use crate::topology::{StateFollower, StateHandle, TopologyWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +43,14 @@ pub enum ServeError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("TLS of the gRPC listener (--tls-cert, --tls-key, --tls-client-ca): {0}")]
+    Tls(#[from] TlsConfigError),
     #[error("cannot open the embedded store: {0}")]
     Embedded(#[from] EmbeddedError),
+    #[error(transparent)]
+    EtcdAccess(#[from] EtcdAccessError),
+    #[error(transparent)]
+    EtcdRefused(#[from] EtcdConnectError),
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server on {addr} failed: {source}")]
@@ -62,6 +70,8 @@ pub enum ServeError {
 pub struct ControlPlane {
     config: ControlPlaneConfig,
     auth: Authenticator,
+    /// TLS of the gRPC listener, when configured.
+    tls: Option<ServerTls>,
     grpc: TcpListener,
     http: TcpListener,
     metrics: PrometheusHandle,
@@ -80,11 +90,17 @@ impl ControlPlane {
                 "no credentials are configured: every Admin, NodeRegistry and RoutingDiscovery call will be refused (add [[auth.tokens]] or --tokens-file)"
             );
         }
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| ServerTls::load(t.files()))
+            .transpose()?;
         let grpc = admin_http::bind(config.listen.grpc, "listen.grpc (--grpc-addr)").await?;
         let http = admin_http::bind(config.listen.http, "listen.http (--http-addr)").await?;
         Ok(ControlPlane {
             config,
             auth,
+            tls,
             grpc,
             http,
             metrics,
@@ -148,25 +164,39 @@ impl ControlPlane {
         tracing::info!(
             replica = %self.config.replica_id,
             grpc = %grpc_addr,
+            security = grpc_security(&self.config),
             http = %http_addr,
             store = ?self.config.store.backend,
             prefix = %self.config.store.prefix,
             "control plane serving"
         );
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .trace_fn(telemetry::grpc_request_span)
-            .layer(AuthLayer::new(self.auth, no_certificate))
+            .layer(AuthLayer::new(self.auth, certificate_names))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(AdminServer::new(admin))
             .add_service(NodeRegistryServer::new(registry))
-            .add_service(RoutingDiscoveryServer::new(discovery))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), shutdown.wait_owned())
-            .await
-            .map_err(|source| ServeError::Grpc {
-                addr: grpc_addr,
-                source,
-            })?;
+            .add_service(RoutingDiscoveryServer::new(discovery));
+        let served = match self.tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls.incoming(self.grpc), shutdown.wait_owned())
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(self.grpc),
+                        shutdown.wait_owned(),
+                    )
+                    .await
+            }
+        };
+        served.map_err(|source| ServeError::Grpc {
+            addr: grpc_addr,
+            source,
+        })?;
         http.await
             .ok()
             .transpose()
@@ -242,7 +272,8 @@ impl Parts {
     }
 }
 
-/// Opens the configured store; for etcd, retries until it answers or shutdown (`None`).
+/// Opens the configured store; for etcd, retries until it answers or shutdown (`None`),
+/// but fails at once when etcd refuses the credentials or the TLS handshake.
 async fn open_store(
     config: &ControlPlaneConfig,
     shutdown: &Shutdown,
@@ -258,13 +289,15 @@ async fn open_store(
         }
         StoreBackend::Etcd => {
             let timeout = Duration::from_millis(u64::from(store.dial_timeout_ms));
+            let access = EtcdAccess::load(store)?;
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
             loop {
-                match EtcdStore::connect(&store.etcd_endpoints, timeout).await {
+                match connect_etcd(store, timeout, &access).await {
                     Ok(etcd) => return Ok(Some(Arc::new(etcd))),
-                    Err(e) => {
+                    Err(e) if e.is_retryable() => {
                         tracing::warn!(error = %e, "cannot reach etcd yet; retrying (is it running? --etcd-endpoints)")
                     }
+                    Err(refused) => return Err(refused.into()),
                 }
                 tokio::select! {
                     _ = shutdown.wait() => return Ok(None),
@@ -273,6 +306,17 @@ async fn open_store(
             }
         }
     }
+}
+
+/// An etcd client that has proved it may read under the prefix.
+async fn connect_etcd(
+    store: &StoreConfig,
+    timeout: Duration,
+    access: &EtcdAccess,
+) -> Result<EtcdStore, EtcdConnectError> {
+    let etcd = EtcdStore::connect_with(&store.etcd_endpoints, timeout, access).await?;
+    etcd.check_access(&store.prefix).await?;
+    Ok(etcd)
 }
 
 async fn mark_ready(state: StateHandle, readiness: Readiness, shutdown: Shutdown) {
@@ -286,7 +330,20 @@ async fn mark_ready(state: StateHandle, readiness: Readiness, shutdown: Shutdown
     }
 }
 
-/// Plaintext connections carry no client certificate.
-fn no_certificate(_: &http::Extensions) -> Vec<String> {
-    Vec::new()
+/// How the gRPC listener is secured, for the start-up log line.
+fn grpc_security(config: &ControlPlaneConfig) -> &'static str {
+    match &config.tls {
+        None if config.insecure => "plaintext (--insecure)",
+        None => "plaintext (loopback)",
+        Some(tls) if tls.client_ca.is_some() => "mTLS (client certificates required)",
+        Some(_) => "TLS",
+    }
+}
+
+/// The names of the client certificate of an mTLS connection (URI SANs, DNS SANs, CN);
+/// none on plaintext or server-only TLS.
+fn certificate_names(extensions: &http::Extensions) -> Vec<String> {
+    PeerIdentity::from_extensions(extensions)
+        .map(|peer| peer.names().map(str::to_owned).collect())
+        .unwrap_or_default()
 }

@@ -2,27 +2,24 @@
 
 use std::time::Duration;
 
+use meridian_shared::tls::{self, ClientTls, ClientTlsFiles, ConnectError, TlsConfigError};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::CtlArgs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error(
-        "invalid control-plane address {addr:?}: {source}; expected e.g. http://127.0.0.1:7700"
+        "invalid control-plane address: {0}; expected e.g. http://127.0.0.1:7700 or https://cp.example:7700 with --ca"
     )]
-    BadAddress {
-        addr: String,
-        source: tonic::transport::Error,
-    },
+    BadAddress(ConnectError),
     #[error(
-        "cannot reach the control plane at {addr}: {source}; is meridian-control running? (--control-plane / MERIDIAN_CONTROL_PLANE)"
+        "cannot reach the control plane: {0}; is meridian-control running, and is the address (--control-plane / MERIDIAN_CONTROL_PLANE) and, for https, --ca right?"
     )]
-    Connect {
-        addr: String,
-        source: tonic::transport::Error,
-    },
+    Connect(ConnectError),
+    #[error("client TLS (--ca, --cert, --key): {0}")]
+    Tls(#[from] TlsConfigError),
     /// Printed as `NOT_FOUND: node "x" is not registered`: the canonical code name, which
     /// scripts can match and which appears in the Admin API docs, then the server's words.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
@@ -62,20 +59,23 @@ fn code_name(code: Code) -> &'static str {
 
 pub(super) async fn channel(args: &CtlArgs) -> Result<Channel, CtlError> {
     let timeout = Duration::from_secs(args.timeout);
-    let endpoint = Endpoint::from_shared(args.control_plane.clone())
-        .map_err(|source| CtlError::BadAddress {
-            addr: args.control_plane.clone(),
-            source,
-        })?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    endpoint
-        .connect()
-        .await
-        .map_err(|source| CtlError::Connect {
-            addr: args.control_plane.clone(),
-            source,
-        })
+    let tls = match &args.ca {
+        Some(ca) => Some(ClientTls::load(ClientTlsFiles {
+            ca: ca.clone(),
+            cert: args.cert.clone(),
+            key: args.key.clone(),
+            server_name: None,
+        })?),
+        None => None,
+    };
+    tls::connect(&args.control_plane, tls.as_ref(), |endpoint| {
+        endpoint.connect_timeout(timeout).timeout(timeout)
+    })
+    .await
+    .map_err(|e| match e {
+        ConnectError::Connect { .. } => CtlError::Connect(e),
+        other => CtlError::BadAddress(other),
+    })
 }
 
 #[cfg(test)]

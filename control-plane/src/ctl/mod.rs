@@ -54,6 +54,30 @@ pub struct CtlArgs {
     )]
     pub token: Option<BearerToken>,
 
+    /// CA (PEM) that signed the control plane's certificate; needed for https:// URLs.
+    #[arg(long, global = true, env = "MERIDIAN_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for a control plane that requires one (mTLS).
+    #[arg(
+        long,
+        global = true,
+        env = "MERIDIAN_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --cert.
+    #[arg(
+        long,
+        global = true,
+        env = "MERIDIAN_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
+
     /// Output format: table for people, json for scripts.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

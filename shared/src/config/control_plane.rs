@@ -5,10 +5,20 @@
 //! [listen]
 //! grpc = "127.0.0.1:7700"   # RoutingDiscovery, NodeRegistry, Admin, health, reflection
 //! http = "127.0.0.1:7701"   # /metrics, /ready, /live
+//! [tls]                     # optional; required off loopback unless insecure = true
+//! cert = "/etc/meridian/tls/control.pem"
+//! key = "/etc/meridian/tls/control.key"
+//! client_ca = "/etc/meridian/tls/ca.pem"   # optional: require client certificates (mTLS)
 //! [store]
 //! backend = "etcd"          # or "embedded"
 //! etcd_endpoints = ["http://127.0.0.1:2379"]
 //! prefix = "/meridian/"
+//! etcd_user = "meridian"    # etcd authentication; the password comes from a file or
+//! etcd_password_file = "/etc/meridian/etcd-password"   # MERIDIAN_ETCD_PASSWORD, never here
+//! [store.etcd_tls]          # needed for https:// endpoints
+//! ca = "/etc/meridian/etcd/ca.pem"
+//! cert = "/etc/meridian/etcd/client.pem"   # optional: etcd's --client-cert-auth
+//! key = "/etc/meridian/etcd/client.key"
 //! [election]
 //! lease_ttl_seconds = 10
 //! [auth]                    # see config/auth.rs for roles and scopes
@@ -26,7 +36,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{AuthConfig, ConfigError, Validate};
+use super::{AuthConfig, ConfigError, ListenerTlsConfig, Validate};
 use crate::names::name_problem;
 use crate::telemetry::LogConfig;
 
@@ -36,6 +46,10 @@ pub struct ControlPlaneConfig {
     /// This replica's name in leader election, events and `meridianctl proxies`.
     pub replica_id: String,
     pub listen: ControlPlaneListen,
+    /// TLS on the gRPC listener; `None` serves plaintext (loopback, or with `insecure`).
+    pub tls: Option<ListenerTlsConfig>,
+    /// Allow plaintext gRPC on a non-loopback address (tokens and tables in the clear).
+    pub insecure: bool,
     pub store: StoreConfig,
     pub election: ElectionConfig,
     pub auth: AuthConfig,
@@ -47,6 +61,8 @@ impl Default for ControlPlaneConfig {
         ControlPlaneConfig {
             replica_id: format!("cp-{}", std::process::id()),
             listen: ControlPlaneListen::default(),
+            tls: None,
+            insecure: false,
             store: StoreConfig::default(),
             election: ElectionConfig::default(),
             auth: AuthConfig::default(),
@@ -91,6 +107,33 @@ pub struct StoreConfig {
     /// Where the embedded store persists; none keeps it in memory only.
     pub embedded_file: Option<PathBuf>,
     pub dial_timeout_ms: u32,
+    /// TLS to etcd; needed for `https://` endpoints, refused with `http://` ones.
+    pub etcd_tls: Option<EtcdTlsConfig>,
+    /// The etcd user to authenticate as (etcd's own authentication); its password comes
+    /// from `etcd_password_file` or [`ETCD_PASSWORD_ENV`], never from the file or a flag
+    /// value, which `ps` or a config dump would show.
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+/// The environment variable the etcd password is read from when no
+/// `store.etcd_password_file` is configured.
+pub const ETCD_PASSWORD_ENV: &str = "MERIDIAN_ETCD_PASSWORD";
+
+/// TLS to etcd: the CA its server certificates chain to and, when etcd runs with
+/// `--client-cert-auth`, a client certificate. Read once at start: a rotated client
+/// certificate takes a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdTlsConfig {
+    /// CA bundle (PEM) that signed etcd's server certificates; required.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM); needs `key`.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `cert`.
+    pub key: Option<PathBuf>,
+    /// The name etcd's certificate must carry, when it differs from the endpoints' host.
+    pub server_name: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -101,6 +144,9 @@ impl Default for StoreConfig {
             prefix: "/meridian/".into(),
             embedded_file: None,
             dial_timeout_ms: 2_000,
+            etcd_tls: None,
+            etcd_user: None,
+            etcd_password_file: None,
         }
     }
 }
@@ -129,6 +175,14 @@ impl Validate for ControlPlaneConfig {
                 problem,
             ));
         }
+        if self.tls.is_none() && !self.insecure && !self.listen.grpc.ip().is_loopback() {
+            return Err(ConfigError::invalid(
+                "listen.grpc",
+                self.listen.grpc,
+                "is not a loopback address, and without TLS tokens, tables and node addresses would cross the network in the clear: \
+                 give tls.cert and tls.key (--tls-cert, --tls-key), or set insecure = true (--insecure) to accept that",
+            ));
+        }
         if self.listen.grpc == self.listen.http {
             return Err(ConfigError::invalid(
                 "listen.http",
@@ -154,6 +208,8 @@ impl Validate for ControlPlaneConfig {
                     ));
                 }
             }
+            let password_in_env = std::env::var_os(ETCD_PASSWORD_ENV).is_some();
+            validate_etcd_access(store, password_in_env)?;
         }
         if !store.prefix.starts_with('/') || !store.prefix.ends_with('/') || store.prefix.len() < 2
         {
@@ -179,6 +235,102 @@ impl Validate for ControlPlaneConfig {
         }
         self.auth.validate()?;
         self.log.validate()
+    }
+}
+
+/// TLS matches the endpoints' scheme, a client certificate comes with its key, and a user
+/// with a password source (`password_in_env`: whether [`ETCD_PASSWORD_ENV`] is set).
+pub(super) fn validate_etcd_access(
+    store: &StoreConfig,
+    password_in_env: bool,
+) -> Result<(), ConfigError> {
+    let https = store
+        .etcd_endpoints
+        .iter()
+        .find(|endpoint| endpoint.starts_with("https://"));
+    let plain = store
+        .etcd_endpoints
+        .iter()
+        .position(|endpoint| endpoint.starts_with("http://"));
+    match &store.etcd_tls {
+        None => {
+            if let Some(endpoint) = https {
+                return Err(ConfigError::invalid(
+                    "store.etcd_tls.ca",
+                    endpoint,
+                    "https:// etcd endpoints need the CA that signed etcd's certificate \
+                     (store.etcd_tls.ca, --etcd-ca)",
+                ));
+            }
+        }
+        Some(tls) => {
+            if let Some(i) = plain {
+                return Err(ConfigError::invalid(
+                    "store.etcd_tls",
+                    &store.etcd_endpoints[i],
+                    format!(
+                        "TLS to etcd is configured but store.etcd_endpoints[{i}] is http://; \
+                         use https:// endpoints, or remove store.etcd_tls (--etcd-ca, \
+                         --etcd-cert, --etcd-key)"
+                    ),
+                ));
+            }
+            if tls.ca.is_none() {
+                return Err(ConfigError::invalid(
+                    "store.etcd_tls.ca",
+                    &tls.ca,
+                    "TLS to etcd needs the CA that signed etcd's certificate (--etcd-ca)",
+                ));
+            }
+            match (&tls.cert, &tls.key) {
+                (Some(cert), None) => {
+                    return Err(ConfigError::invalid(
+                        "store.etcd_tls.key",
+                        cert,
+                        "the client certificate store.etcd_tls.cert needs its private key \
+                         (--etcd-key)",
+                    ));
+                }
+                (None, Some(key)) => {
+                    return Err(ConfigError::invalid(
+                        "store.etcd_tls.cert",
+                        key,
+                        "the client key store.etcd_tls.key needs its certificate (--etcd-cert)",
+                    ));
+                }
+                _ => {}
+            }
+            if tls.server_name.as_deref() == Some("") {
+                return Err(ConfigError::invalid(
+                    "store.etcd_tls.server_name",
+                    "",
+                    "must be a DNS name or an IP address; omit it to use the endpoints' host",
+                ));
+            }
+        }
+    }
+    match &store.etcd_user {
+        Some(user) if user.is_empty() => Err(ConfigError::invalid(
+            "store.etcd_user",
+            user,
+            "must not be empty; omit it when etcd does not require authentication",
+        )),
+        Some(user) if store.etcd_password_file.is_none() && !password_in_env => {
+            Err(ConfigError::invalid(
+                "store.etcd_password_file",
+                user,
+                format!(
+                    "etcd user {user:?} needs a password: give store.etcd_password_file \
+                     (--etcd-password-file) or set {ETCD_PASSWORD_ENV}"
+                ),
+            ))
+        }
+        None if store.etcd_password_file.is_some() => Err(ConfigError::invalid(
+            "store.etcd_user",
+            &store.etcd_user,
+            "an etcd password file is configured but no user to go with it (--etcd-user)",
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -4,18 +4,23 @@
 //! field and the bad value, so an operator can fix the file without reading code.
 
 mod auth;
+mod client_tls;
 mod control_plane;
 mod error;
+mod listener_tls;
 mod load;
 mod proxy;
 
 pub use auth::{AuthConfig, CertificateIdentity, MIN_TOKEN_LEN, Role, Scope, TokenConfig};
+pub use client_tls::ClientTlsConfig;
 pub use control_plane::{
-    ControlPlaneConfig, ControlPlaneListen, ElectionConfig, StoreBackend, StoreConfig,
+    ControlPlaneConfig, ControlPlaneListen, ETCD_PASSWORD_ENV, ElectionConfig, EtcdTlsConfig,
+    StoreBackend, StoreConfig,
 };
 pub use error::ConfigError;
+pub use listener_tls::ListenerTlsConfig;
 pub use load::load_file;
-pub use proxy::{ProxyConfig, ProxyListen};
+pub use proxy::{ProxyConfig, ProxyListen, UpstreamTlsRule};
 
 /// Replaces `target` with the flag or environment value when one was given.
 pub fn override_with<T: Clone>(target: &mut T, value: &Option<T>) {
