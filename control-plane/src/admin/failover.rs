@@ -10,11 +10,11 @@ use meridian_shared::domain::{ActiveFailover, EventKind, Region, ServicePolicy};
 use tonic::Status;
 
 use crate::auth::Caller;
-use crate::errors::{decode_status, store_status};
+use crate::errors::{decode_status, store_status, write_status};
 use crate::events::EventLog;
 use crate::keys::{self, Kind};
 use crate::store::{Compare, Store, Txn};
-use crate::topology::TopologyWriter;
+use crate::topology::{TopologyWriter, validate};
 
 pub async fn start(
     store: &Arc<dyn Store>,
@@ -23,6 +23,10 @@ pub async fn start(
     request: pb::StartFailoverRequest,
     caller: &Caller,
 ) -> Result<ActiveFailover, Status> {
+    // The reason travels in every routing table of the federation: bounded like all text.
+    let limits = writer.limits().await.map_err(write_status)?;
+    validate::text("reason", &request.reason, &limits)
+        .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
     let keys = writer.keys();
     let service_key = keys.key(Kind::Service, &request.service);
     let kv = store
@@ -92,6 +96,9 @@ pub async fn clear(
     request: pb::ClearFailoverRequest,
     caller: &Caller,
 ) -> Result<(), Status> {
+    let limits = writer.limits().await.map_err(write_status)?;
+    validate::text("reason", &request.reason, &limits)
+        .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
     let key = writer.keys().key(Kind::Failover, &request.service);
     let existing = store
         .get(&key)
