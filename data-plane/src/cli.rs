@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use meridian_shared::config::{ConfigError, ProxyConfig, Validate, load_file, override_with};
+use meridian_shared::config::{
+    ClientTlsConfig, ConfigError, ListenerTlsConfig, ProxyConfig, UpstreamTlsRule, Validate,
+    load_file, override_with,
+};
 use meridian_shared::telemetry::LogFormat;
 
 /// Meridian proxy: forwards gRPC traffic to the nodes of a federation, following the
@@ -47,9 +50,76 @@ pub struct ProxyArgs {
     )]
     pub control_planes: Option<Vec<String>>,
 
-    /// Address for client gRPC traffic (HTTP/2 cleartext). Default 127.0.0.1:7800.
+    /// CA (PEM) the control planes' certificates must chain to; needed for https://
+    /// control planes. Replaces [control_plane_tls]. Re-read when the file changes.
+    #[arg(long, env = "MERIDIAN_CONTROL_PLANE_CA", value_name = "FILE")]
+    pub control_plane_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) presented to the control planes (mTLS); with
+    /// --control-plane-key.
+    #[arg(
+        long,
+        env = "MERIDIAN_CONTROL_PLANE_CERT",
+        value_name = "FILE",
+        requires_all = ["control_plane_key", "control_plane_ca"]
+    )]
+    pub control_plane_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --control-plane-cert.
+    #[arg(
+        long,
+        env = "MERIDIAN_CONTROL_PLANE_KEY",
+        value_name = "FILE",
+        requires = "control_plane_cert"
+    )]
+    pub control_plane_key: Option<PathBuf>,
+
+    /// Name the control planes' certificates must carry, instead of the host of each URL.
+    #[arg(
+        long,
+        env = "MERIDIAN_CONTROL_PLANE_SERVER_NAME",
+        value_name = "NAME",
+        requires = "control_plane_ca"
+    )]
+    pub control_plane_server_name: Option<String>,
+
+    /// Address for client gRPC traffic (HTTP/2; TLS with --tls-cert, else cleartext).
+    /// Default 127.0.0.1:7800.
     #[arg(long, env = "MERIDIAN_GRPC_ADDR", value_name = "HOST:PORT")]
     pub grpc_addr: Option<SocketAddr>,
+
+    /// TLS certificate chain (PEM) of the client gRPC listener; with --tls-key, clients
+    /// connect with TLS. Replaces [listen_tls]. Re-read when the file changes.
+    #[arg(
+        long,
+        env = "MERIDIAN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "MERIDIAN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA on the client listener (mTLS).
+    #[arg(
+        long,
+        env = "MERIDIAN_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Reach every node over TLS, verified against this CA (PEM): a last
+    /// [[upstream_tls]] rule with services = ["*"], after those of the file.
+    #[arg(long, env = "MERIDIAN_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
 
     /// Address of the admin HTTP server (/metrics, /live, /ready, /debug/table).
     /// Default 127.0.0.1:7801.
@@ -108,8 +178,33 @@ impl ProxyArgs {
         if self.token_file.is_some() {
             config.token_file = self.token_file.clone();
         }
+        self.override_tls(&mut config);
         config.validate()?;
         Ok(config)
+    }
+
+    /// The TLS flags: each group replaces its whole section, as a file section would.
+    fn override_tls(&self, config: &mut ProxyConfig) {
+        if let Some(ca) = &self.control_plane_ca {
+            config.control_plane_tls = Some(ClientTlsConfig {
+                ca: ca.clone(),
+                cert: self.control_plane_cert.clone(),
+                key: self.control_plane_key.clone(),
+                server_name: self.control_plane_server_name.clone(),
+            });
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.listen_tls = Some(ListenerTlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            });
+        }
+        if let Some(ca) = &self.upstream_ca {
+            config
+                .upstream_tls
+                .push(UpstreamTlsRule::every_service(ca.clone()));
+        }
     }
 }
 
@@ -132,6 +227,64 @@ mod tests {
             ("p1", "eu-west")
         );
         assert_eq!(config.listen.grpc.to_string(), "127.0.0.1:7800");
+    }
+
+    #[test]
+    fn tls_flags_fill_in_their_sections() {
+        let config = args(&[
+            "--id",
+            "p1",
+            "--region",
+            "eu-west",
+            "--control-planes",
+            "https://cp.example:7700",
+            "--control-plane-ca",
+            "/tls/ca.pem",
+            "--control-plane-cert",
+            "/tls/proxy.pem",
+            "--control-plane-key",
+            "/tls/proxy.key",
+            "--tls-cert",
+            "/tls/server.pem",
+            "--tls-key",
+            "/tls/server.key",
+            "--tls-client-ca",
+            "/tls/clients.pem",
+            "--upstream-ca",
+            "/tls/nodes.pem",
+        ])
+        .load_config()
+        .unwrap();
+        let control = config.control_plane_tls.unwrap();
+        assert_eq!(control.key, Some("/tls/proxy.key".into()));
+        assert!(config.listen_tls.unwrap().files().require_client_cert);
+        assert_eq!(
+            config.upstream_tls,
+            [UpstreamTlsRule::every_service("/tls/nodes.pem".into())]
+        );
+    }
+
+    #[test]
+    fn an_https_control_plane_without_a_ca_is_refused_naming_the_field() {
+        let err = args(&[
+            "--id",
+            "p1",
+            "--region",
+            "eu-west",
+            "--control-planes",
+            "https://cp.example:7700",
+        ])
+        .load_config()
+        .unwrap_err();
+        assert_eq!(err.field(), Some("control_plane_tls.ca"), "{err}");
+        let half = ProxyArgs::try_parse_from([
+            "meridian-proxy",
+            "--control-plane-ca",
+            "/ca.pem",
+            "--control-plane-cert",
+            "/c.pem",
+        ]);
+        assert!(half.is_err(), "a client certificate without its key");
     }
 
     #[test]

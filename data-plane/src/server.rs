@@ -1,6 +1,6 @@
 //! Running the proxy: load the cached table, follow the control planes, serve client
-//! traffic on an HTTP/2 (h2c) listener and the admin endpoints (`/metrics`, `/ready`,
-//! `/live`, `/debug/table`). Calls to the proxy's own services (RouteMessage, health,
+//! traffic on an HTTP/2 listener (h2c, or TLS with `[listen_tls]`) and the admin endpoints
+//! (`/metrics`, `/ready`, `/live`, `/debug/table`). Calls to the proxy's own services (RouteMessage, health,
 //! reflection) are answered here; every other gRPC call is forwarded. On SIGTERM the proxy
 //! stops accepting, sends GOAWAY on every connection, and lets in-flight calls finish
 //! within the drain grace period.
@@ -21,11 +21,15 @@ use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::ProxyConfig;
 use meridian_shared::credentials::{BearerAuth, CredentialError};
 use meridian_shared::telemetry::PrometheusHandle;
-use tokio::net::TcpListener;
+use meridian_shared::tls::{ClientTls, ServerTls, TlsConfigError, TlsIncoming};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tower::Service;
 
+use crate::endpoint::UpstreamTls;
 use crate::forward::{Forwarder, ProxyBody};
 use crate::router::Router;
 use crate::table::subscription::{Subscription, report_table_age};
@@ -37,6 +41,12 @@ pub enum ServeError {
     Credential(#[from] CredentialError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("{section}: {source}")]
+    Tls {
+        /// The configuration section whose files are at fault.
+        section: &'static str,
+        source: TlsConfigError,
+    },
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the admin HTTP server on {addr} failed: {source}")]
@@ -60,6 +70,10 @@ pub struct Proxy {
     /// The proxy-role credential presented to the control plane.
     auth: BearerAuth,
     grpc: TcpListener,
+    /// TLS on `grpc`; `None` serves h2c.
+    listen_tls: Option<ServerTls>,
+    control_plane_tls: Option<ClientTls>,
+    upstream_tls: UpstreamTls,
     admin: TcpListener,
     metrics: PrometheusHandle,
     readiness: Readiness,
@@ -67,7 +81,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Reads the control-plane credential and binds the listeners named in `config`.
+    /// Reads the control-plane credential and the TLS files, and binds the listeners named
+    /// in `config`.
     pub async fn bind(config: ProxyConfig, metrics: PrometheusHandle) -> Result<Self, ServeError> {
         let auth = BearerAuth::from_file_or_env(config.token_file.as_deref())?;
         if !auth.is_some() {
@@ -75,12 +90,30 @@ impl Proxy {
                 "no control-plane credential: the control plane will refuse the routing stream (set MERIDIAN_TOKEN or --token-file to a proxy-role token)"
             );
         }
+        let tls_error = |section| move |source| ServeError::Tls { section, source };
+        let listen_tls = config
+            .listen_tls
+            .as_ref()
+            .map(|tls| ServerTls::load(tls.files()))
+            .transpose()
+            .map_err(tls_error("listen_tls (--tls-cert)"))?;
+        let control_plane_tls = config
+            .control_plane_tls
+            .as_ref()
+            .map(|tls| ClientTls::load(tls.files()))
+            .transpose()
+            .map_err(tls_error("control_plane_tls (--control-plane-ca)"))?;
+        let upstream_tls = UpstreamTls::load(&config.upstream_tls)
+            .map_err(tls_error("upstream_tls (--upstream-ca)"))?;
         let grpc = admin_http::bind(config.listen.grpc, "listen.grpc (--grpc-addr)").await?;
         let admin = admin_http::bind(config.listen.admin, "listen.admin (--admin-addr)").await?;
         Ok(Proxy {
             config,
             auth,
             grpc,
+            listen_tls,
+            control_plane_tls,
+            upstream_tls,
             admin,
             metrics,
             readiness: Readiness::default(),
@@ -113,6 +146,8 @@ impl Proxy {
             identity: (*identity).clone(),
             auth: self.auth.clone(),
             control_planes: self.config.control_planes.clone(),
+            control_plane_tls: self.control_plane_tls.clone(),
+            upstream_tls: self.upstream_tls.clone(),
             cache: self.config.table_cache.clone(),
             table: self.table.clone(),
             readiness: self.readiness.clone(),
@@ -148,12 +183,17 @@ impl Proxy {
             region = %identity.region,
             zone = %identity.zone,
             grpc = %grpc_addr,
+            tls = self.listen_tls.is_some(),
             admin = %admin_addr,
             control_planes = ?self.config.control_planes,
             "proxy serving"
         );
         let grace = Duration::from_secs(u64::from(self.config.drain_grace_seconds));
-        accept_until_shutdown(self.grpc, dispatch, &shutdown, grace).await;
+        let listener = match self.listen_tls {
+            Some(tls) => ClientListener::Tls(tls.incoming(self.grpc)),
+            None => ClientListener::Plain(self.grpc),
+        };
+        accept_until_shutdown(listener, dispatch, &shutdown, grace).await;
         admin
             .await
             .ok()
@@ -209,33 +249,97 @@ async fn local_services(
         .prepare())
 }
 
+/// The client gRPC listener: TCP connections served in h2c, or TLS connections yielded
+/// once their handshake (run concurrently, off this loop) is done.
+enum ClientListener {
+    Plain(TcpListener),
+    Tls(TlsIncoming),
+}
+
 /// Accepts connections until `shutdown`, then drains them for at most `grace`.
 async fn accept_until_shutdown(
-    listener: TcpListener,
+    mut listener: ClientListener,
     dispatch: Arc<Dispatch>,
     shutdown: &Shutdown,
     grace: Duration,
 ) {
-    let connections = TaskTracker::new();
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
+    let server = ConnectionServer {
+        http2,
+        dispatch,
+        shutdown: shutdown.clone(),
+        connections: TaskTracker::new(),
+    };
     loop {
-        let (stream, client) = tokio::select! {
-            _ = shutdown.wait() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    continue;
+        match &mut listener {
+            ClientListener::Plain(tcp) => {
+                let (stream, client) = tokio::select! {
+                    _ = shutdown.wait() => break,
+                    accepted = tcp.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepting a connection failed");
+                            continue;
+                        }
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                server.spawn(stream, client);
+            }
+            ClientListener::Tls(incoming) => {
+                let stream: TlsStream<TcpStream> = tokio::select! {
+                    _ = shutdown.wait() => break,
+                    next = incoming.next() => match next {
+                        Some(Ok(stream)) => stream,
+                        Some(Err(never)) => match never {},
+                        None => {
+                            tracing::error!("the TLS listener stopped accepting");
+                            break;
+                        }
+                    },
+                };
+                match stream.get_ref().0.peer_addr() {
+                    Ok(client) => server.spawn(stream, client),
+                    Err(e) => tracing::debug!(error = %e, "a TLS client left after its handshake"),
                 }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let dispatch = Arc::clone(&dispatch);
+            }
+        }
+    }
+    let connections = server.connections;
+    drop(listener);
+    connections.close();
+    let in_flight = connections.len();
+    if in_flight > 0 {
+        tracing::info!(connections = in_flight, grace = ?grace, "draining client connections");
+    }
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?grace, "drain grace period over; closing the remaining connections");
+    }
+}
+
+/// Serves client connections, each in a task of `connections`, until `shutdown` (then
+/// with a graceful GOAWAY).
+struct ConnectionServer {
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    dispatch: Arc<Dispatch>,
+    shutdown: Shutdown,
+    connections: TaskTracker,
+}
+
+impl ConnectionServer {
+    fn spawn<S>(&self, stream: S, client: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let dispatch = Arc::clone(&self.dispatch);
         let service = hyper::service::service_fn(move |request| {
             let dispatch = Arc::clone(&dispatch);
             // Boxed so the task hyper spawns per stream holds a pointer, not the whole
@@ -243,9 +347,9 @@ async fn accept_until_shutdown(
             // benchmark showed no measurable throughput change from this alone.
             Box::pin(async move { Ok::<_, Infallible>(dispatch.handle(request, client).await) })
         });
-        let connection = http2.serve_connection(TokioIo::new(stream), service);
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
+        let connection = self.http2.serve_connection(TokioIo::new(stream), service);
+        let shutdown = self.shutdown.clone();
+        self.connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {
@@ -259,17 +363,5 @@ async fn accept_until_shutdown(
                 }
             }
         });
-    }
-    drop(listener);
-    connections.close();
-    let in_flight = connections.len();
-    if in_flight > 0 {
-        tracing::info!(connections = in_flight, grace = ?grace, "draining client connections");
-    }
-    if tokio::time::timeout(grace, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?grace, "drain grace period over; closing the remaining connections");
     }
 }

@@ -139,7 +139,18 @@ impl Cluster {
 
     /// Starts a proxy in `region`/`zone` and waits until it has a table.
     pub async fn proxy(&self, id: &str, region: &str, zone: &str) -> ProxyProcess {
-        let proxy = ProxyProcess::start(ProxyOptions {
+        self.proxy_with_args(id, region, zone, &[]).await
+    }
+
+    /// Like [`Cluster::proxy`], with more command-line arguments.
+    pub async fn proxy_with_args(
+        &self,
+        id: &str,
+        region: &str,
+        zone: &str,
+        extra_args: &[&str],
+    ) -> ProxyProcess {
+        let options = ProxyOptions {
             id,
             federation: "prod",
             region,
@@ -147,8 +158,8 @@ impl Cluster {
             control_planes: &[self.cp.url()],
             dir: self.dir.path(),
             ports: None,
-        })
-        .await;
+        };
+        let proxy = ProxyProcess::start_with_args(options, extra_args).await;
         proxy.wait_ready(Duration::from_secs(20)).await;
         proxy
     }

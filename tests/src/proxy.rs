@@ -36,6 +36,12 @@ pub struct ProxyOptions<'a> {
 impl ProxyProcess {
     /// Starts a proxy and waits until it is live (not necessarily ready).
     pub async fn start(options: ProxyOptions<'_>) -> Self {
+        ProxyProcess::start_with_args(options, &[]).await
+    }
+
+    /// Like [`ProxyProcess::start`], with more command-line arguments (TLS flags,
+    /// `--config FILE`...) after the harness's own.
+    pub async fn start_with_args(options: ProxyOptions<'_>, extra_args: &[&str]) -> Self {
         let (grpc, admin) = options.ports.unwrap_or_else(|| {
             (
                 SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -48,7 +54,7 @@ impl ProxyProcess {
             admin.to_string(),
             options.control_planes.join(","),
         );
-        let args = [
+        let mut args = vec![
             "--id",
             options.id,
             "--federation",
@@ -70,6 +76,7 @@ impl ProxyProcess {
             "--log-level",
             "info,meridian_data_plane=debug",
         ];
+        args.extend_from_slice(extra_args);
         let log = options.dir.join(format!("{}.log", options.id));
         let process = ChildProcess::spawn_with_env(
             "meridian-proxy",

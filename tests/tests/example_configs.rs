@@ -24,3 +24,43 @@ fn the_example_proxy_config_is_valid() {
     config.validate().unwrap();
     assert_eq!(config.region, "eu-west");
 }
+
+/// The TLS sections of deploy/proxy.toml are commented out (their files do not exist on
+/// a fresh machine); uncommented, they must load and validate too.
+#[test]
+fn the_example_proxy_tls_sections_are_valid_once_uncommented() {
+    let text = std::fs::read_to_string(deploy("proxy.toml")).unwrap();
+    let start = text.find("# [listen_tls]").expect("a [listen_tls] example");
+    let end = start
+        + text[start..]
+            .find("\n[log]")
+            .expect("[log] after the TLS examples");
+    let is_toml = |line: &str| {
+        line.starts_with('[')
+            || line
+                .split_once(" = ")
+                .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    };
+    let uncommented: Vec<&str> = text[start..end]
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(code) if is_toml(code) => code,
+            _ => line,
+        })
+        .collect();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let whole = format!(
+        "{}{}\n{}",
+        &text[..start],
+        uncommented.join("\n"),
+        &text[end..]
+    );
+    std::io::Write::write_all(&mut file, whole.as_bytes()).unwrap();
+    let config: ProxyConfig = load_file(file.path()).unwrap();
+    config.validate().unwrap();
+    assert!(config.listen_tls.unwrap().client_ca.is_some());
+    let control = config.control_plane_tls.unwrap();
+    assert!(control.cert.is_some() && control.server_name.is_some());
+    assert_eq!(config.upstream_tls.len(), 2);
+    assert!(config.upstream_tls[0].server_name.is_some());
+}

@@ -3,6 +3,10 @@
 //! and reopened when it closes. The request path loads the current sender lock-free
 //! (`ArcSwapOption`) and clones it; only (re)connecting takes a lock, so concurrent
 //! requests to a node that is down open one connection attempt, not one each.
+//!
+//! A connection to a node of a service with an `[[upstream_tls]]` rule does TLS (ALPN
+//! `h2`) right after the TCP connect, within the same connect timeout; whether it does is
+//! fixed when the endpoint is created (see `upstream_tls.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +14,15 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
+use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use meridian_shared::tls::ClientTls;
 use tokio::net::TcpStream;
 
 /// Request body type on every upstream connection.
 pub type UpstreamBody = tonic::body::Body;
 
-/// How long connecting to a node may take.
+/// How long connecting to a node may take, TLS handshake included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a request could not be forwarded. `NotSent` means the node never saw the request,
@@ -43,21 +49,48 @@ pub struct SendFailure {
 #[derive(Debug)]
 pub struct Connection {
     address: String,
+    tls: Option<UpstreamTlsTarget>,
     sender: ArcSwapOption<SendRequest<UpstreamBody>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// TLS towards a node: the configuration, and the host its certificate must name (unless
+/// the configuration names another).
+#[derive(Debug)]
+struct UpstreamTlsTarget {
+    tls: ClientTls,
+    host: String,
+}
+
 impl Connection {
+    /// A connection in h2c.
     pub fn new(address: String) -> Self {
         Connection {
             address,
+            tls: None,
             sender: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// A connection doing TLS with `tls`; the node's certificate must name `host` (the
+    /// host of its address) unless `tls` names another server.
+    pub fn with_tls(address: String, host: &str, tls: ClientTls) -> Self {
+        Connection {
+            tls: Some(UpstreamTlsTarget {
+                tls,
+                host: host.to_owned(),
+            }),
+            ..Connection::new(address)
+        }
+    }
+
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Sends `request` to the node and returns its response head (the body streams).
@@ -121,24 +154,45 @@ impl Connection {
             address: self.address.clone(),
             reason,
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let timed_out = |_| not_sent(format!("no answer within {CONNECT_TIMEOUT:?}"));
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(&self.address))
             .await
-            .map_err(|_| not_sent(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(timed_out)?
             .map_err(|e| not_sent(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| not_sent(e.to_string()))?;
-        let address = self.address.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%address, error = %e, "upstream connection closed");
+        let handshaken = match &self.tls {
+            None => handshake(TokioIo::new(stream), &self.address).await,
+            Some(target) => {
+                let stream =
+                    tokio::time::timeout_at(deadline, target.tls.connect(stream, &target.host))
+                        .await
+                        .map_err(timed_out)?
+                        .map_err(|e| not_sent(format!("TLS handshake failed: {e}")))?;
+                handshake(TokioIo::new(stream), &self.address).await
             }
-        });
-        Ok(sender)
+        };
+        handshaken.map_err(|e| not_sent(e.to_string()))
     }
+}
+
+/// The HTTP/2 handshake on a connected (and, for TLS, handshaken) stream; spawns the task
+/// that drives the connection.
+async fn handshake<T>(io: T, address: &str) -> hyper::Result<SendRequest<UpstreamBody>>
+where
+    T: Read + Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(io)
+        .await?;
+    let address = address.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%address, error = %e, "upstream connection closed");
+        }
+    });
+    Ok(sender)
 }

@@ -1,6 +1,6 @@
 //! An endpoint: one node of one routing table, with the load counters the balancers read
 //! (in-flight requests, a Peak-EWMA latency estimate) and the pooled HTTP/2 connection
-//! requests go over. Endpoints outlive table versions: when a new table keeps a node at
+//! requests go over, in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]). Endpoints outlive table versions: when a new table keeps a node at
 //! the same address, the proxy reuses its endpoint, so counters and connections carry on.
 //!
 //! Everything a request touches here is an atomic; nothing on the request path locks.
@@ -8,13 +8,15 @@
 pub mod breaker;
 pub mod connection;
 pub mod ewma;
+pub mod upstream_tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use http::HeaderValue;
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 use meridian_shared::domain::Node;
+use meridian_shared::tls::ClientTls;
 
 pub use self::breaker::{Breaker, BreakerSettings};
 
@@ -22,6 +24,7 @@ pub use self::breaker::{Breaker, BreakerSettings};
 const WARM_START: f64 = 0.1;
 pub use self::connection::Connection;
 pub use self::ewma::PeakEwma;
+pub use self::upstream_tls::UpstreamTls;
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -33,6 +36,8 @@ pub struct Endpoint {
     /// The node's address as a URI authority, for upstream requests; `None` when the
     /// address is not one (the table validated it, so only for hand-made tables).
     pub authority: Option<Authority>,
+    /// `https` when the connection does TLS, for the `:scheme` of upstream requests.
+    pub scheme: Scheme,
     /// The node id as a header value, for the `x-meridian-node` response header.
     pub node_header: Option<HeaderValue>,
     in_flight_gauge: metrics::Gauge,
@@ -55,6 +60,7 @@ impl Endpoint {
             metrics::gauge!("meridian_proxy_endpoint_in_flight", "node" => node.id.clone());
         Endpoint {
             authority: node.address.parse().ok(),
+            scheme: Scheme::HTTP,
             node_header: HeaderValue::from_str(&node.id).ok(),
             in_flight: AtomicU32::new(0),
             ewma: PeakEwma::default(),
@@ -82,10 +88,21 @@ impl Endpoint {
         OwnedInFlight(Arc::clone(self))
     }
 
-    /// `http://address`, the origin of gRPC client calls to this endpoint.
+    /// Reaches the node over TLS with `tls` from now on (call before first use); its
+    /// certificate must name the host of its address unless `tls` names another server.
+    pub fn use_tls(&mut self, tls: ClientTls) {
+        let host = match &self.authority {
+            Some(authority) => authority.host().to_owned(),
+            None => self.node.address.clone(),
+        };
+        self.connection = Connection::with_tls(self.node.address.clone(), &host, tls);
+        self.scheme = Scheme::HTTPS;
+    }
+
+    /// `http(s)://address`, the origin of gRPC client calls to this endpoint.
     pub fn origin(&self) -> http::Uri {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = self.authority.clone();
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         http::Uri::from_parts(parts).unwrap_or_default()

@@ -143,7 +143,7 @@ impl Forwarder {
                     ),
                 );
             };
-            set_authority(upstream.uri_mut(), authority);
+            set_authority(upstream.uri_mut(), endpoint.scheme.clone(), authority);
             let in_flight = endpoint.start_owned_request();
             let sent = endpoint.connection.send(upstream);
             let result = match deadline {
@@ -321,13 +321,13 @@ fn pick_avoiding(route: &ServiceRoute, affinity: Option<&[u8]>, tried: &[usize])
         .or(Some(first))
 }
 
-fn set_authority(uri: &mut Uri, authority: http::uri::Authority) {
+fn set_authority(uri: &mut Uri, scheme: Scheme, authority: http::uri::Authority) {
     let path = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(authority);
     parts.path_and_query = Some(path);
     *uri = Uri::from_parts(parts).expect("scheme, authority and path make a valid URI");

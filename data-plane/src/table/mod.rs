@@ -20,7 +20,7 @@ use serde_json::json;
 pub use self::data::TableData;
 pub use self::route_metrics::RouteMetrics;
 use crate::balance::{self, Balancer, Locality};
-use crate::endpoint::{BreakerSettings, Endpoint};
+use crate::endpoint::{BreakerSettings, Endpoint, UpstreamTls};
 use crate::retry::RetryBudget;
 
 /// Where the table in force came from.
@@ -92,12 +92,14 @@ pub struct ProxyTable {
 
 impl ProxyTable {
     /// Builds the request-path view of `data`, reusing the endpoints (counters and
-    /// connections) of `previous` for nodes that did not change.
+    /// connections) of `previous` for nodes that did not change. New endpoints reach
+    /// their node over TLS when `upstream_tls` says so.
     pub fn build(
         data: TableData,
         identity: &ProxyIdentity,
         previous: Option<&ProxyTable>,
         source: TableSource,
+        upstream_tls: &UpstreamTls,
     ) -> Self {
         let regions: Vec<_> = data.regions.values().cloned().collect();
         let locality = Locality::new(&identity.region, &identity.zone, &regions);
@@ -112,6 +114,9 @@ impl ProxyTable {
                     .cloned();
                 let endpoint = reused.unwrap_or_else(|| {
                     let mut endpoint = Endpoint::with_breaker(node.clone(), breaker);
+                    if let Some(tls) = upstream_tls.for_node(node) {
+                        endpoint.use_tls(tls.clone());
+                    }
                     endpoint.set_slow_start(slow_start(&data, node));
                     // A node that becomes usable after the first table (added, recovered,
                     // undrained) ramps up; the first table's nodes take full load at once.
@@ -223,6 +228,7 @@ impl ProxyTable {
                     "endpoints": endpoints.iter().map(|e| json!({
                         "node": e.node.id,
                         "address": e.node.address,
+                        "tls": e.connection.is_tls(),
                         "region": e.node.region,
                         "zone": e.node.zone,
                         "weight": e.node.effective_weight(),
@@ -381,6 +387,7 @@ mod tests {
             &identity,
             None,
             TableSource::Stream,
+            &UpstreamTls::default(),
         );
         assert_eq!(
             table.endpoint("n1").unwrap().breaker.settings(),
@@ -393,7 +400,13 @@ mod tests {
             max_ejection_ms: 4_000,
             ..Default::default()
         };
-        let next = ProxyTable::build(data(strict), &identity, Some(&table), TableSource::Stream);
+        let next = ProxyTable::build(
+            data(strict),
+            &identity,
+            Some(&table),
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        );
         let settings = next.endpoint("n1").unwrap().breaker.settings();
         assert_eq!(
             settings,
@@ -415,7 +428,13 @@ mod tests {
             node.id = id.into();
             data.nodes.insert(id.into(), node);
         }
-        let table = ProxyTable::build(data, &ProxyIdentity::default(), None, TableSource::Stream);
+        let table = ProxyTable::build(
+            data,
+            &ProxyIdentity::default(),
+            None,
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        );
         let route = table.service("demo.v1.Echo").unwrap();
         for endpoint in route.all.endpoints() {
             for _ in 0..10 {
@@ -435,7 +454,13 @@ mod tests {
     async fn only_nodes_that_join_after_the_first_table_warm_up() {
         let identity = ProxyIdentity::default();
         let first = data(OutlierPolicy::default());
-        let table = ProxyTable::build(first.clone(), &identity, None, TableSource::Stream);
+        let table = ProxyTable::build(
+            first.clone(),
+            &identity,
+            None,
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        );
         assert_eq!(
             table.endpoint("n1").unwrap().warmth(),
             1.0,
@@ -446,7 +471,13 @@ mod tests {
         let mut joining = second.nodes["n1"].clone();
         joining.id = "n2".into();
         second.nodes.insert("n2".into(), joining);
-        let next = ProxyTable::build(second, &identity, Some(&table), TableSource::Stream);
+        let next = ProxyTable::build(
+            second,
+            &identity,
+            Some(&table),
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        );
         assert_eq!(next.endpoint("n1").unwrap().warmth(), 1.0);
         assert!(
             next.endpoint("n2").unwrap().warmth() < 0.2,

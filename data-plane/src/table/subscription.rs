@@ -16,6 +16,8 @@ use meridian_proto::v1::routing_discovery_client::RoutingDiscoveryClient;
 use meridian_proto::v1::stream_routes_request::Message as Outbound;
 use meridian_shared::admin_http::Readiness;
 use meridian_shared::credentials::BearerAuth;
+use meridian_shared::domain::limits::routing_message_limit;
+use meridian_shared::tls::ClientTls;
 use meridian_shared::{Backoff, Shutdown};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,12 +25,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::cache_file::{self, CacheWriter};
 use super::data::TableData;
 use super::{ProxyIdentity, ProxyTable, TableHandle, TableSource};
+use crate::endpoint::UpstreamTls;
 
 pub struct Subscription {
     pub identity: ProxyIdentity,
     /// The proxy-role credential presented to the control plane.
     pub auth: BearerAuth,
     pub control_planes: Vec<String>,
+    /// TLS for `https://` control planes (`http://` ones are dialled in plaintext).
+    pub control_plane_tls: Option<ClientTls>,
+    /// Which nodes the tables' endpoints reach over TLS.
+    pub upstream_tls: UpstreamTls,
     pub cache: Option<PathBuf>,
     pub table: TableHandle,
     pub readiness: Readiness,
@@ -97,18 +104,13 @@ impl Subscription {
         backoff: &mut Backoff,
         cache: Option<&CacheWriter>,
     ) -> String {
-        let channel = match tonic::transport::Endpoint::from_shared(url.to_owned()) {
-            Ok(endpoint) => {
-                endpoint
-                    .connect_timeout(Duration::from_secs(2))
-                    .connect()
-                    .await
-            }
-            Err(e) => return format!("invalid control-plane address {url}: {e}"),
-        };
+        let channel = meridian_shared::tls::connect(url, self.control_plane_tls.as_ref(), |e| {
+            e.connect_timeout(Duration::from_secs(2))
+        })
+        .await;
         let channel = match channel {
             Ok(channel) => channel,
-            Err(e) => return format!("cannot connect: {e}"),
+            Err(e) => return error_chain(&e),
         };
         let (tx, rx) = mpsc::channel(4);
         let held_version = self
@@ -126,6 +128,7 @@ impl Subscription {
         };
         let _ = tx.send(message(Outbound::Hello(hello))).await;
         let mut inbound = match RoutingDiscoveryClient::with_interceptor(channel, self.auth.clone())
+            .max_decoding_message_size(routing_message_limit())
             .stream_routes(ReceiverStream::new(rx))
             .await
         {
@@ -180,7 +183,13 @@ impl Subscription {
 
     fn install(&self, data: TableData, source: TableSource) {
         let previous = self.table.current();
-        let table = ProxyTable::build(data, &self.identity, previous.as_deref(), source);
+        let table = ProxyTable::build(
+            data,
+            &self.identity,
+            previous.as_deref(),
+            source,
+            &self.upstream_tls,
+        );
         tracing::debug!(
             version = table.version(),
             ?source,
@@ -189,6 +198,19 @@ impl Subscription {
         self.table.store(table);
         self.readiness.set(true);
     }
+}
+
+/// `error` and its causes, so a failed TLS handshake says why ("invalid peer
+/// certificate: UnknownIssuer") rather than only "transport error".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn message(message: Outbound) -> pb::StreamRoutesRequest {
@@ -239,6 +261,8 @@ mod tests {
             },
             auth: BearerAuth::default(),
             control_planes: vec![],
+            control_plane_tls: None,
+            upstream_tls: UpstreamTls::default(),
             cache: None,
             table: TableHandle::default(),
             readiness: Readiness::default(),

@@ -10,8 +10,19 @@
 //! token_file = "/etc/meridian/proxy.token"   # proxy-role token; else MERIDIAN_TOKEN
 //! drain_grace_seconds = 10
 //! [listen]
-//! grpc = "127.0.0.1:7800"    # client traffic (h2c)
+//! grpc = "127.0.0.1:7800"    # client traffic (h2c, or TLS with [listen_tls])
 //! admin = "127.0.0.1:7801"   # /metrics, /ready, /live, /debug/table
+//! [listen_tls]               # optional: clients connect with TLS
+//! cert = "/etc/meridian/tls/proxy-server.pem"
+//! key = "/etc/meridian/tls/proxy-server.key"
+//! client_ca = "/etc/meridian/tls/clients-ca.pem"   # optional: require client certificates
+//! [control_plane_tls]        # needed for https:// control planes
+//! ca = "/etc/meridian/tls/ca.pem"
+//! cert = "/etc/meridian/tls/proxy.pem"   # optional, with key: mTLS
+//! key = "/etc/meridian/tls/proxy.key"
+//! [[upstream_tls]]           # nodes of these services are reached over TLS
+//! services = ["demo.v1.Echo"]            # or ["*"]: every service
+//! ca = "/etc/meridian/tls/nodes-ca.pem"
 //! [log]
 //! format = "human"
 //! ```
@@ -22,7 +33,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::control_plane::valid_endpoint_url;
-use super::{ConfigError, Validate};
+use super::{ClientTlsConfig, ConfigError, ListenerTlsConfig, Validate};
 use crate::names::name_problem;
 use crate::telemetry::LogConfig;
 
@@ -47,6 +58,14 @@ pub struct ProxyConfig {
     /// Largest gRPC message accepted, bytes.
     pub max_message_bytes: u32,
     pub listen: ProxyListen,
+    /// TLS on the client gRPC listener; `None` serves h2c (loopback, development).
+    pub listen_tls: Option<ListenerTlsConfig>,
+    /// TLS towards the control planes; needed for `https://` URLs, ignored for `http://`.
+    pub control_plane_tls: Option<ClientTlsConfig>,
+    /// Which nodes are reached over TLS, by the services they serve. A node has one
+    /// connection, so one rule applies to it: the first, in this order, that names any
+    /// service the node serves (or `"*"`). Nodes no rule matches are reached in h2c.
+    pub upstream_tls: Vec<UpstreamTlsRule>,
     pub log: LogConfig,
 }
 
@@ -63,6 +82,9 @@ impl Default for ProxyConfig {
             drain_grace_seconds: 10,
             max_message_bytes: 4 * 1024 * 1024,
             listen: ProxyListen::default(),
+            listen_tls: None,
+            control_plane_tls: None,
+            upstream_tls: Vec::new(),
             log: LogConfig::default(),
         }
     }
@@ -80,6 +102,56 @@ impl Default for ProxyListen {
         ProxyListen {
             grpc: SocketAddr::from(([127, 0, 0, 1], 7800)),
             admin: SocketAddr::from(([127, 0, 0, 1], 7801)),
+        }
+    }
+}
+
+/// One `[[upstream_tls]]` rule: the nodes serving any of `services` are reached over TLS,
+/// verified against `ca`, presenting `cert`/`key` if given, expecting `server_name` if
+/// given (else the host of the node's address).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsRule {
+    /// gRPC service names (`pkg.Service`); [`UpstreamTlsRule::EVERY_SERVICE`] matches all.
+    pub services: Vec<String>,
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl UpstreamTlsRule {
+    /// The service name that matches every service.
+    pub const EVERY_SERVICE: &str = "*";
+
+    /// Every node, verified against `ca` (what `--upstream-ca` means).
+    pub fn every_service(ca: PathBuf) -> Self {
+        UpstreamTlsRule {
+            services: vec![Self::EVERY_SERVICE.to_owned()],
+            ca,
+            cert: None,
+            key: None,
+            server_name: None,
+        }
+    }
+
+    /// Whether the rule applies to a node serving `service`.
+    pub fn matches(&self, service: &str) -> bool {
+        self.services
+            .iter()
+            .any(|s| s == Self::EVERY_SERVICE || s == service)
+    }
+
+    /// The client side of the rule.
+    pub fn client_tls(&self) -> ClientTlsConfig {
+        ClientTlsConfig {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            server_name: self.server_name.clone(),
         }
     }
 }
@@ -114,6 +186,7 @@ impl Validate for ProxyConfig {
                 ));
             }
         }
+        self.validate_tls()?;
         if self.listen.grpc == self.listen.admin {
             return Err(ConfigError::invalid(
                 "listen.admin",
@@ -136,5 +209,48 @@ impl Validate for ProxyConfig {
             ));
         }
         self.log.validate()
+    }
+}
+
+impl ProxyConfig {
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        match &self.control_plane_tls {
+            Some(tls) => tls.validate("control_plane_tls")?,
+            None => {
+                if let Some((i, url)) = self
+                    .control_planes
+                    .iter()
+                    .enumerate()
+                    .find(|(_, url)| url.starts_with("https://"))
+                {
+                    return Err(ConfigError::invalid(
+                        "control_plane_tls.ca",
+                        None::<PathBuf>,
+                        format!(
+                            "control_planes[{i}] = {url:?} is https://; the CA that signed the control plane's certificate is needed (--control-plane-ca)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(tls) = &self.listen_tls {
+            for (field, path) in [("listen_tls.cert", &tls.cert), ("listen_tls.key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid(field, path, "a file is needed"));
+                }
+            }
+        }
+        for (i, rule) in self.upstream_tls.iter().enumerate() {
+            let section = format!("upstream_tls[{i}]");
+            if rule.services.is_empty() || rule.services.iter().any(|s| s.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    format!("{section}.services"),
+                    &rule.services,
+                    "name at least one service (pkg.Service), or \"*\" for every service",
+                ));
+            }
+            rule.client_tls().validate(&section)?;
+        }
+        Ok(())
     }
 }

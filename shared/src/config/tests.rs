@@ -165,3 +165,85 @@ fn load_file_reads_from_disk_and_reports_a_missing_file() {
     assert!(matches!(err, ConfigError::Read { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/meridian.toml"));
 }
+
+#[test]
+fn proxy_tls_sections_load() {
+    let config = proxy(
+        r#"
+        id = "p1"
+        region = "eu-west"
+        control_planes = ["https://cp.example:7700", "http://127.0.0.1:7710"]
+        [listen_tls]
+        cert = "/tls/proxy.pem"
+        key = "/tls/proxy.key"
+        client_ca = "/tls/clients.pem"
+        [control_plane_tls]
+        ca = "/tls/ca.pem"
+        cert = "/tls/client.pem"
+        key = "/tls/client.key"
+        server_name = "cp.internal"
+        [[upstream_tls]]
+        services = ["demo.v1.Echo"]
+        ca = "/tls/nodes.pem"
+        server_name = "nodes.internal"
+        [[upstream_tls]]
+        services = ["*"]
+        ca = "/tls/ca.pem"
+        "#,
+    )
+    .unwrap();
+    assert!(config.listen_tls.unwrap().files().require_client_cert);
+    let control = config.control_plane_tls.unwrap().files();
+    assert_eq!(control.server_name.as_deref(), Some("cp.internal"));
+    assert!(control.cert.is_some() && control.key.is_some());
+    let [echo, every] = &config.upstream_tls[..] else {
+        panic!("two rules expected: {:?}", config.upstream_tls)
+    };
+    assert!(echo.matches("demo.v1.Echo") && !echo.matches("demo.v1.Other"));
+    assert!(every.matches("demo.v1.Other"));
+    assert_eq!(
+        echo.client_tls().server_name.as_deref(),
+        Some("nodes.internal")
+    );
+}
+
+#[test]
+fn proxy_tls_problems_name_the_field() {
+    let base = "id = \"p1\"\nregion = \"eu-west\"\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "control_planes = [\"https://cp.example:7700\"]",
+            "control_plane_tls.ca",
+        ),
+        (
+            "[control_plane_tls]\nca = \"/ca.pem\"\ncert = \"/c.pem\"",
+            "control_plane_tls.key",
+        ),
+        (
+            "[control_plane_tls]\nca = \"/ca.pem\"\nkey = \"/c.key\"",
+            "control_plane_tls.cert",
+        ),
+        (
+            "[[upstream_tls]]\nservices = []\nca = \"/ca.pem\"",
+            "upstream_tls[0].services",
+        ),
+        (
+            "[[upstream_tls]]\nservices = [\"*\"]\nca = \"/ca.pem\"\ncert = \"/c.pem\"",
+            "upstream_tls[0].key",
+        ),
+        ("[listen_tls]\ncert = \"/c.pem\"", "listen_tls"),
+        ("[[upstream_tls]]\nservices = [\"*\"]", "upstream_tls[0]"),
+    ];
+    for (text, field) in cases {
+        let err = proxy(&format!("{base}{text}")).unwrap_err();
+        assert!(
+            err.field().is_some_and(|f| f.starts_with(field)),
+            "{text}: {err} does not name {field}"
+        );
+    }
+    let err = proxy(&format!(
+        "{base}control_planes = [\"https://cp.example:7700\"]"
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("--control-plane-ca"), "{err}");
+}

@@ -2,8 +2,10 @@
 //! it behaves from the start, and (optionally) which control plane it registers with.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
+use meridian_shared::config::{ClientTlsConfig, ListenerTlsConfig};
 
 /// A demo backend of a Meridian federation: serves demo.v1.Echo, demo.v1.DemoControl,
 /// meridian.v1.MessageHandler, grpc.health.v1.Health and server reflection on one port,
@@ -20,6 +22,34 @@ pub struct DemoNodeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "MERIDIAN_DEMO_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+
+    /// TLS certificate chain (PEM); with --tls-key the node serves TLS (ALPN h2) instead
+    /// of h2c.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEMO_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEMO_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(
+        long,
+        env = "MERIDIAN_DEMO_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Milliseconds added to every Echo and MessageHandler call.
     #[arg(long, env = "MERIDIAN_DEMO_LATENCY_MS", default_value_t = 0)]
@@ -43,6 +73,35 @@ pub struct DemoNodeArgs {
         requires_all = ["federation", "region", "zone"]
     )]
     pub register_with: Option<String>,
+
+    /// CA (PEM) the control plane's certificate must chain to; needed for an https://
+    /// --register-with.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEMO_CONTROL_PLANE_CA",
+        value_name = "FILE",
+        requires = "register_with"
+    )]
+    pub control_plane_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) presented to the control plane (mTLS); with
+    /// --control-plane-key.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEMO_CONTROL_PLANE_CERT",
+        value_name = "FILE",
+        requires_all = ["control_plane_key", "control_plane_ca"]
+    )]
+    pub control_plane_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --control-plane-cert.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEMO_CONTROL_PLANE_KEY",
+        value_name = "FILE",
+        requires = "control_plane_cert"
+    )]
+    pub control_plane_key: Option<PathBuf>,
 
     /// File holding the node-role token to register with (default: the MERIDIAN_TOKEN
     /// environment variable).
@@ -77,6 +136,26 @@ pub struct DemoNodeArgs {
     /// Lease time-to-live requested at registration, in seconds (5 to 300).
     #[arg(long, env = "MERIDIAN_DEMO_TTL_SECONDS", default_value_t = 10)]
     pub ttl_seconds: u32,
+}
+
+impl DemoNodeArgs {
+    /// The listener's TLS, when --tls-cert and --tls-key are given.
+    pub fn listener_tls(&self) -> Option<ListenerTlsConfig> {
+        Some(ListenerTlsConfig {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// TLS towards the control plane, when --control-plane-ca is given.
+    pub fn control_plane_tls(&self) -> Option<ClientTlsConfig> {
+        Some(ClientTlsConfig {
+            cert: self.control_plane_cert.clone(),
+            key: self.control_plane_key.clone(),
+            ..ClientTlsConfig::with_ca(self.control_plane_ca.clone()?)
+        })
+    }
 }
 
 fn parse_rate(value: &str) -> Result<f64, String> {
@@ -122,5 +201,43 @@ mod tests {
         let services =
             DemoNodeArgs::try_parse_from(["x", "--id", "n1", "--services", "a.B,c.D"]).unwrap();
         assert_eq!(services.services, ["a.B", "c.D"]);
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs() {
+        let parse =
+            |extra: &[&str]| DemoNodeArgs::try_parse_from(["x", "--id", "n1"].iter().chain(extra));
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        let args = parse(&["--tls-cert", "c.pem", "--tls-key", "c.key"]).unwrap();
+        assert!(!args.listener_tls().unwrap().files().require_client_cert);
+        assert!(args.control_plane_tls().is_none());
+        let url = ["--register-with", "https://cp:7700", "--federation", "f"];
+        let location = ["--region", "r", "--zone", "z"];
+        let with = |tls: &[&'static str]| {
+            let mut all = url.to_vec();
+            all.extend(location);
+            all.extend(tls);
+            parse(&all)
+        };
+        assert!(
+            with(&[
+                "--control-plane-cert",
+                "n.pem",
+                "--control-plane-ca",
+                "ca.pem"
+            ])
+            .is_err()
+        );
+        let args = with(&[
+            "--control-plane-ca",
+            "ca.pem",
+            "--control-plane-cert",
+            "n.pem",
+            "--control-plane-key",
+            "n.key",
+        ])
+        .unwrap();
+        let tls = args.control_plane_tls().unwrap();
+        assert_eq!(tls.key, Some("n.key".into()));
     }
 }

@@ -1,8 +1,9 @@
 //! `meridian-demo-node`: a backend that behaves like a real node of a Meridian federation,
 //! for demos and tests. One port serves the sample application API (`demo.v1.Echo`), the
 //! knobs that break it on purpose (`demo.v1.DemoControl`), federation messages
-//! (`meridian.v1.MessageHandler`), `grpc.health.v1.Health` and server reflection; the node
-//! can also register itself with a control plane and keep its lease alive.
+//! (`meridian.v1.MessageHandler`), `grpc.health.v1.Health` and server reflection, in h2c
+//! or (with `--tls-cert`) TLS; the node can also register itself with a control plane
+//! (over https with `--control-plane-ca`) and keep its lease alive.
 //!
 //! The binary is a thin `main` over [`DemoNode`]; [`process::DemoNodeProcess`] runs that
 //! binary from tests.
@@ -25,6 +26,7 @@ use meridian_proto::demo::v1::echo_server::EchoServer;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_handler_server::MessageHandlerServer;
 use meridian_shared::credentials::BearerAuth;
+use meridian_shared::tls::{ClientTls, ServerTls, TlsConfigError};
 use meridian_shared::{Shutdown, telemetry};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -66,6 +68,11 @@ pub enum DemoNodeError {
     NodeId(String),
     #[error(transparent)]
     ControlPlaneUrl(#[from] registration::InvalidUrl),
+    #[error("{flag}: {source}")]
+    Tls {
+        flag: &'static str,
+        source: TlsConfigError,
+    },
     #[error(transparent)]
     Credential(#[from] meridian_shared::credentials::CredentialError),
     #[error("building the reflection service failed: {0}")]
@@ -80,6 +87,8 @@ pub enum DemoNodeError {
 /// A bound, not yet serving, demo node.
 pub struct DemoNode {
     listener: TcpListener,
+    /// TLS on `listener`; `None` serves h2c.
+    tls: Option<ServerTls>,
     addr: SocketAddr,
     served_by: HeaderValue,
     behaviour: Arc<NodeBehaviour>,
@@ -107,6 +116,17 @@ impl DemoNode {
                 addr: args.listen,
                 source,
             })?;
+        let tls_error = |flag| move |source| DemoNodeError::Tls { flag, source };
+        let tls = args
+            .listener_tls()
+            .map(|tls| ServerTls::load(tls.files()))
+            .transpose()
+            .map_err(tls_error("--tls-cert"))?;
+        let control_plane_tls = args
+            .control_plane_tls()
+            .map(|tls| ClientTls::load(tls.files()))
+            .transpose()
+            .map_err(tls_error("--control-plane-ca"))?;
         let health = HealthReporter::new();
         let behaviour = Arc::new(NodeBehaviour::new(
             args.id.clone(),
@@ -119,6 +139,7 @@ impl DemoNode {
         let registration = match &args.register_with {
             Some(url) => Some(SelfRegistration::new(
                 url,
+                control_plane_tls.as_ref(),
                 BearerAuth::from_file_or_env(args.token_file.as_deref())?,
                 node_spec(&args, addr),
                 args.ttl_seconds,
@@ -128,6 +149,7 @@ impl DemoNode {
         };
         Ok(DemoNode {
             listener,
+            tls,
             addr,
             served_by,
             behaviour,
@@ -159,10 +181,11 @@ impl DemoNode {
         tracing::info!(
             node = %self.behaviour.node_id(),
             addr = %self.addr,
+            tls = self.tls.is_some(),
             "demo node serving"
         );
         let (addr, stop) = (self.addr, shutdown.wait_owned());
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .trace_fn(telemetry::grpc_request_span)
             .layer(MapResponseLayer::new(move |response| {
                 served_by::add_served_by(response, &served_by)
@@ -179,8 +202,22 @@ impl DemoNode {
             ))))
             .add_service(MessageHandlerServer::new(HandlerService::new(Arc::clone(
                 &self.behaviour,
-            ))))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stop);
+            ))));
+        let (listener, tls) = (self.listener, self.tls);
+        let server = async move {
+            match tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls.incoming(listener), stop)
+                        .await
+                }
+                None => {
+                    router
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                        .await
+                }
+            }
+        };
         let served = tokio::select! {
             served = server => served.map_err(|source| DemoNodeError::Serve { addr, source }),
             () = drain_deadline(&shutdown) => {

@@ -14,24 +14,22 @@ use std::time::Duration;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::node_registry_client::NodeRegistryClient;
 use meridian_shared::credentials::BearerAuth;
+use meridian_shared::tls::{self, ClientTls, ConnectError};
 use meridian_shared::{Backoff, Shutdown};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// How long Register and Deregister may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A control-plane URL that cannot be used.
+/// A control-plane URL that cannot be used (malformed, or https:// without a CA).
 #[derive(Debug, thiserror::Error)]
-#[error("--register-with {url:?} is not a usable gRPC URL: {source}")]
-pub struct InvalidUrl {
-    url: String,
-    source: tonic::transport::Error,
-}
+#[error("--register-with: {0}")]
+pub struct InvalidUrl(#[from] ConnectError);
 
 /// The lease the node holds.
 #[derive(Debug, Clone, Copy)]
@@ -61,21 +59,16 @@ pub struct SelfRegistration {
 impl SelfRegistration {
     /// Connects lazily: a control plane that is not up yet is retried, not an error.
     /// `keep_alive` says whether keep-alives are currently sent; `auth` is the node-role
-    /// credential.
+    /// credential; `tls` is needed for an `https://` URL.
     pub fn new(
         url: &str,
+        tls: Option<&ClientTls>,
         auth: BearerAuth,
         node: pb::Node,
         ttl_seconds: u32,
         keep_alive: watch::Receiver<bool>,
     ) -> Result<Self, InvalidUrl> {
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|source| InvalidUrl {
-                url: url.to_owned(),
-                source,
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect_lazy();
+        let channel = tls::connect_lazy(url, tls, |e| e.connect_timeout(CONNECT_TIMEOUT))?;
         Ok(SelfRegistration {
             client: NodeRegistryClient::with_interceptor(channel, auth),
             node,
