@@ -1,22 +1,29 @@
 //! TLS on both hops through a proxy: clients reach the proxy's listener over TLS (and,
 //! when it asks, with a client certificate), and the proxy reaches demo nodes that serve
 //! only TLS (`[[upstream_tls]]` in a config file, or `--upstream-ca`), for forwarded calls
-//! and RouteMessage alike. Plaintext clients of a TLS listener are refused. The control
-//! plane stays plaintext on loopback. Certificates come from a throw-away CA written to
-//! the cluster's temp dir.
+//! and RouteMessage alike. Plaintext clients of a TLS listener are refused. Last, every
+//! hop at once: a control plane requiring client certificates, a node registering with it
+//! over https, a proxy following it over https. Certificates come from a throw-away CA
+//! written to the test's temp dir.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
+use meridian_proto::v1::admin_client::AdminClient;
 use meridian_proto::v1::message_router_client::MessageRouterClient;
 use meridian_shared::tls::testing::{CertFiles, TestCa};
 use meridian_shared::tls::{self, ClientTls, ClientTlsFiles};
 use meridian_tests::cluster::{Cluster, ECHO, served_by, wait_usable};
+use meridian_tests::control::{OPERATOR_TOKEN, authorized, tokens_file_text};
 use meridian_tests::demo_node::process::DemoNodeProcess;
-use meridian_tests::proxy::ProxyProcess;
+use meridian_tests::http;
+use meridian_tests::ports::free_port;
+use meridian_tests::process::ChildProcess;
+use meridian_tests::proxy::{ProxyOptions, ProxyProcess};
 use tonic::transport::Channel;
 
 /// How long one client attempt (connect, handshake, call) may take.
@@ -235,4 +242,127 @@ async fn a_listener_requiring_client_certificates_serves_only_our_clients() {
     let ours = say_through(&url, Some(&pki.client(Some(&pki.client)))).await;
     let node = ours.expect("a client certificate from our CA is accepted");
     assert!(node == "eu-1" || node == "eu-2", "served by {node}");
+}
+
+#[tokio::test]
+async fn every_hop_over_tls_from_registration_to_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::write(dir.path());
+    let (ca, client_cert, client_key) =
+        (path(&pki.ca), path(&pki.client.cert), path(&pki.client.key));
+
+    // A dev-mode control plane on mTLS; tokens stay the credentials.
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, tokens_file_text()).unwrap();
+    let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (grpc_arg, http_arg) = (grpc.to_string(), http_addr.to_string());
+    let control = ChildProcess::spawn(
+        "meridian-control",
+        &[
+            "--dev",
+            "--grpc-addr",
+            &grpc_arg,
+            "--http-addr",
+            &http_arg,
+            "--tokens-file",
+            path(&tokens),
+            "--tls-cert",
+            path(&pki.server.cert),
+            "--tls-key",
+            path(&pki.server.key),
+            "--tls-client-ca",
+            ca,
+        ],
+        &dir.path().join("control.log"),
+    )
+    .unwrap();
+    assert!(
+        http::wait_for_ok(http_addr, "/ready", Duration::from_secs(20)).await,
+        "control plane not ready; its output:\n{}",
+        control.output()
+    );
+    let control_url = format!("https://{grpc}");
+    let operator_tls = pki.client(Some(&pki.client));
+    let mut admin = AdminClient::new(connect(&control_url, Some(&operator_tls)).await.unwrap());
+    let federation = pb::UpsertFederationRequest {
+        federation: Some(pb::Federation {
+            name: "prod".into(),
+            allowed_networks: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        }),
+    };
+    admin
+        .upsert_federation(authorized(federation, OPERATOR_TOKEN))
+        .await
+        .expect("creating the federation");
+    let region = pb::UpsertRegionRequest {
+        region: Some(pb::Region {
+            name: "eu-west".into(),
+            federation: "prod".into(),
+            location: Some(pb::GeoPoint {
+                latitude: 53.35,
+                longitude: -6.26,
+            }),
+            zones: vec!["eu-west-a".into()],
+            ..Default::default()
+        }),
+    };
+    admin
+        .upsert_region(authorized(region, OPERATOR_TOKEN))
+        .await
+        .expect("creating the region");
+
+    // A TLS node registering itself over https with a client certificate.
+    let mut node_args = pki.node_args().to_vec();
+    node_args.extend([
+        "--register-with",
+        &control_url,
+        "--federation",
+        "prod",
+        "--region",
+        "eu-west",
+        "--zone",
+        "eu-west-a",
+        "--control-plane-ca",
+        ca,
+        "--control-plane-cert",
+        client_cert,
+        "--control-plane-key",
+        client_key,
+    ]);
+    let _node = DemoNodeProcess::start("eu-1", &node_args, &dir.path().join("eu-1.log")).await;
+
+    // A proxy following the control plane over https, TLS on both of its own hops.
+    let proxy = ProxyProcess::start_with_args(
+        ProxyOptions {
+            id: "proxy-eu",
+            federation: "prod",
+            region: "eu-west",
+            zone: "eu-west-a",
+            control_planes: std::slice::from_ref(&control_url),
+            dir: dir.path(),
+            ports: None,
+        },
+        &[
+            "--control-plane-ca",
+            ca,
+            "--control-plane-cert",
+            client_cert,
+            "--control-plane-key",
+            client_key,
+            "--tls-cert",
+            path(&pki.server.cert),
+            "--tls-key",
+            path(&pki.server.key),
+            "--upstream-ca",
+            ca,
+        ],
+    )
+    .await;
+    proxy.wait_ready(Duration::from_secs(20)).await;
+    wait_usable(&proxy, 1).await;
+    assert_endpoints_use_tls(&proxy).await;
+    let node = say_through(&https(&proxy), Some(&pki.client(None))).await;
+    assert_eq!(node.as_deref(), Ok("eu-1"));
 }
