@@ -139,8 +139,8 @@ pub struct ControlArgs {
     #[arg(long, env = "MERIDIAN_ETCD_SERVER_NAME", value_name = "NAME")]
     pub etcd_server_name: Option<String>,
 
-    /// etcd user to authenticate as (etcd's own authentication). The password comes from
-    /// --etcd-password-file or the MERIDIAN_ETCD_PASSWORD variable, never from a flag.
+    /// etcd user to authenticate as (etcd's own authentication); its password is read
+    /// from a file (--etcd-password-file) or MERIDIAN_ETCD_PASSWORD, never from a flag.
     #[arg(long, env = "MERIDIAN_ETCD_USER", value_name = "USER")]
     pub etcd_user: Option<String>,
 

@@ -77,9 +77,36 @@ pub struct ControlPlaneOptions<'a> {
     pub dir: &'a Path,
 }
 
+/// Command-line arguments and environment variables added to those of
+/// [`ControlPlaneOptions`] (etcd TLS and credentials, say).
+#[derive(Debug, Clone, Default)]
+pub struct ExtraSettings {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
 impl ControlPlaneProcess {
     /// Starts one and waits until it is ready (its topology is loaded).
     pub async fn start(options: ControlPlaneOptions<'_>) -> Self {
+        Self::start_with(options, &ExtraSettings::default()).await
+    }
+
+    /// Starts one with `extra` settings and waits until it is ready.
+    pub async fn start_with(options: ControlPlaneOptions<'_>, extra: &ExtraSettings) -> Self {
+        let cp = Self::launch(options, extra);
+        let ready = http::wait_for_ok(cp.http, "/ready", READY_DEADLINE).await;
+        assert!(
+            ready,
+            "{} not ready; its output:\n{}",
+            cp.replica,
+            cp.process.output()
+        );
+        cp
+    }
+
+    /// Starts one with `extra` settings without waiting for it, for tests of a control
+    /// plane that must refuse to start.
+    pub fn launch(options: ControlPlaneOptions<'_>, extra: &ExtraSettings) -> Self {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let tokens = options.dir.join("tokens.toml");
@@ -111,19 +138,19 @@ impl ControlPlaneProcess {
         } else {
             args.extend(["--etcd-endpoints", endpoints.as_str()]);
         }
-        let process = ChildProcess::spawn(
+        args.extend(extra.args.iter().map(String::as_str));
+        let env: Vec<(&str, &str)> = extra
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let process = ChildProcess::spawn_with_env(
             "meridian-control",
             &args,
+            &env,
             &options.dir.join(format!("{}.log", options.replica)),
         )
         .expect("starting meridian-control");
-        let ready = http::wait_for_ok(http_addr, "/ready", READY_DEADLINE).await;
-        assert!(
-            ready,
-            "{} not ready; its output:\n{}",
-            options.replica,
-            process.output()
-        );
         ControlPlaneProcess {
             process,
             replica: options.replica.to_owned(),

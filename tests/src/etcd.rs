@@ -3,6 +3,11 @@
 //! up in well under a second. Members can be killed and restarted on the same ports and
 //! data (restart and failover tests). Everything is killed and removed on drop.
 //!
+//! [`EtcdCluster::single_secured`] starts a member as a production etcd runs: TLS only,
+//! client certificates required (`--client-cert-auth`), and authentication enabled with a
+//! `root` user; the PKI is a throw-away [`TestCa`] whose files the test hands to the code
+//! under test.
+//!
 //! etcd 3.4 (Debian's `etcd-server`) may drop idle watch streams when lease keep-alives
 //! are sent more often than every ~5 s: code under test should keep keep-alive intervals
 //! at or above that.
@@ -12,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+use meridian_shared::tls::testing::{CertFiles, TestCa};
 use tempfile::TempDir;
 
 use crate::ports::free_port;
@@ -44,6 +51,50 @@ pub enum HarnessError {
     },
     #[error("temp dir for etcd: {0}")]
     TempDir(std::io::Error),
+    #[error("cannot read the test etcd's TLS files: {0}")]
+    TlsFiles(std::io::Error),
+    #[error("enabling authentication on the test etcd failed at {step}: {source}")]
+    Auth {
+        step: &'static str,
+        source: etcd_client::Error,
+    },
+}
+
+/// The PKI of a secured etcd: one CA signed its server certificate and the client
+/// certificate it accepts.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    /// A client certificate etcd accepts, and its key.
+    pub client: CertFiles,
+    /// etcd's server certificate (for 127.0.0.1) and key.
+    pub server: CertFiles,
+}
+
+impl EtcdTlsFiles {
+    /// A fresh CA, a server certificate for loopback and a client certificate, in `dir`.
+    fn create(dir: &Path) -> Self {
+        let ca = TestCa::new("meridian test etcd CA");
+        EtcdTlsFiles {
+            ca: ca.write(dir, "etcd-ca"),
+            client: ca
+                .client_cert("meridian-control", None)
+                .write(dir, "etcd-client"),
+            server: ca.localhost_server().write(dir, "etcd-server"),
+        }
+    }
+
+    /// etcd-client's TLS options: trust the CA, present the client certificate.
+    fn client_options(&self) -> Result<TlsOptions, HarnessError> {
+        let read = |path: &Path| std::fs::read(path).map_err(HarnessError::TlsFiles);
+        Ok(TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca)?))
+            .identity(Identity::from_pem(
+                read(&self.client.cert)?,
+                read(&self.client.key)?,
+            )))
+    }
 }
 
 /// One etcd process and where it lives.
@@ -55,11 +106,14 @@ struct Member {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Whether clients connect with TLS.
+    tls: bool,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -80,6 +134,10 @@ pub struct EtcdCluster {
     binary: PathBuf,
     members: Vec<Member>,
     token: String,
+    /// TLS files, when the members serve TLS.
+    tls: Option<EtcdTlsFiles>,
+    /// The `root` user's password, once authentication is enabled.
+    root_password: Option<String>,
     // Dropped last: the members must be dead before their data dirs go.
     dir: TempDir,
 }
@@ -95,14 +153,27 @@ impl EtcdCluster {
         Self::start(Path::new("etcd"), 3).await
     }
 
+    /// One member that serves TLS only (a server certificate for 127.0.0.1), requires
+    /// client certificates from the same CA, and has authentication enabled: user `root`
+    /// with `root_password` and the root role. See [`EtcdCluster::tls_files`].
+    pub async fn single_secured(root_password: &str) -> Result<Self, HarnessError> {
+        let mut cluster = Self::start_with(Path::new("etcd"), 1, true).await?;
+        cluster.enable_auth(root_password).await?;
+        Ok(cluster)
+    }
+
     /// `size` members using the etcd at `binary` (a name looked up on PATH, or a path).
     pub async fn start(binary: &Path, size: usize) -> Result<Self, HarnessError> {
+        Self::start_with(binary, size, false).await
+    }
+
+    async fn start_with(binary: &Path, size: usize, tls: bool) -> Result<Self, HarnessError> {
         let binary = which(binary).ok_or_else(|| HarnessError::EtcdMissing {
             binary: binary.to_owned(),
         })?;
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
-            match Self::start_on_fresh_ports(&binary, size).await {
+            match Self::start_on_fresh_ports(&binary, size, tls).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(e @ HarnessError::NotReady { .. }) => last_error = Some(e),
                 Err(e) => return Err(e),
@@ -111,11 +182,16 @@ impl EtcdCluster {
         Err(last_error.expect("at least one attempt ran"))
     }
 
-    async fn start_on_fresh_ports(binary: &Path, size: usize) -> Result<Self, HarnessError> {
+    async fn start_on_fresh_ports(
+        binary: &Path,
+        size: usize,
+        tls: bool,
+    ) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("meridian-etcd-")
             .tempdir()
             .map_err(HarnessError::TempDir)?;
+        let tls_files = tls.then(|| EtcdTlsFiles::create(dir.path()));
         let members = (0..size)
             .map(|i| {
                 let name = format!("m{i}");
@@ -125,6 +201,7 @@ impl EtcdCluster {
                     client_port: free_port(),
                     peer_port: free_port(),
                     child: None,
+                    tls,
                     name,
                 }
             })
@@ -134,6 +211,8 @@ impl EtcdCluster {
             binary: binary.to_owned(),
             members,
             token,
+            tls: tls_files,
+            root_password: None,
             dir,
         };
         for i in 0..size {
@@ -155,11 +234,49 @@ impl EtcdCluster {
         self.members[index].client_url()
     }
 
-    /// A client connected to every member.
+    /// A client connected to every member (with TLS and as `root` when secured).
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect(self.endpoints(), None)
+        let options = self.connect_options().expect("the test etcd's TLS files");
+        etcd_client::Client::connect(self.endpoints(), Some(options))
             .await
             .expect("connecting to the test etcd")
+    }
+
+    /// The TLS files of a cluster from [`EtcdCluster::single_secured`].
+    pub fn tls_files(&self) -> Option<&EtcdTlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// How a client reaches the members: TLS with the client certificate when they
+    /// serve it, as `root` once authentication is enabled.
+    fn connect_options(&self) -> Result<ConnectOptions, HarnessError> {
+        let mut options = ConnectOptions::new();
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.client_options()?);
+        }
+        if let Some(password) = &self.root_password {
+            options = options.with_user("root", password.clone());
+        }
+        Ok(options)
+    }
+
+    /// Adds user `root` with the root role and turns authentication on.
+    async fn enable_auth(&mut self, root_password: &str) -> Result<(), HarnessError> {
+        let step = |step| move |source| HarnessError::Auth { step, source };
+        let options = self.connect_options()?;
+        let client = etcd_client::Client::connect(self.endpoints(), Some(options))
+            .await
+            .map_err(step("connect"))?;
+        let mut auth = client.auth_client();
+        auth.user_add("root", root_password, None)
+            .await
+            .map_err(step("user add root"))?;
+        auth.user_grant_role("root", "root")
+            .await
+            .map_err(step("user grant-role root root"))?;
+        auth.auth_enable().await.map_err(step("auth enable"))?;
+        self.root_password = Some(root_password.to_owned());
+        Ok(())
     }
 
     /// Kills member `index` with SIGKILL (no graceful shutdown: what a crash looks like).
@@ -203,7 +320,18 @@ impl EtcdCluster {
             .open(&member.log)
             .map_err(spawn_error)?;
         let log_err = log.try_clone().map_err(spawn_error)?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server.cert)
+                .arg("--key-file")
+                .arg(&tls.server.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(&member.data_dir)
@@ -233,8 +361,10 @@ impl EtcdCluster {
     async fn wait_ready(&mut self, index: usize) -> Result<(), HarnessError> {
         let started = Instant::now();
         let url = self.members[index].client_url();
+        let options = self.connect_options()?;
         loop {
-            if let Ok(mut client) = etcd_client::Client::connect([&url], None).await
+            if let Ok(mut client) =
+                etcd_client::Client::connect([&url], Some(options.clone())).await
                 && client.status().await.is_ok()
             {
                 return Ok(());

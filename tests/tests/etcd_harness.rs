@@ -177,3 +177,32 @@ async fn data_dir_is_removed_on_drop() {
     drop(etcd);
     assert!(!dir.exists(), "{} was left behind", dir.display());
 }
+
+#[tokio::test]
+async fn secured_member_serves_tls_clients_as_root_and_refuses_anonymous_ones() {
+    let etcd = EtcdCluster::single_secured("harness-root-password")
+        .await
+        .expect("starting a secured etcd");
+    assert!(etcd.endpoint(0).starts_with("https://"));
+    let mut root = etcd.client().await;
+    root.put("/t/secured", "yes", None).await.unwrap();
+    let auth = root.auth_client().user_list().await.unwrap();
+    assert_eq!(auth.users(), ["root"]);
+
+    // TLS with the client certificate but no user: etcd knows the certificate's name
+    // only, which has no role.
+    let tls = etcd.tls_files().unwrap();
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let options = etcd_client::ConnectOptions::new().with_tls(
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)))
+            .identity(etcd_client::Identity::from_pem(
+                read(&tls.client.cert),
+                read(&tls.client.key),
+            )),
+    );
+    let mut anonymous = etcd_client::Client::connect(etcd.endpoints(), Some(options))
+        .await
+        .unwrap();
+    assert!(anonymous.get("/t/secured", None).await.is_err());
+}

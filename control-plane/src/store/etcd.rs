@@ -28,6 +28,11 @@
 //!   by the limits (a node write is a few tens of KiB at most) that stays well within
 //!   [`MAX_RESPONSE_BYTES`], the decode limit of both clients.
 //!
+//! - **TLS and etcd users** come from [`EtcdAccess`]; a connection that etcd refuses (bad
+//!   password, missing permission, untrusted certificate) is told apart from an etcd that
+//!   does not answer ([`EtcdConnectError::is_retryable`]), so a misconfigured control
+//!   plane stops at start instead of waiting forever.
+//!
 //! `etcd_client::Client` is a cheap handle over one shared channel that reconnects by
 //! itself, so each call clones the sub-client it needs instead of locking.
 
@@ -41,6 +46,7 @@ use etcd_client::{
 };
 use tonic::Code;
 
+use super::etcd_access::{EtcdAccess, EtcdConnectError, Stage};
 use super::{
     Compare, KeyValue, LeaseId, Listing, Op, Revision, Store, StoreError, Txn, TxnResult,
     WatchEvent, WatchStream,
@@ -73,40 +79,90 @@ pub struct EtcdStore {
     endpoints: String,
     /// Keys per page of a list.
     page_keys: i64,
+    /// TLS and user, to explain a refusal.
+    access: EtcdAccess,
 }
 
 impl EtcdStore {
-    /// Connects to `endpoints` and checks that one of them answers within
-    /// `dial_timeout`.
+    /// Connects to `endpoints` without TLS or a user and checks that one of them answers
+    /// within `dial_timeout`.
     pub async fn connect(endpoints: &[String], dial_timeout: Duration) -> Result<Self, StoreError> {
-        if endpoints.is_empty() {
-            return Err(StoreError::Unavailable(
-                "no etcd endpoints were given".to_owned(),
-            ));
-        }
-        let options = ConnectOptions::new()
-            .with_connect_timeout(dial_timeout)
-            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(false)
-            .with_require_leader(true);
-        let named = endpoints.join(",");
-        let client = Client::connect(endpoints, Some(options))
+        Self::connect_with(endpoints, dial_timeout, &EtcdAccess::default())
             .await
-            .map_err(|e| StoreError::Unavailable(format!("etcd at {named}: {e}")))?;
+            .map_err(|e| match e {
+                EtcdConnectError::Unreachable(e) => e,
+                refused => StoreError::Unavailable(refused.to_string()),
+            })
+    }
+
+    /// Connects to `endpoints` with `access` (TLS, a user) and checks that one of them
+    /// answers within `dial_timeout`. With a user, connecting authenticates.
+    pub async fn connect_with(
+        endpoints: &[String],
+        dial_timeout: Duration,
+        access: &EtcdAccess,
+    ) -> Result<Self, EtcdConnectError> {
+        if endpoints.is_empty() {
+            return Err(EtcdConnectError::Unreachable(StoreError::Unavailable(
+                "no etcd endpoints were given".to_owned(),
+            )));
+        }
+        let options = access.apply(
+            ConnectOptions::new()
+                .with_connect_timeout(dial_timeout)
+                .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+                .with_keep_alive_while_idle(false)
+                .with_require_leader(true),
+        );
+        access.check_handshake(endpoints, dial_timeout).await?;
+        let named = endpoints.join(",");
+        let no_answer = || {
+            EtcdConnectError::Unreachable(StoreError::Unavailable(format!(
+                "no etcd endpoint of {named} answered within {dial_timeout:?}"
+            )))
+        };
+        let client =
+            match tokio::time::timeout(dial_timeout, Client::connect(endpoints, Some(options)))
+                .await
+            {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => {
+                    return Err(access.connect_error(&named, Stage::Authenticate, e, |e| {
+                        StoreError::Unavailable(format!("etcd at {named}: {e}"))
+                    }));
+                }
+                Err(_) => return Err(no_answer()),
+            };
         let store = EtcdStore {
             client,
-            endpoints: named,
+            endpoints: named.clone(),
             page_keys: LIST_PAGE_KEYS,
+            access: access.clone(),
         };
         // The channel connects lazily; one status request proves that an endpoint answers.
         let mut maintenance = store.client.maintenance_client();
         match tokio::time::timeout(dial_timeout, maintenance.status()).await {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(store.error(e, None)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no etcd endpoint of {} answered within {dial_timeout:?}",
-                store.endpoints
-            ))),
+            Ok(Err(e)) => {
+                Err(access.connect_error(&named, Stage::Request, e, |e| store.error(e, None)))
+            }
+            Err(_) => Err(no_answer()),
+        }
+    }
+
+    /// Checks that this client may read under `prefix`: etcd answers a status request
+    /// without looking at credentials, so a missing user or role shows only here.
+    pub async fn check_access(&self, prefix: &str) -> Result<(), EtcdConnectError> {
+        let options = GetOptions::new()
+            .with_range(super::prefix_end(prefix).as_bytes())
+            .with_count_only();
+        let mut kv = self.kv_client();
+        match tokio::time::timeout(REQUEST_TIMEOUT, kv.get(prefix, Some(options))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self
+                .access
+                .connect_error(&self.endpoints, Stage::Request, e, |e| self.error(e, None))),
+            Err(_) => Err(EtcdConnectError::Unreachable(self.timed_out("a read"))),
         }
     }
 

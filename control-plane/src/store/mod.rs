@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod etcd_access;
 
 use std::pin::Pin;
 

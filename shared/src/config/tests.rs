@@ -247,3 +247,81 @@ fn proxy_tls_problems_name_the_field() {
     .unwrap_err();
     assert!(err.to_string().contains("--control-plane-ca"), "{err}");
 }
+
+/// The `[store]` of `text`, checked as validation checks etcd access, with the password
+/// variable set or not.
+fn etcd_access(text: &str, password_in_env: bool) -> Result<StoreConfig, ConfigError> {
+    let config: ControlPlaneConfig = parse(text, Path::new("control.toml"))?;
+    super::control_plane::validate_etcd_access(&config.store, password_in_env)?;
+    Ok(config.store)
+}
+
+#[test]
+fn etcd_tls_and_a_user_with_a_password_file_load() {
+    let store = etcd_access(
+        r#"
+        [store]
+        etcd_endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+        etcd_user = "meridian"
+        etcd_password_file = "/run/secrets/etcd-password"
+        [store.etcd_tls]
+        ca = "/etc/etcd/ca.pem"
+        cert = "/etc/etcd/client.pem"
+        key = "/etc/etcd/client.key"
+        server_name = "etcd.internal"
+        "#,
+        false,
+    )
+    .unwrap();
+    let tls = store.etcd_tls.unwrap();
+    assert_eq!(tls.ca.unwrap(), Path::new("/etc/etcd/ca.pem"));
+    assert_eq!(tls.server_name.as_deref(), Some("etcd.internal"));
+    assert_eq!(store.etcd_user.as_deref(), Some("meridian"));
+    let from_env = "[store]\netcd_user = \"meridian\"";
+    assert!(
+        etcd_access(from_env, true).is_ok(),
+        "the password may come from the environment"
+    );
+}
+
+#[test]
+fn etcd_access_mistakes_name_the_field() {
+    let cases = [
+        (
+            "[store]\netcd_endpoints = [\"https://10.0.0.1:2379\"]",
+            "store.etcd_tls.ca",
+        ),
+        (
+            "[store]\netcd_endpoints = [\"http://10.0.0.1:2379\"]\n[store.etcd_tls]\nca = \"/ca.pem\"",
+            "store.etcd_tls",
+        ),
+        (
+            "[store]\netcd_endpoints = [\"https://10.0.0.1:2379\"]\n[store.etcd_tls]\ncert = \"/c.pem\"",
+            "store.etcd_tls.ca",
+        ),
+        (
+            "[store]\netcd_endpoints = [\"https://10.0.0.1:2379\"]\n[store.etcd_tls]\nca = \"/ca.pem\"\ncert = \"/c.pem\"",
+            "store.etcd_tls.key",
+        ),
+        (
+            "[store]\netcd_endpoints = [\"https://10.0.0.1:2379\"]\n[store.etcd_tls]\nca = \"/ca.pem\"\nkey = \"/c.key\"",
+            "store.etcd_tls.cert",
+        ),
+        (
+            "[store]\netcd_user = \"meridian\"",
+            "store.etcd_password_file",
+        ),
+        ("[store]\netcd_user = \"\"", "store.etcd_user"),
+        ("[store]\netcd_password_file = \"/p\"", "store.etcd_user"),
+    ];
+    for (text, field) in cases {
+        let err = etcd_access(text, false).unwrap_err();
+        assert_eq!(err.field(), Some(field), "{text}: {err}");
+    }
+    let err = control_plane("[store]\netcd_password = \"hunter2\"").unwrap_err();
+    assert_eq!(
+        err.field(),
+        Some("store.etcd_password"),
+        "a password in the file is refused: {err}"
+    );
+}
