@@ -13,6 +13,7 @@ use meridian_proto::v1::node_registry_server::NodeRegistryServer;
 use meridian_proto::v1::routing_discovery_server::RoutingDiscoveryServer;
 use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::{ControlPlaneConfig, StoreBackend, StoreConfig};
+use meridian_shared::domain::limits::routing_message_limit;
 use meridian_shared::telemetry::{self, PrometheusHandle};
 use meridian_shared::tls::{PeerIdentity, ServerTls, TlsConfigError};
 use meridian_shared::{Backoff, Shutdown};
@@ -175,9 +176,14 @@ impl ControlPlane {
             .layer(AuthLayer::new(self.auth, certificate_names))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(AdminServer::new(admin))
+            // Tables and topology listings of a federation at its configured limits are
+            // larger than gRPC's 4 MiB default; requests keep the default.
+            .add_service(AdminServer::new(admin).max_encoding_message_size(routing_message_limit()))
             .add_service(NodeRegistryServer::new(registry))
-            .add_service(RoutingDiscoveryServer::new(discovery));
+            .add_service(
+                RoutingDiscoveryServer::new(discovery)
+                    .max_encoding_message_size(routing_message_limit()),
+            );
         let served = match self.tls {
             Some(tls) => {
                 router

@@ -5,6 +5,7 @@
 
 use meridian_proto::v1::admin_client::AdminClient;
 use meridian_shared::credentials::BearerAuth;
+use meridian_shared::domain::limits::routing_message_limit;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -39,7 +40,8 @@ pub(super) fn bearer_auth(token: Option<&BearerToken>) -> Result<BearerAuth, Ctl
 
 /// An Admin client on `channel` that authenticates with `auth`.
 pub(super) fn admin_client(channel: Channel, auth: BearerAuth) -> Admin {
-    AdminClient::with_interceptor(channel, auth)
+    // A federation at its configured limits lists larger than gRPC's 4 MiB default.
+    AdminClient::with_interceptor(channel, auth).max_decoding_message_size(routing_message_limit())
 }
 
 #[cfg(test)]
