@@ -45,10 +45,12 @@ impl Subscriber {
         held_version: u64,
         nack_version: Option<u64>,
     ) -> Self {
+        // A proxy's decode limit: a federation at its limits is far over tonic's 4 MiB.
         let mut client = RoutingDiscoveryClient::with_interceptor(
             crate::control::channel(url).await,
             crate::control::bearer(crate::control::PROXY_TOKEN),
-        );
+        )
+        .max_decoding_message_size(meridian_shared::domain::limits::routing_message_limit());
         let (tx, rx) = mpsc::channel(8);
         let hello = pb::Hello {
             proxy_id: proxy_id.into(),
