@@ -17,7 +17,7 @@ pub enum CtlError {
     #[error(
         "cannot reach the control plane: {0}; is meridian-control running, and is the address (--control-plane / MERIDIAN_CONTROL_PLANE) and, for https, --ca right?"
     )]
-    Connect(ConnectError),
+    Connect(String),
     #[error("client TLS (--ca, --cert, --key): {0}")]
     Tls(#[from] TlsConfigError),
     /// Printed as `NOT_FOUND: node "x" is not registered`: the canonical code name, which
@@ -57,6 +57,22 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// `error` and its causes, `: `-separated: a transport error alone says nothing of why
+/// (refused, certificate not trusted, handshake failure...).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = e.source();
+    }
+    text
+}
+
 pub(super) async fn channel(args: &CtlArgs) -> Result<Channel, CtlError> {
     let timeout = Duration::from_secs(args.timeout);
     let tls = match &args.ca {
@@ -73,7 +89,7 @@ pub(super) async fn channel(args: &CtlArgs) -> Result<Channel, CtlError> {
     })
     .await
     .map_err(|e| match e {
-        ConnectError::Connect { .. } => CtlError::Connect(e),
+        ConnectError::Connect { .. } => CtlError::Connect(with_causes(&e)),
         other => CtlError::BadAddress(other),
     })
 }
