@@ -2,8 +2,8 @@
 //! when it asks, with a client certificate), and the proxy reaches demo nodes that serve
 //! only TLS (`[[upstream_tls]]` in a config file, or `--upstream-ca`), for forwarded calls
 //! and RouteMessage alike. Plaintext clients of a TLS listener are refused. Last, every
-//! hop at once: a control plane requiring client certificates, a node registering with it
-//! over https, a proxy following it over https. Certificates come from a throw-away CA
+//! hop at once: a control plane on TLS (and on mTLS), a node registering with it over
+//! https, a proxy following it over https. Certificates come from a throw-away CA
 //! written to the test's temp dir.
 
 use std::net::SocketAddr;
@@ -246,34 +246,65 @@ async fn a_listener_requiring_client_certificates_serves_only_our_clients() {
 
 #[tokio::test]
 async fn every_hop_over_tls_from_registration_to_the_call() {
+    every_hop_over_tls(ControlPlaneTls::Server).await;
+}
+
+#[tokio::test]
+async fn every_hop_over_mtls_from_registration_to_the_call() {
+    every_hop_over_tls(ControlPlaneTls::Mutual).await;
+}
+
+/// Whether the control plane also requires client certificates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ControlPlaneTls {
+    Server,
+    Mutual,
+}
+
+/// A control plane on TLS (tokens stay the credentials), a TLS node registering with it
+/// over https, a proxy following it over https and serving TLS from the node; with
+/// [`ControlPlaneTls::Mutual`] the node, the proxy and the operator present client
+/// certificates too.
+async fn every_hop_over_tls(control_plane_tls: ControlPlaneTls) {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::write(dir.path());
-    let (ca, client_cert, client_key) =
-        (path(&pki.ca), path(&pki.client.cert), path(&pki.client.key));
+    let mtls = control_plane_tls == ControlPlaneTls::Mutual;
+    let ca = path(&pki.ca);
+    let client_cert_args: Vec<&str> = if mtls {
+        vec![
+            "--control-plane-cert",
+            path(&pki.client.cert),
+            "--control-plane-key",
+            path(&pki.client.key),
+        ]
+    } else {
+        Vec::new()
+    };
 
-    // A dev-mode control plane on mTLS; tokens stay the credentials.
     let tokens = dir.path().join("tokens.toml");
     std::fs::write(&tokens, tokens_file_text()).unwrap();
     let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (grpc_arg, http_arg) = (grpc.to_string(), http_addr.to_string());
+    let mut control_args = vec![
+        "--dev",
+        "--grpc-addr",
+        &grpc_arg,
+        "--http-addr",
+        &http_arg,
+        "--tokens-file",
+        path(&tokens),
+        "--tls-cert",
+        path(&pki.server.cert),
+        "--tls-key",
+        path(&pki.server.key),
+    ];
+    if mtls {
+        control_args.extend(["--tls-client-ca", ca]);
+    }
     let control = ChildProcess::spawn(
         "meridian-control",
-        &[
-            "--dev",
-            "--grpc-addr",
-            &grpc_arg,
-            "--http-addr",
-            &http_arg,
-            "--tokens-file",
-            path(&tokens),
-            "--tls-cert",
-            path(&pki.server.cert),
-            "--tls-key",
-            path(&pki.server.key),
-            "--tls-client-ca",
-            ca,
-        ],
+        &control_args,
         &dir.path().join("control.log"),
     )
     .unwrap();
@@ -283,7 +314,7 @@ async fn every_hop_over_tls_from_registration_to_the_call() {
         control.output()
     );
     let control_url = format!("https://{grpc}");
-    let operator_tls = pki.client(Some(&pki.client));
+    let operator_tls = pki.client(mtls.then_some(&pki.client));
     let mut admin = AdminClient::new(connect(&control_url, Some(&operator_tls)).await.unwrap());
     let federation = pb::UpsertFederationRequest {
         federation: Some(pb::Federation {
@@ -326,11 +357,8 @@ async fn every_hop_over_tls_from_registration_to_the_call() {
         "eu-west-a",
         "--control-plane-ca",
         ca,
-        "--control-plane-cert",
-        client_cert,
-        "--control-plane-key",
-        client_key,
     ]);
+    node_args.extend(&client_cert_args);
     let _node = DemoNodeProcess::start("eu-1", &node_args, &dir.path().join("eu-1.log")).await;
 
     // A proxy following the control plane over https, TLS on both of its own hops.
@@ -345,19 +373,18 @@ async fn every_hop_over_tls_from_registration_to_the_call() {
             ports: None,
         },
         &[
-            "--control-plane-ca",
-            ca,
-            "--control-plane-cert",
-            client_cert,
-            "--control-plane-key",
-            client_key,
-            "--tls-cert",
-            path(&pki.server.cert),
-            "--tls-key",
-            path(&pki.server.key),
-            "--upstream-ca",
-            ca,
-        ],
+            ["--control-plane-ca", ca].as_slice(),
+            &client_cert_args,
+            &[
+                "--tls-cert",
+                path(&pki.server.cert),
+                "--tls-key",
+                path(&pki.server.key),
+                "--upstream-ca",
+                ca,
+            ],
+        ]
+        .concat(),
     )
     .await;
     proxy.wait_ready(Duration::from_secs(20)).await;
