@@ -36,6 +36,7 @@ use crate::store::Store;
 use crate::store::embedded::{EmbeddedError, EmbeddedStore};
 use crate::store::etcd::EtcdStore;
 use crate::store::etcd_access::{EtcdAccess, EtcdAccessError, EtcdConnectError};
+use crate::store::etcd_rotation;
 use crate::topology::{StateFollower, StateHandle, TopologyWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +280,8 @@ impl Parts {
 }
 
 /// Opens the configured store; for etcd, retries until it answers or shutdown (`None`),
-/// but fails at once when etcd refuses the credentials or the TLS handshake.
+/// but fails at once when etcd refuses the credentials or the TLS handshake, and then
+/// watches its TLS files for rotation.
 async fn open_store(
     config: &ControlPlaneConfig,
     shutdown: &Shutdown,
@@ -299,7 +301,10 @@ async fn open_store(
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
             loop {
                 match connect_etcd(store, timeout, &access).await {
-                    Ok(etcd) => return Ok(Some(Arc::new(etcd))),
+                    Ok(etcd) => {
+                        etcd_rotation::spawn(etcd.clone(), store, shutdown.clone());
+                        return Ok(Some(Arc::new(etcd)));
+                    }
                     Err(e) if e.is_retryable() => {
                         tracing::warn!(error = %e, "cannot reach etcd yet; retrying (is it running? --etcd-endpoints)")
                     }

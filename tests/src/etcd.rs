@@ -6,7 +6,8 @@
 //! [`EtcdCluster::single_secured`] starts a member as a production etcd runs: TLS only,
 //! client certificates required (`--client-cert-auth`), and authentication enabled with a
 //! `root` user; the PKI is a throw-away [`TestCa`] whose files the test hands to the code
-//! under test.
+//! under test, and which signs more client certificates on request
+//! ([`EtcdCluster::client_cert`]).
 //!
 //! etcd 3.4 (Debian's `etcd-server`) may drop idle watch streams when lease keep-alives
 //! are sent more often than every ~5 s: code under test should keep keep-alive intervals
@@ -18,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
-use meridian_shared::tls::testing::{CertFiles, TestCa};
+use meridian_shared::tls::testing::{CertFiles, TestCa, TestCert};
 use tempfile::TempDir;
 
 use crate::ports::free_port;
@@ -72,17 +73,27 @@ pub struct EtcdTlsFiles {
     pub server: CertFiles,
 }
 
+/// The CA of a secured etcd, kept to sign more client certificates.
+struct EtcdCa(TestCa);
+
+impl std::fmt::Debug for EtcdCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtcdCa")
+    }
+}
+
 impl EtcdTlsFiles {
     /// A fresh CA, a server certificate for loopback and a client certificate, in `dir`.
-    fn create(dir: &Path) -> Self {
+    fn create(dir: &Path) -> (Self, EtcdCa) {
         let ca = TestCa::new("meridian test etcd CA");
-        EtcdTlsFiles {
+        let files = EtcdTlsFiles {
             ca: ca.write(dir, "etcd-ca"),
             client: ca
                 .client_cert("meridian-control", None)
                 .write(dir, "etcd-client"),
             server: ca.localhost_server().write(dir, "etcd-server"),
-        }
+        };
+        (files, EtcdCa(ca))
     }
 
     /// etcd-client's TLS options: trust the CA, present the client certificate.
@@ -136,6 +147,8 @@ pub struct EtcdCluster {
     token: String,
     /// TLS files, when the members serve TLS.
     tls: Option<EtcdTlsFiles>,
+    /// The CA that signed them.
+    ca: Option<EtcdCa>,
     /// The `root` user's password, once authentication is enabled.
     root_password: Option<String>,
     // Dropped last: the members must be dead before their data dirs go.
@@ -191,7 +204,7 @@ impl EtcdCluster {
             .prefix("meridian-etcd-")
             .tempdir()
             .map_err(HarnessError::TempDir)?;
-        let tls_files = tls.then(|| EtcdTlsFiles::create(dir.path()));
+        let (tls_files, ca) = tls.then(|| EtcdTlsFiles::create(dir.path())).unzip();
         let members = (0..size)
             .map(|i| {
                 let name = format!("m{i}");
@@ -212,6 +225,7 @@ impl EtcdCluster {
             members,
             token,
             tls: tls_files,
+            ca,
             root_password: None,
             dir,
         };
@@ -245,6 +259,14 @@ impl EtcdCluster {
     /// The TLS files of a cluster from [`EtcdCluster::single_secured`].
     pub fn tls_files(&self) -> Option<&EtcdTlsFiles> {
         self.tls.as_ref()
+    }
+
+    /// A client certificate with `common_name`, signed by the CA of a cluster from
+    /// [`EtcdCluster::single_secured`]. With `--client-cert-auth`, etcd takes a request
+    /// that carries no user's token to be from the user named by the common name.
+    pub fn client_cert(&self, common_name: &str) -> Option<TestCert> {
+        let EtcdCa(ca) = self.ca.as_ref()?;
+        Some(ca.client_cert(common_name, None))
     }
 
     /// How a client reaches the members: TLS with the client certificate when they

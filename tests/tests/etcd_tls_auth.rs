@@ -2,14 +2,18 @@
 //! required (`--client-cert-auth`) and etcd's authentication on. With the right CA,
 //! client certificate and password it serves; with a wrong password, or a CA that did not
 //! sign etcd's certificate, it exits at start saying what failed, where, and what to fix,
-//! instead of retrying forever as it does for an etcd that is down.
+//! instead of retrying forever as it does for an etcd that is down. Its client
+//! certificate is rotated without a restart: new files mean a new etcd connection.
 
 use std::path::Path;
 use std::time::Duration;
 
-use meridian_shared::tls::testing::TestCa;
+use meridian_proto::v1 as pb;
+use meridian_shared::tls::testing::{TestCa, TestCert};
 use meridian_tests::EtcdCluster;
-use meridian_tests::control::{ControlPlaneOptions, ControlPlaneProcess, ExtraSettings};
+use meridian_tests::control::{
+    ControlPlaneOptions, ControlPlaneProcess, ExtraSettings, OPERATOR_TOKEN, authorized,
+};
 use meridian_tests::etcd::EtcdTlsFiles;
 use meridian_tests::ports::free_port;
 
@@ -18,6 +22,9 @@ const PREFIX: &str = "/meridian-tls/";
 /// How long a refused control plane may take to exit: one connection attempt, well
 /// within this.
 const EXIT_DEADLINE: Duration = Duration::from_secs(20);
+/// How long rotated etcd TLS files may take to be in use: a poll a second, then one
+/// connection.
+const ROTATION_DEADLINE: Duration = Duration::from_secs(20);
 
 async fn secured_etcd() -> EtcdCluster {
     EtcdCluster::single_secured(ROOT_PASSWORD)
@@ -249,4 +256,98 @@ async fn an_etcd_that_does_not_answer_yet_is_waited_for() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_rotated_client_certificate_is_used_without_a_restart() {
+    let etcd = secured_etcd().await;
+    let tls = etcd.tls_files().unwrap().clone();
+    // Without a user, etcd takes the client certificate's common name as the user: first
+    // `reader`, who may only read the prefix, then `root`.
+    let mut auth = etcd.client().await.auth_client();
+    auth.role_add("meridian-reader").await.unwrap();
+    auth.role_grant_permission(
+        "meridian-reader",
+        etcd_client::Permission::read(PREFIX).with_prefix(),
+    )
+    .await
+    .unwrap();
+    auth.user_add("reader", "unused-with-certificates", None)
+        .await
+        .unwrap();
+    auth.user_grant_role("reader", "meridian-reader")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let reader = etcd
+        .client_cert("reader")
+        .unwrap()
+        .write(dir.path(), "client");
+    let path = |p: &Path| p.display().to_string();
+    let args = vec![
+        "--etcd-ca".into(),
+        path(&tls.ca),
+        "--etcd-cert".into(),
+        path(&reader.cert),
+        "--etcd-key".into(),
+        path(&reader.key),
+    ];
+    let endpoints = etcd.endpoints();
+    let cp = ControlPlaneProcess::start_with(
+        options(&endpoints, dir.path()),
+        &ExtraSettings {
+            args,
+            env: Vec::new(),
+        },
+    )
+    .await;
+
+    let refused = upsert_federation(&cp)
+        .await
+        .expect_err("user reader may not write");
+    assert!(
+        refused.message().contains("permission denied"),
+        "{refused:?}"
+    );
+
+    replace(&etcd.client_cert("root").unwrap(), dir.path(), "client");
+    let started = std::time::Instant::now();
+    while let Err(e) = upsert_federation(&cp).await {
+        assert!(
+            started.elapsed() < ROTATION_DEADLINE,
+            "writes still fail {ROTATION_DEADLINE:?} after the client certificate of root \
+             replaced reader's: {e:?}; the control plane's output:\n{}",
+            cp.process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = cp.process.output();
+    assert!(
+        output.contains("reconnected to etcd with the rotated TLS files"),
+        "{output}"
+    );
+}
+
+async fn upsert_federation(cp: &ControlPlaneProcess) -> Result<(), tonic::Status> {
+    let request = pb::UpsertFederationRequest {
+        federation: Some(pb::Federation {
+            name: "prod".into(),
+            allowed_networks: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        }),
+    };
+    cp.admin()
+        .await
+        .upsert_federation(authorized(request, OPERATOR_TOKEN))
+        .await
+        .map(drop)
+}
+
+/// Replaces `dir/NAME.pem` and `dir/NAME.key` as a rotation does: each file written in
+/// full beside it, then renamed over it.
+fn replace(cert: &TestCert, dir: &Path, name: &str) {
+    let staged = tempfile::tempdir_in(dir).unwrap();
+    let files = cert.write(staged.path(), name);
+    std::fs::rename(&files.key, dir.join(format!("{name}.key"))).unwrap();
+    std::fs::rename(&files.cert, dir.join(format!("{name}.pem"))).unwrap();
 }

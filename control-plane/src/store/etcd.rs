@@ -34,11 +34,18 @@
 //!   plane stops at start instead of waiting forever.
 //!
 //! `etcd_client::Client` is a cheap handle over one shared channel that reconnects by
-//! itself, so each call clones the sub-client it needs instead of locking.
+//! itself, so each call clones the sub-client it needs instead of locking. The client sits
+//! behind a swap point shared by every clone of the store, so that a client connected with
+//! rotated TLS files ([`super::etcd_rotation`]) replaces it: each request, and each watch
+//! or lease keep-alive when it is (re)opened, takes the current one; streams already open
+//! keep the client they were opened on until they end.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, EventType,
@@ -74,7 +81,8 @@ const LIST_ATTEMPTS: usize = 3;
 /// A store backed by an etcd cluster.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    /// The current client, shared by every clone of the store.
+    client: Arc<ArcSwap<Client>>,
     /// The endpoints, comma-separated, for error messages.
     endpoints: String,
     /// Keys per page of a list.
@@ -107,13 +115,6 @@ impl EtcdStore {
                 "no etcd endpoints were given".to_owned(),
             )));
         }
-        let options = access.apply(
-            ConnectOptions::new()
-                .with_connect_timeout(dial_timeout)
-                .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
-                .with_keep_alive_while_idle(false)
-                .with_require_leader(true),
-        );
         access.check_handshake(endpoints, dial_timeout).await?;
         let named = endpoints.join(",");
         let no_answer = || {
@@ -121,6 +122,7 @@ impl EtcdStore {
                 "no etcd endpoint of {named} answered within {dial_timeout:?}"
             )))
         };
+        let options = connect_options(dial_timeout, access);
         let client =
             match tokio::time::timeout(dial_timeout, Client::connect(endpoints, Some(options)))
                 .await
@@ -134,13 +136,13 @@ impl EtcdStore {
                 Err(_) => return Err(no_answer()),
             };
         let store = EtcdStore {
-            client,
+            client: Arc::new(ArcSwap::from_pointee(client)),
             endpoints: named.clone(),
             page_keys: LIST_PAGE_KEYS,
             access: access.clone(),
         };
         // The channel connects lazily; one status request proves that an endpoint answers.
-        let mut maintenance = store.client.maintenance_client();
+        let mut maintenance = store.client().maintenance_client();
         match tokio::time::timeout(dial_timeout, maintenance.status()).await {
             Ok(Ok(_)) => Ok(store),
             Ok(Err(e)) => {
@@ -148,6 +150,12 @@ impl EtcdStore {
             }
             Err(_) => Err(no_answer()),
         }
+    }
+
+    /// Makes `other`'s client the one this store (and every clone of it) uses from now
+    /// on; streams already open keep theirs.
+    pub fn use_client_of(&self, other: &EtcdStore) {
+        self.client.store(other.client.load_full());
     }
 
     /// Checks that this client may read under `prefix`: etcd answers a status request
@@ -172,8 +180,13 @@ impl EtcdStore {
         self
     }
 
+    /// The current client (a cheap clone: a handle on its channel).
+    fn client(&self) -> Client {
+        Client::clone(&self.client.load())
+    }
+
     fn kv_client(&self) -> etcd_client::KvClient {
-        self.client
+        self.client()
             .kv_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
@@ -280,6 +293,18 @@ impl EtcdStore {
     }
 }
 
+/// How every client of the store connects: `dial_timeout`, keep-alive pings only while
+/// streams are open, the "require leader" flag, and `access`'s TLS and user.
+fn connect_options(dial_timeout: Duration, access: &EtcdAccess) -> ConnectOptions {
+    access.apply(
+        ConnectOptions::new()
+            .with_connect_timeout(dial_timeout)
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(false)
+            .with_require_leader(true),
+    )
+}
+
 fn key_value(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         // Every key is written through this interface, from a String.
@@ -369,7 +394,7 @@ impl Store for EtcdStore {
             .with_prefix()
             .with_start_revision(from.max(0));
         let mut watch_client = self
-            .client
+            .client()
             .watch_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let mut stream = self
@@ -398,7 +423,7 @@ impl Store for EtcdStore {
     }
 
     async fn grant_lease(&self, ttl_seconds: i64) -> Result<LeaseId, StoreError> {
-        let mut lease = self.client.lease_client();
+        let mut lease = self.client().lease_client();
         let response = self
             .call("a lease grant", None, lease.grant(ttl_seconds, None))
             .await?;
@@ -409,7 +434,7 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<i64, StoreError> {
-        let mut lease_client = self.client.lease_client();
+        let mut lease_client = self.client().lease_client();
         // Opening the keeper already sends one keep-alive and reads its answer; that
         // answer is not returned, so a second one reads the TTL.
         let opened = tokio::time::timeout(REQUEST_TIMEOUT, lease_client.keep_alive(lease)).await;
@@ -440,7 +465,7 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut lease_client = self.client.lease_client();
+        let mut lease_client = self.client().lease_client();
         match self
             .call("a lease revoke", Some(lease), lease_client.revoke(lease))
             .await

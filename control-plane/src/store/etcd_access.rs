@@ -1,8 +1,9 @@
 //! How the control plane proves who it is to etcd, and checks etcd in turn: TLS (the CA
 //! etcd's certificate must chain to, and a client certificate for etcd's
 //! `--client-cert-auth`) and etcd's own authentication (a user and its password). Loaded
-//! once from `[store]` at start: etcd-client builds its TLS configuration once per
-//! channel, so a rotated client certificate or a changed password takes a restart.
+//! from `[store]` at start, and again by [`super::etcd_rotation`] whenever the TLS files
+//! change: etcd-client builds its TLS configuration once per channel, so rotated files
+//! take a new client. A changed password alone is not looked for; it takes a restart.
 //!
 //! It also decides what a failed connection means, because that decides what the server
 //! does at start ([`EtcdConnectError::is_retryable`]): an etcd that is down, still

@@ -121,8 +121,8 @@ pub struct StoreConfig {
 pub const ETCD_PASSWORD_ENV: &str = "MERIDIAN_ETCD_PASSWORD";
 
 /// TLS to etcd: the CA its server certificates chain to and, when etcd runs with
-/// `--client-cert-auth`, a client certificate. Read once at start: a rotated client
-/// certificate takes a restart.
+/// `--client-cert-auth`, a client certificate. Re-read when the files change: the control
+/// plane connects to etcd anew with them and, once etcd answers, uses that connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EtcdTlsConfig {
