@@ -83,6 +83,8 @@ pub struct ControlPlaneOptions<'a> {
 pub struct ExtraSettings {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// TOML appended to the tokens file, e.g. `[[certificates]]` mappings for mTLS.
+    pub credentials: String,
 }
 
 impl ControlPlaneProcess {
@@ -110,7 +112,8 @@ impl ControlPlaneProcess {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let tokens = options.dir.join("tokens.toml");
-        std::fs::write(&tokens, tokens_file_text()).expect("writing the tokens file");
+        std::fs::write(&tokens, tokens_file_text() + &extra.credentials)
+            .expect("writing the tokens file");
         let ttl = options.election_ttl_seconds.to_string();
         let (grpc_arg, http_arg, endpoints) = (
             grpc.to_string(),

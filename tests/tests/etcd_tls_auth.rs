@@ -91,7 +91,7 @@ async fn serves_with_the_right_ca_client_certificate_and_password_file() {
         options(&endpoints, dir.path()),
         &ExtraSettings {
             args,
-            env: Vec::new(),
+            ..Default::default()
         },
     )
     .await;
@@ -131,6 +131,7 @@ async fn a_wrong_password_stops_the_control_plane_at_start() {
         &ExtraSettings {
             args: etcd_flags(&tls, &tls.ca),
             env: vec![("MERIDIAN_ETCD_PASSWORD".into(), "not-the-password".into())],
+            ..Default::default()
         },
     );
 
@@ -160,6 +161,7 @@ async fn a_ca_that_did_not_sign_etcds_certificate_stops_the_control_plane_at_sta
         &ExtraSettings {
             args: etcd_flags(&tls, &other_ca),
             env: vec![("MERIDIAN_ETCD_PASSWORD".into(), ROOT_PASSWORD.into())],
+            ..Default::default()
         },
     );
 
@@ -189,6 +191,7 @@ async fn a_client_certificate_etcd_does_not_trust_stops_the_control_plane_at_sta
         &ExtraSettings {
             args: etcd_flags(&files, &tls.ca),
             env: vec![("MERIDIAN_ETCD_PASSWORD".into(), ROOT_PASSWORD.into())],
+            ..Default::default()
         },
     );
 
@@ -214,7 +217,7 @@ async fn without_a_user_the_control_plane_stops_at_start() {
         options(&endpoints, dir.path()),
         &ExtraSettings {
             args,
-            env: Vec::new(),
+            ..Default::default()
         },
     );
 
@@ -237,6 +240,7 @@ async fn an_etcd_that_does_not_answer_yet_is_waited_for() {
         &ExtraSettings {
             args: etcd_flags(&tls, &tls.ca),
             env: vec![("MERIDIAN_ETCD_PASSWORD".into(), ROOT_PASSWORD.into())],
+            ..Default::default()
         },
     );
 
@@ -297,7 +301,7 @@ async fn a_rotated_client_certificate_is_used_without_a_restart() {
         options(&endpoints, dir.path()),
         &ExtraSettings {
             args,
-            env: Vec::new(),
+            ..Default::default()
         },
     )
     .await;

@@ -15,8 +15,9 @@ use meridian_proto::v1::admin_client::AdminClient;
 use meridian_proto::v1::routing_discovery_client::RoutingDiscoveryClient;
 use meridian_shared::tls::testing::{CertFiles, TestCa};
 use meridian_shared::tls::{self, ClientTls, ClientTlsFiles};
-use meridian_tests::control::{OPERATOR_TOKEN, authorized, tokens_file_text};
-use meridian_tests::http;
+use meridian_tests::control::{
+    ControlPlaneOptions, ControlPlaneProcess, ExtraSettings, OPERATOR_TOKEN, authorized,
+};
 use meridian_tests::ports::free_port;
 use meridian_tests::process::{ChildProcess, run_to_completion};
 use tokio::time::Instant;
@@ -28,7 +29,7 @@ const ROTATION_DEADLINE: Duration = Duration::from_secs(15);
 const PROXY_IDENTITY: &str = "spiffe://prod/proxy/eu-west";
 
 struct TlsControlPlane {
-    _process: ChildProcess,
+    _process: ControlPlaneProcess,
     grpc: SocketAddr,
     dir: tempfile::TempDir,
     ca: PathBuf,
@@ -42,41 +43,33 @@ impl TlsControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = ca.write(dir.path(), "ca");
         let server = ca.localhost_server().write(dir.path(), "server");
-        let tokens = dir.path().join("tokens.toml");
-        let certificates = format!(
-            "[[certificates]]\nname = \"proxy-eu-west\"\nidentity = \"{PROXY_IDENTITY}\"\nrole = \"proxy\"\nfederation = \"prod\"\n"
-        );
-        std::fs::write(&tokens, tokens_file_text() + &certificates).unwrap();
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (grpc_arg, http_arg) = (grpc.to_string(), http_addr.to_string());
         let mut args = vec![
-            "--dev",
-            "--grpc-addr",
-            &grpc_arg,
-            "--http-addr",
-            &http_arg,
-            "--tokens-file",
-            path(&tokens),
-            "--tls-cert",
-            path(&server.cert),
-            "--tls-key",
-            path(&server.key),
+            "--tls-cert".to_owned(),
+            path(&server.cert).to_owned(),
+            "--tls-key".to_owned(),
+            path(&server.key).to_owned(),
         ];
         if mtls {
-            args.extend(["--tls-client-ca", path(&ca_file)]);
+            args.extend(["--tls-client-ca".to_owned(), path(&ca_file).to_owned()]);
         }
-        let process =
-            ChildProcess::spawn("meridian-control", &args, &dir.path().join("control.log"))
-                .unwrap();
-        assert!(
-            http::wait_for_ok(http_addr, "/ready", START_DEADLINE).await,
-            "control plane not ready; its output:\n{}",
-            process.output()
-        );
+        let extra = ExtraSettings {
+            args,
+            credentials: format!(
+                "[[certificates]]\nname = \"proxy-eu-west\"\nidentity = \"{PROXY_IDENTITY}\"\nrole = \"proxy\"\nfederation = \"prod\"\n"
+            ),
+            ..Default::default()
+        };
+        let options = ControlPlaneOptions {
+            etcd_endpoints: &[],
+            prefix: "/meridian/",
+            replica: "cp-tls",
+            election_ttl_seconds: 5,
+            dir: dir.path(),
+        };
+        let process = ControlPlaneProcess::start_with(options, &extra).await;
         TlsControlPlane {
+            grpc: process.grpc,
             _process: process,
-            grpc,
             ca: ca_file,
             server,
             dir,

@@ -6,7 +6,6 @@
 //! https, a proxy following it over https. Certificates come from a throw-away CA
 //! written to the test's temp dir.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,11 +17,10 @@ use meridian_proto::v1::message_router_client::MessageRouterClient;
 use meridian_shared::tls::testing::{CertFiles, TestCa};
 use meridian_shared::tls::{self, ClientTls, ClientTlsFiles};
 use meridian_tests::cluster::{Cluster, ECHO, served_by, wait_usable};
-use meridian_tests::control::{OPERATOR_TOKEN, authorized, tokens_file_text};
+use meridian_tests::control::{
+    ControlPlaneOptions, ControlPlaneProcess, ExtraSettings, OPERATOR_TOKEN, authorized,
+};
 use meridian_tests::demo_node::process::DemoNodeProcess;
-use meridian_tests::http;
-use meridian_tests::ports::free_port;
-use meridian_tests::process::ChildProcess;
 use meridian_tests::proxy::{ProxyOptions, ProxyProcess};
 use tonic::transport::Channel;
 
@@ -281,38 +279,28 @@ async fn every_hop_over_tls(control_plane_tls: ControlPlaneTls) {
         Vec::new()
     };
 
-    let tokens = dir.path().join("tokens.toml");
-    std::fs::write(&tokens, tokens_file_text()).unwrap();
-    let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (grpc_arg, http_arg) = (grpc.to_string(), http_addr.to_string());
     let mut control_args = vec![
-        "--dev",
-        "--grpc-addr",
-        &grpc_arg,
-        "--http-addr",
-        &http_arg,
-        "--tokens-file",
-        path(&tokens),
-        "--tls-cert",
-        path(&pki.server.cert),
-        "--tls-key",
-        path(&pki.server.key),
+        "--tls-cert".to_owned(),
+        path(&pki.server.cert).to_owned(),
+        "--tls-key".to_owned(),
+        path(&pki.server.key).to_owned(),
     ];
     if mtls {
-        control_args.extend(["--tls-client-ca", ca]);
+        control_args.extend(["--tls-client-ca".to_owned(), ca.to_owned()]);
     }
-    let control = ChildProcess::spawn(
-        "meridian-control",
-        &control_args,
-        &dir.path().join("control.log"),
-    )
-    .unwrap();
-    assert!(
-        http::wait_for_ok(http_addr, "/ready", Duration::from_secs(20)).await,
-        "control plane not ready; its output:\n{}",
-        control.output()
-    );
+    let options = ControlPlaneOptions {
+        etcd_endpoints: &[],
+        prefix: "/meridian/",
+        replica: "cp-tls",
+        election_ttl_seconds: 5,
+        dir: dir.path(),
+    };
+    let extra = ExtraSettings {
+        args: control_args,
+        ..Default::default()
+    };
+    let control = ControlPlaneProcess::start_with(options, &extra).await;
+    let grpc = control.grpc;
     let control_url = format!("https://{grpc}");
     let operator_tls = pki.client(mtls.then_some(&pki.client));
     let mut admin = AdminClient::new(connect(&control_url, Some(&operator_tls)).await.unwrap());
