@@ -83,16 +83,21 @@ impl Geographic {
     }
 
     /// How much traffic (out of 100 × the number of tiers, to keep integers) each tier
-    /// takes, in tier order, given how many of its endpoints are ready; the sum may be
+    /// takes, in tier order, given how many of its endpoints are `usable`; the sum may be
     /// under 100 when every tier is degraded (then picks are spread over what there is).
-    fn tier_load(&self, tier: &LocalityTier, remaining: u64) -> u64 {
+    fn tier_load(
+        &self,
+        tier: &LocalityTier,
+        remaining: u64,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> u64 {
         let total = tier.endpoints.len() as u64;
-        // Ready endpoints count by their warmth, so a recovering tier takes its traffic back
-        // gradually (slow start) instead of all at once.
+        // Usable endpoints count by their warmth, so a recovering tier takes its traffic
+        // back gradually (slow start) instead of all at once.
         let ready: f64 = tier
             .endpoints
             .iter()
-            .filter(|&&i| self.endpoints[i].is_ready())
+            .filter(|&&i| usable(i))
             .map(|&i| self.endpoints[i].warmth())
             .sum();
         let health = ((ready * self.overprovisioning_percent as f64) / total.max(1) as f64) as u64;
@@ -104,13 +109,14 @@ impl Geographic {
     pub fn tiers(&self) -> &[LocalityTier] {
         &self.tiers
     }
-}
 
-impl Balancer for Geographic {
-    fn pick(&self, _ctx: &PickContext<'_>) -> Option<Pick> {
+    /// A pick among the endpoints `excluded` does not reject. Panic routing is decided by
+    /// the service's health (breakers) alone, not by what one call has tried.
+    fn pick_unless(&self, excluded: &dyn Fn(usize) -> bool) -> Option<Pick> {
         if self.endpoints.is_empty() {
             return None;
         }
+        let usable = |i: usize| !excluded(i) && self.endpoints[i].is_ready();
         let ready = self.endpoints.iter().filter(|e| e.is_ready()).count();
         if ready == 0 {
             // Nothing is ready: fail fast; the breakers' probes readmit endpoints.
@@ -119,8 +125,9 @@ impl Balancer for Geographic {
         if (ready as u64) * 100 < self.panic_threshold_percent * self.endpoints.len() as u64 {
             // Panic: too few ready endpoints; use every endpoint rather than none.
             let load = |i: usize| self.endpoints[i].in_flight();
+            let not_excluded = |i: usize| !excluded(i);
             let (index, other) =
-                power_of_two_choices(self.endpoints.len(), |_| true, |_| 1.0, load)?;
+                power_of_two_choices(self.endpoints.len(), not_excluded, |_| 1.0, load)?;
             return Some(Pick {
                 index,
                 reason: "panic routing: too few healthy endpoints, using all",
@@ -131,7 +138,7 @@ impl Balancer for Geographic {
         let mut remaining = 100;
         let mut total = 0;
         for tier in &self.tiers {
-            let load = self.tier_load(tier, remaining);
+            let load = self.tier_load(tier, remaining, &usable);
             remaining -= load;
             total += load;
         }
@@ -141,13 +148,13 @@ impl Balancer for Geographic {
         let mut draw = rand::random_range(0..total);
         let mut remaining = 100;
         for tier in &self.tiers {
-            let load = self.tier_load(tier, remaining);
+            let load = self.tier_load(tier, remaining, &usable);
             remaining -= load;
             if draw >= load {
                 draw -= load;
                 continue;
             }
-            let ready = |position: usize| self.endpoints[tier.endpoints[position]].is_ready();
+            let ready = |position: usize| usable(tier.endpoints[position]);
             let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
             let warmth = |position: usize| self.endpoints[tier.endpoints[position]].warmth();
             if let Some((chosen, other)) =
@@ -160,9 +167,9 @@ impl Balancer for Geographic {
                 });
             }
         }
-        // Readiness changed between the passes: the nearest tier with a ready endpoint.
+        // Readiness changed between the passes: the nearest tier with a usable endpoint.
         self.tiers.iter().find_map(|tier| {
-            let ready = |position: usize| self.endpoints[tier.endpoints[position]].is_ready();
+            let ready = |position: usize| usable(tier.endpoints[position]);
             let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();
             let warmth = |position: usize| self.endpoints[tier.endpoints[position]].warmth();
             let (chosen, other) = power_of_two_choices(tier.endpoints.len(), ready, warmth, load)?;
@@ -172,6 +179,23 @@ impl Balancer for Geographic {
                 compared_with: other.map(|position| tier.endpoints[position]),
             })
         })
+    }
+}
+
+impl Balancer for Geographic {
+    fn pick(&self, _ctx: &PickContext<'_>) -> Option<Pick> {
+        self.pick_unless(&|_| false)
+    }
+
+    /// Endpoints this call has tried count as not ready for it: their tier's share
+    /// spills to the next tier as if their breakers were open, so a retry goes to the
+    /// nearest endpoint not yet tried.
+    fn pick_excluding(
+        &self,
+        _ctx: &PickContext<'_>,
+        excluded: &dyn Fn(usize) -> bool,
+    ) -> Option<Pick> {
+        self.pick_unless(excluded)
     }
 
     fn endpoints(&self) -> &[Arc<Endpoint>] {
@@ -396,6 +420,32 @@ mod tests {
         assert_eq!(
             picked(&abroad),
             (vec!["us-1", "us-2"], vec!["nearest other region"])
+        );
+    }
+
+    #[test]
+    fn a_retry_skips_the_endpoints_it_tried_as_if_their_breakers_were_open() {
+        // Right after a loss the failed endpoints' breakers are still closed: a retry must
+        // still move on, to the next tier in distance order, not back to them.
+        let balancer =
+            Geographic::new(all_endpoints(), &dublin_proxy(), &FailoverPolicy::default());
+        let ids_of = |excluded: &[&str]| {
+            let endpoints = balancer.endpoints();
+            let tried = |i: usize| excluded.contains(&endpoints[i].node.id.as_str());
+            let mut ids: Vec<&str> = (0..500)
+                .filter_map(|_| balancer.pick_excluding(&PickContext::default(), &tried))
+                .map(|p| endpoints[p.index].node.id.as_str())
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        // Half the zone tried: like half the zone broken, 70 % stays and 30 % spills.
+        assert_eq!(ids_of(&["zone-1"]), vec!["region-1", "region-2", "zone-2"]);
+        assert_eq!(ids_of(&["zone-1", "zone-2"]), vec!["region-1", "region-2"]);
+        assert_eq!(
+            ids_of(&["zone-1", "zone-2", "region-1", "region-2"]),
+            vec!["us-1", "us-2"]
         );
     }
 

@@ -44,6 +44,37 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
     /// One of the endpoints the balancer was built with, or `None` when it has none.
     fn pick(&self, ctx: &PickContext<'_>) -> Option<Pick>;
 
+    /// Like [`Balancer::pick`], but never an endpoint `excluded` rejects (those this call
+    /// already failed on, whose breakers may not have opened yet), so a retry goes to
+    /// another node; `None` when every ready endpoint is excluded. Resamples a few times,
+    /// then takes the next ready endpoint (consistent hashing would keep answering the
+    /// same one); balancers with a preference order among endpoints override this.
+    fn pick_excluding(
+        &self,
+        ctx: &PickContext<'_>,
+        excluded: &dyn Fn(usize) -> bool,
+    ) -> Option<Pick> {
+        let first = self.pick(ctx)?;
+        if !excluded(first.index) {
+            return Some(first);
+        }
+        if let Some(pick) = (0..3)
+            .filter_map(|_| self.pick(ctx))
+            .find(|p| !excluded(p.index))
+        {
+            return Some(pick);
+        }
+        let endpoints = self.endpoints();
+        let index = (1..endpoints.len())
+            .map(|k| (first.index + k) % endpoints.len())
+            .find(|&i| !excluded(i) && endpoints[i].is_ready())?;
+        Some(Pick {
+            index,
+            reason: "next ready endpoint this call has not tried",
+            compared_with: None,
+        })
+    }
+
     /// The endpoints, in the order `Pick::index` refers to.
     fn endpoints(&self) -> &[Arc<Endpoint>];
 }

@@ -303,22 +303,11 @@ async fn buffer(body: Incoming) -> Result<Bytes, String> {
 /// when the service has another.
 fn pick_avoiding(route: &ServiceRoute, affinity: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
     let ctx = PickContext { affinity };
-    let first = route.all.pick(&ctx)?.index;
-    if !tried.contains(&first) {
-        return Some(first);
-    }
-    let len = route.all.endpoints().len();
-    // Resample a few times, then walk to the next untried ready endpoint (consistent
-    // hashing would keep answering the same one).
-    (0..3)
-        .filter_map(|_| route.all.pick(&ctx).map(|p| p.index))
-        .find(|i| !tried.contains(i))
-        .or_else(|| {
-            (1..len)
-                .map(|k| (first + k) % len)
-                .find(|i| !tried.contains(i) && route.all.endpoints()[*i].is_ready())
-        })
-        .or(Some(first))
+    route
+        .all
+        .pick_excluding(&ctx, &|i| tried.contains(&i))
+        .or_else(|| route.all.pick(&ctx))
+        .map(|pick| pick.index)
 }
 
 fn set_authority(uri: &mut Uri, scheme: Scheme, authority: http::uri::Authority) {

@@ -84,8 +84,7 @@ impl MessageRouter for Router {
         let mut attempt = 1;
         let mut tried: Vec<String> = Vec::new();
         let (choice, reply) = loop {
-            let choice =
-                self.choose_avoiding(&table, &route, &message, client.as_deref(), &tried)?;
+            let choice = self.choose(&table, &route, &message, client.as_deref(), &tried)?;
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             match self
                 .call(&route, &choice.endpoint, &message, attempt, remaining)
@@ -190,31 +189,16 @@ impl Router {
         }
     }
 
-    /// Like [`Router::choose`], preferring a node not in `tried` when there is one.
-    fn choose_avoiding(
-        &self,
-        table: &ProxyTable,
-        route: &ServiceRoute,
-        message: &pb::FederationMessage,
-        client: Option<&str>,
-        tried: &[String],
-    ) -> Result<Choice, Status> {
-        let mut choice = self.choose(table, route, message, client)?;
-        for _ in 0..5 {
-            if !tried.contains(&choice.endpoint.node.id) {
-                break;
-            }
-            choice = self.choose(table, route, message, client)?;
-        }
-        Ok(choice)
-    }
-
+    /// The node for the next attempt. Nodes in `tried` (this call already failed on them)
+    /// are passed over while another usable node remains: their breakers may not have
+    /// opened yet, and a retry to the node that just failed would spend an attempt.
     fn choose(
         &self,
         table: &ProxyTable,
         route: &ServiceRoute,
         message: &pb::FederationMessage,
         client: Option<&str>,
+        tried: &[String],
     ) -> Result<Choice, Status> {
         let home = &self.identity.region;
         if !message.target_node.is_empty() {
@@ -259,7 +243,7 @@ impl Router {
                 .collect();
             let endpoint = in_region
                 .iter()
-                .min_by_key(|e| e.in_flight())
+                .min_by_key(|e| (tried.contains(&e.node.id), e.in_flight()))
                 .ok_or_else(|| {
                     Status::unavailable(format!(
                         "no usable node of {} in region {}",
@@ -285,7 +269,13 @@ impl Router {
         } else {
             Some(message.affinity_key.as_bytes())
         };
-        let Some(pick) = balancer.pick(&PickContext { affinity }) else {
+        let ctx = PickContext { affinity };
+        let endpoints = balancer.endpoints();
+        let was_tried = |i: usize| tried.contains(&endpoints[i].node.id);
+        let pick = balancer
+            .pick_excluding(&ctx, &was_tried)
+            .or_else(|| balancer.pick(&ctx));
+        let Some(pick) = pick else {
             let scope = if message.global_routing {
                 "anywhere in the federation".to_owned()
             } else {
@@ -331,5 +321,153 @@ fn explain(endpoints: &[Arc<Endpoint>], pick: Pick) -> Choice {
         endpoint: Arc::clone(&endpoints[pick.index]),
         reason: pick.reason.to_owned(),
         alternatives,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_proto::v1::message_handler_server::{MessageHandler, MessageHandlerServer};
+    use meridian_shared::domain::{Algorithm, GeoPoint, Node, Region, ServicePolicy};
+
+    use super::*;
+    use crate::endpoint::UpstreamTls;
+    use crate::table::{TableData, TableSource};
+
+    const SERVICE: &str = "demo.v1.Echo";
+
+    /// A node that answers every message as `us-1`.
+    struct Answering;
+
+    #[tonic::async_trait]
+    impl MessageHandler for Answering {
+        async fn handle_message(
+            &self,
+            request: Request<pb::HandleMessageRequest>,
+        ) -> Result<Response<pb::HandleMessageResponse>, Status> {
+            let message = request.into_inner().message.unwrap_or_default();
+            Ok(Response::new(pb::HandleMessageResponse {
+                message_id: message.id,
+                node_id: "us-1".into(),
+                ..Default::default()
+            }))
+        }
+    }
+
+    async fn answering_node() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MessageHandlerServer::new(Answering))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        address
+    }
+
+    /// An address nothing listens on: connections to it are refused.
+    async fn dead_address() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    fn region(name: &str, latitude: f64, longitude: f64) -> (String, Region) {
+        let region = Region {
+            name: name.to_owned(),
+            location: GeoPoint {
+                latitude,
+                longitude,
+            },
+            ..Default::default()
+        };
+        (name.to_owned(), region)
+    }
+
+    fn node(id: &str, region: &str, zone: &str, address: &str) -> (String, Node) {
+        let node = Node {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            region: region.to_owned(),
+            zone: zone.to_owned(),
+            services: vec![SERVICE.to_owned()],
+            ..Default::default()
+        };
+        (id.to_owned(), node)
+    }
+
+    /// A proxy in eu-west-a whose region's two nodes (one in its zone) are down, with
+    /// breakers still closed, and a live node in us-east; geographic routing.
+    async fn proxy_whose_region_is_down() -> Router {
+        let (eu1, eu2) = (dead_address().await, dead_address().await);
+        let us1 = answering_node().await;
+        let data = TableData {
+            version: 1,
+            federation: "prod".into(),
+            regions: [
+                region("eu-west", 53.35, -6.26),
+                region("us-east", 38.9, -77.04),
+            ]
+            .into(),
+            nodes: [
+                node("eu-1", "eu-west", "eu-west-a", &eu1),
+                node("eu-2", "eu-west", "eu-west-b", &eu2),
+                node("us-1", "us-east", "us-east-a", &us1),
+            ]
+            .into(),
+            services: [(
+                SERVICE.to_owned(),
+                ServicePolicy {
+                    name: SERVICE.into(),
+                    algorithm: Algorithm::Geographic,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let identity = ProxyIdentity {
+            id: "proxy-eu".into(),
+            federation: "prod".into(),
+            region: "eu-west".into(),
+            zone: "eu-west-a".into(),
+        };
+        let table = ProxyTable::build(
+            data,
+            &identity,
+            None,
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        );
+        let handle = TableHandle::default();
+        handle.store(table);
+        Router::new(handle, Arc::new(identity))
+    }
+
+    #[tokio::test]
+    async fn a_retry_goes_to_a_node_the_call_has_not_tried() {
+        // The region's nodes refuse connections but their breakers have not opened (the
+        // first calls after a loss): with three attempts, the call must still reach us-1
+        // instead of spending its retries on the node that just failed.
+        let router = proxy_whose_region_is_down().await;
+        let request = || {
+            Request::new(pb::RouteMessageRequest {
+                message: Some(pb::FederationMessage {
+                    id: "m1".into(),
+                    target_service: SERVICE.into(),
+                    global_routing: true,
+                    ..Default::default()
+                }),
+            })
+        };
+        let routed = router
+            .route_message(request())
+            .await
+            .expect("us-1 can take the message")
+            .into_inner();
+        let decision = routed.decision.unwrap();
+        assert_eq!(decision.target_node, "us-1");
+        assert_eq!(
+            decision.attempts, 3,
+            "eu-1 (the proxy's zone), then eu-2 (its region), then us-1"
+        );
     }
 }
