@@ -142,10 +142,9 @@ impl Geographic {
             remaining -= load;
             total += load;
         }
-        if total == 0 {
-            return None;
-        }
-        let mut draw = rand::random_range(0..total);
+        // When no tier has a share (its usable endpoints are few and still warming), every
+        // tier is skipped and the fallback below still finds one.
+        let mut draw = rand::random_range(0..total.max(1));
         let mut remaining = 100;
         for tier in &self.tiers {
             let load = self.tier_load(tier, remaining, &usable);
@@ -167,7 +166,8 @@ impl Geographic {
                 });
             }
         }
-        // Readiness changed between the passes: the nearest tier with a usable endpoint.
+        // Readiness changed between the passes, or no tier had a share: the nearest tier
+        // with a usable endpoint.
         self.tiers.iter().find_map(|tier| {
             let ready = |position: usize| usable(tier.endpoints[position]);
             let load = |position: usize| self.endpoints[tier.endpoints[position]].in_flight();

@@ -236,3 +236,86 @@ mod readiness_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod retry_pick_tests {
+    //! Every algorithm's retry pick (`pick_excluding`) skips the endpoints the call has
+    //! tried while an untried ready one exists, and gives up only when none is left.
+
+    use meridian_shared::domain::Algorithm;
+
+    use super::test_support::{endpoint, endpoints};
+    use super::{Locality, PickContext, build};
+
+    fn open_breaker(e: &crate::endpoint::Endpoint) {
+        for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+            e.breaker.record_failure();
+        }
+    }
+
+    #[tokio::test]
+    async fn no_algorithm_retries_on_a_tried_endpoint_while_an_untried_one_is_ready() {
+        let locality = Locality::new("eu-west", "eu-west-a", &[]);
+        for algorithm in Algorithm::ALL {
+            let mut eps = endpoints(3);
+            eps.push(endpoint("far", "us-east", "us-east-a", 1));
+            let balancer = build(algorithm, eps, &locality, &Default::default());
+            let len = balancer.endpoints().len();
+            // Every set of tried endpoints but the full one, as a bit mask.
+            for mask in 0..(1u32 << len) - 1 {
+                let tried = |i: usize| mask & (1 << i) != 0;
+                for key in 0..50u32 {
+                    let key = key.to_be_bytes();
+                    let ctx = PickContext {
+                        affinity: Some(&key),
+                    };
+                    let pick = balancer.pick_excluding(&ctx, &tried).unwrap_or_else(|| {
+                        panic!("{algorithm}: no retry pick with tried mask {mask:#b}")
+                    });
+                    assert!(
+                        !tried(pick.index),
+                        "{algorithm} retried on tried endpoint {} (tried mask {mask:#b})",
+                        balancer.endpoints()[pick.index].node.id
+                    );
+                }
+            }
+            assert!(
+                balancer
+                    .pick_excluding(&PickContext::default(), &|_| true)
+                    .is_none(),
+                "{algorithm}: a retry pick although every endpoint was tried"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_untried_endpoint_whose_breaker_is_open_is_no_retry_target() {
+        let locality = Locality::new("eu-west", "eu-west-a", &[]);
+        for algorithm in Algorithm::ALL {
+            let eps = endpoints(3);
+            open_breaker(&eps[2]);
+            let balancer = build(algorithm, eps, &locality, &Default::default());
+            let id = |i: usize| balancer.endpoints()[i].node.id.as_str();
+            let tried_0 = |i: usize| id(i) == "node-0";
+            for key in 0..100u32 {
+                let key = key.to_be_bytes();
+                let ctx = PickContext {
+                    affinity: Some(&key),
+                };
+                let pick = balancer.pick_excluding(&ctx, &tried_0);
+                assert_eq!(
+                    pick.map(|p| id(p.index)),
+                    Some("node-1"),
+                    "{algorithm}: node-1 is the only untried ready endpoint"
+                );
+            }
+            let tried_0_and_1 = |i: usize| id(i) != "node-2";
+            assert!(
+                balancer
+                    .pick_excluding(&PickContext::default(), &tried_0_and_1)
+                    .is_none(),
+                "{algorithm}: a retry pick although only a broken endpoint is untried"
+            );
+        }
+    }
+}

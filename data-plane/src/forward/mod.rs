@@ -26,6 +26,7 @@ use tonic::Code;
 use self::body::{Call, ObservedBody};
 use self::status::trailers_only;
 use crate::balance::PickContext;
+use crate::retry::TriedEndpoints;
 use crate::table::{ProxyIdentity, ServiceRoute, TableHandle};
 
 /// The body of every response the proxy sends.
@@ -121,7 +122,7 @@ impl Forwarder {
         };
         route.retry_budget.deposit();
         let max_attempts = route.policy.retry.effective_max_attempts();
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried = TriedEndpoints::default();
         let mut attempt = 1;
         let (endpoint, in_flight, response) = loop {
             let Some(pick) = pick_avoiding(&route, affinity, &tried) else {
@@ -191,7 +192,7 @@ impl Forwarder {
                         parts.clone(),
                         ProxyBody::new(Full::new(bytes.clone())),
                     );
-                    tried.push(pick);
+                    tried.insert(pick);
                     attempt += 1;
                 }
                 Err(failure) => {
@@ -200,8 +201,6 @@ impl Forwarder {
                         .metrics_of(&endpoint.node.id)
                         .record(Code::Unavailable as i32, started.elapsed());
                     drop(in_flight);
-                    // Only a call the node never saw is retried: anything else may have
-                    // had effects.
                     // A call the node never saw may always go elsewhere; an idempotent
                     // call (its body kept for replay) may even if it was sent.
                     let next = match failure.unsent {
@@ -221,7 +220,7 @@ impl Forwarder {
                         Some(next) if retryable => {
                             tracing::debug!(node = %endpoint.node.id, error = %failure.error, attempt, "call failed in transport; retrying on another node");
                             upstream = next;
-                            tried.push(pick);
+                            tried.insert(pick);
                             attempt += 1;
                         }
                         _ => {
@@ -301,11 +300,15 @@ async fn buffer(body: Incoming) -> Result<Bytes, String> {
 
 /// A pick, preferring an endpoint not in `tried` (those that already failed this call)
 /// when the service has another.
-fn pick_avoiding(route: &ServiceRoute, affinity: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
+fn pick_avoiding(
+    route: &ServiceRoute,
+    affinity: Option<&[u8]>,
+    tried: &TriedEndpoints,
+) -> Option<usize> {
     let ctx = PickContext { affinity };
     route
         .all
-        .pick_excluding(&ctx, &|i| tried.contains(&i))
+        .pick_excluding(&ctx, &|i| tried.contains(i))
         .or_else(|| route.all.pick(&ctx))
         .map(|pick| pick.index)
 }

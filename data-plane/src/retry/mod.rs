@@ -32,3 +32,51 @@ pub fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
         .min(max);
     Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
 }
+
+/// The endpoints (indices into one balancer's endpoints) a call has already tried, so its
+/// retries go elsewhere. Kept inline: the request path allocates nothing for it. Holds up
+/// to [`TriedEndpoints::CAPACITY`] indices, more than the attempts a policy may ask for
+/// (at most 10, checked by the control plane); past that, further ones are not remembered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TriedEndpoints {
+    indices: [usize; TriedEndpoints::CAPACITY],
+    len: usize,
+}
+
+impl TriedEndpoints {
+    pub const CAPACITY: usize = 16;
+
+    /// Remembers that the call tried endpoint `index`.
+    pub fn insert(&mut self, index: usize) {
+        if self.len < Self::CAPACITY && !self.contains(index) {
+            self.indices[self.len] = index;
+            self.len += 1;
+        }
+    }
+
+    /// Whether the call already tried endpoint `index`.
+    pub fn contains(&self, index: usize) -> bool {
+        self.indices[..self.len].contains(&index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TriedEndpoints;
+
+    #[test]
+    fn tried_endpoints_remember_each_index_once_up_to_the_capacity() {
+        let mut tried = TriedEndpoints::default();
+        assert!(!tried.contains(0));
+        tried.insert(3);
+        tried.insert(3);
+        tried.insert(0);
+        assert!(tried.contains(3) && tried.contains(0) && !tried.contains(1));
+        for i in 100..100 + TriedEndpoints::CAPACITY {
+            tried.insert(i);
+        }
+        // Full: the first ones stay, the overflow is not remembered.
+        assert!(tried.contains(3) && tried.contains(100));
+        assert!(!tried.contains(100 + TriedEndpoints::CAPACITY - 1));
+    }
+}

@@ -19,7 +19,7 @@ use self::upstream::EndpointChannel;
 use crate::balance::{Pick, PickContext};
 use crate::endpoint::Endpoint;
 use crate::forward::timeout;
-use crate::retry;
+use crate::retry::{self, TriedEndpoints};
 use crate::table::{ProxyIdentity, ProxyTable, ServiceRoute, TableHandle};
 
 pub struct Router {
@@ -36,6 +36,9 @@ impl Router {
 /// The node chosen for a message and why.
 struct Choice {
     endpoint: Arc<Endpoint>,
+    /// Its index among the endpoints the call chooses from, remembered so a retry avoids
+    /// it; `None` for a node the message names (such a call is never retried).
+    index: Option<usize>,
     reason: String,
     alternatives: Vec<pb::Alternative>,
 }
@@ -82,7 +85,7 @@ impl MessageRouter for Router {
         };
         let deadline = budget.map(|b| Instant::now() + b);
         let mut attempt = 1;
-        let mut tried: Vec<String> = Vec::new();
+        let mut tried = TriedEndpoints::default();
         let (choice, reply) = loop {
             let choice = self.choose(&table, &route, &message, client.as_deref(), &tried)?;
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -107,7 +110,9 @@ impl MessageRouter for Router {
                         Some(d) => tokio::time::sleep_until(d.min(Instant::now() + pause)).await,
                         None => tokio::time::sleep(pause).await,
                     }
-                    tried.push(choice.endpoint.node.id.clone());
+                    if let Some(index) = choice.index {
+                        tried.insert(index);
+                    }
                     attempt += 1;
                 }
             }
@@ -189,16 +194,18 @@ impl Router {
         }
     }
 
-    /// The node for the next attempt. Nodes in `tried` (this call already failed on them)
-    /// are passed over while another usable node remains: their breakers may not have
-    /// opened yet, and a retry to the node that just failed would spend an attempt.
+    /// The node for the next attempt. Endpoints in `tried` (this call already failed on
+    /// them) are passed over while another usable one remains: their breakers may not have
+    /// opened yet, and a retry to the node that just failed would spend an attempt. Its
+    /// indices are those of [`Choice::index`], which for one message always refer to the
+    /// same list (the message's fields choose it).
     fn choose(
         &self,
         table: &ProxyTable,
         route: &ServiceRoute,
         message: &pb::FederationMessage,
         client: Option<&str>,
-        tried: &[String],
+        tried: &TriedEndpoints,
     ) -> Result<Choice, Status> {
         let home = &self.identity.region;
         if !message.target_node.is_empty() {
@@ -223,6 +230,7 @@ impl Router {
             }
             return Ok(Choice {
                 endpoint: Arc::clone(endpoint),
+                index: None,
                 reason: "the message named this node".into(),
                 alternatives: Vec::new(),
             });
@@ -235,15 +243,13 @@ impl Router {
                 )));
             }
             self.check_region(&message.target_region, message)?;
-            let in_region: Vec<&Arc<Endpoint>> = route
+            let (index, endpoint) = route
                 .all
                 .endpoints()
                 .iter()
-                .filter(|e| e.node.region == message.target_region)
-                .collect();
-            let endpoint = in_region
-                .iter()
-                .min_by_key(|e| (tried.contains(&e.node.id), e.in_flight()))
+                .enumerate()
+                .filter(|(_, e)| e.node.region == message.target_region)
+                .min_by_key(|&(i, e)| (tried.contains(i), e.in_flight()))
                 .ok_or_else(|| {
                     Status::unavailable(format!(
                         "no usable node of {} in region {}",
@@ -252,6 +258,7 @@ impl Router {
                 })?;
             return Ok(Choice {
                 endpoint: Arc::clone(endpoint),
+                index: Some(index),
                 reason: format!(
                     "fewest in-flight requests in the requested region {}",
                     message.target_region
@@ -270,10 +277,8 @@ impl Router {
             Some(message.affinity_key.as_bytes())
         };
         let ctx = PickContext { affinity };
-        let endpoints = balancer.endpoints();
-        let was_tried = |i: usize| tried.contains(&endpoints[i].node.id);
         let pick = balancer
-            .pick_excluding(&ctx, &was_tried)
+            .pick_excluding(&ctx, &|i| tried.contains(i))
             .or_else(|| balancer.pick(&ctx));
         let Some(pick) = pick else {
             let scope = if message.global_routing {
@@ -319,6 +324,7 @@ fn explain(endpoints: &[Arc<Endpoint>], pick: Pick) -> Choice {
         .collect();
     Choice {
         endpoint: Arc::clone(&endpoints[pick.index]),
+        index: Some(pick.index),
         reason: pick.reason.to_owned(),
         alternatives,
     }
