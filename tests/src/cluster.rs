@@ -179,6 +179,36 @@ pub async fn wait_usable(proxy: &ProxyProcess, count: usize) {
         .await;
 }
 
+/// Waits until the proxy's table lists `count` Echo endpoints, all healthy and warm: the
+/// state a measurement of balancing or failure handling must start from. A node starts
+/// with status unknown, and the control plane's first health verdict (seconds after it
+/// registers) changes the node in the table; the proxy then builds a fresh endpoint for
+/// it (closed breaker, nothing in flight, no latency estimate, and a fresh retry budget
+/// for the service). And a node that reached the proxy after its first table ramps up
+/// over the slow-start window (10 s).
+pub async fn wait_steady(proxy: &ProxyProcess, count: usize) {
+    proxy
+        .wait_table(
+            Duration::from_secs(40),
+            "healthy, warm Echo endpoints",
+            |t| {
+                t["services"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s["name"] == ECHO)
+                    .and_then(|s| s["endpoints"].as_array())
+                    .is_some_and(|e| {
+                        e.len() == count
+                            && e.iter().all(|e| {
+                                e["status"] == "healthy" && e["warmth"].as_f64() == Some(1.0)
+                            })
+                    })
+            },
+        )
+        .await;
+}
+
 /// The node named by a response's `x-meridian-node` header.
 pub fn served_by<T>(response: &tonic::Response<T>) -> String {
     response

@@ -10,7 +10,7 @@ use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_router_client::MessageRouterClient;
-use meridian_tests::cluster::{Cluster, ECHO, served_by, wait_usable};
+use meridian_tests::cluster::{Cluster, served_by, wait_steady};
 use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
 
@@ -94,21 +94,8 @@ async fn losing_the_region_moves_traffic_to_the_nearest_region_and_back() {
     let _us = cluster.node("us-1", "us-east", "us-east-a", 0, &[]).await;
     let _ap = cluster.node("ap-1", "ap-south", "ap-south-a", 0, &[]).await;
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
-    wait_usable(&proxy, 4).await;
-    // A node that reaches the proxy after its first table (the control plane's first
-    // snapshot can predate the last registrations) ramps up over the slow-start window;
-    // the traffic stays in the zone only once every endpoint is warm.
-    proxy
-        .wait_table(Duration::from_secs(20), "warm Echo endpoints", |t| {
-            t["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|s| s["name"] == ECHO)
-                .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
-                .all(|e| e["warmth"].as_f64() == Some(1.0))
-        })
-        .await;
+    // The traffic stays in the zone only once every endpoint is warm.
+    wait_steady(&proxy, 4).await;
     let via = channel(&proxy.url()).await;
 
     let log: Log = Arc::default();

@@ -12,7 +12,7 @@ use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::demo_control_client::DemoControlClient;
 use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
-use meridian_tests::cluster::{Cluster, served_by, wait_usable};
+use meridian_tests::cluster::{Cluster, served_by, wait_steady, wait_usable};
 use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
 use tonic::transport::Channel;
@@ -71,7 +71,8 @@ async fn least_connections_avoids_a_node_holding_slow_requests() {
     let _b = cluster.node("eu-2", "eu-west", "eu-west-a", 0, &[]).await;
     let _c = cluster.node("eu-3", "eu-west", "eu-west-a", 0, &[]).await;
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
-    wait_usable(&proxy, 3).await;
+    // In-flight counts and warmth steer the picks: measure from the steady state.
+    wait_steady(&proxy, 3).await;
     set_latency(&slow, 1_000).await;
 
     let counts = load(channel(&proxy.url()).await, 8, Duration::from_secs(3)).await;
@@ -99,7 +100,8 @@ async fn adaptive_moves_traffic_off_a_node_made_ten_times_slower() {
             .await,
     ];
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
-    wait_usable(&proxy, 3).await;
+    // Latency estimates and warmth steer the picks: measure from the steady state.
+    wait_steady(&proxy, 3).await;
     let via = channel(&proxy.url()).await;
 
     let before = load(via.clone(), 2, Duration::from_secs(1)).await;
