@@ -178,10 +178,10 @@ mod tests {
             assert!(shapes_topology(&keys, &key), "{key} shapes the topology");
         }
         for key in [
-            keys.event(7),
+            format!("{}00000000000000000042-a1b2c3d4-7", keys.dir(Kind::Event)),
             format!("{}eu-proxy-1", keys.proxies_of("replica-a")),
             keys.leader(),
-            keys.event_seq(),
+            format!("{}event-seq", keys.root()),
         ] {
             assert!(!shapes_topology(&keys, &key), "{key} does not");
         }
