@@ -100,7 +100,7 @@ pub async fn run(args: &ScaleArgs) -> Result<ScaleReport, ScaleError> {
     let mut cp = ControlPlaneProcess::start_with(
         ControlPlaneOptions {
             etcd_endpoints: &endpoints,
-            prefix: "/meridian-scale",
+            prefix: "/meridian-scale/",
             replica: "cp-scale",
             election_ttl_seconds: 5,
             dir: dir.path(),
@@ -271,7 +271,16 @@ async fn burst(
         )
         .await?;
     let last_write = fleet.at_us(writes.last_return);
+    let last_start = fleet.at_us(writes.last_start);
+    report.burst_spread = spread;
     report.burst_writes = writes.duration;
+    report.burst_final_from_last_start = Spread::of_micros(
+        fleet
+            .reached_at_us()
+            .iter()
+            .map(|at| at.saturating_sub(last_start))
+            .collect(),
+    );
     report.burst_final = Spread::of_micros(
         fleet
             .reached_at_us()

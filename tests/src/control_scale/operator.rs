@@ -127,6 +127,8 @@ pub struct BurstWrites {
     pub duration: Duration,
     /// When the last call returned.
     pub last_return: Instant,
+    /// When the last call started.
+    pub last_start: Instant,
 }
 
 /// Drains every node in `nodes`, starting the calls evenly over `spread` (each on its own
@@ -140,8 +142,10 @@ pub async fn drain_burst(
     let started = tokio::time::Instant::now();
     let first = Instant::now();
     let mut calls = JoinSet::new();
+    let mut last_start = first;
     for (i, index) in nodes.enumerate() {
         tokio::time::sleep_until(started + spread * i as u32 / count).await;
+        last_start = Instant::now();
         let admin = admin.clone();
         calls.spawn(async move {
             set_draining(&admin, index, true).await?;
@@ -156,5 +160,6 @@ pub async fn drain_burst(
     Ok(BurstWrites {
         duration: last - first,
         last_return: last,
+        last_start,
     })
 }

@@ -84,6 +84,9 @@ pub struct ScaleReport {
     pub burst_writes: Duration,
     /// From the burst's last write returning to each proxy holding the final table.
     pub burst_final: Spread,
+    /// The same from the last call's start (the write may commit before its reply).
+    pub burst_final_from_last_start: Spread,
+    pub burst_spread: Duration,
     pub burst_pushes_per_proxy: MeanMax,
     pub burst_cpu: Duration,
     /// Whether every proxy ended on the same version.
@@ -176,13 +179,20 @@ impl ScaleReport {
             ),
             (
                 format!(
-                    "burst: {} drains over {:.2} s → final at every proxy, after the last write",
+                    "burst: {} drains started over {:.1} s (last reply after {:.2} s) → final at every proxy, after the last reply",
                     self.burst,
+                    self.burst_spread.as_secs_f64(),
                     self.burst_writes.as_secs_f64()
                 ),
                 self.burst_final.ms(),
                 "all within 1 s",
                 Some(self.burst_final.max <= Duration::from_secs(1)),
+            ),
+            (
+                "  the same, after the last DrainNode call started".into(),
+                self.burst_final_from_last_start.ms(),
+                "",
+                None,
             ),
             (
                 "  pushes per proxy during the burst".into(),
