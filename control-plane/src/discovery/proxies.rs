@@ -260,3 +260,106 @@ impl ProxyRegistry {
 fn set_gauge(connected: usize) {
     metrics::gauge!("meridian_control_connected_proxies").set(connected as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    fn record(proxy_id: &str) -> ProxyRecord {
+        ProxyRecord {
+            proxy_id: proxy_id.into(),
+            federation: "prod".into(),
+            region: "eu-west".into(),
+            zone: "eu-west-a".into(),
+            acked_version: 0,
+            sent_version: 0,
+            last_nack: None,
+            connected_since: SystemTime::UNIX_EPOCH,
+            peer_address: "127.0.0.1:1".into(),
+            replica: "cp-a".into(),
+            build_version: "test".into(),
+        }
+    }
+
+    async fn stored(store: &Arc<dyn Store>, keys: &Keys) -> Vec<ProxyRecord> {
+        let listing = store.list(&keys.dir(Kind::Proxy)).await.unwrap();
+        listing
+            .kvs
+            .iter()
+            .map(|kv| keys::decode(&kv.key, &kv.value).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn records_reach_the_store_in_batches_not_one_write_per_ack() {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
+        let keys = Keys::new("/t/");
+        let shutdown = Shutdown::new();
+        let lease = ReplicaLease::start(Arc::clone(&store), shutdown.clone());
+        let registry = Arc::new(ProxyRegistry::new(
+            "cp-a".into(),
+            keys.clone(),
+            Arc::clone(&store),
+            lease,
+        ));
+        tokio::spawn(Arc::clone(&registry).flush_until(shutdown.clone()));
+        let before = store.revision().await.unwrap();
+
+        for stream in 0..150 {
+            registry.connected(stream, record(&format!("p{stream:03}")));
+        }
+        for stream in 0..150 {
+            registry.update(stream, &format!("p{stream:03}"), |r| r.acked_version = 7);
+        }
+        // This replica lists its own proxies from memory at once.
+        let listed = registry.list().await;
+        assert_eq!(listed.len(), 150);
+        assert!(listed.iter().all(|r| r.acked_version == 7));
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = stored(&store, &keys).await;
+            if records.len() == 150 && records.iter().all(|r| r.acked_version == 7) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the flusher did not store the records: {} stored",
+                records.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let writes = store.revision().await.unwrap() - before;
+        assert!(
+            writes <= 4,
+            "150 connects and 150 ACKs took {writes} store writes; they must be batched"
+        );
+
+        // A disconnect removes the record at the next flush; a stale stream cannot.
+        registry.disconnected(999, "p000");
+        registry.disconnected(1, "p001");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ids: Vec<String> = stored(&store, &keys)
+                .await
+                .into_iter()
+                .map(|r| r.proxy_id)
+                .collect();
+            if !ids.contains(&"p001".to_owned()) {
+                assert!(
+                    ids.contains(&"p000".to_owned()),
+                    "a stale stream removed p000"
+                );
+                assert_eq!(ids.len(), 149);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "p001's record was never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.trigger();
+    }
+}
