@@ -9,14 +9,17 @@
 //! {prefix}v1/services/{name}      ServicePolicy
 //! {prefix}v1/failover/{service}   ActiveFailover
 //! {prefix}v1/config               DynamicConfig
-//! {prefix}v1/events/{seq:020}     Event
-//! {prefix}v1/event-seq            the last event sequence number
+//! {prefix}v1/events/{nanos:020}-{writer}-{n}  Event; its seq is the key's create revision
 //! {prefix}v1/proxies/{replica}/{proxy}  ProxyStatus, attached to the replica's lease
 //! {prefix}v1/leader               election key, attached to the leader's lease
 //! ```
 //!
 //! Each value is `{"schema": 1, "data": ...}`; a reader refuses a schema it does not know
 //! rather than misreading it.
+//!
+//! Stores written by earlier builds may also hold events at `{prefix}v1/events/{seq:020}`
+//! (read and trimmed like the others) and `{prefix}v1/event-seq`, their counter, which
+//! nothing reads any more (see [`crate::events`]).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -80,15 +83,6 @@ impl Keys {
     /// The key of one entity, e.g. `/meridian/v1/nodes/eu-1`.
     pub fn key(&self, kind: Kind, name: &str) -> String {
         format!("{}{}{}", self.root, kind.dir(), name)
-    }
-
-    /// The event with sequence number `seq` (zero-padded so keys sort by number).
-    pub fn event(&self, seq: u64) -> String {
-        format!("{}{}{seq:020}", self.root, Kind::Event.dir())
-    }
-
-    pub fn event_seq(&self) -> String {
-        format!("{}event-seq", self.root)
     }
 
     pub fn config(&self) -> String {
@@ -180,10 +174,6 @@ mod tests {
         assert_eq!(key, "/meridian/v1/nodes/eu-1");
         assert_eq!(keys.parse(&key), Some((Kind::Node, "eu-1")));
         assert_eq!(keys.parse("/other/v1/nodes/eu-1"), None);
-        assert!(
-            keys.event(7) < keys.event(10),
-            "event keys must sort by number"
-        );
     }
 
     #[test]

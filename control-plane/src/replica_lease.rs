@@ -27,6 +27,11 @@ impl ReplicaLease {
         ReplicaLease { rx }
     }
 
+    /// A receiver told whenever the lease is granted anew (or lost).
+    pub fn subscribe(&self) -> watch::Receiver<Option<LeaseId>> {
+        self.rx.clone()
+    }
+
     /// The current lease, once granted.
     pub fn current(&self) -> Option<LeaseId> {
         *self.rx.borrow()

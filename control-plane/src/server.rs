@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use meridian_proto::v1::admin_server::AdminServer;
 use meridian_proto::v1::node_registry_server::NodeRegistryServer;
-use meridian_proto::v1::routing_discovery_server::RoutingDiscoveryServer;
 use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::{ControlPlaneConfig, StoreBackend, StoreConfig};
 use meridian_shared::domain::limits::routing_message_limit;
@@ -26,6 +25,7 @@ use crate::auth::{AuthError, AuthLayer, Authenticator};
 use crate::discovery::DiscoveryService;
 use crate::discovery::proxies::ProxyRegistry;
 use crate::discovery::session::SessionContext;
+use crate::discovery::wire::DiscoveryRoutes;
 use crate::events::EventLog;
 use crate::keys::Keys;
 use crate::leader::{LeaderElection, LeaderHandle, reconcilers};
@@ -181,10 +181,7 @@ impl ControlPlane {
             // larger than gRPC's 4 MiB default; requests keep the default.
             .add_service(AdminServer::new(admin).max_encoding_message_size(routing_message_limit()))
             .add_service(NodeRegistryServer::new(registry))
-            .add_service(
-                RoutingDiscoveryServer::new(discovery)
-                    .max_encoding_message_size(routing_message_limit()),
-            );
+            .add_service(DiscoveryRoutes::new(discovery));
         let served = match self.tls {
             Some(tls) => {
                 router
@@ -244,6 +241,7 @@ impl Parts {
             Arc::clone(&store),
             lease,
         ));
+        tokio::spawn(Arc::clone(&proxies).flush_until(shutdown.clone()));
         let (election, leader) = LeaderElection::new(
             Arc::clone(&store),
             keys,

@@ -243,6 +243,11 @@ impl EtcdCluster {
         self.members.iter().map(Member::client_url).collect()
     }
 
+    /// The process id of member `index`, while it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.members[index].child.as_ref().map(Child::id)
+    }
+
     /// The client URL of member `index`.
     pub fn endpoint(&self, index: usize) -> String {
         self.members[index].client_url()

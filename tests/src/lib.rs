@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod control;
+pub mod control_scale;
 pub mod demo_node;
 pub mod etcd;
 pub mod http;

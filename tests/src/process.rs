@@ -7,17 +7,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary built next to the running test.
+/// The path of a workspace binary built next to the running test or benchmark program,
+/// so a release-built benchmark runs release-built binaries.
 ///
 /// Panics with the build command when it is missing: `cargo test` builds test harnesses,
 /// not the binaries themselves, so `scripts/test.sh` runs `cargo build --bins` first.
 pub fn binary(name: &str) -> PathBuf {
-    let test_exe = std::env::current_exe().expect("the test binary knows its path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = test_exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps");
+    let exe = std::env::current_exe().expect("the running program knows its path");
+    // A test runs from target/<profile>/deps/<test>, a program such as
+    // meridian-control-scale from target/<profile>/<program>: both → target/<profile>/<name>.
+    let parent = exe.parent().expect("programs live in target/<profile>");
+    let profile_dir = if parent.file_name().is_some_and(|dir| dir == "deps") {
+        parent
+            .parent()
+            .expect("test binaries live in target/<profile>/deps")
+    } else {
+        parent
+    };
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),

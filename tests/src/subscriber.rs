@@ -45,6 +45,27 @@ impl Subscriber {
         held_version: u64,
         nack_version: Option<u64>,
     ) -> Self {
+        Self::start_acking_after(
+            url,
+            proxy_id,
+            federation,
+            held_version,
+            nack_version,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// Like [`Subscriber::start_with`], answering each update `ack_delay` after it
+    /// arrived (a slow proxy).
+    pub async fn start_acking_after(
+        url: &str,
+        proxy_id: &str,
+        federation: &str,
+        held_version: u64,
+        nack_version: Option<u64>,
+        ack_delay: Duration,
+    ) -> Self {
         // A proxy's decode limit: a federation at its limits is far over tonic's 4 MiB.
         let mut client = RoutingDiscoveryClient::with_interceptor(
             crate::control::channel(url).await,
@@ -87,6 +108,9 @@ impl Subscriber {
                 };
                 let mut version = 0;
                 view_tx.send_modify(|v| version = apply(v, response.update));
+                if !ack_delay.is_zero() {
+                    tokio::time::sleep(ack_delay).await;
+                }
                 let answer = if Some(version) == nack_version {
                     Outbound::Nack(pb::Nack {
                         version,

@@ -10,10 +10,11 @@
 //!
 //! How the federation is filled: the first [`ADMIN_NODES`] nodes are registered and
 //! drained through the Admin API, as an operator would, 64 calls in flight. All 10,000
-//! that way take far too long for a test (about 20 minutes on a 2-core machine with debug
-//! builds: every write also records an event, and events are serialised by the event
-//! counter key). So the control plane is then stopped (SIGTERM) and the rest are written
-//! straight into etcd, in batched transactions, exactly as the control plane stores them:
+//! that way took far too long for a test (about 20 minutes on a 2-core machine with debug
+//! builds, measured while every event still went through one counter key; not measured
+//! since events are appended without it). So the control plane is then stopped (SIGTERM)
+//! and the rest are written straight into etcd, in batched transactions, exactly as the
+//! control plane stores them:
 //! the domain `Node` at `keys::Keys::key(Kind::Node, id)`, encoded with `keys::encode`,
 //! each first passed through `validate::node` against the stored federation and region.
 //! The test checks that encoding against a node the control plane wrote itself.

@@ -1,5 +1,7 @@
 //! `WatchEvents`: the stored history from a sequence number, then (with `follow`) new
-//! events as the store reports them, filtered by kind.
+//! events as the store reports them, filtered by kind. Sequence numbers are store
+//! revisions (see [`crate::events`]), so the watch, which reports changes in revision
+//! order, continues the history in order.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -78,7 +80,7 @@ pub async fn watch(
                 let WatchEvent::Put(kv) = change else {
                     continue;
                 };
-                let Ok(event) = log.decode(&kv.key, &kv.value) else {
+                let Ok(event) = log.decode(&kv) else {
                     continue;
                 };
                 if event.seq < next_seq || !wanted(&event.kind) {

@@ -13,8 +13,8 @@ use super::{CtlError, Output, enums};
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
-    /// Start at this sequence number (0: the oldest kept). To resume, pass the last seq
-    /// seen plus one.
+    /// Start at this sequence number (0: the oldest kept). Numbers increase but skip
+    /// values. To resume, pass the last seq seen plus one.
     #[arg(long, default_value_t = 0, value_name = "SEQ")]
     since: u64,
     /// Keep watching and print new events as they happen, until Ctrl-C.

@@ -3,6 +3,7 @@
 
 pub mod proxies;
 pub mod session;
+pub mod wire;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::proxies::ProxyRecord;
-use self::session::{Session, SessionContext};
+use self::session::{Outbound, Session, SessionContext};
 use crate::auth::{self, Caller};
 use crate::topology::StateHandle;
 
@@ -73,16 +74,13 @@ impl DiscoveryService {
         }
         Ok(())
     }
-}
 
-#[tonic::async_trait]
-impl RoutingDiscovery for DiscoveryService {
-    type StreamRoutesStream = ResponseStream<pb::StreamRoutesResponse>;
-
-    async fn stream_routes(
+    /// Opens a proxy's routing stream: reads its Hello, checks it, and starts the session
+    /// whose updates the returned receiver yields (framed by [`wire`]).
+    pub async fn open_stream(
         &self,
         request: Request<Streaming<pb::StreamRoutesRequest>>,
-    ) -> Result<Response<Self::StreamRoutesStream>, Status> {
+    ) -> Result<mpsc::Receiver<Outbound>, Status> {
         let caller = auth::caller(&request)?.clone();
         let peer = request
             .remote_addr()
@@ -118,7 +116,7 @@ impl RoutingDiscovery for DiscoveryService {
             replica: self.ctx.proxies.replica().to_owned(),
             build_version: hello.build_version.clone(),
         };
-        self.ctx.proxies.connected(stream, record).await;
+        self.ctx.proxies.connected(stream, record);
         tracing::info!(proxy = %hello.proxy_id, federation = %hello.federation, held = hello.held_version, "proxy subscribed");
 
         let (tx, rx) = mpsc::channel(2);
@@ -128,10 +126,25 @@ impl RoutingDiscovery for DiscoveryService {
             Session::new(stream, &hello)
                 .run(hello.held_version, Arc::clone(&ctx), inbound, tx)
                 .await;
-            ctx.proxies.disconnected(stream, &proxy_id).await;
+            ctx.proxies.disconnected(stream, &proxy_id);
             tracing::info!(proxy = %proxy_id, "proxy unsubscribed");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
+    }
+}
+
+#[tonic::async_trait]
+impl RoutingDiscovery for DiscoveryService {
+    type StreamRoutesStream = ResponseStream<pb::StreamRoutesResponse>;
+
+    /// Never called: [`wire::DiscoveryRoutes`] serves this method with shared encodings.
+    async fn stream_routes(
+        &self,
+        _request: Request<Streaming<pb::StreamRoutesRequest>>,
+    ) -> Result<Response<Self::StreamRoutesStream>, Status> {
+        Err(Status::internal(
+            "StreamRoutes reached the generated server; it is served by discovery::wire",
+        ))
     }
 
     type ReportLoadStream = ResponseStream<pb::LoadReportResponse>;

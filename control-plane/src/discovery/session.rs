@@ -11,17 +11,15 @@ use std::time::{Duration, SystemTime};
 
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::stream_routes_request::Message as Inbound;
-use meridian_proto::v1::stream_routes_response::Update;
 use meridian_shared::Shutdown;
 use meridian_shared::domain::EventKind;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 use super::proxies::{NackRecord, ProxyRegistry};
 use crate::events::EventLog;
-use crate::routing::table::delta_len;
-use crate::routing::{FederationTable, Published};
+use crate::routing::{EncodedUpdate, FederationTable, Published};
 
 /// How long a reconnecting proxy may wait for this replica to catch up with the version
 /// it holds before it is sent a snapshot.
@@ -38,6 +36,12 @@ pub struct SessionContext {
     pub proxies: Arc<ProxyRegistry>,
     pub events: EventLog,
     pub shutdown: Shutdown,
+}
+
+/// One message for the proxy: a `StreamRoutesResponse` whose update is already encoded.
+pub struct Outbound {
+    pub nonce: String,
+    pub update: EncodedUpdate,
 }
 
 struct InFlight {
@@ -75,7 +79,7 @@ impl Session {
         held_version: u64,
         ctx: Arc<SessionContext>,
         mut inbound: Streaming<pb::StreamRoutesRequest>,
-        outbound: mpsc::Sender<Result<pb::StreamRoutesResponse, Status>>,
+        outbound: mpsc::Sender<Outbound>,
     ) {
         let mut tables = ctx.tables.clone();
         self.acked = resume_point(&mut tables, &self.federation, held_version).await;
@@ -84,12 +88,11 @@ impl Session {
                 let published = tables.borrow_and_update().clone();
                 if let Some(response) = self.next_update(&published) {
                     let sent = self.in_flight.as_ref().map_or(0, |f| f.table.version);
-                    if outbound.send(Ok(response)).await.is_err() {
+                    if outbound.send(response).await.is_err() {
                         break;
                     }
                     ctx.proxies
-                        .update(self.stream, &self.proxy_id, |r| r.sent_version = sent)
-                        .await;
+                        .update(self.stream, &self.proxy_id, |r| r.sent_version = sent);
                 }
             }
             tokio::select! {
@@ -113,7 +116,7 @@ impl Session {
 
     /// The update that brings the proxy to the current table, if it needs one; marks it
     /// in flight.
-    fn next_update(&mut self, published: &Published) -> Option<pb::StreamRoutesResponse> {
+    fn next_update(&mut self, published: &Published) -> Option<Outbound> {
         let current = published.tables.get(&self.federation)?;
         let known = self
             .acked
@@ -123,38 +126,16 @@ impl Session {
         if current.version <= known {
             return None;
         }
-        let update = match &self.acked {
-            Some(base) => {
-                let delta =
-                    current
-                        .content
-                        .delta_from(&base.content, base.version, current.version);
-                if delta_len(&delta) < current.content.len().max(1) {
-                    metrics::counter!("meridian_control_pushes_total", "kind" => "delta")
-                        .increment(1);
-                    Update::Delta(delta)
-                } else {
-                    metrics::counter!("meridian_control_pushes_total", "kind" => "snapshot")
-                        .increment(1);
-                    Update::Snapshot(current.content.snapshot(&self.federation, current.version))
-                }
-            }
-            None => {
-                metrics::counter!("meridian_control_pushes_total", "kind" => "snapshot")
-                    .increment(1);
-                Update::Snapshot(current.content.snapshot(&self.federation, current.version))
-            }
-        };
+        let update = current.update_from(&self.federation, self.acked.as_ref());
+        metrics::counter!("meridian_control_pushes_total", "kind" => update.kind.as_str())
+            .increment(1);
         let nonce = NONCES.fetch_add(1, Ordering::Relaxed).to_string();
         self.in_flight = Some(InFlight {
             nonce: nonce.clone(),
             table: current.clone(),
             changed_at: published.changed_at,
         });
-        Some(pb::StreamRoutesResponse {
-            nonce,
-            update: Some(update),
-        })
+        Some(Outbound { nonce, update })
     }
 
     async fn handle(&mut self, request: pb::StreamRoutesRequest, ctx: &SessionContext) {
@@ -172,8 +153,7 @@ impl Session {
                 let version = in_flight.table.version;
                 self.acked = Some(in_flight.table);
                 ctx.proxies
-                    .update(self.stream, &self.proxy_id, |r| r.acked_version = version)
-                    .await;
+                    .update(self.stream, &self.proxy_id, |r| r.acked_version = version);
             }
             Some(Inbound::Nack(nack)) => {
                 let Some(in_flight) = self.in_flight.take_if(|f| f.nonce == nack.nonce) else {
@@ -189,8 +169,7 @@ impl Session {
                     at: SystemTime::now(),
                 };
                 ctx.proxies
-                    .update(self.stream, &self.proxy_id, |r| r.last_nack = Some(record))
-                    .await;
+                    .update(self.stream, &self.proxy_id, |r| r.last_nack = Some(record));
                 ctx.events
                     .record(
                         EventKind::ProxyNack,
@@ -242,8 +221,6 @@ async fn resume_point(
         return Some(table.clone());
     }
     let current = published.tables.get(federation)?;
-    (current.version < held && held <= published.revision as u64).then(|| FederationTable {
-        version: held,
-        content: Arc::clone(&current.content),
-    })
+    (current.version < held && held <= published.revision as u64)
+        .then(|| FederationTable::new(held, Arc::clone(&current.content)))
 }

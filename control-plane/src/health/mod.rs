@@ -46,6 +46,9 @@ const DEFAULT_FLAP_WINDOW: Duration = Duration::from_secs(60);
 /// How often the set of checked nodes is looked at again without a change.
 const RECHECK: Duration = Duration::from_secs(5);
 
+/// How long a change waits for the rest of its burst before the nodes are walked.
+const COALESCE: Duration = Duration::from_millis(100);
+
 /// Checks nodes until `term`; then waits for every node's task to stop.
 pub async fn run(
     leadership: Leadership,
@@ -59,14 +62,14 @@ pub async fn run(
     let stop = Shutdown::new();
     loop {
         checks.retain(|_, task| !task.is_finished());
-        let wanted: Vec<String> = changes
+        let unchecked: Vec<String> = changes
             .borrow_and_update()
             .nodes
             .values()
-            .filter(|n| is_checked(n.value.status))
+            .filter(|n| is_checked(n.value.status) && !checks.contains_key(&n.value.id))
             .map(|n| n.value.id.clone())
             .collect();
-        for id in wanted {
+        for id in unchecked {
             if let Entry::Vacant(slot) = checks.entry(id) {
                 let id = slot.key().clone();
                 slot.insert(tokio::spawn(check_node(
@@ -81,7 +84,14 @@ pub async fn run(
         metrics::gauge!("meridian_control_health_checked_nodes").set(checks.len() as f64);
         tokio::select! {
             _ = term.wait() => break,
-            changed = changes.changed() => if changed.is_err() { break },
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // A burst of changes (a deploy registering thousands of nodes) is looked
+                // at once, not once per change: each look walks every node.
+                tokio::time::sleep(COALESCE).await;
+            }
             _ = tokio::time::sleep(RECHECK) => {}
         }
     }

@@ -9,6 +9,9 @@ use super::Leadership;
 
 /// How often the reconciler looks again without a change.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a change waits for the rest of its burst before the nodes are walked.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
 use crate::topology::{StateHandle, TopologyWriter};
 
 pub async fn run(
@@ -40,7 +43,13 @@ pub async fn run(
         // Also look again now and then: a failed write may have no change to retry on.
         tokio::select! {
             _ = term.wait() => return,
-            changed = changes.changed() => if changed.is_err() { return },
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Walk the nodes once per burst of changes, not once per change.
+                tokio::time::sleep(COALESCE).await;
+            }
             _ = tokio::time::sleep(RECHECK) => {}
         }
     }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::TableContent;
+use super::encoded::{EncodedUpdate, SharedEncodings};
 use crate::store::Revision;
 use crate::topology::StateHandle;
 
@@ -27,6 +28,34 @@ const HISTORY: usize = 8;
 pub struct FederationTable {
     pub version: u64,
     pub content: Arc<TableContent>,
+    encodings: Arc<SharedEncodings>,
+}
+
+impl FederationTable {
+    pub fn new(version: u64, content: Arc<TableContent>) -> Self {
+        FederationTable {
+            version,
+            content,
+            encodings: Arc::default(),
+        }
+    }
+
+    /// The update that brings a proxy holding `base` (or nothing) to this table, encoded
+    /// once for every session that needs the same.
+    pub fn update_from(&self, federation: &str, base: Option<&FederationTable>) -> EncodedUpdate {
+        match base {
+            Some(base) => self.encodings.update_from(
+                &self.content,
+                federation,
+                self.version,
+                &base.content,
+                base.version,
+            ),
+            None => self
+                .encodings
+                .snapshot(&self.content, federation, self.version),
+        }
+    }
 }
 
 /// Everything published at one moment.
@@ -135,10 +164,10 @@ impl TablePublisher {
                                 history.pop_front();
                             }
                         }
-                        FederationTable {
-                            version: u64::try_from(state.revision).unwrap_or_default(),
-                            content: Arc::new(content),
-                        }
+                        FederationTable::new(
+                            u64::try_from(state.revision).unwrap_or_default(),
+                            Arc::new(content),
+                        )
                     }
                 };
                 next.tables.insert(federation.clone(), table);

@@ -54,6 +54,7 @@ use etcd_client::{
 use tonic::Code;
 
 use super::etcd_access::{EtcdAccess, EtcdConnectError, Stage};
+use super::etcd_keepers::{Keeper, Keepers};
 use super::{
     Compare, KeyValue, LeaseId, Listing, Op, Revision, Store, StoreError, Txn, TxnResult,
     WatchEvent, WatchStream,
@@ -89,6 +90,8 @@ pub struct EtcdStore {
     page_keys: i64,
     /// TLS and user, to explain a refusal.
     access: EtcdAccess,
+    /// Lease keep-alive streams kept open between renewals.
+    keepers: Arc<Keepers>,
 }
 
 impl EtcdStore {
@@ -140,6 +143,7 @@ impl EtcdStore {
             endpoints: named.clone(),
             page_keys: LIST_PAGE_KEYS,
             access: access.clone(),
+            keepers: Arc::default(),
         };
         // The channel connects lazily; one status request proves that an endpoint answers.
         let mut maintenance = store.client().maintenance_client();
@@ -181,6 +185,33 @@ impl EtcdStore {
     }
 
     /// The current client (a cheap clone: a handle on its channel).
+    /// One keep-alive on an open stream; returns the lease's TTL.
+    async fn renew(&self, keeper: &mut Keeper, lease: LeaseId) -> Result<i64, StoreError> {
+        self.call(
+            "a lease keep-alive",
+            Some(lease),
+            keeper.keeper.keep_alive(),
+        )
+        .await?;
+        let response = self
+            .call(
+                "a lease keep-alive",
+                Some(lease),
+                keeper.responses.message(),
+            )
+            .await?
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "etcd at {} closed the lease keep-alive stream",
+                    self.endpoints
+                ))
+            })?;
+        if response.ttl() <= 0 {
+            return Err(StoreError::LeaseNotFound(lease));
+        }
+        Ok(response.ttl())
+    }
+
     fn client(&self) -> Client {
         Client::clone(&self.client.load())
     }
@@ -434,11 +465,23 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<i64, StoreError> {
+        if let Some(keeper) = self.keepers.get(lease) {
+            let renewed = self.renew(&mut *keeper.lock().await, lease).await;
+            match renewed {
+                Ok(ttl) => return Ok(ttl),
+                Err(StoreError::LeaseNotFound(lease)) => {
+                    self.keepers.remove(lease);
+                    return Err(StoreError::LeaseNotFound(lease));
+                }
+                // The stream broke (etcd restarted, the client was replaced): open anew.
+                Err(_) => self.keepers.remove(lease),
+            }
+        }
         let mut lease_client = self.client().lease_client();
         // Opening the keeper already sends one keep-alive and reads its answer; that
         // answer is not returned, so a second one reads the TTL.
         let opened = tokio::time::timeout(REQUEST_TIMEOUT, lease_client.keep_alive(lease)).await;
-        let (mut keeper, mut responses) = match opened {
+        let (keeper, responses) = match opened {
             Ok(Ok(opened)) => opened,
             // The keeper's own check failed: etcd answered with a TTL <= 0.
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
@@ -447,24 +490,14 @@ impl Store for EtcdStore {
             Ok(Err(e)) => return Err(self.error(e, Some(lease))),
             Err(_) => return Err(self.timed_out("a lease keep-alive")),
         };
-        self.call("a lease keep-alive", Some(lease), keeper.keep_alive())
-            .await?;
-        let response = self
-            .call("a lease keep-alive", Some(lease), responses.message())
-            .await?
-            .ok_or_else(|| {
-                StoreError::Unavailable(format!(
-                    "etcd at {} closed the lease keep-alive stream",
-                    self.endpoints
-                ))
-            })?;
-        if response.ttl() <= 0 {
-            return Err(StoreError::LeaseNotFound(lease));
-        }
-        Ok(response.ttl())
+        let mut keeper = Keeper { keeper, responses };
+        let ttl = self.renew(&mut keeper, lease).await?;
+        self.keepers.insert(lease, keeper);
+        Ok(ttl)
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.keepers.remove(lease);
         let mut lease_client = self.client().lease_client();
         match self
             .call("a lease revoke", Some(lease), lease_client.revoke(lease))

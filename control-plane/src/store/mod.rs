@@ -12,6 +12,7 @@
 pub mod embedded;
 pub mod etcd;
 pub mod etcd_access;
+pub mod etcd_keepers;
 pub mod etcd_rotation;
 
 use std::pin::Pin;

@@ -11,7 +11,7 @@ use meridian_shared::{Backoff, Shutdown};
 use tokio::sync::watch;
 
 use super::TopologyState;
-use crate::keys::Keys;
+use crate::keys::{Keys, Kind};
 use crate::store::{Revision, Store, StoreError};
 
 /// A read view of the followed state.
@@ -129,6 +129,13 @@ impl StateFollower {
                 Err(e) => return e,
             };
             backoff.reset();
+            let events: Vec<_> = events
+                .into_iter()
+                .filter(|e| shapes_topology(&self.keys, e.key()))
+                .collect();
+            if events.is_empty() {
+                continue;
+            }
             self.tx.send_modify(|state| {
                 for error in state.apply(&self.keys, &events) {
                     tracing::error!(%error, "skipping an unreadable stored value; fix or delete it with etcdctl");
@@ -139,7 +146,44 @@ impl StateFollower {
     }
 }
 
+/// Whether a change to `key` can change the topology. Event history, proxy records and
+/// the leader key cannot; they are left out so that writing them (one per ACK, event or
+/// election) never wakes the table publisher or anything else that follows the state.
+fn shapes_topology(keys: &Keys, key: &str) -> bool {
+    match keys.parse(key) {
+        Some((Kind::Event | Kind::Proxy, _)) => false,
+        Some(_) => true,
+        None => key == keys.config(),
+    }
+}
+
 fn store_error(op: &'static str, error: &StoreError) {
     metrics::counter!("meridian_control_store_errors_total", "op" => op).increment(1);
     tracing::warn!(%error, op, "store call failed; retrying with backoff");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_topology_keys_wake_the_followers_of_the_state() {
+        let keys = Keys::new("/meridian/");
+        for key in [
+            keys.key(Kind::Node, "eu-1"),
+            keys.key(Kind::Federation, "prod"),
+            keys.key(Kind::Liveness, "eu-1"),
+            keys.config(),
+        ] {
+            assert!(shapes_topology(&keys, &key), "{key} shapes the topology");
+        }
+        for key in [
+            format!("{}00000000000000000042-a1b2c3d4-7", keys.dir(Kind::Event)),
+            format!("{}eu-proxy-1", keys.proxies_of("replica-a")),
+            keys.leader(),
+            format!("{}event-seq", keys.root()),
+        ] {
+            assert!(!shapes_topology(&keys, &key), "{key} does not");
+        }
+    }
 }

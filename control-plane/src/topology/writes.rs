@@ -1,7 +1,10 @@
 //! Validated topology writes. Each write reads what it depends on from the store (not the
 //! possibly lagging follower), validates, and commits in one transaction that compares the
 //! mod-revisions of everything it read: if any of it changed meanwhile, nothing is written
-//! and the write is retried from a fresh read. Refused writes change nothing.
+//! and the write is retried from a fresh read. Refused writes change nothing. Node
+//! registration, the one write that comes in bulk, takes its first read from the followed
+//! state instead (no store round trip); the same compares guard it, so a stale view only
+//! costs a retry that reads the store.
 //!
 //! The limits come from the dynamic configuration, read with the rest and fenced on too.
 //! Counts (nodes, regions, services per federation) come from the followed state, which
@@ -251,31 +254,42 @@ impl TopologyWriter {
     ) -> Result<Node, WriteError> {
         let node = fresh(node, RegistrationKind::Operator);
         let key = self.keys.key(Kind::Node, &node.id);
+        let mut first_attempt = true;
         let unchanged_spec = self
-            .retry(|| async {
-                let (config, federation, region) = self.placement(&node).await?;
-                validate::node(
-                    &node,
-                    federation.as_ref().map(|f| &f.value),
-                    region.as_ref().map(|r| &r.value),
-                    &limits(&config),
-                )?;
-                self.room_for_node(&node, &limits(&config))?;
-                let existing = self.read::<Node>(Kind::Node, &node.id).await?;
-                if let Some(old) = &existing {
-                    if same_spec(&old.value, &node) {
-                        return Ok((Txn::new(), Some(old.value.clone())));
+            .retry(|| {
+                let from_state = std::mem::take(&mut first_attempt);
+                let (node, key) = (&node, &key);
+                async move {
+                    let ((config, federation, region), existing) = if from_state {
+                        self.placement_seen(node)
+                    } else {
+                        (
+                            self.placement(node).await?,
+                            self.read::<Node>(Kind::Node, &node.id).await?,
+                        )
+                    };
+                    validate::node(
+                        node,
+                        federation.as_ref().map(|f| &f.value),
+                        region.as_ref().map(|r| &r.value),
+                        &limits(&config),
+                    )?;
+                    self.room_for_node(node, &limits(&config))?;
+                    if let Some(old) = &existing {
+                        if same_spec(&old.value, node) {
+                            return Ok((Txn::new(), Some(old.value.clone())));
+                        }
+                        if !replace {
+                            return Err(duplicate(old));
+                        }
                     }
-                    if !replace {
-                        return Err(duplicate(old));
-                    }
+                    let txn = self
+                        .placement_unchanged(node, &config, federation.as_ref(), region.as_ref())
+                        .when(unchanged(key, existing.as_ref()))
+                        .put(key, keys::encode(node))
+                        .delete(self.keys.key(Kind::Liveness, &node.id));
+                    Ok((txn, None))
                 }
-                let txn = self
-                    .placement_unchanged(&node, &config, federation.as_ref(), region.as_ref())
-                    .when(unchanged(&key, existing.as_ref()))
-                    .put(&key, keys::encode(&node))
-                    .delete(self.keys.key(Kind::Liveness, &node.id));
-                Ok((txn, None))
             })
             .await?;
         if let Some(existing) = unchanged_spec {
@@ -766,6 +780,21 @@ impl TopologyWriter {
         let federation = self.read(Kind::Federation, &node.federation).await?;
         let region = self.read(Kind::Region, &node.region).await?;
         Ok((config, federation, region))
+    }
+
+    /// What [`Self::placement`] and a read of the node's record would return, as this
+    /// replica's followed state has them.
+    fn placement_seen(&self, node: &Node) -> (Placement, Option<Stored<Node>>) {
+        let state = self.events.state().borrow();
+        let config = (state.config.mod_revision > 0).then(|| state.config.clone());
+        (
+            (
+                config,
+                state.federations.get(&node.federation).cloned(),
+                state.regions.get(&node.region).cloned(),
+            ),
+            state.nodes.get(&node.id).cloned(),
+        )
     }
 
     /// A transaction that holds only if the configuration and the node's federation and
