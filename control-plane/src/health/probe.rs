@@ -159,17 +159,17 @@ mod tests {
         }
     }
 
-    /// A loopback port with nothing listening.
-    fn closed_port() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        drop(listener);
-        address
+    /// A loopback port with nothing listening: bound but not listening, held by the
+    /// caller so no other test's listener can be given the port meanwhile.
+    fn closed_port() -> (String, tokio::net::TcpSocket) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        (socket.local_addr().unwrap().to_string(), socket)
     }
 
     #[tokio::test]
     async fn a_closed_port_is_refused_for_grpc_and_tcp_checks() {
-        let address = closed_port();
+        let (address, _closed) = closed_port();
         for tcp_only in [false, true] {
             let failure = Probe::default()
                 .check(&address, &policy(tcp_only))

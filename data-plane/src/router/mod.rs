@@ -371,9 +371,13 @@ mod tests {
     }
 
     /// An address nothing listens on: connections to it are refused.
-    async fn dead_address() -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap().to_string()
+    /// An address that refuses connections: a socket bound but not listening, kept by the
+    /// caller so the port cannot be handed to another listener (a port merely released
+    /// can be, and then the "dead" node answers).
+    fn dead_address() -> (String, tokio::net::TcpSocket) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        (socket.local_addr().unwrap().to_string(), socket)
     }
 
     fn region(name: &str, latitude: f64, longitude: f64) -> (String, Region) {
@@ -402,8 +406,8 @@ mod tests {
 
     /// A proxy in eu-west-a whose region's two nodes (one in its zone) are down, with
     /// breakers still closed, and a live node in us-east; geographic routing.
-    async fn proxy_whose_region_is_down() -> Router {
-        let (eu1, eu2) = (dead_address().await, dead_address().await);
+    async fn proxy_whose_region_is_down() -> (Router, [tokio::net::TcpSocket; 2]) {
+        let ((eu1, eu1_socket), (eu2, eu2_socket)) = (dead_address(), dead_address());
         let us1 = answering_node().await;
         let data = TableData {
             version: 1,
@@ -445,7 +449,10 @@ mod tests {
         );
         let handle = TableHandle::default();
         handle.store(table);
-        Router::new(handle, Arc::new(identity))
+        (
+            Router::new(handle, Arc::new(identity)),
+            [eu1_socket, eu2_socket],
+        )
     }
 
     #[tokio::test]
@@ -453,7 +460,7 @@ mod tests {
         // The region's nodes refuse connections but their breakers have not opened (the
         // first calls after a loss): with three attempts, the call must still reach us-1
         // instead of spending its retries on the node that just failed.
-        let router = proxy_whose_region_is_down().await;
+        let (router, _dead_sockets) = proxy_whose_region_is_down().await;
         let request = || {
             Request::new(pb::RouteMessageRequest {
                 message: Some(pb::FederationMessage {
