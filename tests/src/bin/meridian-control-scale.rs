@@ -21,13 +21,15 @@ async fn main() -> ExitCode {
         }
     };
     match outcome {
-        Ok(Ok(report)) => {
-            println!("{}", report.table());
-            ExitCode::SUCCESS
-        }
-        Ok(Err(e)) => {
-            eprintln!("meridian-control-scale: {e}");
-            ExitCode::FAILURE
+        Ok(outcome) => {
+            println!("{}", outcome.report.table());
+            match outcome.error {
+                None => ExitCode::SUCCESS,
+                Some(e) => {
+                    eprintln!("meridian-control-scale: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(_) => {
             eprintln!("meridian-control-scale: the run took longer than --deadline {deadline:?}");

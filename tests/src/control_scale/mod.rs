@@ -83,8 +83,21 @@ pub struct ScaleError(pub String);
 /// the health checker's first probes) before the next measure starts.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// A run's figures, complete or up to the phase that failed.
+#[derive(Debug)]
+pub struct ScaleOutcome {
+    pub report: ScaleReport,
+    pub error: Option<ScaleError>,
+}
+
 /// Runs the benchmark; every process it started is stopped when this returns.
-pub async fn run(args: &ScaleArgs) -> Result<ScaleReport, ScaleError> {
+pub async fn run(args: &ScaleArgs) -> ScaleOutcome {
+    let mut report = ScaleReport::default();
+    let error = start_and_measure(args, &mut report).await.err();
+    ScaleOutcome { report, error }
+}
+
+async fn start_and_measure(args: &ScaleArgs, report: &mut ScaleReport) -> Result<(), ScaleError> {
     let etcd = EtcdCluster::single()
         .await
         .map_err(|e| ScaleError(format!("starting etcd: {e}")))?;
@@ -112,9 +125,10 @@ pub async fn run(args: &ScaleArgs) -> Result<ScaleReport, ScaleError> {
         control: ProcessUsage::new(cp.process.pid()),
         etcd: etcd.pid(0).map(ProcessUsage::new),
     };
-    let result = measure(args, &cp, &usage).await;
+    let result = measure(args, &cp, &usage, report).await;
     cp.process.terminate(Duration::from_secs(10));
     result.map_err(|e| {
+        report.failed_phase = Some(e.0.lines().next().unwrap_or_default().to_owned());
         let log = cp.process.output();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -140,11 +154,12 @@ async fn measure(
     args: &ScaleArgs,
     cp: &ControlPlaneProcess,
     usage: &Usage,
-) -> Result<ScaleReport, ScaleError> {
+    report: &mut ScaleReport,
+) -> Result<(), ScaleError> {
     let phase_timeout = Duration::from_secs(args.phase_timeout);
     let bench = ProcessUsage::current();
     let bench_cpu = bench.cpu();
-    let mut report = ScaleReport {
+    *report = ScaleReport {
         nodes: args.nodes,
         proxies: args.proxies,
         connections: args.connections,
@@ -167,6 +182,11 @@ async fn measure(
     report.registration_etcd_cpu = usage.etcd_cpu() - etcd_cpu;
     tokio::time::sleep(SETTLE * 3).await;
     report.rss_before_proxies = usage.control.rss_mib();
+    progress(&format!(
+        "registered {} nodes in {:.1} s",
+        args.nodes,
+        report.registration.as_secs_f64()
+    ));
 
     // 2. Every proxy subscribes and gets the full snapshot.
     let cpu = usage.control.cpu();
@@ -186,19 +206,29 @@ async fn measure(
     report.snapshot_bytes = fleet.stats(0).last_update_bytes.load(Relaxed);
     tokio::time::sleep(SETTLE).await;
     report.rss_with_proxies = usage.control.rss_mib();
+    progress(&format!(
+        "{} proxies hold the full snapshot after {:.1} s",
+        args.proxies,
+        report.snapshot_all.as_secs_f64()
+    ));
 
     // 3. One change at a time.
-    single_changes(args, &admin, &fleet, usage, &mut report).await?;
+    single_changes(args, &admin, &fleet, usage, report).await?;
+    progress(&format!("{} single changes timed", args.changes));
 
     // 4. A burst of drains.
-    burst(args, &admin, &fleet, usage, &mut report).await?;
+    let burst_result = burst(args, &admin, &fleet, usage, report).await;
 
     let versions = fleet.versions();
     report.same_final_version = versions.windows(2).all(|w| w[0] == w[1]);
     report.rss_end = usage.control.rss_mib();
     report.bench_cpu = bench.cpu() - bench_cpu;
     report.metrics = control_metrics(cp).await;
-    Ok(report)
+    burst_result
+}
+
+fn progress(what: &str) {
+    eprintln!("meridian-control-scale: {what}");
 }
 
 /// Drains node `i / 2` on even `i`, recovers it on odd `i`, one change at a time, each

@@ -95,6 +95,8 @@ pub struct ScaleReport {
     pub bench_cpu: Duration,
     /// Selected lines of the control plane's /metrics at the end.
     pub metrics: Vec<String>,
+    /// Set when a phase failed: the figures after it are missing (zero).
+    pub failed_phase: Option<String>,
 }
 
 impl ScaleReport {
@@ -186,7 +188,9 @@ impl ScaleReport {
                 ),
                 self.burst_final.ms(),
                 "all within 1 s",
-                Some(self.burst_final.max <= Duration::from_secs(1)),
+                // Not measured when the burst failed.
+                (self.burst_writes > Duration::ZERO)
+                    .then(|| self.burst_final.max <= Duration::from_secs(1)),
             ),
             (
                 "  the same, after the last DrainNode call started".into(),
@@ -226,6 +230,12 @@ impl ScaleReport {
             "control-plane scale benchmark: {} nodes, {} proxies over {} connections, {} changes, burst of {}; binaries: {}\n\n",
             self.nodes, self.proxies, self.connections, self.changes, self.burst, self.binaries
         );
+        if let Some(failed) = &self.failed_phase {
+            let _ = writeln!(
+                out,
+                "THE RUN FAILED ({failed}); figures from that phase on are missing or partial.\n"
+            );
+        }
         out.push_str("| measure | figure | goal | met |\n|---|---|---|---|\n");
         for (measure, figure, goal, met) in rows {
             let met = match met {
