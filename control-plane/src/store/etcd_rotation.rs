@@ -14,10 +14,11 @@
 //! mismatch) and succeed at the next poll, which sees the second write.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use meridian_shared::Shutdown;
 use meridian_shared::config::StoreConfig;
+use meridian_shared::tls::FileStamp;
 use tokio::time::MissedTickBehavior;
 
 use super::etcd::EtcdStore;
@@ -35,24 +36,6 @@ enum RotationError {
     Connect(#[from] EtcdConnectError),
 }
 
-/// Size and modification time of each file; `None` for one that cannot be looked at.
-#[derive(Debug, PartialEq)]
-struct Stamp(Vec<Option<(u64, SystemTime)>>);
-
-impl Stamp {
-    fn of(paths: &[PathBuf]) -> Stamp {
-        Stamp(
-            paths
-                .iter()
-                .map(|path| {
-                    let meta = std::fs::metadata(path).ok()?;
-                    Some((meta.len(), meta.modified().ok()?))
-                })
-                .collect(),
-        )
-    }
-}
-
 /// Starts watching the TLS files of `config` for `store`, until `shutdown`; does nothing
 /// when etcd is reached without TLS.
 pub fn spawn(store: EtcdStore, config: &StoreConfig, shutdown: Shutdown) {
@@ -68,7 +51,7 @@ pub fn spawn(store: EtcdStore, config: &StoreConfig, shutdown: Shutdown) {
 }
 
 async fn watch(store: EtcdStore, config: StoreConfig, paths: Vec<PathBuf>, shutdown: Shutdown) {
-    let mut seen = Stamp::of(&paths);
+    let mut seen = FileStamp::of(&paths);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -76,7 +59,7 @@ async fn watch(store: EtcdStore, config: StoreConfig, paths: Vec<PathBuf>, shutd
             _ = shutdown.wait() => return,
             _ = tick.tick() => {}
         }
-        let stamp = Stamp::of(&paths);
+        let stamp = FileStamp::of(&paths);
         if stamp == seen {
             continue;
         }

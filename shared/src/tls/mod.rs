@@ -42,6 +42,7 @@ pub use error::TlsConfigError;
 pub use identity::{IdentityError, PeerIdentity};
 pub use incoming::{HandshakeLimits, TlsIncoming};
 pub use pem::{PemError, load_ca, load_certs, load_key};
+pub use reload::FileStamp;
 pub use server::{ServerTls, ServerTlsFiles};
 
 /// The ALPN protocol both sides offer: gRPC is HTTP/2 only.

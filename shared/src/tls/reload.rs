@@ -50,13 +50,15 @@ struct Shared<T> {
 
 /// The last build attempt: which files it saw, and why it failed if it did.
 struct Attempt {
-    stamp: Stamp,
+    stamp: FileStamp,
     error: Option<String>,
 }
 
 /// Size and modification time of each file; `None` for a file that cannot be looked at.
+/// Two stamps differ when any file was rewritten, replaced (a Secret's symlink swap) or
+/// appeared or vanished; every file Meridian re-reads on change is watched with one.
 #[derive(Debug, PartialEq)]
-struct Stamp(Vec<Option<(u64, SystemTime)>>);
+pub struct FileStamp(Vec<Option<(u64, SystemTime)>>);
 
 // === impl Reloading ===
 
@@ -68,7 +70,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         paths: Vec<PathBuf>,
         build: impl Fn() -> Result<T, TlsConfigError> + Send + Sync + 'static,
     ) -> Result<Self, TlsConfigError> {
-        let stamp = Stamp::of(&paths);
+        let stamp = FileStamp::of(&paths);
         let first = build()?;
         let shared = Arc::new(Shared {
             what,
@@ -96,7 +98,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
 impl<T> Shared<T> {
     /// Rebuilds if the files changed since the last attempt. Blocking: reads files.
     fn check(&self) {
-        let stamp = Stamp::of(&self.paths);
+        let stamp = FileStamp::of(&self.paths);
         if self.lock_last().stamp == stamp {
             return;
         }
@@ -151,11 +153,11 @@ fn spawn_watcher<T: Send + Sync + 'static>(shared: Weak<Shared<T>>) {
     });
 }
 
-// === impl Stamp ===
+// === impl FileStamp ===
 
-impl Stamp {
-    fn of(paths: &[PathBuf]) -> Stamp {
-        Stamp(
+impl FileStamp {
+    pub fn of(paths: &[PathBuf]) -> FileStamp {
+        FileStamp(
             paths
                 .iter()
                 .map(|path| {
