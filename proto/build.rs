@@ -1,6 +1,6 @@
-//! Generates the Rust code (messages, clients, servers) of the meridian.v1 protocol and of
-//! the demo.v1 sample API, and one file descriptor set of both that server reflection
-//! serves. Needs `protoc` (Debian: protobuf-compiler).
+//! Generates the Rust code (messages, clients, servers) of the meridian.v1 protocol, of
+//! the demo.v1 sample API and of the ORCA load report, and one file descriptor set of
+//! them all that server reflection serves. Needs `protoc` (Debian: protobuf-compiler).
 
 use std::path::PathBuf;
 
@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/meridian/v1/registry.proto",
     "proto/meridian/v1/admin.proto",
     "proto/demo/v1/demo.proto",
+    "proto/xds/data/orca/v3/orca_load_report.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -22,5 +22,18 @@ pub mod demo {
     }
 }
 
+/// The ORCA backend-metrics report nodes may attach to responses (trailer
+/// `endpoint-load-metrics-bin`).
+pub mod xds {
+    /// Package `xds.data.orca.v3`.
+    pub mod orca {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("xds.data.orca.v3");
+    }
+}
+
+/// The trailer that carries a binary-encoded [`xds::orca::OrcaLoadReport`].
+pub const ORCA_TRAILER: &str = "endpoint-load-metrics-bin";
+
 /// Encoded `FileDescriptorSet` of every meridian.v1 and demo.v1 file, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("meridian_descriptor");

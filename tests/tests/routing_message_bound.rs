@@ -140,6 +140,7 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             tolerance_percent: max,
             scale_down_stabilization_ms: max,
             scale_up_stabilization_ms: max,
+            ..Default::default()
         }),
     }
 }

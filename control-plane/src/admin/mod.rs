@@ -353,6 +353,7 @@ impl Admin for AdminService {
                 service: s.value.name.clone(),
                 policy: Some(s.value.scaling.clone().into()),
                 history: Vec::new(),
+                cooldown_until: None,
             })
             .collect();
         Ok(Response::new(pb::ListScalingResponse { services }))
@@ -392,6 +393,26 @@ impl Admin for AdminService {
         auth::caller(&request)?;
         Err(Status::unimplemented(
             "scaling decisions are not implemented yet; SetScalingPolicy stores bounds and targets",
+        ))
+    }
+
+    async fn recommend_scaling(
+        &self,
+        request: Request<pb::RecommendScalingRequest>,
+    ) -> Reply<pb::ScalingDecision> {
+        auth::caller(&request)?;
+        Err(Status::unimplemented(
+            "scaling recommendations are not implemented yet",
+        ))
+    }
+
+    async fn get_global_metrics(
+        &self,
+        request: Request<pb::GetGlobalMetricsRequest>,
+    ) -> Reply<pb::GlobalMetrics> {
+        auth::caller(&request)?;
+        Err(Status::unimplemented(
+            "global metrics are not implemented yet",
         ))
     }
 

@@ -33,6 +33,8 @@ pub const ADMIN_READS: &[&str] = &[
     "ListServices",
     "ListFailovers",
     "ListScaling",
+    "RecommendScaling",
+    "GetGlobalMetrics",
     "ListProxies",
     "WatchEvents",
     "GetConfig",

@@ -168,6 +168,8 @@ scripted_admin! {
         list_scaling(ListScalingRequest) -> ListScalingResponse;
         set_scaling_policy(SetScalingPolicyRequest) -> ServicePolicy;
         scale_service(ScaleServiceRequest) -> ScalingDecision;
+        recommend_scaling(RecommendScalingRequest) -> ScalingDecision;
+        get_global_metrics(GetGlobalMetricsRequest) -> GlobalMetrics;
     }
 
     type WatchEventsStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::Event, Status>>>;

@@ -165,7 +165,7 @@ pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
     let timeout = policy.timeout.unwrap_or_default();
     let outlier = policy.outlier.unwrap_or_default();
     let hash = policy.hash.clone().unwrap_or_default();
-    let scaling = policy.scaling.unwrap_or_default();
+    let scaling = policy.scaling.clone().unwrap_or_default();
     let tiers: Vec<Value> = failover
         .tiers
         .iter()

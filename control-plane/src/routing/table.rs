@@ -36,7 +36,7 @@ impl TableContent {
             .services
             .iter()
             .filter(|(_, s)| s.value.federation == federation)
-            .map(|(name, s)| (name.clone(), s.value.clone()))
+            .map(|(name, s)| (name.clone(), routed_policy(&s.value)))
             .collect();
         TableContent {
             regions: state
@@ -138,6 +138,16 @@ pub fn delta_len(delta: &pb::RoutingDelta) -> usize {
         + delta.removed_nodes.len()
         + delta.upserted_failovers.len()
         + delta.removed_failovers.len()
+}
+
+/// The part of a service policy proxies route with: everything but scaling, which only
+/// the control plane acts on (and whose actuator commands and URLs proxies have no
+/// business seeing). A change to scaling alone therefore sends no update.
+fn routed_policy(policy: &ServicePolicy) -> ServicePolicy {
+    ServicePolicy {
+        scaling: Default::default(),
+        ..policy.clone()
+    }
 }
 
 #[cfg(test)]

@@ -24,13 +24,15 @@ pub enum EventKind {
     FailoverStarted,
     FailoverCleared,
     ScalingDecided,
+    ScalingExecuted,
+    ScalingFailed,
     ConfigUpdated,
     LeaderElected,
     ProxyNack,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::NodeRegistered,
         EventKind::NodeDeregistered,
         EventKind::NodeLost,
@@ -43,6 +45,8 @@ impl EventKind {
         EventKind::FailoverStarted,
         EventKind::FailoverCleared,
         EventKind::ScalingDecided,
+        EventKind::ScalingExecuted,
+        EventKind::ScalingFailed,
         EventKind::ConfigUpdated,
         EventKind::LeaderElected,
         EventKind::ProxyNack,
@@ -62,6 +66,8 @@ impl EventKind {
             EventKind::FailoverStarted => "failoverStarted",
             EventKind::FailoverCleared => "failoverCleared",
             EventKind::ScalingDecided => "scalingDecided",
+            EventKind::ScalingExecuted => "scalingExecuted",
+            EventKind::ScalingFailed => "scalingFailed",
             EventKind::ConfigUpdated => "configUpdated",
             EventKind::LeaderElected => "leaderElected",
             EventKind::ProxyNack => "proxyNack",

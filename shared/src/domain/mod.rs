@@ -14,6 +14,7 @@ pub mod limits;
 mod locality;
 mod node;
 mod policy;
+mod scaling;
 mod time;
 mod topology;
 
@@ -25,7 +26,11 @@ pub use locality::{Federation, GeoPoint, Region};
 pub use node::Node;
 pub use policy::{
     ActiveFailover, FailoverPolicy, FailoverTier, HashPolicy, HealthCheckPolicy, OutlierPolicy,
-    RetryPolicy, ScalingPolicy, ServicePolicy, TimeoutPolicy,
+    RetryPolicy, ServicePolicy, TimeoutPolicy,
+};
+pub use scaling::{
+    ExecActuator, PredictiveScaling, ScalingActuator, ScalingPolicy, ScheduledScaling,
+    WebhookActuator,
 };
 pub use topology::Topology;
 

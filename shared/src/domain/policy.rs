@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use meridian_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, ConversionError, time};
+use super::{Algorithm, ConversionError, ScalingPolicy, time};
 
 /// Declares field-for-field conversions both ways between a domain struct and its proto
 /// message, for messages made only of scalars, strings and lists.
@@ -178,22 +178,6 @@ pub struct HashPolicy {
     pub header: String,
 }
 mirror_message!(HashPolicy <=> pb::HashPolicy { header });
-
-/// HPA-style scaling bounds and targets.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ScalingPolicy {
-    pub min_nodes: u32,
-    pub max_nodes: u32,
-    pub target_utilization_percent: u32,
-    pub tolerance_percent: u32,
-    pub scale_down_stabilization_ms: u32,
-    pub scale_up_stabilization_ms: u32,
-}
-mirror_message!(ScalingPolicy <=> pb::ScalingPolicy {
-    min_nodes, max_nodes, target_utilization_percent, tolerance_percent,
-    scale_down_stabilization_ms, scale_up_stabilization_ms,
-});
 
 /// The routing policy of one gRPC service.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

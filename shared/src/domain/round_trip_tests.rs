@@ -118,6 +118,29 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             tolerance_percent: 12,
             scale_down_stabilization_ms: 200_000,
             scale_up_stabilization_ms: 1_000,
+            target_calls_per_second_per_node: 250.5,
+            target_in_flight_per_node: 8.0,
+            target_latency_p99_ms: 120,
+            max_step: 3,
+            cooldown_ms: 45_000,
+            predictive: PredictiveScaling {
+                enabled: true,
+                horizon_ms: 90_000,
+                season_ms: 86_400_000,
+            },
+            schedules: vec![ScheduledScaling {
+                name: "office-hours".into(),
+                start: "0 0 8 * * Mon-Fri".into(),
+                end: "0 0 18 * * Mon-Fri".into(),
+                min_nodes: 6,
+            }],
+            actuator: Some(ScalingActuator::Webhook(WebhookActuator {
+                url: "https://scaler.internal/scale".into(),
+                bearer_token_file: "/etc/meridian/scaler-token".into(),
+                timeout_ms: 5_000,
+                max_attempts: 4,
+            })),
+            autoscale: true,
         },
     }
 }
@@ -205,6 +228,17 @@ fn service_policy_round_trips_with_every_algorithm() {
         assert_round_trips::<_, pb::ServicePolicy>(service(algorithm));
         assert_eq!(algorithm.as_str().parse::<Algorithm>(), Ok(algorithm));
     }
+}
+
+#[test]
+fn scaling_policy_with_an_exec_actuator_round_trips() {
+    let mut policy = service(Algorithm::Adaptive).scaling;
+    policy.actuator = Some(ScalingActuator::Exec(ExecActuator {
+        command: "/usr/local/bin/scale".into(),
+        args: vec!["--service".into(), "demo".into()],
+        timeout_ms: 2_000,
+    }));
+    assert_round_trips::<ScalingPolicy, pb::ScalingPolicy>(policy);
 }
 
 #[test]
