@@ -11,6 +11,9 @@
 //! {prefix}v1/config               DynamicConfig
 //! {prefix}v1/events/{nanos:020}-{writer}-{n}  Event; its seq is the key's create revision
 //! {prefix}v1/proxies/{replica}/{proxy}  ProxyStatus, attached to the replica's lease
+//! {prefix}v1/load/{replica}       LoadSummary: the load reports one replica received,
+//!                                  attached to the replica's lease
+//! {prefix}v1/scaling/{service}    ScalingRecord: decisions (bounded), cooldown
 //! {prefix}v1/leader               election key, attached to the leader's lease
 //! ```
 //!
@@ -38,6 +41,8 @@ pub enum Kind {
     Failover,
     Event,
     Proxy,
+    Load,
+    Scaling,
 }
 
 impl Kind {
@@ -51,6 +56,8 @@ impl Kind {
             Kind::Failover => "failover/",
             Kind::Event => "events/",
             Kind::Proxy => "proxies/",
+            Kind::Load => "load/",
+            Kind::Scaling => "scaling/",
         }
     }
 }
@@ -110,6 +117,8 @@ impl Keys {
             Kind::Failover,
             Kind::Event,
             Kind::Proxy,
+            Kind::Load,
+            Kind::Scaling,
         ]
         .into_iter()
         .find_map(|kind| rest.strip_prefix(kind.dir()).map(|name| (kind, name)))

@@ -19,6 +19,7 @@ pub mod leader;
 pub mod registry;
 pub mod replica_lease;
 pub mod routing;
+pub mod scaling;
 pub mod server;
 pub mod store;
 pub mod topology;

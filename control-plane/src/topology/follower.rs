@@ -151,7 +151,7 @@ impl StateFollower {
 /// election) never wakes the table publisher or anything else that follows the state.
 fn shapes_topology(keys: &Keys, key: &str) -> bool {
     match keys.parse(key) {
-        Some((Kind::Event | Kind::Proxy, _)) => false,
+        Some((Kind::Event | Kind::Proxy | Kind::Load | Kind::Scaling, _)) => false,
         Some(_) => true,
         None => key == keys.config(),
     }
@@ -182,6 +182,8 @@ mod tests {
             format!("{}eu-proxy-1", keys.proxies_of("replica-a")),
             keys.leader(),
             format!("{}event-seq", keys.root()),
+            keys.key(Kind::Load, "replica-a"),
+            keys.key(Kind::Scaling, "demo.v1.Echo"),
         ] {
             assert!(!shapes_topology(&keys, &key), "{key} does not");
         }

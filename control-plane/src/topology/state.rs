@@ -95,7 +95,7 @@ impl TopologyState {
             Kind::Liveness => drop(self.liveness.insert(name, stored(kv)?)),
             Kind::Service => drop(self.services.insert(name, stored(kv)?)),
             Kind::Failover => drop(self.failovers.insert(name, stored(kv)?)),
-            Kind::Event | Kind::Proxy => {}
+            Kind::Event | Kind::Proxy | Kind::Load | Kind::Scaling => {}
         }
         Ok(())
     }
@@ -118,7 +118,7 @@ impl TopologyState {
             Kind::Liveness => drop(self.liveness.remove(name)),
             Kind::Service => drop(self.services.remove(name)),
             Kind::Failover => drop(self.failovers.remove(name)),
-            Kind::Event | Kind::Proxy => {}
+            Kind::Event | Kind::Proxy | Kind::Load | Kind::Scaling => {}
         }
     }
 
