@@ -6,9 +6,11 @@
 //! Every list and free-text field is bounded by the [`TopologyLimits`] of the dynamic
 //! configuration; a value over a limit is refused naming the limit's config key, e.g.
 //! `node.labels: 17 labels exceed the limit of 16 (config max_labels)`. Node addresses
-//! are checked against their federation's `allowed_networks` ([`networks`]).
+//! are checked against their federation's `allowed_networks` ([`networks`]). A service's
+//! scaling policy has its own rules ([`scaling`]).
 
 mod networks;
+mod scaling;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -485,24 +487,7 @@ pub fn service(
             format!("{:?} is not a header name", p.hash.header),
         ));
     }
-    let s = &p.scaling;
-    percent(
-        "service_policy.scaling.target_utilization_percent",
-        s.target_utilization_percent,
-        100,
-    )?;
-    percent(
-        "service_policy.scaling.tolerance_percent",
-        s.tolerance_percent,
-        100,
-    )?;
-    if s.max_nodes != 0 && s.min_nodes > s.max_nodes {
-        return Err(invalid(
-            "service_policy.scaling.min_nodes",
-            "must not be above max_nodes",
-        ));
-    }
-    Ok(())
+    scaling::scaling(&p.scaling)
 }
 
 #[cfg(test)]

@@ -639,3 +639,395 @@ fn node_writes_apply_the_address_rules() {
     assert_eq!(err.field, "node.address");
     assert!(err.message.contains("loopback"), "{err}");
 }
+
+// === scaling policies ===
+
+use meridian_shared::domain::{
+    ExecActuator, PredictiveScaling, ScalingActuator, ScalingPolicy, ScheduledScaling,
+    WebhookActuator,
+};
+
+fn office_hours() -> ScheduledScaling {
+    ScheduledScaling {
+        name: "office-hours".into(),
+        start: "0 0 8 * * Mon-Fri".into(),
+        end: "0 0 18 * * Mon-Fri".into(),
+        min_nodes: 6,
+    }
+}
+
+fn exec() -> ExecActuator {
+    ExecActuator {
+        command: "/usr/local/bin/scale".into(),
+        args: vec!["--service".into(), "echo".into()],
+        timeout_ms: 30_000,
+    }
+}
+
+fn webhook() -> WebhookActuator {
+    WebhookActuator {
+        url: "https://scaler.example.com/hooks/meridian".into(),
+        bearer_token_file: "/etc/meridian/scaler-token".into(),
+        timeout_ms: 10_000,
+        max_attempts: 3,
+    }
+}
+
+/// Every scaling field set to a good value.
+fn full_scaling() -> ScalingPolicy {
+    ScalingPolicy {
+        min_nodes: 2,
+        max_nodes: 20,
+        target_utilization_percent: 70,
+        tolerance_percent: 10,
+        scale_down_stabilization_ms: 300_000,
+        scale_up_stabilization_ms: 30_000,
+        target_calls_per_second_per_node: 250.5,
+        target_in_flight_per_node: 16.0,
+        target_latency_p99_ms: 200,
+        max_step: 4,
+        cooldown_ms: 60_000,
+        predictive: PredictiveScaling {
+            enabled: true,
+            horizon_ms: 120_000,
+            season_ms: 86_400_000,
+        },
+        schedules: vec![office_hours()],
+        actuator: Some(ScalingActuator::Exec(exec())),
+        autoscale: true,
+    }
+}
+
+/// `scaling` on the echo service: refused naming `field`, the message containing `words`.
+#[track_caller]
+fn scaling_refused(scaling: ScalingPolicy, field: &str, words: &str) {
+    let p = ServicePolicy { scaling, ..echo() };
+    let err = service(&p, Some(&fed()), &HashSet::new(), &L).expect_err("accepted");
+    assert_eq!(err.field, field, "{err}");
+    assert!(err.message.contains(words), "{err} does not say {words:?}");
+}
+
+fn scaling_ok(scaling: ScalingPolicy) {
+    let p = ServicePolicy { scaling, ..echo() };
+    service(&p, Some(&fed()), &HashSet::new(), &L).unwrap();
+}
+
+#[test]
+fn a_full_scaling_policy_passes() {
+    scaling_ok(full_scaling());
+    scaling_ok(ScalingPolicy {
+        actuator: Some(ScalingActuator::Webhook(webhook())),
+        ..full_scaling()
+    });
+    scaling_ok(ScalingPolicy {
+        actuator: Some(ScalingActuator::Webhook(WebhookActuator {
+            url: "http://10.0.0.5:8080/scale".into(),
+            bearer_token_file: String::new(),
+            ..webhook()
+        })),
+        schedules: vec![ScheduledScaling {
+            start: "*/10 * * * * *".into(),
+            end: "5-59/10 * * * * *".into(),
+            ..office_hours()
+        }],
+        ..full_scaling()
+    });
+}
+
+#[test]
+fn scaling_targets_must_be_finite_non_negative_and_sane() {
+    let s = "service_policy.scaling";
+    for bad in [f64::NAN, f64::INFINITY, -1.0] {
+        scaling_refused(
+            ScalingPolicy {
+                target_calls_per_second_per_node: bad,
+                ..full_scaling()
+            },
+            &format!("{s}.target_calls_per_second_per_node"),
+            "finite, non-negative",
+        );
+        scaling_refused(
+            ScalingPolicy {
+                target_in_flight_per_node: bad,
+                ..full_scaling()
+            },
+            &format!("{s}.target_in_flight_per_node"),
+            "finite, non-negative",
+        );
+    }
+    scaling_refused(
+        ScalingPolicy {
+            target_calls_per_second_per_node: 2e6,
+            ..full_scaling()
+        },
+        &format!("{s}.target_calls_per_second_per_node"),
+        "above 1000000",
+    );
+    scaling_refused(
+        ScalingPolicy {
+            target_in_flight_per_node: 2e6,
+            ..full_scaling()
+        },
+        &format!("{s}.target_in_flight_per_node"),
+        "above",
+    );
+    scaling_refused(
+        ScalingPolicy {
+            target_latency_p99_ms: 600_001,
+            ..full_scaling()
+        },
+        &format!("{s}.target_latency_p99_ms"),
+        "10 minutes",
+    );
+    scaling_refused(
+        ScalingPolicy {
+            target_utilization_percent: 101,
+            ..full_scaling()
+        },
+        &format!("{s}.target_utilization_percent"),
+        "above 100",
+    );
+    scaling_refused(
+        ScalingPolicy {
+            tolerance_percent: 101,
+            ..full_scaling()
+        },
+        &format!("{s}.tolerance_percent"),
+        "above 100",
+    );
+}
+
+#[test]
+fn scaling_windows_and_horizons_are_bounded() {
+    let s = "service_policy.scaling";
+    let cases: [(ScalingPolicy, &str); 5] = [
+        (
+            ScalingPolicy {
+                scale_down_stabilization_ms: 3_600_001,
+                ..full_scaling()
+            },
+            "scale_down_stabilization_ms",
+        ),
+        (
+            ScalingPolicy {
+                scale_up_stabilization_ms: 3_600_001,
+                ..full_scaling()
+            },
+            "scale_up_stabilization_ms",
+        ),
+        (
+            ScalingPolicy {
+                cooldown_ms: 86_400_001,
+                ..full_scaling()
+            },
+            "cooldown_ms",
+        ),
+        (
+            ScalingPolicy {
+                predictive: PredictiveScaling {
+                    enabled: true,
+                    horizon_ms: 86_400_001,
+                    season_ms: 0,
+                },
+                ..full_scaling()
+            },
+            "predictive.horizon_ms",
+        ),
+        (
+            ScalingPolicy {
+                predictive: PredictiveScaling {
+                    enabled: true,
+                    horizon_ms: 0,
+                    season_ms: 7 * 86_400_000 + 1,
+                },
+                ..full_scaling()
+            },
+            "predictive.season_ms",
+        ),
+    ];
+    for (policy, field) in cases {
+        scaling_refused(policy, &format!("{s}.{field}"), "is above");
+    }
+}
+
+#[test]
+fn scheduled_windows_are_named_unique_bounded_and_valid_cron() {
+    let with = |schedules: Vec<ScheduledScaling>| ScalingPolicy {
+        schedules,
+        ..full_scaling()
+    };
+    scaling_refused(
+        with(
+            (0..17)
+                .map(|i| ScheduledScaling {
+                    name: format!("w{i}"),
+                    ..office_hours()
+                })
+                .collect(),
+        ),
+        "service_policy.scaling.schedules",
+        "17 windows exceed the limit of 16",
+    );
+    scaling_refused(
+        with(vec![ScheduledScaling {
+            name: "Office Hours".into(),
+            ..office_hours()
+        }]),
+        "service_policy.scaling.schedules[0].name",
+        "lowercase",
+    );
+    scaling_refused(
+        with(vec![office_hours(), office_hours()]),
+        "service_policy.scaling.schedules[1].name",
+        "unique",
+    );
+    scaling_refused(
+        with(vec![ScheduledScaling {
+            start: "0 8 * * Mon-Fri".into(),
+            ..office_hours()
+        }]),
+        "service_policy.scaling.schedules[0].start",
+        "expected 6",
+    );
+    scaling_refused(
+        with(vec![
+            office_hours(),
+            ScheduledScaling {
+                name: "night".into(),
+                end: "0 0 25 * * *".into(),
+                ..office_hours()
+            },
+        ]),
+        "service_policy.scaling.schedules[1].end",
+        "\"0 0 25 * * *\"",
+    );
+    scaling_refused(
+        with(vec![ScheduledScaling {
+            min_nodes: 21,
+            ..office_hours()
+        }]),
+        "service_policy.scaling.schedules[0].min_nodes",
+        "above max_nodes 20",
+    );
+    scaling_refused(
+        with(vec![ScheduledScaling {
+            min_nodes: 0,
+            ..office_hours()
+        }]),
+        "service_policy.scaling.schedules[0].min_nodes",
+        "at least 1",
+    );
+}
+
+#[test]
+fn exec_actuators_need_an_absolute_program_and_bounded_arguments() {
+    let with = |e: ExecActuator| ScalingPolicy {
+        actuator: Some(ScalingActuator::Exec(e)),
+        ..full_scaling()
+    };
+    let f = "service_policy.scaling.actuator.exec";
+    scaling_refused(
+        with(ExecActuator {
+            command: "kubectl".into(),
+            ..exec()
+        }),
+        &format!("{f}.command"),
+        "not an absolute path",
+    );
+    scaling_refused(
+        with(ExecActuator {
+            command: String::new(),
+            ..exec()
+        }),
+        &format!("{f}.command"),
+        "must be set",
+    );
+    scaling_refused(
+        with(ExecActuator {
+            command: format!("/{}", "x".repeat(1_024)),
+            ..exec()
+        }),
+        &format!("{f}.command"),
+        "1024 bytes",
+    );
+    scaling_refused(
+        with(ExecActuator {
+            args: vec!["a".into(); 33],
+            ..exec()
+        }),
+        &format!("{f}.args"),
+        "33 arguments exceed the limit of 32",
+    );
+    scaling_refused(
+        with(ExecActuator {
+            args: vec!["ok".into(), "y".repeat(1_025)],
+            ..exec()
+        }),
+        &format!("{f}.args[1]"),
+        "1024 bytes",
+    );
+    scaling_refused(
+        with(ExecActuator {
+            timeout_ms: 600_001,
+            ..exec()
+        }),
+        &format!("{f}.timeout_ms"),
+        "10 minutes",
+    );
+}
+
+#[test]
+fn webhook_actuators_need_an_http_url_and_bounded_retries() {
+    let with = |w: WebhookActuator| ScalingPolicy {
+        actuator: Some(ScalingActuator::Webhook(w)),
+        ..full_scaling()
+    };
+    let f = "service_policy.scaling.actuator.webhook";
+    for (url, words) in [
+        ("ftp://scaler.example.com/x", "http:// or https://"),
+        ("/hooks/meridian", "http:// or https://"),
+        ("https://scaler example.com/", "not a URL"),
+        ("", "not a URL"),
+    ] {
+        scaling_refused(
+            with(WebhookActuator {
+                url: url.into(),
+                ..webhook()
+            }),
+            &format!("{f}.url"),
+            words,
+        );
+    }
+    scaling_refused(
+        with(WebhookActuator {
+            url: format!("https://scaler.example.com/{}", "p".repeat(2_048)),
+            ..webhook()
+        }),
+        &format!("{f}.url"),
+        "exceed the limit of 2048",
+    );
+    scaling_refused(
+        with(WebhookActuator {
+            bearer_token_file: "token.txt".into(),
+            ..webhook()
+        }),
+        &format!("{f}.bearer_token_file"),
+        "not an absolute path",
+    );
+    scaling_refused(
+        with(WebhookActuator {
+            timeout_ms: 300_001,
+            ..webhook()
+        }),
+        &format!("{f}.timeout_ms"),
+        "5 minutes",
+    );
+    scaling_refused(
+        with(WebhookActuator {
+            max_attempts: 11,
+            ..webhook()
+        }),
+        &format!("{f}.max_attempts"),
+        "above 10",
+    );
+}
