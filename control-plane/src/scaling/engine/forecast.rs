@@ -7,7 +7,8 @@
 //!   and the forecast is `level + trend·horizon`. α = 0.5 and β = 0.3: autoscaling wants to
 //!   see a ramp within a handful of observations, more than it wants to ignore noise (the
 //!   tolerance band and the stabilisation windows absorb noise; a late forecast is
-//!   useless). On an exact linear ramp Holt's forecast converges to the ramp itself.
+//!   useless). On an exact linear ramp Holt's forecast converges to the ramp itself. A gap
+//!   of more than [`MAX_GAP`] between observations starts the history over.
 //! - **Holt-Winters additive** when the policy sets a season and the history covers two
 //!   full seasons: the season is cut into [`SEASON_SLOTS`] buckets (a daily season: 30
 //!   minutes each), each bucket holds the mean of the observations that fell in it, the
@@ -26,6 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const MAX_SAMPLES: usize = 1_440;
 /// How far back raw observations are kept.
 pub const RAW_SPAN: Duration = Duration::from_secs(2 * 3600);
+/// A gap between observations after which Holt starts over: a trend drawn across an
+/// outage of the load reports (or a leader that was not leading) says nothing.
+pub const MAX_GAP: Duration = Duration::from_secs(600);
 /// Observations needed before Holt forecasts.
 pub const MIN_SAMPLES: usize = 3;
 /// Buckets per season for Holt-Winters.
@@ -75,6 +79,10 @@ impl MetricHistory {
         match self.raw.back_mut() {
             Some(last) if t < last.0 => return,
             Some(last) if t == last.0 => last.1 = value,
+            Some(last) if t - last.0 > MAX_GAP.as_secs_f64() => {
+                self.raw.clear();
+                self.raw.push_back((t, value));
+            }
             _ => self.raw.push_back((t, value)),
         }
         while self.raw.len() > MAX_SAMPLES
@@ -326,9 +334,23 @@ mod tests {
         assert_eq!(h.raw.len(), MAX_SAMPLES);
         let mut h = MetricHistory::default();
         for i in 0..100 {
-            h.record(at(i * 600), 1.0, Duration::ZERO); // every 10 minutes
+            h.record(at(i * 300), 1.0, Duration::ZERO); // every 5 minutes
         }
-        assert_eq!(h.raw.len(), 13, "two hours of 10-minute samples, both ends");
+        assert_eq!(h.raw.len(), 25, "two hours of 5-minute samples, both ends");
+    }
+
+    #[test]
+    fn a_long_gap_starts_the_trend_over() {
+        let mut h = MetricHistory::default();
+        for i in 0..10 {
+            h.record(at(i * 5), 100.0 + 10.0 * i as f64, Duration::ZERO);
+        }
+        // Reports stop for 15 minutes; afterwards the load is flat.
+        for i in 0..3 {
+            h.record(at(945 + i * 5), 150.0, Duration::ZERO);
+        }
+        let f = h.forecast(Duration::from_secs(60), Duration::ZERO).unwrap();
+        assert!(close(f.value, 150.0, 0.01), "{}", f.value);
     }
 
     /// A daily-like cycle compressed to 8 minutes, observed every 10 s (one bucket each).

@@ -131,14 +131,18 @@ impl ServiceAutoscaler {
         let mut desired = stabilised.nodes();
         match stabilised {
             Stabilised::AsIs(_) => {}
-            Stabilised::HeldUp { to, window } => reasons.push(format!(
+            Stabilised::HeldUp { to, lowest, window } => reasons.push(format!(
                 "held at {to} by the scale-up stabilisation window ({}): the lowest \
-                 recommendation in it is {to}",
+                 recommendation in it is {lowest}",
                 words(window)
             )),
-            Stabilised::HeldDown { to, window } => reasons.push(format!(
+            Stabilised::HeldDown {
+                to,
+                highest,
+                window,
+            } => reasons.push(format!(
                 "held at {to} by the scale-down stabilisation window ({}): the highest \
-                 recommendation in it is {to}",
+                 recommendation in it is {highest}",
                 words(window)
             )),
         }
@@ -151,8 +155,8 @@ impl ServiceAutoscaler {
             };
             rule = "step";
             reasons.push(format!(
-                "limited to {desired}: at most {} nodes per decision (max_step)",
-                policy.max_step
+                "limited to {desired}: at most {} per decision (max_step)",
+                count(policy.max_step)
             ));
         }
 
@@ -190,7 +194,7 @@ impl ServiceAutoscaler {
 
         if desired == current && rule != "cooldown" {
             rule = "none";
-            reasons.push(format!("keeping {current} nodes"));
+            reasons.push(format!("keeping {}", count(current)));
         }
         Recommendation {
             current_nodes: current,
@@ -284,8 +288,7 @@ impl ServiceAutoscaler {
             nodes = predicted;
             raised = true;
             reason = format!(
-                "{reason}; forecast ({}): {} in {} (measured {}) against target {} → \
-                 {predicted} nodes",
+                "{reason}; forecast ({}): {} in {} (measured {}) against target {} → {}",
                 match method {
                     Method::Holt => "Holt's linear trend",
                     Method::HoltWinters => "Holt-Winters",
@@ -294,6 +297,7 @@ impl ServiceAutoscaler {
                 words(horizon),
                 t.describe(t.current),
                 t.describe_target(),
+                count(predicted),
             );
         }
         Proposal {
@@ -330,7 +334,7 @@ fn describe_target(t: &Target, current: u32, recommended: u32, tolerance: u32) -
     let measured = t.describe(t.current);
     let target = t.describe_target();
     if current == 0 {
-        format!("{measured} with no usable node → {recommended} nodes")
+        format!("{measured} with no usable node → {}", count(recommended))
     } else if recommended == current {
         format!("{measured} within ±{tolerance}% of target {target}")
     } else {
@@ -339,7 +343,10 @@ fn describe_target(t: &Target, current: u32, recommended: u32, tolerance: u32) -
         } else {
             "below"
         };
-        format!("{measured} {side} target {target} (±{tolerance}%) → {recommended} nodes")
+        format!(
+            "{measured} {side} target {target} (±{tolerance}%) → {}",
+            count(recommended)
+        )
     }
 }
 
@@ -405,6 +412,15 @@ impl Bounds {
 
 fn cooldown_until(policy: &ScalingPolicy, last_change: Option<SystemTime>) -> Option<SystemTime> {
     last_change?.checked_add(policy.effective_cooldown())
+}
+
+/// "1 node", "3 nodes".
+fn count(nodes: u32) -> String {
+    if nodes == 1 {
+        "1 node".into()
+    } else {
+        format!("{nodes} nodes")
+    }
 }
 
 /// "45 s", "5 min", "250 ms".

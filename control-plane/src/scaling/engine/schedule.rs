@@ -36,6 +36,19 @@ pub fn parse_cron(expression: &str) -> Result<Cron, String> {
         .map_err(|e| format!("{expression:?}: {e}"))
 }
 
+/// [`parse_cron`], and the expression must match some instant: "0 0 0 30 2 *" parses but
+/// never happens, and searching for it walks the calendar to the search limit (hundreds of
+/// milliseconds) on every decision. For validation.
+pub fn check_cron(expression: &str) -> Result<(), String> {
+    let cron = parse_cron(expression)?;
+    // Any pattern without a year repeats within 28 years; search from a fixed instant so
+    // the answer does not depend on when the policy is written.
+    let reference = DateTime::from_timestamp(946_684_800, 0).expect("2000-01-01 is valid");
+    cron.find_next_occurrence(&reference, false)
+        .map(|_| ())
+        .map_err(|_| format!("{expression:?} never matches a date (e.g. the 30th of February)"))
+}
+
 /// A window open now, with the instant it opened and the instant it will close.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenWindow<'a> {
@@ -133,6 +146,14 @@ mod tests {
         let bad = parse_cron("0 0 25 * * *").unwrap_err();
         assert!(bad.contains("\"0 0 25 * * *\""), "{bad}");
         assert!(parse_cron("").is_err());
+    }
+
+    #[test]
+    fn an_expression_that_never_matches_is_refused() {
+        check_cron("0 0 0 29 2 *").unwrap();
+        let never = check_cron("0 0 0 30 2 *").unwrap_err();
+        assert!(never.contains("never matches"), "{never}");
+        assert!(check_cron("0 8 * * *").unwrap_err().contains("expected 6"));
     }
 
     #[test]

@@ -21,17 +21,28 @@ pub const MAX_ENTRIES: usize = 4_096;
 pub enum Stabilised {
     /// The raw recommendation stands.
     AsIs(u32),
-    /// A scale-up held to the lowest recommendation in the up window.
-    HeldUp { to: u32, window: Duration },
-    /// A scale-down held to the highest recommendation in the down window.
-    HeldDown { to: u32, window: Duration },
+    /// A scale-up held by the up window to its `lowest` recommendation (or to current,
+    /// when that is lower still).
+    HeldUp {
+        to: u32,
+        lowest: u32,
+        window: Duration,
+    },
+    /// A scale-down held by the down window to its `highest` recommendation (or to
+    /// current, when that is higher still).
+    HeldDown {
+        to: u32,
+        highest: u32,
+        window: Duration,
+    },
 }
 
 impl Stabilised {
     pub fn nodes(self) -> u32 {
         match self {
-            Stabilised::AsIs(n) | Stabilised::HeldUp { to: n, .. } => n,
-            Stabilised::HeldDown { to: n, .. } => n,
+            Stabilised::AsIs(n)
+            | Stabilised::HeldUp { to: n, .. }
+            | Stabilised::HeldDown { to: n, .. } => n,
         }
     }
 }
@@ -78,12 +89,14 @@ impl RecommendationMemory {
             if up < raw {
                 return Stabilised::HeldUp {
                     to: up.max(current),
+                    lowest: up,
                     window: up_window,
                 };
             }
         } else if raw < current && down > raw {
             return Stabilised::HeldDown {
                 to: down.min(current),
+                highest: down,
                 window: down_window,
             };
         }
@@ -114,6 +127,7 @@ mod tests {
                 m.stabilise(at(s), 5, 2, UP, DOWN),
                 Stabilised::HeldDown {
                     to: 5,
+                    highest: 5,
                     window: DOWN
                 },
                 "at {s} s"
@@ -145,6 +159,7 @@ mod tests {
             m.stabilise(at(20), 8, 3, UP, DOWN),
             Stabilised::HeldDown {
                 to: 6,
+                highest: 6,
                 window: DOWN
             }
         );
@@ -156,11 +171,30 @@ mod tests {
         m.stabilise(at(0), 3, 3, UP, DOWN);
         assert_eq!(
             m.stabilise(at(10), 3, 6, UP, DOWN),
-            Stabilised::HeldUp { to: 3, window: UP }
+            Stabilised::HeldUp {
+                to: 3,
+                lowest: 3,
+                window: UP
+            }
         );
         assert_eq!(m.stabilise(at(60), 3, 6, UP, DOWN).nodes(), 3);
         // The 3 of t = 0 has left the window: the lowest within it is 6.
         assert_eq!(m.stabilise(at(61), 3, 6, UP, DOWN), Stabilised::AsIs(6));
+    }
+
+    #[test]
+    fn a_hold_never_goes_past_the_current_count() {
+        let mut m = RecommendationMemory::default();
+        m.stabilise(at(0), 4, 6, UP, DOWN);
+        // Current is 4, the window remembers a 6: the scale-down to 1 is held at 4, not 6.
+        assert_eq!(
+            m.stabilise(at(10), 4, 1, UP, DOWN),
+            Stabilised::HeldDown {
+                to: 4,
+                highest: 6,
+                window: DOWN
+            }
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 use meridian_shared::domain::{ScalingActuator, ScalingPolicy};
 
 use super::{Invalid, check_name, invalid};
-use crate::scaling::engine::schedule::parse_cron;
+use crate::scaling::engine::schedule::check_cron;
 
 /// Highest calls/s per node target.
 pub const MAX_CALLS_PER_SECOND_PER_NODE: f64 = 1_000_000.0;
@@ -177,7 +177,7 @@ fn schedules(s: &ScalingPolicy) -> Result<(), Invalid> {
                     format!("must be at most {MAX_PATH_BYTES} bytes"),
                 ));
             }
-            parse_cron(expression).map_err(|e| invalid(format!("{field}.{edge}"), e))?;
+            check_cron(expression).map_err(|e| invalid(format!("{field}.{edge}"), e))?;
         }
         if w.min_nodes == 0 {
             return Err(invalid(

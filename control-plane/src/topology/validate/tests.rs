@@ -903,6 +903,14 @@ fn scheduled_windows_are_named_unique_bounded_and_valid_cron() {
     );
     scaling_refused(
         with(vec![ScheduledScaling {
+            start: "0 0 0 30 2 *".into(),
+            ..office_hours()
+        }]),
+        "service_policy.scaling.schedules[0].start",
+        "never matches",
+    );
+    scaling_refused(
+        with(vec![ScheduledScaling {
             min_nodes: 21,
             ..office_hours()
         }]),
