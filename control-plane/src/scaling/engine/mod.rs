@@ -99,8 +99,6 @@ impl ServiceAutoscaler {
     ) -> Recommendation {
         let now = observation.at;
         let current = observation.current_nodes;
-        let mut reasons = Vec::new();
-
         let proposal = match observation
             .load
             .as_ref()
@@ -114,13 +112,16 @@ impl ServiceAutoscaler {
                     .into(),
             ),
         };
-        reasons.push(proposal.reason.clone());
-        let mut rule = if proposal.predictive {
-            "predictive"
-        } else {
-            "target"
+        let mut draft = Draft {
+            current,
+            desired: proposal.nodes,
+            rule: if proposal.predictive {
+                "predictive"
+            } else {
+                "target"
+            },
+            reasons: vec![proposal.reason],
         };
-
         let stabilised = self.memory.stabilise(
             now,
             current,
@@ -128,85 +129,21 @@ impl ServiceAutoscaler {
             policy.effective_scale_up_stabilization(),
             policy.effective_scale_down_stabilization(),
         );
-        let mut desired = stabilised.nodes();
-        match stabilised {
-            Stabilised::AsIs(_) => {}
-            Stabilised::HeldUp { to, lowest, window } => reasons.push(format!(
-                "held at {to} by the scale-up stabilisation window ({}): the lowest \
-                 recommendation in it is {lowest}",
-                words(window)
-            )),
-            Stabilised::HeldDown {
-                to,
-                highest,
-                window,
-            } => reasons.push(format!(
-                "held at {to} by the scale-down stabilisation window ({}): the highest \
-                 recommendation in it is {highest}",
-                words(window)
-            )),
-        }
-
-        if policy.max_step > 0 && desired.abs_diff(current) > policy.max_step {
-            desired = if desired > current {
-                current.saturating_add(policy.max_step)
-            } else {
-                current - policy.max_step
-            };
-            rule = "step";
-            reasons.push(format!(
-                "limited to {desired}: at most {} per decision (max_step)",
-                count(policy.max_step)
-            ));
-        }
-
+        draft.stabilise(stabilised);
+        draft.limit_step(policy.max_step);
         let bounds = Bounds::of(policy, now);
-        if let Some((bounded, bound_rule, why)) = bounds.apply(desired) {
-            desired = bounded;
-            rule = bound_rule;
-            reasons.push(why);
-        }
-
+        draft.bound(&bounds);
         if let Some(until) = cooldown_until(policy, last_change).filter(|until| *until > now) {
-            let allowed = bounds.clamp(current);
-            if desired != allowed {
-                let would = desired;
-                desired = allowed;
-                if desired == current {
-                    rule = "cooldown";
-                    reasons.push(format!(
-                        "in cooldown until {} ({} after the last change): would go to {would}",
-                        schedule::format_utc(until),
-                        words(policy.effective_cooldown())
-                    ));
-                } else {
-                    let (_, bound_rule, why) = bounds
-                        .apply(current)
-                        .expect("a clamped count differs from current only through a bound");
-                    rule = bound_rule;
-                    reasons.push(format!(
-                        "{why}, despite the cooldown until {}",
-                        schedule::format_utc(until)
-                    ));
-                }
-            }
+            draft.cool_down(&bounds, until, policy.effective_cooldown());
         }
+        draft.finish(proposal.metrics, observation)
+    }
 
-        if desired == current && rule != "cooldown" {
-            rule = "none";
-            reasons.push(format!("keeping {}", count(current)));
-        }
-        Recommendation {
-            current_nodes: current,
-            desired_nodes: desired,
-            rule,
-            reason: reasons.join("; "),
-            metrics: proposal.metrics,
-            utilization_percent: observation
-                .load
-                .as_ref()
-                .and_then(|l| l.utilization_percent),
-        }
+    /// Seeds the stabilisation windows with a recommendation made at `at`, e.g. by a new
+    /// leader from the stored decisions of the last scale-down window, so a leader change
+    /// does not reopen the door to a scale-down the old leader's window was holding back.
+    pub fn remember_recommendation(&mut self, at: SystemTime, nodes: u32) {
+        self.memory.remember(at, nodes);
     }
 
     /// The same as [`Self::recommend`] without remembering the observation: what
@@ -305,6 +242,106 @@ impl ServiceAutoscaler {
             predictive: raised && nodes > current,
             reason,
             metrics,
+        }
+    }
+}
+
+/// A recommendation on its way through steps 3 to 6.
+struct Draft {
+    current: u32,
+    desired: u32,
+    rule: &'static str,
+    reasons: Vec<String>,
+}
+
+impl Draft {
+    fn stabilise(&mut self, stabilised: Stabilised) {
+        self.desired = stabilised.nodes();
+        match stabilised {
+            Stabilised::AsIs(_) => {}
+            Stabilised::HeldUp { to, lowest, window } => self.reasons.push(format!(
+                "held at {to} by the scale-up stabilisation window ({}): the lowest \
+                 recommendation in it is {lowest}",
+                words(window)
+            )),
+            Stabilised::HeldDown {
+                to,
+                highest,
+                window,
+            } => self.reasons.push(format!(
+                "held at {to} by the scale-down stabilisation window ({}): the highest \
+                 recommendation in it is {highest}",
+                words(window)
+            )),
+        }
+    }
+
+    fn limit_step(&mut self, max_step: u32) {
+        if max_step == 0 || self.desired.abs_diff(self.current) <= max_step {
+            return;
+        }
+        self.desired = if self.desired > self.current {
+            self.current.saturating_add(max_step)
+        } else {
+            self.current - max_step
+        };
+        self.rule = "step";
+        self.reasons.push(format!(
+            "limited to {}: at most {} per decision (max_step)",
+            self.desired,
+            count(max_step)
+        ));
+    }
+
+    fn bound(&mut self, bounds: &Bounds) {
+        if let Some((bounded, rule, why)) = bounds.apply(self.desired) {
+            self.desired = bounded;
+            self.rule = rule;
+            self.reasons.push(why);
+        }
+    }
+
+    /// In the cooldown only the bounds may move the count.
+    fn cool_down(&mut self, bounds: &Bounds, until: SystemTime, cooldown: Duration) {
+        let would = self.desired;
+        match bounds.apply(self.current) {
+            _ if would == bounds.clamp(self.current) => {}
+            Some((bounded, rule, why)) => {
+                self.desired = bounded;
+                self.rule = rule;
+                self.reasons.push(format!(
+                    "{why}, despite the cooldown until {}",
+                    schedule::format_utc(until)
+                ));
+            }
+            None => {
+                self.desired = self.current;
+                self.rule = "cooldown";
+                self.reasons.push(format!(
+                    "in cooldown until {} ({} after the last change): would go to {would}",
+                    schedule::format_utc(until),
+                    words(cooldown)
+                ));
+            }
+        }
+    }
+
+    fn finish(mut self, metrics: Vec<MetricReading>, observation: &Observation) -> Recommendation {
+        if self.desired == self.current && self.rule != "cooldown" {
+            self.rule = "none";
+            self.reasons
+                .push(format!("keeping {}", count(self.current)));
+        }
+        Recommendation {
+            current_nodes: self.current,
+            desired_nodes: self.desired,
+            rule: self.rule,
+            reason: self.reasons.join("; "),
+            metrics,
+            utilization_percent: observation
+                .load
+                .as_ref()
+                .and_then(|l| l.utilization_percent),
         }
     }
 }

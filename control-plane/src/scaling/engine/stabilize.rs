@@ -54,6 +54,17 @@ pub struct RecommendationMemory {
 }
 
 impl RecommendationMemory {
+    /// Adds a past recommendation without deciding anything (a new leader seeding the
+    /// windows from stored decisions). Kept in time order; the next [`Self::stabilise`]
+    /// drops what its windows no longer cover.
+    pub fn remember(&mut self, at: SystemTime, nodes: u32) {
+        let position = self.entries.partition_point(|(t, _)| *t <= at);
+        self.entries.insert(position, (at, nodes));
+        if self.entries.len() > MAX_ENTRIES {
+            self.entries.pop_front();
+        }
+    }
+
     /// Remembers `raw` at `at` and returns what the windows allow, from `current`.
     pub fn stabilise(
         &mut self,

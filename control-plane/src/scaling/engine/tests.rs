@@ -252,6 +252,25 @@ fn a_dip_shorter_than_the_scale_down_window_does_not_scale_down() {
 }
 
 #[test]
+fn a_new_leader_seeded_with_past_decisions_keeps_holding_a_scale_down() {
+    let policy = ScalingPolicy {
+        target_utilization_percent: 70,
+        scale_down_stabilization_ms: 120_000,
+        ..Default::default()
+    };
+    // Fresh, the engine has no memory: low load scales down at once.
+    let r = ServiceAutoscaler::new().recommend(&policy, &obs(100, 6, util(20.0)), None);
+    assert_eq!(r.desired_nodes, 2);
+    // Seeded with the old leader's decision of 6 at 30 s, it holds until 150 s.
+    let mut a = ServiceAutoscaler::new();
+    a.remember_recommendation(at(30), 6);
+    let r = a.recommend(&policy, &obs(100, 6, util(20.0)), None);
+    assert_eq!((r.desired_nodes, r.rule), (6, "none"));
+    let r = a.recommend(&policy, &obs(151, 6, util(20.0)), None);
+    assert_eq!((r.desired_nodes, r.rule), (2, "target"));
+}
+
+#[test]
 fn the_scale_up_window_delays_a_scale_up() {
     let policy = ScalingPolicy {
         target_utilization_percent: 70,
