@@ -3,10 +3,12 @@
 //! raises the service's minimum to the window's `min_nodes`.
 //!
 //! Expressions have exactly six fields, "sec min hour day-of-month month day-of-week", read
-//! in UTC, with the usual cron syntax (`*`, lists, ranges, `*/n` steps, `Mon-Fri`, `Jan`;
-//! day of week 0 or 7 is Sunday). Parsing and searching is `croner`'s: it searches both
-//! forward and backward, so "the most recent start" is a direct question rather than a
-//! forward scan from some guessed point in the past.
+//! in UTC, with the usual cron syntax: `*`, lists, ranges, `*/n` steps, `Mon-Fri`, `Jan`;
+//! day of week 0 or 7 is Sunday (not Quartz's 1); when both day fields are restricted
+//! either may match, as in Vixie cron; no `@daily` nicknames. Parsing and searching is
+//! `croner`'s (chosen over `cron` for standard weekday numbers and its backward search):
+//! "the most recent start" is then a direct question rather than a forward scan from some
+//! guessed point in the past.
 //!
 //! A window is open at `now` when its most recent start at or before `now` (to the second)
 //! has no end after it that is at or before `now`: a window started at 08:00:00 and ending at
@@ -23,7 +25,7 @@ use meridian_shared::domain::ScheduledScaling;
 /// words, for `INVALID_ARGUMENT` messages.
 pub fn parse_cron(expression: &str) -> Result<Cron, String> {
     let fields = expression.split_whitespace().count();
-    if !expression.trim_start().starts_with('@') && fields != 6 {
+    if fields != 6 {
         return Err(format!(
             "{expression:?} has {fields} fields; expected 6: \"sec min hour day-of-month month day-of-week\" (UTC)"
         ));
@@ -146,6 +148,7 @@ mod tests {
         let bad = parse_cron("0 0 25 * * *").unwrap_err();
         assert!(bad.contains("\"0 0 25 * * *\""), "{bad}");
         assert!(parse_cron("").is_err());
+        assert!(parse_cron("@daily").is_err());
     }
 
     #[test]
@@ -191,6 +194,16 @@ mod tests {
                 "at second {s}"
             );
         }
+    }
+
+    #[test]
+    fn numeric_days_of_week_count_from_sunday() {
+        let weekdays = [window("0 0 8 * * 1-5", "0 0 18 * * 1-5", 2)];
+        assert_eq!(open_windows(&weekdays, monday(9, 0, 0, 0)).len(), 1);
+        let sundays = [window("0 0 8 * * 7", "0 0 18 * * 7", 2)];
+        assert!(open_windows(&sundays, monday(9, 0, 0, 0)).is_empty());
+        let sunday_nine = monday(9, 0, 0, 0) - Duration::from_secs(86_400);
+        assert_eq!(open_windows(&sundays, sunday_nine).len(), 1);
     }
 
     #[test]

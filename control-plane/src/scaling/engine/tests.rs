@@ -463,3 +463,30 @@ fn preview_says_what_recommend_would_without_remembering() {
     assert_eq!(preview, real);
     assert_eq!(real.desired_nodes, 3, "{}", real.reason);
 }
+
+#[test]
+fn with_a_season_the_forecast_anticipates_the_daily_peak() {
+    // A "day" of 8 minutes: 400 ± 200 calls/s over 4 nodes, target 100 per node.
+    let season = 480u64;
+    let policy = ScalingPolicy {
+        predictive: PredictiveScaling {
+            enabled: true,
+            horizon_ms: 60_000,
+            season_ms: season as u32 * 1000,
+        },
+        ..predictive(true)
+    };
+    let load = |t: u64| 400.0 + 200.0 * (std::f64::consts::TAU * t as f64 / season as f64).sin();
+    let mut a = ServiceAutoscaler::new();
+    let mut ahead = None;
+    for t in (0..4 * season).step_by(10) {
+        let r = a.recommend(&policy, &obs(t, 4, calls(load(t))), None);
+        if t >= 2 * season && r.rule == "predictive" && ahead.is_none() {
+            ahead = Some((t, r));
+        }
+    }
+    let (t, r) = ahead.expect("the forecast never raised the count");
+    assert!(r.reason.contains("forecast (Holt-Winters)"), "{}", r.reason);
+    // Raised while the measured load was still inside the band, ahead of the rise.
+    assert!(r.metrics[0].current <= 110.0, "at {t} s: {:?}", r.metrics);
+}
