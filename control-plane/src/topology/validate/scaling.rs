@@ -28,6 +28,8 @@ pub const MAX_HORIZON_MS: u32 = 86_400_000;
 pub const MAX_SEASON_MS: u32 = 7 * 86_400_000;
 /// Most scheduled windows per service.
 pub const MAX_SCHEDULES: usize = 16;
+/// Longest cron expression.
+pub const MAX_CRON_BYTES: usize = 256;
 /// Longest program path, argument, or token file path.
 pub const MAX_PATH_BYTES: usize = 1_024;
 /// Most arguments of an exec actuator.
@@ -171,10 +173,10 @@ fn schedules(s: &ScalingPolicy) -> Result<(), Invalid> {
             ));
         }
         for (edge, expression) in [("start", &w.start), ("end", &w.end)] {
-            if expression.len() > MAX_PATH_BYTES {
+            if expression.len() > MAX_CRON_BYTES {
                 return Err(invalid(
                     format!("{field}.{edge}"),
-                    format!("must be at most {MAX_PATH_BYTES} bytes"),
+                    format!("must be at most {MAX_CRON_BYTES} bytes"),
                 ));
             }
             check_cron(expression).map_err(|e| invalid(format!("{field}.{edge}"), e))?;

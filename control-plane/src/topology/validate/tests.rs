@@ -903,6 +903,14 @@ fn scheduled_windows_are_named_unique_bounded_and_valid_cron() {
     );
     scaling_refused(
         with(vec![ScheduledScaling {
+            start: format!("0 0 8 * * {}", "1,".repeat(125) + "1"),
+            ..office_hours()
+        }]),
+        "service_policy.scaling.schedules[0].start",
+        "at most 256 bytes",
+    );
+    scaling_refused(
+        with(vec![ScheduledScaling {
             start: "0 0 0 30 2 *".into(),
             ..office_hours()
         }]),
