@@ -141,3 +141,19 @@ fn interval_of(answer: &pb::LoadReportResponse) -> Duration {
         ms => Duration::from_millis(u64::from(ms)).clamp(MIN_INTERVAL, MAX_INTERVAL),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_follows_the_control_plane_within_bounds() {
+        let answer = |ms| pb::LoadReportResponse {
+            report_interval_ms: ms,
+        };
+        assert_eq!(interval_of(&answer(0)), DEFAULT_INTERVAL);
+        assert_eq!(interval_of(&answer(800)), Duration::from_millis(800));
+        assert_eq!(interval_of(&answer(1)), MIN_INTERVAL);
+        assert_eq!(interval_of(&answer(u32::MAX)), MAX_INTERVAL);
+    }
+}

@@ -142,3 +142,105 @@ pub fn decode_header(value: &http::HeaderValue) -> Result<OrcaLoadReport, Malfor
 fn decode(bytes: &[u8]) -> Result<OrcaLoadReport, MalformedOrca> {
     OrcaLoadReport::decode(bytes).map_err(|e| MalformedOrca::Protobuf(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::metadata::MetadataValue;
+
+    use super::*;
+
+    /// The header value a node sends: the report, protobuf-encoded, as binary metadata.
+    fn encoded(report: &OrcaLoadReport) -> http::HeaderValue {
+        let mut metadata = MetadataMap::new();
+        metadata.insert_bin(
+            meridian_proto::ORCA_TRAILER,
+            MetadataValue::from_bytes(&report.encode_to_vec()),
+        );
+        metadata.into_headers().remove(ORCA_HEADER).unwrap()
+    }
+
+    fn report(cpu: f64) -> OrcaLoadReport {
+        OrcaLoadReport {
+            cpu_utilization: cpu,
+            application_utilization: cpu / 2.0,
+            mem_utilization: 0.25,
+            rps_fractional: 120.5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_trailer_is_decoded_and_the_latest_report_wins() {
+        let cell = OrcaCell::default();
+        let mut trailers = HeaderMap::new();
+        trailers.insert(ORCA_HEADER, encoded(&report(0.4)));
+        cell.observe_headers(&trailers, "eu-1");
+        trailers.insert(ORCA_HEADER, encoded(&report(0.8)));
+        cell.observe_headers(&trailers, "eu-1");
+        let figures = cell.take().expect("two reports");
+        assert_eq!(
+            figures,
+            OrcaFigures {
+                cpu_utilization: 0.8,
+                application_utilization: 0.4,
+                mem_utilization: 0.25,
+                rps: 120.5,
+                reports: 2,
+            }
+        );
+        assert_eq!(cell.take(), None, "taking resets the count");
+    }
+
+    #[test]
+    fn responses_without_the_trailer_leave_no_summary() {
+        let cell = OrcaCell::default();
+        cell.observe_headers(&HeaderMap::new(), "eu-1");
+        cell.observe_metadata(&MetadataMap::new(), "eu-1");
+        assert_eq!(cell.take(), None);
+    }
+
+    #[test]
+    fn a_malformed_trailer_is_ignored() {
+        let cell = OrcaCell::default();
+        let mut trailers = HeaderMap::new();
+        trailers.insert(
+            ORCA_HEADER,
+            http::HeaderValue::from_static("%%% not base64"),
+        );
+        assert_eq!(
+            decode_header(&trailers[&ORCA_HEADER]),
+            Err(MalformedOrca::Base64)
+        );
+        cell.observe_headers(&trailers, "eu-1");
+        // Valid base64 of bytes that are no protobuf message (a truncated varint field).
+        trailers.insert(ORCA_HEADER, http::HeaderValue::from_static("CP//"));
+        assert!(matches!(
+            decode_header(&trailers[&ORCA_HEADER]),
+            Err(MalformedOrca::Protobuf(_))
+        ));
+        cell.observe_headers(&trailers, "eu-1");
+        assert_eq!(cell.take(), None, "nothing kept from malformed reports");
+    }
+
+    #[test]
+    fn tonic_metadata_carries_the_report_too() {
+        let cell = OrcaCell::default();
+        let mut metadata = MetadataMap::new();
+        metadata.insert_bin(
+            meridian_proto::ORCA_TRAILER,
+            MetadataValue::from_bytes(&report(0.6).encode_to_vec()),
+        );
+        cell.observe_metadata(&metadata, "eu-1");
+        assert_eq!(cell.take().map(|f| f.cpu_utilization), Some(0.6));
+    }
+
+    #[test]
+    fn the_deprecated_integer_rps_is_used_when_rps_fractional_is_absent() {
+        let cell = OrcaCell::default();
+        cell.store(&OrcaLoadReport {
+            rps: 40,
+            ..Default::default()
+        });
+        assert_eq!(cell.take().map(|f| f.rps), Some(40.0));
+    }
+}

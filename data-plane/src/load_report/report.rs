@@ -152,3 +152,169 @@ fn orca_summary(orca: OrcaFigures) -> pb::OrcaSummary {
         reports: orca.reports,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meridian_shared::domain::{Node, NodeStatus};
+
+    use super::*;
+    use crate::endpoint::UpstreamTls;
+    use crate::table::{TableData, TableSource};
+
+    const ECHO: &str = "demo.v1.Echo";
+    const HANDLER: &str = "meridian.v1.MessageHandler";
+
+    fn identity() -> ProxyIdentity {
+        ProxyIdentity {
+            id: "proxy-1".into(),
+            federation: "prod".into(),
+            region: "eu-west".into(),
+            zone: "eu-west-a".into(),
+        }
+    }
+
+    /// A table of version `version` whose nodes serve both services.
+    fn table(version: u64, nodes: &[&str], previous: Option<&ProxyTable>) -> ProxyTable {
+        let nodes = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let node = Node {
+                    id: (*id).to_owned(),
+                    address: format!("127.0.0.1:{}", 9000 + i),
+                    region: "eu-west".into(),
+                    services: vec![ECHO.into(), HANDLER.into()],
+                    status: NodeStatus::Healthy,
+                    ..Default::default()
+                };
+                ((*id).to_owned(), node)
+            })
+            .collect();
+        let data = TableData {
+            version,
+            federation: "prod".into(),
+            nodes,
+            ..Default::default()
+        };
+        ProxyTable::build(
+            data,
+            &identity(),
+            previous,
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        )
+    }
+
+    fn load_of(table: &ProxyTable, service: &str, node: &str) -> Arc<CallLoad> {
+        Arc::clone(&table.service(service).unwrap().metrics_of(node).load)
+    }
+
+    fn entry<'a>(report: &'a pb::LoadReport, node: &str, service: &str) -> &'a pb::EndpointLoad {
+        report
+            .endpoints
+            .iter()
+            .find(|e| e.node_id == node && e.service == service)
+            .unwrap_or_else(|| panic!("no entry for {node} {service} in {report:?}"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_has_one_entry_per_node_and_service_with_traffic() {
+        let table = table(1, &["eu-1", "eu-2"], None);
+        let mut undelivered = Undelivered::new(Instant::now());
+        for _ in 0..3 {
+            load_of(&table, ECHO, "eu-1").record(0, Duration::from_millis(2));
+        }
+        load_of(&table, HANDLER, "eu-1").record(14, Duration::from_millis(5));
+        tokio::time::advance(Duration::from_secs(5)).await;
+
+        undelivered.gather(Some(&table));
+        let report = undelivered.report(&identity(), Some(&table), Instant::now());
+        assert_eq!(report.proxy_id, "proxy-1");
+        assert_eq!(report.federation, "prod");
+        assert_eq!(report.region, "eu-west");
+        assert_eq!(report.interval_ms, 5_000);
+        assert_eq!(report.endpoints.len(), 2, "eu-2 had no traffic: {report:?}");
+        let echo = entry(&report, "eu-1", ECHO);
+        assert_eq!((echo.requests, echo.errors), (3, 0));
+        assert_eq!(echo.latency_bucket_count.iter().sum::<u64>(), 3);
+        assert!(echo.latency_p50_us > 1_800 && echo.latency_p50_us < 2_200);
+        assert_eq!(echo.orca, None);
+        let handler = entry(&report, "eu-1", HANDLER);
+        assert_eq!((handler.requests, handler.errors), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_report_is_merged_into_the_next() {
+        let table = table(1, &["eu-1"], None);
+        let load = load_of(&table, ECHO, "eu-1");
+        let mut undelivered = Undelivered::new(Instant::now());
+        load.record(0, Duration::from_millis(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        undelivered.gather(Some(&table));
+        let lost = undelivered.report(&identity(), Some(&table), Instant::now());
+        assert_eq!(entry(&lost, "eu-1", ECHO).requests, 1);
+
+        // No answer came: the next report carries both intervals.
+        load.record(0, Duration::from_millis(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        undelivered.gather(Some(&table));
+        let next = undelivered.report(&identity(), Some(&table), Instant::now());
+        assert_eq!(entry(&next, "eu-1", ECHO).requests, 2);
+        assert_eq!(next.interval_ms, 2_000);
+
+        // Answered: the figures are gone and the next interval starts now.
+        undelivered.delivered(Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        undelivered.gather(Some(&table));
+        let after = undelivered.report(&identity(), Some(&table), Instant::now());
+        assert!(after.endpoints.is_empty(), "{after:?}");
+        assert_eq!(after.interval_ms, 1_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn figures_survive_a_table_update_and_a_removed_node_is_reported_once_more() {
+        let first = table(1, &["eu-1", "eu-2"], None);
+        let mut undelivered = Undelivered::new(Instant::now());
+        undelivered.gather(Some(&first));
+        let eu1 = load_of(&first, ECHO, "eu-1");
+        let eu2 = load_of(&first, ECHO, "eu-2");
+        eu1.record(0, Duration::from_millis(1));
+        eu2.record(0, Duration::from_millis(1));
+
+        // Version 2 drops eu-2; calls it finished before that are still reported.
+        let second = table(2, &["eu-1"], Some(&first));
+        assert!(
+            Arc::ptr_eq(&eu1, &load_of(&second, ECHO, "eu-1")),
+            "eu-1's figures carry over"
+        );
+        eu1.record(0, Duration::from_millis(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        undelivered.gather(Some(&second));
+        let report = undelivered.report(&identity(), Some(&second), Instant::now());
+        assert_eq!(entry(&report, "eu-1", ECHO).requests, 2);
+        assert_eq!(entry(&report, "eu-2", ECHO).requests, 1);
+        undelivered.delivered(Instant::now());
+
+        undelivered.gather(Some(&second));
+        let report = undelivered.report(&identity(), Some(&second), Instant::now());
+        assert!(report.endpoints.is_empty(), "eu-2 is forgotten: {report:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_with_calls_in_flight_is_reported_without_finished_calls() {
+        let table = table(1, &["eu-1"], None);
+        let load = load_of(&table, ECHO, "eu-1");
+        let mut undelivered = Undelivered::new(Instant::now());
+        let _held = load.start();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        undelivered.gather(Some(&table));
+        let report = undelivered.report(&identity(), Some(&table), Instant::now());
+        let echo = entry(&report, "eu-1", ECHO);
+        assert_eq!(
+            (echo.requests, echo.in_flight, echo.in_flight_max),
+            (0, 1, 1)
+        );
+        assert_eq!(echo.in_flight_mean_milli, 1_000);
+        assert_eq!(echo.ewma_us, 1_000, "the untouched Peak-EWMA seed, 1 ms");
+    }
+}

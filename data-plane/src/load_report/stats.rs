@@ -216,3 +216,95 @@ fn now_micros() -> u64 {
         ((epoch - now).as_micros() as u64).wrapping_neg()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load() -> Arc<CallLoad> {
+        Arc::new(CallLoad::new("demo.v1.Echo", "eu-1"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_and_errors_are_counted_and_reset_when_taken() {
+        let load = load();
+        for code in [0, 0, 14, 0, 5] {
+            load.record(code, Duration::from_millis(3));
+        }
+        let taken = load.take();
+        assert_eq!(taken.latency.count(), 5);
+        assert_eq!(taken.errors, 2, "UNAVAILABLE and NOT_FOUND are errors");
+        assert!(taken.is_active());
+
+        let next = load.take();
+        assert_eq!(next.latency.count(), 0);
+        assert_eq!(next.errors, 0);
+        assert!(!next.is_active(), "nothing happened since the last take");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_mean_is_weighted_by_time_and_max_restarts_from_the_current_count() {
+        let load = load();
+        load.take();
+        let first = load.start();
+        let second = load.start();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(first);
+        tokio::time::advance(Duration::from_secs(1)).await;
+
+        // Two calls for 1 s, then one for 1 s: 3 call-seconds over 2 s.
+        let taken = load.take();
+        assert_eq!(taken.in_flight, 1);
+        assert_eq!(taken.in_flight_max, 2);
+        assert_eq!(taken.in_flight_area_us, 3_000_000);
+        assert_eq!(taken.in_flight_mean_milli(Duration::from_secs(2)), 1_500);
+
+        // The next interval starts with the call still in flight.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        drop(second);
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        let taken = load.take();
+        assert_eq!(taken.in_flight, 0);
+        assert_eq!(
+            taken.in_flight_max, 1,
+            "the max is this interval's, not the last one's"
+        );
+        assert_eq!(taken.in_flight_mean_milli(Duration::from_secs(2)), 250);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn percentiles_come_from_the_shared_buckets() {
+        let load = load();
+        for _ in 0..98 {
+            load.record(0, Duration::from_millis(1));
+        }
+        for _ in 0..2 {
+            load.record(0, Duration::from_millis(100));
+        }
+        let taken = load.take();
+        let p50 = taken.latency.quantile_micros(0.5).unwrap();
+        let p99 = taken.latency.quantile_micros(0.99).unwrap();
+        assert!((p50 - 1_000.0).abs() < 70.0, "p50 {p50} µs");
+        assert!((p99 - 100_000.0).abs() < 7_000.0, "p99 {p99} µs");
+        let (indexes, counts) = taken.latency.to_sparse();
+        assert_eq!(indexes.len(), 2, "sparse: only the two buckets used");
+        assert_eq!(counts.iter().sum::<u64>(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn merged_intervals_add_up() {
+        let load = load();
+        load.record(0, Duration::from_millis(1));
+        let _held = load.start();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut earlier = load.take();
+        load.record(2, Duration::from_millis(1));
+        load.record(0, Duration::from_millis(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        earlier.merge(load.take());
+        assert_eq!(earlier.latency.count(), 3);
+        assert_eq!(earlier.errors, 1);
+        assert_eq!(earlier.in_flight, 1);
+        assert_eq!(earlier.in_flight_mean_milli(Duration::from_secs(2)), 1_000);
+    }
+}
