@@ -1,7 +1,9 @@
 //! The `RoutingDiscovery/ReportLoad` client: one task per proxy that streams a
 //! `LoadReport` to a control plane every `report_interval_ms` the control plane asks for
 //! ([`DEFAULT_INTERVAL`] until its first answer), with the same credential and TLS as the
-//! routing subscription. The control plane answers every report; the answer is what
+//! routing subscription. Each stream opens with a report at once (the figures since the
+//! last delivered report), so the control plane's answer sets the interval and figures
+//! kept during an outage go out without waiting. The control plane answers every report; the answer is what
 //! marks the report delivered (see [`super::report`]): a report left unanswered when the
 //! stream breaks is merged into the next one. A broken stream is reopened with jittered
 //! exponential backoff on the next configured replica. The task ends on shutdown.
@@ -96,7 +98,7 @@ impl LoadReporter {
             }
         };
         tracing::info!(control_plane = %url, interval = ?state.interval, "reporting load");
-        let mut next = Instant::now() + state.interval;
+        let mut next = Instant::now();
         loop {
             tokio::time::sleep_until(next).await;
             let table = self.table.current();

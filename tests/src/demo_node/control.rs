@@ -1,5 +1,5 @@
-//! `demo.v1.DemoControl`: lets tests change a running node's health, latency, error rate
-//! and keep-alives. Its calls skip the knobs they set, so a node made to fail every call
+//! `demo.v1.DemoControl`: lets tests change a running node's health, latency, error rate,
+//! keep-alives and the utilisation it reports in ORCA trailers. Its calls skip the knobs they set, so a node made to fail every call
 //! can still be repaired.
 
 use std::sync::Arc;
@@ -70,6 +70,23 @@ impl DemoControl for ControlService {
         let enabled = request.into_inner().enabled;
         self.behaviour.set_keep_alive(enabled);
         tracing::info!(enabled, "keep-alives set");
+        Ok(Response::new(demo::ControlReply {}))
+    }
+
+    async fn set_utilization(
+        &self,
+        request: Request<demo::SetUtilizationRequest>,
+    ) -> Result<Response<demo::ControlReply>, Status> {
+        let utilization = request.into_inner().utilization;
+        if let Some(value) = utilization
+            && !(value >= 0.0 && value.is_finite())
+        {
+            return Err(Status::invalid_argument(format!(
+                "utilization: {value} is not a non-negative number"
+            )));
+        }
+        self.behaviour.set_utilization(utilization);
+        tracing::info!(?utilization, "reported utilisation set");
         Ok(Response::new(demo::ControlReply {}))
     }
 }
