@@ -202,10 +202,19 @@ fn table(nodes: &[(&str, &DemoNodeProcess)]) -> pb::RoutingTable {
     }
 }
 
-/// Each (node, service)'s entries summed over `reports`: (requests, errors, histogram
-/// total, latest ORCA cpu utilisation).
-fn totals(reports: &[pb::LoadReport]) -> BTreeMap<(String, String), (u64, u64, u64, Option<f64>)> {
-    let mut totals: BTreeMap<_, (u64, u64, u64, Option<f64>)> = BTreeMap::new();
+/// One (node, service)'s entries summed over reports.
+#[derive(Debug, Default, PartialEq)]
+struct Totals {
+    requests: u64,
+    errors: u64,
+    /// Calls in the latency histograms.
+    histogram: u64,
+    /// The latest ORCA cpu utilisation.
+    cpu: Option<f64>,
+}
+
+fn totals(reports: &[pb::LoadReport]) -> BTreeMap<(String, String), Totals> {
+    let mut totals: BTreeMap<_, Totals> = BTreeMap::new();
     for entry in reports.iter().flat_map(|r| &r.endpoints) {
         assert_eq!(
             entry.latency_bucket_index.len(),
@@ -215,14 +224,23 @@ fn totals(reports: &[pb::LoadReport]) -> BTreeMap<(String, String), (u64, u64, u
         let total = totals
             .entry((entry.node_id.clone(), entry.service.clone()))
             .or_default();
-        total.0 += entry.requests;
-        total.1 += entry.errors;
-        total.2 += entry.latency_bucket_count.iter().sum::<u64>();
+        total.requests += entry.requests;
+        total.errors += entry.errors;
+        total.histogram += entry.latency_bucket_count.iter().sum::<u64>();
         if let Some(orca) = &entry.orca {
-            total.3 = Some(orca.cpu_utilization);
+            total.cpu = Some(orca.cpu_utilization);
         }
     }
     totals
+}
+
+fn expected(requests: u64, errors: u64, cpu: f64) -> Totals {
+    Totals {
+        requests,
+        errors,
+        histogram: requests,
+        cpu: Some(cpu),
+    }
 }
 
 #[tokio::test]
@@ -310,7 +328,7 @@ async fn reports_carry_each_nodes_calls_errors_latency_and_orca_utilisation() {
         let reports = reports.lock().unwrap().clone();
         async move {
             let totals = totals(&reports);
-            let calls: u64 = totals.values().map(|t| t.0).sum();
+            let calls: u64 = totals.values().map(|t| t.requests).sum();
             (calls == 47).then_some(totals)
         }
     })
@@ -318,17 +336,17 @@ async fn reports_carry_each_nodes_calls_errors_latency_and_orca_utilisation() {
     assert_eq!(totals.len(), 3, "{totals:?}");
     assert_eq!(
         totals[&key("eu-1", ECHO)],
-        (20, 5, 20, Some(0.73)),
+        expected(20, 5, 0.73),
         "{totals:?}"
     );
     assert_eq!(
         totals[&key("eu-2", ECHO)],
-        (20, 5, 20, Some(0.0)),
+        expected(20, 5, 0.0),
         "{totals:?}"
     );
     assert_eq!(
         totals[&key("eu-2", HANDLER)],
-        (7, 0, 7, Some(0.0)),
+        expected(7, 0, 0.0),
         "RouteMessage calls are reported under MessageHandler, with the ORCA report from the reply's metadata: {totals:?}"
     );
 
