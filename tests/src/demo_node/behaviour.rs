@@ -150,3 +150,58 @@ impl Drop for InFlight<'_> {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Polls until the behaviour reports `expected`, for at most 5 s.
+    async fn reports(behaviour: &NodeBehaviour, expected: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while behaviour.utilization() != expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "utilisation {} never became {expected}",
+                behaviour.utilization()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn utilisation_is_calls_waiting_over_capacity_unless_fixed() {
+        let behaviour = Arc::new(NodeBehaviour::new(
+            "eu-1".into(),
+            60_000,
+            0.0,
+            HealthReporter::new(),
+            false,
+        ));
+        behaviour.set_capacity(4);
+        assert_eq!(behaviour.utilization(), 0.0);
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let behaviour = Arc::clone(&behaviour);
+                tokio::spawn(async move { behaviour.admit(0).await })
+            })
+            .collect();
+        reports(&behaviour, 0.5).await;
+
+        behaviour.set_utilization(Some(1.5));
+        assert_eq!(
+            behaviour.utilization(),
+            1.5,
+            "a fixed value wins, above 1 too"
+        );
+        behaviour.set_utilization(None);
+        assert_eq!(behaviour.utilization(), 0.5);
+
+        // Cancelled calls (the client went away) stop counting.
+        for call in waiting {
+            call.abort();
+        }
+        reports(&behaviour, 0.0).await;
+    }
+}

@@ -90,3 +90,33 @@ impl DemoControl for ControlService {
         Ok(Response::new(demo::ControlReply {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::server::HealthReporter;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_utilisation_that_is_no_fraction_is_refused_and_changes_nothing() {
+        let behaviour = Arc::new(NodeBehaviour::new(
+            "eu-1".into(),
+            0,
+            0.0,
+            HealthReporter::new(),
+            false,
+        ));
+        let control = ControlService::new(Arc::clone(&behaviour));
+        let set = |utilization| {
+            control.set_utilization(Request::new(demo::SetUtilizationRequest { utilization }))
+        };
+        set(Some(0.6)).await.expect("0.6 is a utilisation");
+        for bad in [-0.1, f64::NAN, f64::INFINITY] {
+            let status = set(Some(bad)).await.expect_err("refused");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+        assert_eq!(behaviour.utilization(), 0.6);
+        set(None).await.expect("back to derived");
+        assert_eq!(behaviour.utilization(), 0.0, "no calls in flight");
+    }
+}
