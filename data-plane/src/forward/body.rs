@@ -1,9 +1,9 @@
 //! The response body streamed back to the client, wrapped so that the proxy knows when
 //! the call really ends: it keeps the endpoint's in-flight count until then, records the
 //! call's gRPC status (from the trailers, or the headers of a trailers-only response),
-//! latency and ORCA load report (the node's `endpoint-load-metrics-bin` trailer, passed on
-//! to the client untouched), and enforces the caller's deadline mid-stream by ending the stream with
-//! `DEADLINE_EXCEEDED` trailers.
+//! latency and ORCA load report (the node's `endpoint-load-metrics-bin` trailer, passed
+//! on to the client untouched), and enforces the caller's deadline mid-stream by ending
+//! the stream with `DEADLINE_EXCEEDED` trailers.
 
 use std::pin::Pin;
 use std::sync::Arc;
