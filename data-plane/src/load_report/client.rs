@@ -146,7 +146,16 @@ fn interval_of(answer: &pb::LoadReportResponse) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+
+    use meridian_proto::v1::routing_discovery_server::{RoutingDiscovery, RoutingDiscoveryServer};
+    use tokio_stream::Stream;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response, Status, Streaming};
+
     use super::*;
+    use crate::load_report::report::tests::{ECHO, identity, load_of, table};
 
     #[test]
     fn the_interval_follows_the_control_plane_within_bounds() {
@@ -157,5 +166,121 @@ mod tests {
         assert_eq!(interval_of(&answer(800)), Duration::from_millis(800));
         assert_eq!(interval_of(&answer(1)), MIN_INTERVAL);
         assert_eq!(interval_of(&answer(u32::MAX)), MAX_INTERVAL);
+    }
+
+    /// A control plane that records the reports of each stream; its first stream breaks
+    /// after one report, unanswered.
+    #[derive(Clone, Default)]
+    struct FlakyControlPlane {
+        streams: Arc<Mutex<Vec<Vec<pb::LoadReport>>>>,
+    }
+
+    type Answers = Pin<Box<dyn Stream<Item = Result<pb::LoadReportResponse, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl RoutingDiscovery for FlakyControlPlane {
+        type StreamRoutesStream =
+            Pin<Box<dyn Stream<Item = Result<pb::StreamRoutesResponse, Status>> + Send>>;
+
+        async fn stream_routes(
+            &self,
+            _request: Request<Streaming<pb::StreamRoutesRequest>>,
+        ) -> Result<Response<Self::StreamRoutesStream>, Status> {
+            Err(Status::unimplemented("load reports only"))
+        }
+
+        type ReportLoadStream = Answers;
+
+        async fn report_load(
+            &self,
+            request: Request<Streaming<pb::LoadReport>>,
+        ) -> Result<Response<Answers>, Status> {
+            let mut inbound = request.into_inner();
+            let (tx, rx) = mpsc::channel(4);
+            let streams = Arc::clone(&self.streams);
+            let stream = {
+                let mut streams = streams.lock().unwrap();
+                streams.push(Vec::new());
+                streams.len() - 1
+            };
+            tokio::spawn(async move {
+                while let Ok(Some(report)) = inbound.message().await {
+                    streams.lock().unwrap()[stream].push(report);
+                    let answer = if stream == 0 {
+                        Err(Status::unavailable("stepping down"))
+                    } else {
+                        Ok(pb::LoadReportResponse {
+                            report_interval_ms: 100,
+                        })
+                    };
+                    if tx.send(answer).await.is_err() || stream == 0 {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_report_lost_with_its_stream_goes_out_again_on_the_next() {
+        let control_plane = FlakyControlPlane::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RoutingDiscoveryServer::new(control_plane.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let handle = TableHandle::default();
+        handle.store(table(1, &["eu-1"], None));
+        let load = load_of(&handle.current().unwrap(), ECHO, "eu-1");
+        for code in [0, 0, 14] {
+            load.record(code, Duration::from_millis(2));
+        }
+        let shutdown = Shutdown::new();
+        let reporter = tokio::spawn(
+            LoadReporter {
+                identity: identity(),
+                auth: BearerAuth::default(),
+                control_planes: vec![url],
+                control_plane_tls: None,
+                table: handle,
+            }
+            .run(shutdown.clone()),
+        );
+
+        // The first stream's report is never answered; the second stream's first report
+        // carries the same calls, then nothing more is left to report.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let streams = loop {
+            let streams = control_plane.streams.lock().unwrap().clone();
+            if streams.len() >= 2 && streams[1].len() >= 2 {
+                break streams;
+            }
+            assert!(Instant::now() < deadline, "reports so far: {streams:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let calls = |report: &pb::LoadReport| {
+            let entry = report.endpoints.iter().find(|e| e.node_id == "eu-1");
+            entry.map(|e| (e.requests, e.errors))
+        };
+        assert_eq!(calls(&streams[0][0]), Some((3, 1)));
+        assert_eq!(
+            calls(&streams[1][0]),
+            Some((3, 1)),
+            "the unanswered report is sent again"
+        );
+        assert_eq!(
+            calls(&streams[1][1]),
+            None,
+            "delivered figures are not sent twice"
+        );
+
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(5), reporter)
+            .await
+            .expect("the reporter stops on shutdown")
+            .unwrap();
     }
 }

@@ -154,17 +154,17 @@ fn orca_summary(orca: OrcaFigures) -> pb::OrcaSummary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use meridian_shared::domain::{Node, NodeStatus};
 
     use super::*;
     use crate::endpoint::UpstreamTls;
     use crate::table::{TableData, TableSource};
 
-    const ECHO: &str = "demo.v1.Echo";
+    pub(in crate::load_report) const ECHO: &str = "demo.v1.Echo";
     const HANDLER: &str = "meridian.v1.MessageHandler";
 
-    fn identity() -> ProxyIdentity {
+    pub(in crate::load_report) fn identity() -> ProxyIdentity {
         ProxyIdentity {
             id: "proxy-1".into(),
             federation: "prod".into(),
@@ -174,7 +174,11 @@ mod tests {
     }
 
     /// A table of version `version` whose nodes serve both services.
-    fn table(version: u64, nodes: &[&str], previous: Option<&ProxyTable>) -> ProxyTable {
+    pub(in crate::load_report) fn table(
+        version: u64,
+        nodes: &[&str],
+        previous: Option<&ProxyTable>,
+    ) -> ProxyTable {
         let nodes = nodes
             .iter()
             .enumerate()
@@ -205,7 +209,11 @@ mod tests {
         )
     }
 
-    fn load_of(table: &ProxyTable, service: &str, node: &str) -> Arc<CallLoad> {
+    pub(in crate::load_report) fn load_of(
+        table: &ProxyTable,
+        service: &str,
+        node: &str,
+    ) -> Arc<CallLoad> {
         Arc::clone(&table.service(service).unwrap().metrics_of(node).load)
     }
 
