@@ -1,8 +1,9 @@
 //! Meridian's data-plane proxy: follows routing tables from the control plane ([`table`]),
 //! forwards any gRPC call to a node of its service ([`forward`]) or routes federation
 //! messages ([`router`]), picks endpoints with the service's algorithm ([`balance`]) among
-//! those whose breakers allow ([`endpoint`]), retries only when safe ([`retry`]), and keeps
-//! working on its last good table when the control plane is away. `meridian-proxy` runs it
+//! those whose breakers allow ([`endpoint`]), retries only when safe ([`retry`]), reports
+//! each node's load to the control plane ([`load_report`]), and keeps working on its last
+//! good table when the control plane is away. `meridian-proxy` runs it
 //! ([`server`]).
 
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@ pub mod balance;
 pub mod cli;
 pub mod endpoint;
 pub mod forward;
+pub mod load_report;
 pub mod retry;
 pub mod router;
 pub mod server;

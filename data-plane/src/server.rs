@@ -1,4 +1,5 @@
-//! Running the proxy: load the cached table, follow the control planes, serve client
+//! Running the proxy: load the cached table, follow the control planes, report load to
+//! them, serve client
 //! traffic on an HTTP/2 listener (h2c, or TLS with `[listen_tls]`) and the admin endpoints
 //! (`/metrics`, `/ready`, `/live`, `/debug/table`). Calls to the proxy's own services (RouteMessage, health,
 //! reflection) are answered here; every other gRPC call is forwarded. On SIGTERM the proxy
@@ -31,6 +32,7 @@ use tower::Service;
 
 use crate::endpoint::UpstreamTls;
 use crate::forward::{Forwarder, ProxyBody};
+use crate::load_report::LoadReporter;
 use crate::router::Router;
 use crate::table::subscription::{Subscription, report_table_age};
 use crate::table::{ProxyIdentity, TableHandle};
@@ -154,6 +156,14 @@ impl Proxy {
         };
         subscription.load_cache();
         tokio::spawn(subscription.run(shutdown.clone()));
+        let reporter = LoadReporter {
+            identity: (*identity).clone(),
+            auth: self.auth.clone(),
+            control_planes: self.config.control_planes.clone(),
+            control_plane_tls: self.control_plane_tls.clone(),
+            table: self.table.clone(),
+        };
+        tokio::spawn(reporter.run(shutdown.clone()));
         tokio::spawn(report_table_age(self.table.clone(), shutdown.clone()));
 
         let admin_router = admin_http::router(self.metrics, self.readiness.clone()).route(

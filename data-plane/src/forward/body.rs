@@ -1,8 +1,9 @@
 //! The response body streamed back to the client, wrapped so that the proxy knows when
 //! the call really ends: it keeps the endpoint's in-flight count until then, records the
-//! call's gRPC status (from the trailers, or the headers of a trailers-only response) and
-//! latency, and enforces the caller's deadline mid-stream by ending the stream with
-//! `DEADLINE_EXCEEDED` trailers.
+//! call's gRPC status (from the trailers, or the headers of a trailers-only response),
+//! latency and ORCA load report (the node's `endpoint-load-metrics-bin` trailer, passed
+//! on to the client untouched), and enforces the caller's deadline mid-stream by ending
+//! the stream with `DEADLINE_EXCEEDED` trailers.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::status::code_of;
 use crate::endpoint::OwnedInFlight;
+use crate::load_report::LoadInFlight;
 use crate::table::RouteMetrics;
 
 pin_project_lite::pin_project! {
@@ -39,7 +41,8 @@ pin_project_lite::pin_project! {
 
 /// What to record when the call ends.
 pub struct Call {
-    pub _in_flight: OwnedInFlight,
+    /// The call in flight on the endpoint and in its service's load figures.
+    pub _in_flight: (OwnedInFlight, LoadInFlight),
     pub metrics: Arc<RouteMetrics>,
     pub started: Instant,
     /// The status from a trailers-only response, if it was one.
@@ -96,6 +99,7 @@ impl Body for ObservedBody {
                 {
                     let code =
                         code_of(trailers.get("grpc-status")).unwrap_or(tonic::Code::Unknown as i32);
+                    call.metrics.load.observe_orca_headers(trailers);
                     call.finish(code);
                 }
             }

@@ -124,7 +124,7 @@ impl Forwarder {
         let max_attempts = route.policy.retry.effective_max_attempts();
         let mut tried = TriedEndpoints::default();
         let mut attempt = 1;
-        let (endpoint, in_flight, response) = loop {
+        let (endpoint, metrics, in_flight, response) = loop {
             let Some(pick) = pick_avoiding(&route, affinity, &tried) else {
                 return trailers_only(
                     Code::Unavailable,
@@ -145,15 +145,14 @@ impl Forwarder {
                 );
             };
             set_authority(upstream.uri_mut(), endpoint.scheme.clone(), authority);
-            let in_flight = endpoint.start_owned_request();
+            let metrics = route.metrics_of(&endpoint.node.id);
+            let in_flight = (endpoint.start_owned_request(), metrics.load.start());
             let sent = endpoint.connection.send(upstream);
             let result = match deadline {
                 Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
                     Ok(result) => result,
                     Err(_) => {
-                        route
-                            .metrics_of(&endpoint.node.id)
-                            .record(Code::DeadlineExceeded as i32, started.elapsed());
+                        metrics.record(Code::DeadlineExceeded as i32, started.elapsed());
                         return trailers_only(
                             Code::DeadlineExceeded,
                             format!(
@@ -175,12 +174,10 @@ impl Forwarder {
                         && replay.is_some()
                         && route.retry_budget.try_withdraw();
                     let Some((parts, bytes)) = replay.as_ref().filter(|_| again) else {
-                        break (endpoint, in_flight, response);
+                        break (endpoint, metrics, in_flight, response);
                     };
                     route.record_failure(&endpoint);
-                    route
-                        .metrics_of(&endpoint.node.id)
-                        .record(Code::Unavailable as i32, started.elapsed());
+                    metrics.record(Code::Unavailable as i32, started.elapsed());
                     tracing::debug!(node = %endpoint.node.id, attempt, "idempotent call answered UNAVAILABLE; retrying on another node");
                     drop((response, in_flight));
                     let pause = crate::retry::backoff(&route.policy.retry, attempt);
@@ -197,9 +194,7 @@ impl Forwarder {
                 }
                 Err(failure) => {
                     route.record_failure(&endpoint);
-                    route
-                        .metrics_of(&endpoint.node.id)
-                        .record(Code::Unavailable as i32, started.elapsed());
+                    metrics.record(Code::Unavailable as i32, started.elapsed());
                     drop(in_flight);
                     // A call the node never saw may always go elsewhere; an idempotent
                     // call (its body kept for replay) may even if it was sent.
@@ -249,11 +244,16 @@ impl Forwarder {
         if let Some(node) = &endpoint.node_header {
             parts.headers.insert(SERVED_BY, node.clone());
         }
+        let header_status = body::header_status(&parts.headers);
+        if header_status.is_some() {
+            // A trailers-only response: its headers are the trailers.
+            metrics.load.observe_orca_headers(&parts.headers);
+        }
         let call = Call {
             _in_flight: in_flight,
-            metrics: route.metrics_of(&endpoint.node.id),
+            metrics,
             started,
-            header_status: body::header_status(&parts.headers),
+            header_status,
         };
         Response::from_parts(
             parts,

@@ -158,9 +158,10 @@ impl Router {
         if let Some(budget) = budget {
             outgoing.set_timeout(budget);
         }
+        let metrics = route.metrics_of(&endpoint.node.id);
         let started = Instant::now();
         let answer = {
-            let _in_flight = endpoint.start_request();
+            let _in_flight = (endpoint.start_request(), metrics.load.start());
             match budget {
                 Some(budget) => tokio::time::timeout(budget, handler.handle_message(outgoing))
                     .await
@@ -174,15 +175,16 @@ impl Router {
             }
         };
         let elapsed = started.elapsed();
-        let metrics = route.metrics_of(&endpoint.node.id);
         match answer {
             Ok(reply) => {
+                metrics.load.observe_orca_metadata(reply.metadata());
                 endpoint.ewma.observe(elapsed);
                 endpoint.record_success();
                 metrics.record(0, elapsed);
                 Ok(reply.into_inner())
             }
             Err(status) => {
+                metrics.load.observe_orca_metadata(status.metadata());
                 if status.code() == tonic::Code::Unavailable {
                     route.record_failure(endpoint);
                 } else {

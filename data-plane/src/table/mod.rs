@@ -21,6 +21,7 @@ pub use self::data::TableData;
 pub use self::route_metrics::RouteMetrics;
 use crate::balance::{self, Balancer, Locality};
 use crate::endpoint::{BreakerSettings, Endpoint, UpstreamTls};
+use crate::load_report::CallLoad;
 use crate::retry::RetryBudget;
 
 /// Where the table in force came from.
@@ -164,13 +165,17 @@ impl ProxyTable {
                     local = targeted.clone();
                     usable = targeted;
                 }
-                let metrics = usable
+                // For every node serving the service, usable or not (RouteMessage may
+                // name one outside the balancers); carried over from the previous table
+                // so counters and load figures go on.
+                let before = previous.and_then(|p| p.services.get(name));
+                let metrics = serving
                     .iter()
                     .map(|e| {
-                        (
-                            e.node.id.clone(),
-                            Arc::new(RouteMetrics::new(name, &e.node.id)),
-                        )
+                        let id = &e.node.id;
+                        let kept = before.and_then(|r| r.metrics.get(id)).cloned();
+                        let metrics = kept.unwrap_or_else(|| Arc::new(RouteMetrics::new(name, id)));
+                        (id.clone(), metrics)
                     })
                     .collect();
                 let route = ServiceRoute {
@@ -205,6 +210,13 @@ impl ProxyTable {
 
     pub fn endpoint(&self, node_id: &str) -> Option<&Arc<Endpoint>> {
         self.endpoints.get(node_id)
+    }
+
+    /// The load figures of every (node, service) of the table, for the load reports.
+    pub fn loads(&self) -> impl Iterator<Item = &Arc<CallLoad>> {
+        self.services
+            .values()
+            .flat_map(|route| route.metrics.values().map(|m| &m.load))
     }
 
     /// The table and every endpoint's state, for `/debug/table`.

@@ -1,13 +1,16 @@
 //! Request metrics of one service on one endpoint: calls by gRPC status, and latency.
 //! The handles are made when the table is built, so the request path records with atomic
-//! operations instead of building label strings per call.
+//! operations instead of building label strings per call. They also hold the
+//! (node, service) figures of the load reports ([`CallLoad`]); a new table version reuses
+//! the previous one's `RouteMetrics`, so those figures survive table updates.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
 
 use crate::forward::status::code_name;
+use crate::load_report::CallLoad;
 
 #[derive(Debug)]
 pub struct RouteMetrics {
@@ -16,6 +19,8 @@ pub struct RouteMetrics {
     latency: Histogram,
     /// By gRPC code 0..=16, made on first use.
     codes: [OnceLock<Counter>; 17],
+    /// What the load reports say of this service on this node.
+    pub load: Arc<CallLoad>,
 }
 
 impl RouteMetrics {
@@ -29,11 +34,13 @@ impl RouteMetrics {
             service: service.to_owned(),
             node: node.to_owned(),
             codes: Default::default(),
+            load: Arc::new(CallLoad::new(service, node)),
         }
     }
 
     /// Records a finished call.
     pub fn record(&self, code: i32, latency: Duration) {
+        self.load.record(code, latency);
         self.latency.record(latency.as_secs_f64());
         let index = usize::try_from(code).ok().filter(|c| *c < 17).unwrap_or(2);
         self.codes[index]

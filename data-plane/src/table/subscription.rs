@@ -202,7 +202,7 @@ impl Subscription {
 
 /// `error` and its causes, so a failed TLS handshake says why ("invalid peer
 /// certificate: UnknownIssuer") rather than only "transport error".
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -1,7 +1,7 @@
-//! The run-time knobs of one node (health, latency, error rate, keep-alives), shared by
-//! the services: the flags set them at start, `DemoControl` changes them, and every Echo
-//! and MessageHandler call passes [`NodeBehaviour::admit`] first so the knobs apply the
-//! same way to every call shape.
+//! The run-time knobs of one node (health, latency, error rate, keep-alives, the
+//! utilisation it reports), shared by the services: the flags set them at start,
+//! `DemoControl` changes them, and every Echo and MessageHandler call passes
+//! [`NodeBehaviour::admit`] first so the knobs apply the same way to every call shape.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,6 +16,9 @@ use tonic_health::server::HealthReporter;
 /// and the application services.
 pub const HEALTH_NAMES: [&str; 3] = ["", "demo.v1.Echo", "meridian.v1.MessageHandler"];
 
+/// The calls in flight that make a derived utilisation of 1, unless `--capacity` says.
+pub const DEFAULT_CAPACITY: u32 = 100;
+
 /// What a node is and how it currently behaves.
 #[derive(Debug)]
 pub struct NodeBehaviour {
@@ -26,6 +29,12 @@ pub struct NodeBehaviour {
     health: HealthReporter,
     keep_alive: watch::Sender<bool>,
     registers: bool,
+    /// The fixed utilisation's `f64` bits; NaN when it is derived from the calls in flight.
+    utilization_bits: AtomicU64,
+    /// Calls in their latency wait in [`NodeBehaviour::admit`].
+    in_flight: AtomicU32,
+    /// Calls in flight that make a utilisation of 1.
+    capacity: AtomicU32,
 }
 
 impl NodeBehaviour {
@@ -44,6 +53,9 @@ impl NodeBehaviour {
             health,
             keep_alive: watch::Sender::new(true),
             registers,
+            utilization_bits: AtomicU64::new(f64::NAN.to_bits()),
+            in_flight: AtomicU32::new(0),
+            capacity: AtomicU32::new(DEFAULT_CAPACITY),
         }
     }
 
@@ -59,6 +71,8 @@ impl NodeBehaviour {
             .load(Ordering::Relaxed)
             .saturating_add(extra_delay_ms);
         if delay > 0 {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _waiting = InFlight(&self.in_flight);
             tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
         }
         let rate = f64::from_bits(self.error_rate_bits.load(Ordering::Relaxed));
@@ -66,6 +80,29 @@ impl NodeBehaviour {
             return Err(Status::unavailable("injected failure"));
         }
         Ok(())
+    }
+
+    /// Reports `utilization` from now on; `None` derives it from the calls in flight.
+    /// Callers check it is a non-negative number.
+    pub fn set_utilization(&self, utilization: Option<f64>) {
+        let bits = utilization.unwrap_or(f64::NAN).to_bits();
+        self.utilization_bits.store(bits, Ordering::Relaxed);
+    }
+
+    /// The calls in flight that make a derived utilisation of 1 (at least 1).
+    pub fn set_capacity(&self, capacity: u32) {
+        self.capacity.store(capacity.max(1), Ordering::Relaxed);
+    }
+
+    /// The utilisation to report now: the fixed value, else the calls in their latency
+    /// wait over the capacity.
+    pub fn utilization(&self) -> f64 {
+        let fixed = f64::from_bits(self.utilization_bits.load(Ordering::Relaxed));
+        if !fixed.is_nan() {
+            return fixed;
+        }
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        f64::from(in_flight) / f64::from(self.capacity.load(Ordering::Relaxed).max(1))
     }
 
     pub fn set_latency_ms(&self, latency_ms: u32) {
@@ -102,5 +139,69 @@ impl NodeBehaviour {
     /// Follows whether keep-alives should be sent.
     pub fn keep_alive(&self) -> watch::Receiver<bool> {
         self.keep_alive.subscribe()
+    }
+}
+
+/// One call in its latency wait; uncounted when dropped (also when the call is cancelled).
+struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Polls until the behaviour reports `expected`, for at most 5 s.
+    async fn reports(behaviour: &NodeBehaviour, expected: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while behaviour.utilization() != expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "utilisation {} never became {expected}",
+                behaviour.utilization()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn utilisation_is_calls_waiting_over_capacity_unless_fixed() {
+        let behaviour = Arc::new(NodeBehaviour::new(
+            "eu-1".into(),
+            60_000,
+            0.0,
+            HealthReporter::new(),
+            false,
+        ));
+        behaviour.set_capacity(4);
+        assert_eq!(behaviour.utilization(), 0.0);
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let behaviour = Arc::clone(&behaviour);
+                tokio::spawn(async move { behaviour.admit(0).await })
+            })
+            .collect();
+        reports(&behaviour, 0.5).await;
+
+        behaviour.set_utilization(Some(1.5));
+        assert_eq!(
+            behaviour.utilization(),
+            1.5,
+            "a fixed value wins, above 1 too"
+        );
+        behaviour.set_utilization(None);
+        assert_eq!(behaviour.utilization(), 0.5);
+
+        // Cancelled calls (the client went away) stop counting.
+        for call in waiting {
+            call.abort();
+        }
+        reports(&behaviour, 0.0).await;
     }
 }

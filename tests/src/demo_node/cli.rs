@@ -60,6 +60,17 @@ pub struct DemoNodeArgs {
     #[arg(long, env = "MERIDIAN_DEMO_ERROR_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub error_rate: f64,
 
+    /// The utilisation reported in ORCA trailers (`endpoint-load-metrics-bin`), a
+    /// non-negative fraction; without it, the calls in their latency wait over
+    /// --capacity (DemoControl/SetUtilization changes it).
+    #[arg(long, env = "MERIDIAN_DEMO_UTILIZATION", value_parser = parse_utilization)]
+    pub utilization: Option<f64>,
+
+    /// Calls in flight that make a reported utilisation of 1 when --utilization is not
+    /// set.
+    #[arg(long, env = "MERIDIAN_DEMO_CAPACITY", default_value_t = super::behaviour::DEFAULT_CAPACITY)]
+    pub capacity: u32,
+
     /// Start with grpc.health.v1 reporting NOT_SERVING (DemoControl/SetHealth changes it).
     #[arg(long, env = "MERIDIAN_DEMO_UNHEALTHY")]
     pub unhealthy: bool,
@@ -166,6 +177,17 @@ fn parse_rate(value: &str) -> Result<f64, String> {
         Ok(rate)
     } else {
         Err(format!("{rate} is outside 0 to 1"))
+    }
+}
+
+fn parse_utilization(value: &str) -> Result<f64, String> {
+    let utilization: f64 = value
+        .parse()
+        .map_err(|e| format!("{value:?} is not a number: {e}"))?;
+    if utilization >= 0.0 && utilization.is_finite() {
+        Ok(utilization)
+    } else {
+        Err(format!("{utilization} is not a non-negative number"))
     }
 }
 

@@ -1,5 +1,5 @@
-//! `demo.v1.DemoControl`: lets tests change a running node's health, latency, error rate
-//! and keep-alives. Its calls skip the knobs they set, so a node made to fail every call
+//! `demo.v1.DemoControl`: lets tests change a running node's health, latency, error rate,
+//! keep-alives and the utilisation it reports in ORCA trailers. Its calls skip the knobs they set, so a node made to fail every call
 //! can still be repaired.
 
 use std::sync::Arc;
@@ -71,5 +71,52 @@ impl DemoControl for ControlService {
         self.behaviour.set_keep_alive(enabled);
         tracing::info!(enabled, "keep-alives set");
         Ok(Response::new(demo::ControlReply {}))
+    }
+
+    async fn set_utilization(
+        &self,
+        request: Request<demo::SetUtilizationRequest>,
+    ) -> Result<Response<demo::ControlReply>, Status> {
+        let utilization = request.into_inner().utilization;
+        if let Some(value) = utilization
+            && !(value >= 0.0 && value.is_finite())
+        {
+            return Err(Status::invalid_argument(format!(
+                "utilization: {value} is not a non-negative number"
+            )));
+        }
+        self.behaviour.set_utilization(utilization);
+        tracing::info!(?utilization, "reported utilisation set");
+        Ok(Response::new(demo::ControlReply {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::server::HealthReporter;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_utilisation_that_is_no_fraction_is_refused_and_changes_nothing() {
+        let behaviour = Arc::new(NodeBehaviour::new(
+            "eu-1".into(),
+            0,
+            0.0,
+            HealthReporter::new(),
+            false,
+        ));
+        let control = ControlService::new(Arc::clone(&behaviour));
+        let set = |utilization| {
+            control.set_utilization(Request::new(demo::SetUtilizationRequest { utilization }))
+        };
+        set(Some(0.6)).await.expect("0.6 is a utilisation");
+        for bad in [-0.1, f64::NAN, f64::INFINITY] {
+            let status = set(Some(bad)).await.expect_err("refused");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+        assert_eq!(behaviour.utilization(), 0.6);
+        set(None).await.expect("back to derived");
+        assert_eq!(behaviour.utilization(), 0.0, "no calls in flight");
     }
 }

@@ -3,7 +3,8 @@
 //! knobs that break it on purpose (`demo.v1.DemoControl`), federation messages
 //! (`meridian.v1.MessageHandler`), `grpc.health.v1.Health` and server reflection, in h2c
 //! or (with `--tls-cert`) TLS; the node can also register itself with a control plane
-//! (over https with `--control-plane-ca`) and keep its lease alive.
+//! (over https with `--control-plane-ca`) and keep its lease alive. Every response
+//! carries ORCA backend metrics ([`orca`]) for the proxies' load reports.
 //!
 //! The binary is a thin `main` over [`DemoNode`]; [`process::DemoNodeProcess`] runs that
 //! binary from tests.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod control;
 pub mod echo;
 pub mod handler;
+pub mod orca;
 pub mod process;
 pub mod registration;
 pub mod served_by;
@@ -136,6 +138,8 @@ impl DemoNode {
             args.register_with.is_some(),
         ));
         behaviour.set_serving(!args.unhealthy).await;
+        behaviour.set_utilization(args.utilization);
+        behaviour.set_capacity(args.capacity);
         let registration = match &args.register_with {
             Some(url) => Some(SelfRegistration::new(
                 url,
@@ -187,8 +191,12 @@ impl DemoNode {
         let (addr, stop) = (self.addr, shutdown.wait_owned());
         let router = tonic::transport::Server::builder()
             .trace_fn(telemetry::grpc_request_span)
-            .layer(MapResponseLayer::new(move |response| {
-                served_by::add_served_by(response, &served_by)
+            .layer(MapResponseLayer::new({
+                let behaviour = Arc::clone(&self.behaviour);
+                move |response| {
+                    let response = served_by::add_served_by(response, &served_by);
+                    orca::add_load_report(response, behaviour.utilization())
+                }
             }))
             .add_service(HealthServer::new(HealthService::from_health_reporter(
                 self.health,
