@@ -32,6 +32,7 @@ use crate::leader::{LeaderElection, LeaderHandle, reconcilers};
 use crate::registry::RegistryService;
 use crate::replica_lease::ReplicaLease;
 use crate::routing::TablePublisher;
+use crate::scaling::load::{LoadAggregator, publish};
 use crate::store::Store;
 use crate::store::embedded::{EmbeddedError, EmbeddedStore};
 use crate::store::etcd::EtcdStore;
@@ -160,8 +161,11 @@ impl ControlPlane {
             parts.state.clone(),
             shutdown.clone(),
         );
-        let discovery =
-            DiscoveryService::new(parts.session_context(&shutdown), parts.state.clone());
+        let discovery = DiscoveryService::new(
+            parts.session_context(&shutdown),
+            parts.state.clone(),
+            parts.load.clone(),
+        );
 
         tracing::info!(
             replica = %self.config.replica_id,
@@ -221,6 +225,7 @@ struct Parts {
     writer: TopologyWriter,
     proxies: Arc<ProxyRegistry>,
     tables: tokio::sync::watch::Receiver<Arc<crate::routing::Published>>,
+    load: LoadAggregator,
     #[allow(dead_code)]
     leader: LeaderHandle,
 }
@@ -239,9 +244,20 @@ impl Parts {
             config.replica_id.clone(),
             keys.clone(),
             Arc::clone(&store),
-            lease,
+            lease.clone(),
         ));
         tokio::spawn(Arc::clone(&proxies).flush_until(shutdown.clone()));
+        let load = LoadAggregator::new(
+            config.replica_id.clone(),
+            keys.clone(),
+            Arc::clone(&store),
+            state.clone(),
+        );
+        tokio::spawn(publish::publish_until(
+            load.clone(),
+            lease,
+            shutdown.clone(),
+        ));
         let (election, leader) = LeaderElection::new(
             Arc::clone(&store),
             keys,
@@ -263,6 +279,7 @@ impl Parts {
             writer,
             proxies,
             tables,
+            load,
             leader,
         }
     }
