@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::admin::AdminService;
+use crate::admin::{AdminService, MetricsSources};
 use crate::auth::{AuthError, AuthLayer, Authenticator};
 use crate::discovery::DiscoveryService;
 use crate::discovery::proxies::ProxyRegistry;
@@ -154,6 +154,10 @@ impl ControlPlane {
             Arc::clone(&parts.proxies),
             Arc::clone(&parts.store),
             shutdown.clone(),
+            MetricsSources {
+                load: parts.load.view(),
+                tables: parts.tables.clone(),
+            },
         );
         let registry = RegistryService::new(
             Arc::clone(&parts.store),

@@ -16,6 +16,9 @@ pub mod publish;
 pub mod report;
 pub mod window;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
