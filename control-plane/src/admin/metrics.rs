@@ -187,3 +187,140 @@ fn row(service: &str, region: &str, load: Option<&ServiceLoad>) -> pb::ServiceRe
         nodes_routable: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meridian_shared::domain::{Federation, Node, Region, ServicePolicy};
+
+    use super::*;
+    use crate::topology::Stored;
+
+    fn stored<T>(value: T) -> Stored<T> {
+        Stored {
+            value,
+            mod_revision: 1,
+        }
+    }
+
+    fn node(id: &str, federation: &str, region: &str, status: NodeStatus) -> Node {
+        Node {
+            id: id.into(),
+            federation: federation.into(),
+            region: region.into(),
+            services: vec![format!("{federation}.v1.Svc")],
+            status,
+            ..Default::default()
+        }
+    }
+
+    /// Federations prod (eu-west, us-east) and test (lab), nodes in every status.
+    fn state() -> TopologyState {
+        let mut state = TopologyState::default();
+        for f in ["prod", "test"] {
+            let federation = Federation {
+                name: f.into(),
+                ..Default::default()
+            };
+            state.federations.insert(f.into(), stored(federation));
+        }
+        for (r, f) in [("eu-west", "prod"), ("us-east", "prod"), ("lab", "test")] {
+            let region = Region {
+                name: r.into(),
+                federation: f.into(),
+                ..Default::default()
+            };
+            state.regions.insert(r.into(), stored(region));
+        }
+        let nodes = [
+            node("a", "prod", "eu-west", NodeStatus::Healthy),
+            node("b", "prod", "eu-west", NodeStatus::Unknown),
+            node("c", "prod", "us-east", NodeStatus::Unhealthy),
+            node("d", "prod", "us-east", NodeStatus::Quarantined),
+            node("e", "prod", "us-east", NodeStatus::Lost),
+            node("f", "prod", "us-east", NodeStatus::Draining),
+            node("g", "test", "lab", NodeStatus::Failed),
+        ];
+        for n in nodes {
+            state.nodes.insert(n.id.clone(), stored(n));
+        }
+        let policy = ServicePolicy {
+            name: "policy.v1.Only".into(),
+            federation: "prod".into(),
+            ..Default::default()
+        };
+        state.services.insert(policy.name.clone(), stored(policy));
+        state
+    }
+
+    #[test]
+    fn nodes_are_counted_by_status_within_the_federation() {
+        let state = state();
+        let prod = topology_counts(&state, Some("prod"));
+        assert_eq!((prod.federations, prod.regions, prod.services), (1, 2, 2));
+        assert_eq!(
+            (
+                prod.nodes_active,
+                prod.nodes_unhealthy,
+                prod.nodes_lost,
+                prod.nodes_draining
+            ),
+            (2, 2, 1, 1)
+        );
+        let all = topology_counts(&state, None);
+        assert_eq!((all.federations, all.regions, all.services), (2, 3, 3));
+        assert_eq!(all.nodes_unhealthy, 3, "failed counts as unhealthy");
+    }
+
+    #[test]
+    fn a_proxy_is_in_sync_when_it_acked_its_federations_current_version() {
+        let record = |id: &str, federation: &str, acked: u64| ProxyRecord {
+            proxy_id: id.into(),
+            federation: federation.into(),
+            region: String::new(),
+            zone: String::new(),
+            acked_version: acked,
+            sent_version: acked,
+            last_nack: None,
+            connected_since: SystemTime::UNIX_EPOCH,
+            peer_address: String::new(),
+            replica: "cp".into(),
+            build_version: String::new(),
+        };
+        let records = [
+            record("p1", "prod", 7),
+            record("p2", "prod", 6),
+            record("p3", "test", 3),
+        ];
+        let versions = BTreeMap::from([("prod".to_owned(), 7), ("test".to_owned(), 3)]);
+        assert_eq!(proxy_counts(&records, &versions, None), (3, 2));
+        assert_eq!(proxy_counts(&records, &versions, Some("prod")), (2, 1));
+    }
+
+    #[test]
+    fn traffic_rows_cover_reported_and_routable_pairs_of_the_federation() {
+        let state = state();
+        let load = ServiceLoad {
+            calls_per_second: 120.0,
+            latency_p99_ms: Some(9.5),
+            nodes_reporting: 1,
+            ..Default::default()
+        };
+        let traffic = BTreeMap::from([
+            (("prod.v1.Svc".to_owned(), "eu-west".to_owned()), load),
+            (
+                ("test.v1.Svc".to_owned(), "lab".to_owned()),
+                ServiceLoad::default(),
+            ),
+        ]);
+        let rows = traffic_rows(&traffic, &state, Some("prod"));
+        let pairs: Vec<_> = rows
+            .iter()
+            .map(|r| (r.region.as_str(), r.nodes_reporting, r.nodes_routable))
+            .collect();
+        // us-east has no routable node and no traffic: no row.
+        assert_eq!(pairs, [("eu-west", 1, 2)]);
+        assert_eq!(rows[0].calls_per_second, 120.0);
+        assert_eq!(rows[0].latency_p99_ms, 9.5);
+        assert_eq!(traffic_rows(&traffic, &state, None).len(), 2);
+    }
+}

@@ -260,7 +260,10 @@ fn a_fresh_burst_is_not_diluted_over_the_whole_window() {
     let nodes = window.nodes(t(120));
     let load = merge::service_load(&[&nodes[0]], &facts(0), t(120));
     assert_eq!(load.window, Duration::from_secs(15));
-    assert!((load.calls_per_second - 5_000.0 / 15.0).abs() < 1e-6, "{load:?}");
+    assert!(
+        (load.calls_per_second - 5_000.0 / 15.0).abs() < 1e-6,
+        "{load:?}"
+    );
 }
 
 #[test]
@@ -408,4 +411,75 @@ fn every_bad_field_is_refused_by_name() {
         let err: InvalidReport = report::check(&bad).expect_err(field);
         assert!(err.to_string().starts_with(field), "{field}: {err}");
     }
+}
+
+// === publishing ===
+
+#[tokio::test]
+async fn another_replica_sees_the_reports_through_one_store_write_per_interval() {
+    use std::sync::Arc;
+
+    use meridian_shared::Shutdown;
+
+    use super::{LoadAggregator, publish::publish_until};
+    use crate::dynconfig::DynamicConfig;
+    use crate::keys::{self, Keys};
+    use crate::replica_lease::ReplicaLease;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{Store, Txn};
+    use crate::topology::StateFollower;
+
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
+    let keys = Keys::new("/t/");
+    let shutdown = Shutdown::new();
+    // Reports (and summaries) every 200 ms, so the test takes seconds.
+    let config = DynamicConfig {
+        load_report_interval_ms: 200,
+        ..Default::default()
+    };
+    store
+        .txn(Txn::new().put(keys.config(), keys::encode(&config)))
+        .await
+        .unwrap();
+    let (follower, state) = StateFollower::new(Arc::clone(&store), keys.clone());
+    tokio::spawn(follower.run(shutdown.clone()));
+    let mut loaded = state.subscribe();
+    loaded
+        .wait_for(|s| s.config.value.load_report_interval_ms == 200)
+        .await
+        .unwrap();
+    let replica = |name: &str| {
+        LoadAggregator::new(name.into(), keys.clone(), Arc::clone(&store), state.clone())
+    };
+    let (a, b) = (replica("cp-a"), replica("cp-b"));
+    let lease = ReplicaLease::start(Arc::clone(&store), shutdown.clone());
+    tokio::spawn(publish_until(a.clone(), lease, shutdown.clone()));
+
+    a.record(report::check(&report("p1", vec![endpoint("n1", 500, 1_000)])).unwrap())
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        if let Some(load) = b.view().services().await.remove(SERVICE) {
+            break load;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica b never saw replica a's report"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen.nodes_reporting, 1);
+    // 500 calls over the 5 s the report says it covers.
+    assert!((seen.calls_per_second - 100.0).abs() < 5.0, "{seen:?}");
+
+    // About one write per interval, however often the view is read.
+    let before = store.revision().await.unwrap();
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        b.view().services().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let writes = store.revision().await.unwrap() - before;
+    assert!((7..=12).contains(&writes), "{writes} store writes in 2 s");
+    shutdown.trigger();
 }
