@@ -118,7 +118,7 @@ pub fn summarize(
     mut nodes: Vec<NodeLoad>,
     at: SystemTime,
 ) -> (LoadSummary, usize) {
-    nodes.sort_by(|a, b| b.calls.cmp(&a.calls));
+    nodes.sort_by_key(|n| std::cmp::Reverse(n.calls));
     let mut budget = MAX_SUMMARY_BYTES.saturating_sub(256);
     let mut stored = Vec::with_capacity(nodes.len());
     for node in &nodes {

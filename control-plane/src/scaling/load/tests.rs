@@ -329,7 +329,8 @@ fn an_oversized_summary_keeps_the_busiest_nodes() {
 fn every_bad_field_is_refused_by_name() {
     let good = report("p1", vec![endpoint("n1", 10, 1_000)]);
     assert!(report::check(&good).is_ok());
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::LoadReport)>)> = vec![
+    type Spoil = Box<dyn Fn(&mut pb::LoadReport)>;
+    let cases: Vec<(&str, Spoil)> = vec![
         ("proxy_id", Box::new(|r| r.proxy_id.clear())),
         ("proxy_id", Box::new(|r| r.proxy_id = "x".repeat(64))),
         ("interval_ms", Box::new(|r| r.interval_ms = 0)),
