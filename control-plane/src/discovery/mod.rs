@@ -192,7 +192,6 @@ impl RoutingDiscovery for DiscoveryService {
 }
 
 /// Checks one load report against the caller's scope and its limits, then aggregates it.
-/// What the window has no room for is logged, not refused: the proxy did nothing wrong.
 fn take_report(
     caller: &Caller,
     report: &pb::LoadReport,
@@ -200,10 +199,7 @@ fn take_report(
 ) -> Result<(), Status> {
     caller.check_federation(&report.federation)?;
     let checked = report::check(report).map_err(invalid_report)?;
-    if let Err(full) = load.record(checked) {
-        metrics::counter!("meridian_control_load_reports_truncated_total").increment(1);
-        tracing::warn!(proxy = %report.proxy_id, "load report only partly aggregated: {full}");
-    }
+    load.record(checked);
     Ok(())
 }
 

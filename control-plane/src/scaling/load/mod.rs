@@ -56,6 +56,7 @@ struct Shared {
     window: Mutex<LoadWindow>,
     /// The other replicas' node loads and when they were read.
     others: tokio::sync::Mutex<Option<(Instant, Vec<NodeLoad>)>>,
+    last_full_warning: Mutex<Option<Instant>>,
 }
 
 /// This replica's aggregator: takes in checked reports, publishes its summary, and
@@ -75,13 +76,38 @@ impl LoadAggregator {
                 state,
                 window: Mutex::new(LoadWindow::new(WINDOW)),
                 others: tokio::sync::Mutex::new(None),
+                last_full_warning: Mutex::new(None),
             }),
         }
     }
 
-    /// Adds a report received now.
-    pub fn record(&self, report: CheckedReport) -> Result<(), WindowFull> {
-        self.shared.record(report, SystemTime::now())
+    /// Adds a report received now. Endpoints of nodes this replica's topology does not
+    /// place in the report's federation are left out: a proxy credential scoped to one
+    /// federation cannot change another's load figures, nor invent nodes. What the window
+    /// has no room for is logged (at most once per [`WINDOW`]), not refused: the proxy
+    /// did nothing wrong.
+    pub fn record(&self, mut report: CheckedReport) {
+        let before = report.endpoints.len();
+        {
+            let state = self.shared.state.borrow();
+            report.endpoints.retain(|e| {
+                state
+                    .nodes
+                    .get(&e.node_id)
+                    .is_some_and(|n| n.value.federation == report.federation)
+            });
+        }
+        let foreign = before - report.endpoints.len();
+        if foreign > 0 {
+            metrics::counter!("meridian_control_load_endpoints_ignored_total")
+                .increment(foreign as u64);
+            tracing::debug!(proxy = %report.proxy_id, federation = %report.federation, foreign, "load report names nodes not in its federation; those endpoints are ignored");
+        }
+        let proxy = report.proxy_id.clone();
+        if let Err(full) = self.shared.record(report, SystemTime::now()) {
+            metrics::counter!("meridian_control_load_reports_truncated_total").increment(1);
+            self.shared.warn_full(&proxy, full);
+        }
     }
 
     pub fn view(&self) -> LoadView {
@@ -111,11 +137,28 @@ impl LoadAggregator {
 
 impl Shared {
     fn record(&self, report: CheckedReport, now: SystemTime) -> Result<(), WindowFull> {
-        let result = self.lock().record(report, now);
-        let (pairs, proxies) = self.lock().tracked();
+        let mut window = self.lock();
+        let result = window.record(report, now);
+        let (pairs, proxies) = window.tracked();
+        drop(window);
         metrics::gauge!("meridian_control_load_pairs").set(pairs as f64);
         metrics::gauge!("meridian_control_load_proxies").set(proxies as f64);
         result
+    }
+
+    fn warn_full(&self, proxy: &str, full: WindowFull) {
+        let mut last = self
+            .last_full_warning
+            .lock()
+            .expect("warning lock poisoned");
+        if last.is_some_and(|at| at.elapsed() < WINDOW) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(
+            proxy,
+            "load report only partly aggregated: {full}; load figures and scaling decisions miss that traffic (meridian_control_load_reports_truncated_total counts such reports)"
+        );
     }
 
     fn local(&self, now: SystemTime) -> Vec<NodeLoad> {

@@ -25,6 +25,7 @@ pub const MAX_ORCA_UTILIZATION: f64 = 100.0;
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedReport {
     pub proxy_id: String,
+    pub federation: String,
     pub interval: Duration,
     pub endpoints: Vec<EndpointSample>,
 }
@@ -56,6 +57,8 @@ pub struct OrcaSample {
 pub enum InvalidReport {
     #[error("proxy_id: {id:?} {problem}")]
     ProxyId { id: String, problem: &'static str },
+    #[error("{field}: {length} bytes, at most {MAX_NAME_LEN}")]
+    TooLong { field: &'static str, length: usize },
     #[error("interval_ms: {0} is outside {MIN_INTERVAL_MS}..={MAX_INTERVAL_MS}")]
     Interval(u32),
     #[error("endpoints: {0} entries, at most {MAX_ENDPOINTS_PER_REPORT} are accepted")]
@@ -77,6 +80,17 @@ pub fn check(report: &pb::LoadReport) -> Result<CheckedReport, InvalidReport> {
             problem,
         });
     }
+    for (field, value) in [
+        ("federation", &report.federation),
+        ("region", &report.region),
+    ] {
+        if value.len() > MAX_NAME_LEN {
+            return Err(InvalidReport::TooLong {
+                field,
+                length: value.len(),
+            });
+        }
+    }
     if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&report.interval_ms) {
         return Err(InvalidReport::Interval(report.interval_ms));
     }
@@ -97,6 +111,7 @@ pub fn check(report: &pb::LoadReport) -> Result<CheckedReport, InvalidReport> {
         .collect::<Result<_, _>>()?;
     Ok(CheckedReport {
         proxy_id: report.proxy_id.clone(),
+        federation: report.federation.clone(),
         interval: Duration::from_millis(u64::from(report.interval_ms)),
         endpoints,
     })

@@ -333,6 +333,8 @@ fn every_bad_field_is_refused_by_name() {
     let cases: Vec<(&str, Spoil)> = vec![
         ("proxy_id", Box::new(|r| r.proxy_id.clear())),
         ("proxy_id", Box::new(|r| r.proxy_id = "x".repeat(64))),
+        ("federation", Box::new(|r| r.federation = "f".repeat(64))),
+        ("region", Box::new(|r| r.region = "r".repeat(64))),
         ("interval_ms", Box::new(|r| r.interval_ms = 0)),
         ("interval_ms", Box::new(|r| r.interval_ms = 3_600_000)),
         (
@@ -424,11 +426,12 @@ async fn another_replica_sees_the_reports_through_one_store_write_per_interval()
 
     use super::{LoadAggregator, publish::publish_until};
     use crate::dynconfig::DynamicConfig;
-    use crate::keys::{self, Keys};
+    use crate::keys::{self, Keys, Kind};
     use crate::replica_lease::ReplicaLease;
     use crate::store::embedded::EmbeddedStore;
     use crate::store::{Store, Txn};
     use crate::topology::StateFollower;
+    use meridian_shared::domain::Node;
 
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
     let keys = Keys::new("/t/");
@@ -438,15 +441,29 @@ async fn another_replica_sees_the_reports_through_one_store_write_per_interval()
         load_report_interval_ms: 200,
         ..Default::default()
     };
-    store
-        .txn(Txn::new().put(keys.config(), keys::encode(&config)))
-        .await
-        .unwrap();
+    let node = |id: &str, federation: &str| Node {
+        id: id.into(),
+        federation: federation.into(),
+        region: "eu-west".into(),
+        services: vec![SERVICE.into()],
+        ..Default::default()
+    };
+    let txn = Txn::new()
+        .put(keys.config(), keys::encode(&config))
+        .put(
+            keys.key(Kind::Node, "n1"),
+            keys::encode(&node("n1", "prod")),
+        )
+        .put(
+            keys.key(Kind::Node, "x1"),
+            keys::encode(&node("x1", "other")),
+        );
+    store.txn(txn).await.unwrap();
     let (follower, state) = StateFollower::new(Arc::clone(&store), keys.clone());
     tokio::spawn(follower.run(shutdown.clone()));
     let mut loaded = state.subscribe();
     loaded
-        .wait_for(|s| s.config.value.load_report_interval_ms == 200)
+        .wait_for(|s| s.config.value.load_report_interval_ms == 200 && s.nodes.len() == 2)
         .await
         .unwrap();
     let replica = |name: &str| {
@@ -456,8 +473,14 @@ async fn another_replica_sees_the_reports_through_one_store_write_per_interval()
     let lease = ReplicaLease::start(Arc::clone(&store), shutdown.clone());
     tokio::spawn(publish_until(a.clone(), lease, shutdown.clone()));
 
-    a.record(report::check(&report("p1", vec![endpoint("n1", 500, 1_000)])).unwrap())
-        .unwrap();
+    // x1 is another federation's node: a proxy of prod cannot report on it, nor on a
+    // node that does not exist.
+    let endpoints = vec![
+        endpoint("n1", 500, 1_000),
+        endpoint("x1", 500, 1_000),
+        endpoint("made-up", 500, 1_000),
+    ];
+    a.record(report::check(&report("p1", endpoints)).unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let seen = loop {
         if let Some(load) = b.view().services().await.remove(SERVICE) {
@@ -469,7 +492,7 @@ async fn another_replica_sees_the_reports_through_one_store_write_per_interval()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(seen.nodes_reporting, 1);
+    assert_eq!(seen.nodes_reporting, 1, "only prod's own node counts");
     // 500 calls over the 5 s the report says it covers.
     assert!((seen.calls_per_second - 100.0).abs() < 5.0, "{seen:?}");
 
