@@ -10,6 +10,12 @@
 //! The window is [`WINDOW`] long (a constant: long enough for a stable rate, short
 //! enough that the autoscaler sees a change within a minute). Rates are over the time
 //! the samples cover, not the nominal window (see [`merge`]).
+//!
+//! Operators see the aggregation on `/metrics`: `meridian_control_load_pairs` and
+//! `meridian_control_load_proxies` (what the window tracks, against its caps),
+//! `meridian_control_load_reports_truncated_total` (reports the caps cut short) and
+//! `meridian_control_load_endpoints_ignored_total` (endpoints naming nodes outside the
+//! report's federation, or none at all).
 
 pub mod merge;
 pub mod publish;
