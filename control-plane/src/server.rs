@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::admin::AdminService;
+use crate::admin::{AdminService, MetricsSources};
 use crate::auth::{AuthError, AuthLayer, Authenticator};
 use crate::discovery::DiscoveryService;
 use crate::discovery::proxies::ProxyRegistry;
@@ -32,6 +32,7 @@ use crate::leader::{LeaderElection, LeaderHandle, reconcilers};
 use crate::registry::RegistryService;
 use crate::replica_lease::ReplicaLease;
 use crate::routing::TablePublisher;
+use crate::scaling::load::{LoadAggregator, publish};
 use crate::store::Store;
 use crate::store::embedded::{EmbeddedError, EmbeddedStore};
 use crate::store::etcd::EtcdStore;
@@ -153,6 +154,10 @@ impl ControlPlane {
             Arc::clone(&parts.proxies),
             Arc::clone(&parts.store),
             shutdown.clone(),
+            MetricsSources {
+                load: parts.load.view(),
+                tables: parts.tables.clone(),
+            },
         );
         let registry = RegistryService::new(
             Arc::clone(&parts.store),
@@ -160,8 +165,11 @@ impl ControlPlane {
             parts.state.clone(),
             shutdown.clone(),
         );
-        let discovery =
-            DiscoveryService::new(parts.session_context(&shutdown), parts.state.clone());
+        let discovery = DiscoveryService::new(
+            parts.session_context(&shutdown),
+            parts.state.clone(),
+            parts.load.clone(),
+        );
 
         tracing::info!(
             replica = %self.config.replica_id,
@@ -221,6 +229,7 @@ struct Parts {
     writer: TopologyWriter,
     proxies: Arc<ProxyRegistry>,
     tables: tokio::sync::watch::Receiver<Arc<crate::routing::Published>>,
+    load: LoadAggregator,
     #[allow(dead_code)]
     leader: LeaderHandle,
 }
@@ -239,9 +248,20 @@ impl Parts {
             config.replica_id.clone(),
             keys.clone(),
             Arc::clone(&store),
-            lease,
+            lease.clone(),
         ));
         tokio::spawn(Arc::clone(&proxies).flush_until(shutdown.clone()));
+        let load = LoadAggregator::new(
+            config.replica_id.clone(),
+            keys.clone(),
+            Arc::clone(&store),
+            state.clone(),
+        );
+        tokio::spawn(publish::publish_until(
+            load.clone(),
+            lease,
+            shutdown.clone(),
+        ));
         let (election, leader) = LeaderElection::new(
             Arc::clone(&store),
             keys,
@@ -263,6 +283,7 @@ impl Parts {
             writer,
             proxies,
             tables,
+            load,
             leader,
         }
     }

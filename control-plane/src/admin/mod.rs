@@ -7,6 +7,7 @@ mod config;
 mod convert;
 mod events;
 mod failover;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ use crate::store::Store;
 use crate::topology::writes::StatusChange;
 use crate::topology::{StateHandle, TopologyWriter};
 
+pub use self::metrics::MetricsSources;
+
 pub struct AdminService {
     state: StateHandle,
     writer: TopologyWriter,
@@ -31,6 +34,7 @@ pub struct AdminService {
     proxies: Arc<ProxyRegistry>,
     store: Arc<dyn Store>,
     shutdown: Shutdown,
+    metrics: MetricsSources,
 }
 
 impl AdminService {
@@ -41,6 +45,7 @@ impl AdminService {
         proxies: Arc<ProxyRegistry>,
         store: Arc<dyn Store>,
         shutdown: Shutdown,
+        metrics: MetricsSources,
     ) -> Self {
         AdminService {
             state,
@@ -49,6 +54,7 @@ impl AdminService {
             proxies,
             store,
             shutdown,
+            metrics,
         }
     }
 }
@@ -411,9 +417,10 @@ impl Admin for AdminService {
         request: Request<pb::GetGlobalMetricsRequest>,
     ) -> Reply<pb::GlobalMetrics> {
         auth::caller(&request)?;
-        Err(Status::unimplemented(
-            "global metrics are not implemented yet",
-        ))
+        let federation = request.into_inner().federation;
+        let answer =
+            metrics::global_metrics(&self.state, &self.proxies, &self.metrics, &federation).await?;
+        Ok(Response::new(answer))
     }
 
     async fn list_proxies(

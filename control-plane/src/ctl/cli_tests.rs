@@ -177,3 +177,26 @@ async fn read_commands_print_in_both_formats() {
     let topology: pb::GetTopologyRequest = fake.request("get_topology");
     assert_eq!(topology.federation, "");
 }
+
+#[tokio::test]
+async fn metrics_sends_the_federation_filter_and_reports_an_unknown_one() {
+    let fake = FakeAdmin::start().await;
+    meridianctl(&fake, "metrics --federation prod")
+        .await
+        .expect("metrics");
+    let request: pb::GetGlobalMetricsRequest = fake.request("get_global_metrics");
+    assert_eq!(request.federation, "prod");
+    meridianctl(&fake, "-o json metrics")
+        .await
+        .expect("metrics as json");
+    let request: pb::GetGlobalMetricsRequest = fake.request("get_global_metrics");
+    assert_eq!(request.federation, "", "no filter means every federation");
+
+    let err = meridianctl(&fake, "metrics --federation nowhere")
+        .await
+        .expect_err("an unknown federation is an error");
+    let CtlError::Rpc(status) = err else {
+        panic!("expected the server's status, got {err:?}");
+    };
+    assert_eq!(status.code(), tonic::Code::NotFound);
+}

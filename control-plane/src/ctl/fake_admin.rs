@@ -169,7 +169,6 @@ scripted_admin! {
         set_scaling_policy(SetScalingPolicyRequest) -> ServicePolicy;
         scale_service(ScaleServiceRequest) -> ScalingDecision;
         recommend_scaling(RecommendScalingRequest) -> ScalingDecision;
-        get_global_metrics(GetGlobalMetricsRequest) -> GlobalMetrics;
     }
 
     type WatchEventsStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::Event, Status>>>;
@@ -241,6 +240,31 @@ scripted_admin! {
     ) -> Result<Response<pb::ServicePolicy>, Status> {
         self.record("upsert_service_policy", &request);
         Ok(Response::new(request.into_inner().policy.unwrap_or_default()))
+    }
+
+    async fn get_global_metrics(
+        &self,
+        request: Request<pb::GetGlobalMetricsRequest>,
+    ) -> Result<Response<pb::GlobalMetrics>, Status> {
+        self.record("get_global_metrics", &request);
+        if request.get_ref().federation == "nowhere" {
+            return Err(Status::not_found("federation \"nowhere\" does not exist"));
+        }
+        Ok(Response::new(pb::GlobalMetrics {
+            federations: 1,
+            nodes_active: 2,
+            window_ms: 60_000,
+            traffic: vec![pb::ServiceRegionMetrics {
+                service: "demo.v1.Echo".into(),
+                region: "eu-west".into(),
+                calls_per_second: 100.0,
+                latency_p99_ms: 12.0,
+                nodes_reporting: 2,
+                nodes_routable: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
     }
 
     async fn list_proxies(

@@ -15,6 +15,7 @@ mod failover;
 mod fake_admin;
 mod federations;
 mod labels;
+mod metrics;
 mod nodes;
 mod output;
 mod proxies;
@@ -124,6 +125,8 @@ pub enum Command {
     /// List, start or clear manual failovers of services.
     #[command(subcommand)]
     Failover(failover::FailoverCommand),
+    /// Show the federation at a glance and each service's traffic per region.
+    Metrics(metrics::MetricsArgs),
 }
 
 /// Runs the parsed command, printing its result to stdout.
@@ -147,6 +150,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         Command::Events(cmd) => events::run(admin, cmd, format).await,
         Command::Config(cmd) => config::run(admin, cmd, format).await,
         Command::Failover(cmd) => failover::run(admin, cmd, format).await,
+        Command::Metrics(cmd) => metrics::run(admin, cmd, format).await,
     }
 }
 

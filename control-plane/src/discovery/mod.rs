@@ -22,6 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 use self::proxies::ProxyRecord;
 use self::session::{Outbound, Session, SessionContext};
 use crate::auth::{self, Caller};
+use crate::scaling::load::report::{self, InvalidReport};
+use crate::scaling::load::{LoadAggregator, report_interval_ms};
 use crate::topology::StateHandle;
 
 /// How long a Hello naming an unknown federation waits for it to appear.
@@ -37,13 +39,15 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct DiscoveryService {
     ctx: Arc<SessionContext>,
     state: StateHandle,
+    load: LoadAggregator,
 }
 
 impl DiscoveryService {
-    pub fn new(ctx: SessionContext, state: StateHandle) -> Self {
+    pub fn new(ctx: SessionContext, state: StateHandle, load: LoadAggregator) -> Self {
         DiscoveryService {
             ctx: Arc::new(ctx),
             state,
+            load,
         }
     }
 
@@ -149,8 +153,10 @@ impl RoutingDiscovery for DiscoveryService {
 
     type ReportLoadStream = ResponseStream<pb::LoadReportResponse>;
 
-    /// Accepts load reports and answers with the wanted interval. Aggregation for scaling
-    /// decisions is not built yet; reports are counted.
+    /// Accepts load reports, checks each and feeds it to this replica's load aggregator,
+    /// and answers with the wanted interval. A report out of the caller's scope or
+    /// malformed ends the stream (PERMISSION_DENIED / INVALID_ARGUMENT naming the field)
+    /// and nothing of it is kept.
     async fn report_load(
         &self,
         request: Request<Streaming<pb::LoadReport>>,
@@ -158,6 +164,7 @@ impl RoutingDiscovery for DiscoveryService {
         let caller = auth::caller(&request)?.clone();
         let mut inbound = request.into_inner();
         let state = self.state.clone();
+        let load = self.load.clone();
         let shutdown = self.ctx.shutdown.clone();
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
@@ -167,14 +174,13 @@ impl RoutingDiscovery for DiscoveryService {
                     message = inbound.message() => message,
                 };
                 let Ok(Some(report)) = message else { break };
-                if let Err(denied) = caller.check_federation(&report.federation) {
-                    let _ = tx.send(Err(denied.into())).await;
+                if let Err(refused) = take_report(&caller, &report, &load) {
+                    let _ = tx.send(Err(refused)).await;
                     break;
                 }
                 metrics::counter!("meridian_control_load_reports_total").increment(1);
-                let interval = state.borrow().config.value.load_report_interval_ms;
                 let response = pb::LoadReportResponse {
-                    report_interval_ms: if interval == 0 { 5_000 } else { interval },
+                    report_interval_ms: report_interval_ms(&state.borrow().config.value),
                 };
                 if tx.send(Ok(response)).await.is_err() {
                     break;
@@ -183,4 +189,22 @@ impl RoutingDiscovery for DiscoveryService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Checks one load report against the caller's scope and its limits, then aggregates it.
+fn take_report(
+    caller: &Caller,
+    report: &pb::LoadReport,
+    load: &LoadAggregator,
+) -> Result<(), Status> {
+    caller.check_federation(&report.federation)?;
+    let checked = report::check(report).map_err(invalid_report)?;
+    load.record(checked);
+    Ok(())
+}
+
+fn invalid_report(invalid: InvalidReport) -> Status {
+    Status::invalid_argument(format!(
+        "load report refused, nothing of it was kept: {invalid}"
+    ))
 }

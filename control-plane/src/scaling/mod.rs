@@ -12,6 +12,7 @@
 //! The types here are what those parts exchange.
 
 pub mod engine;
+pub mod load;
 
 use std::time::{Duration, SystemTime};
 
