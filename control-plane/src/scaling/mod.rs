@@ -11,7 +11,10 @@
 //!
 //! The types here are what those parts exchange.
 
+pub mod actuator;
+pub mod autoscaler;
 pub mod engine;
+pub mod record;
 
 use std::time::{Duration, SystemTime};
 
