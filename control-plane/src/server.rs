@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::admin::AdminService;
+use crate::admin::{AdminService, ScalingContext};
 use crate::auth::{AuthError, AuthLayer, Authenticator};
 use crate::discovery::DiscoveryService;
 use crate::discovery::proxies::ProxyRegistry;
@@ -32,6 +32,9 @@ use crate::leader::{LeaderElection, LeaderHandle, reconcilers};
 use crate::registry::RegistryService;
 use crate::replica_lease::ReplicaLease;
 use crate::routing::TablePublisher;
+use crate::scaling::actuator::{Actuators, Allowlist, Execution};
+use crate::scaling::autoscaler::{Autoscaler, Engines, NoLoad};
+use crate::scaling::record::Records;
 use crate::store::Store;
 use crate::store::embedded::{EmbeddedError, EmbeddedStore};
 use crate::store::etcd::EtcdStore;
@@ -152,6 +155,7 @@ impl ControlPlane {
             parts.events.clone(),
             Arc::clone(&parts.proxies),
             Arc::clone(&parts.store),
+            parts.scaling.clone(),
             shutdown.clone(),
         );
         let registry = RegistryService::new(
@@ -221,6 +225,7 @@ struct Parts {
     writer: TopologyWriter,
     proxies: Arc<ProxyRegistry>,
     tables: tokio::sync::watch::Receiver<Arc<crate::routing::Published>>,
+    scaling: ScalingContext,
     #[allow(dead_code)]
     leader: LeaderHandle,
 }
@@ -244,16 +249,24 @@ impl Parts {
         tokio::spawn(Arc::clone(&proxies).flush_until(shutdown.clone()));
         let (election, leader) = LeaderElection::new(
             Arc::clone(&store),
-            keys,
+            keys.clone(),
             config.replica_id.clone(),
             config.election.lease_ttl_seconds,
             events.clone(),
         );
         tokio::spawn(election.run(shutdown.clone()));
+        let scaling = scaling_context(config, &store, &keys, &events);
+        let autoscaler = Autoscaler {
+            state: state.clone(),
+            load: Arc::clone(&scaling.load),
+            engines: scaling.engines.clone(),
+            execution: scaling.execution.clone(),
+        };
         tokio::spawn(reconcilers::run(
             leader.clone(),
             state.clone(),
             writer.clone(),
+            autoscaler,
             shutdown.clone(),
         ));
         Parts {
@@ -263,6 +276,7 @@ impl Parts {
             writer,
             proxies,
             tables,
+            scaling,
             leader,
         }
     }
@@ -274,6 +288,29 @@ impl Parts {
             events: self.events.clone(),
             shutdown: shutdown.clone(),
         }
+    }
+}
+
+/// The actuators the configuration allows, the scaling records, the engines, and the
+/// load they decide from (none until the load aggregation is wired in).
+fn scaling_context(
+    config: &ControlPlaneConfig,
+    store: &Arc<dyn Store>,
+    keys: &Keys,
+    events: &EventLog,
+) -> ScalingContext {
+    let allowlist = Allowlist::new(
+        config.scaling.exec_allow.clone(),
+        config.scaling.webhook_allow.clone(),
+    );
+    ScalingContext {
+        execution: Execution {
+            actuators: Actuators::new(allowlist),
+            records: Records::new(Arc::clone(store), keys.clone()),
+            events: events.clone(),
+        },
+        load: Arc::new(NoLoad),
+        engines: Engines::default(),
     }
 }
 
