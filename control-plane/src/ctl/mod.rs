@@ -19,6 +19,7 @@ mod nodes;
 mod output;
 mod proxies;
 mod regions;
+mod scaling;
 mod services;
 mod status;
 mod topology;
@@ -124,6 +125,9 @@ pub enum Command {
     /// List, start or clear manual failovers of services.
     #[command(subcommand)]
     Failover(failover::FailoverCommand),
+    /// Scaling policies, decisions and recommendations; scale a service by hand.
+    #[command(subcommand)]
+    Scaling(scaling::ScalingCommand),
 }
 
 /// Runs the parsed command, printing its result to stdout.
@@ -147,6 +151,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         Command::Events(cmd) => events::run(admin, cmd, format).await,
         Command::Config(cmd) => config::run(admin, cmd, format).await,
         Command::Failover(cmd) => failover::run(admin, cmd, format).await,
+        Command::Scaling(cmd) => scaling::run(admin, cmd, format).await,
     }
 }
 
