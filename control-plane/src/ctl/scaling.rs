@@ -21,7 +21,7 @@ pub enum ScalingCommand {
         service: Option<String>,
     },
     /// Change fields of a service's scaling policy; fields not given keep their values.
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// Record an operator's decision for a service and run its actuator.
     Scale(ScaleArgs),
     /// What the autoscaler would decide for a service now, and why, without acting.
