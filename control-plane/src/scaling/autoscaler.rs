@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use meridian_shared::Shutdown;
-use meridian_shared::domain::{EventKind, ServicePolicy};
+use meridian_shared::domain::{EventKind, ScalingActuator, ServicePolicy};
 
-use super::actuator::Execution;
+use super::actuator::{Execution, webhook};
 use super::engine::{Recommendation, ServiceAutoscaler};
 use super::record::{Decision, Metric, Outcome, RecordError, ScalingRecord, Source};
 use super::{Observation, ServiceLoad};
@@ -32,6 +32,9 @@ use crate::topology::{StateHandle, TopologyState};
 
 /// The tick when the dynamic configuration sets no load-report interval.
 const DEFAULT_TICK: Duration = Duration::from_secs(5);
+/// How long past its actuator's longest run a pending decision waits before the leader
+/// takes it as orphaned.
+const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// Who autoscaler decisions are by.
 pub const AUTOSCALER: &str = "autoscaler";
 
@@ -209,6 +212,18 @@ pub fn decision_of(
     }
 }
 
+/// The longest one actuation can take: the exec timeout, or every webhook attempt at its
+/// timeout with the longest backoff between them.
+fn longest_actuation(actuator: &ScalingActuator) -> Duration {
+    match actuator {
+        ScalingActuator::Exec(exec) => exec.effective_timeout(),
+        ScalingActuator::Webhook(hook) => {
+            let attempts = hook.effective_max_attempts();
+            hook.effective_timeout() * attempts + webhook::BACKOFF_MAX * attempts
+        }
+    }
+}
+
 /// The `scalingDecided` event's message.
 pub fn decided_message(decision: &Decision) -> String {
     format!(
@@ -293,6 +308,63 @@ impl Autoscaler {
                 continue;
             }
             self.retry_if_due(&policy, &record, now, fence);
+            self.adopt_if_orphaned(&policy, &record, now, fence).await;
+        }
+    }
+
+    /// Marks the newest decision failed, for a retry at the next tick, when it is still
+    /// pending long after its actuator must have ended and no actuation of the service
+    /// runs here: the replica carrying it out stopped (a leader that lost its lease, a
+    /// replica that crashed during `ScaleService`) before recording the outcome.
+    async fn adopt_if_orphaned(
+        &self,
+        policy: &ServicePolicy,
+        record: &ScalingRecord,
+        now: SystemTime,
+        fence: &Compare,
+    ) {
+        let Some(actuator) = &policy.scaling.actuator else {
+            return;
+        };
+        let Some(pending) = record.last().filter(|d| d.outcome == Outcome::Pending) else {
+            return;
+        };
+        let deadline = pending.decided_at + longest_actuation(actuator) + ORPHAN_GRACE;
+        if deadline > now || self.execution.actuators.is_busy(&policy.name) {
+            return;
+        }
+        let seq = pending.seq;
+        let detail = format!(
+            "no outcome was recorded by {}; the replica carrying it out stopped, so the leader runs it again",
+            prost_types::Timestamp::from(deadline)
+        );
+        let adopted = self
+            .execution
+            .records
+            .update(&policy.name, Some(fence), |r| {
+                (r.last().map(|d| (d.seq, d.outcome)) == Some((seq, Outcome::Pending)))
+                    .then(|| r.set_outcome(seq, Outcome::Failed, detail.clone(), Some(now)))
+            })
+            .await;
+        match adopted {
+            Ok((_, Some(_))) => {
+                self.execution
+                    .events
+                    .record(
+                        EventKind::ScalingFailed,
+                        format!("service/{}", policy.name),
+                        format!(
+                            "scaling {} to {} nodes (decision {seq}): {detail}",
+                            policy.name, pending.desired_nodes
+                        ),
+                        AUTOSCALER.into(),
+                    )
+                    .await;
+            }
+            Ok((_, None)) | Err(RecordError::Deposed) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, service = %policy.name, "autoscaler: could not mark an orphaned actuation failed")
+            }
         }
     }
 
@@ -422,8 +494,8 @@ mod tests {
 
     const SERVICE: &str = "demo.v1.Echo";
 
-    /// Recommends whatever the test sets.
-    struct Scripted(Arc<AtomicU32>);
+    /// Recommends whatever the test sets, and notes the last change it was given.
+    struct Scripted(Arc<AtomicU32>, Arc<Mutex<Option<SystemTime>>>);
 
     impl Recommend for Scripted {
         fn recommend(
@@ -432,6 +504,7 @@ mod tests {
             observation: &Observation,
             last_change: Option<SystemTime>,
         ) -> Recommendation {
+            *self.1.lock().unwrap() = last_change;
             self.preview(policy, observation, last_change)
         }
 
@@ -457,6 +530,7 @@ mod tests {
         store: Arc<dyn Store>,
         keys: Keys,
         desired: Arc<AtomicU32>,
+        last_change_seen: Arc<Mutex<Option<SystemTime>>>,
         fence: Compare,
         dir: tempfile::TempDir,
         _follower: Shutdown,
@@ -536,11 +610,14 @@ mod tests {
         );
         let events = EventLog::new(Arc::clone(&store), keys.clone(), state.clone());
         let desired = Arc::new(AtomicU32::new(3));
-        let scripted = Arc::clone(&desired);
+        let last_change_seen = Arc::new(Mutex::new(None));
+        let (scripted, seen) = (Arc::clone(&desired), Arc::clone(&last_change_seen));
         let autoscaler = Autoscaler {
             state,
             load: Arc::new(NoLoad),
-            engines: Engines::with_factory(move || Box::new(Scripted(Arc::clone(&scripted)))),
+            engines: Engines::with_factory(move || {
+                Box::new(Scripted(Arc::clone(&scripted), Arc::clone(&seen)))
+            }),
             execution: Execution {
                 actuators: Actuators::new(Allowlist::new(vec![command], Vec::new())),
                 records: Records::new(Arc::clone(&store), keys.clone()),
@@ -552,6 +629,7 @@ mod tests {
             store,
             keys,
             desired,
+            last_change_seen,
             fence,
             dir,
             _follower: follower_stop,
@@ -687,6 +765,82 @@ mod tests {
             .filter(|e| e.kind == EventKind::ScalingFailed)
             .count();
         assert!(failures >= 1);
+    }
+
+    /// A decision written straight into the store, as another replica would have.
+    async fn stored_decision(setup: &Setup, desired: u32, at: SystemTime) -> u64 {
+        let decision = Decision {
+            seq: 0,
+            service: SERVICE.into(),
+            current_nodes: 3,
+            desired_nodes: desired,
+            utilization_percent: None,
+            reason: "before the leader changed".into(),
+            source: Source::Manual,
+            decided_by: "alice".into(),
+            decided_at: at,
+            rule: "manual".into(),
+            metrics: Vec::new(),
+            outcome: Outcome::Pending,
+            outcome_detail: String::new(),
+        };
+        let (_, seq) = setup
+            .autoscaler
+            .execution
+            .records
+            .update(SERVICE, None, |r| r.push(decision.clone()))
+            .await
+            .unwrap();
+        seq.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_decides_with_the_stored_cooldown_start() {
+        let setup = setup(0, 0).await;
+        let changed_at = SystemTime::now() - Duration::from_secs(20);
+        let seq = stored_decision(&setup, 5, changed_at).await;
+        setup
+            .autoscaler
+            .execution
+            .records
+            .update(SERVICE, None, |r| {
+                r.set_outcome(seq, Outcome::Executed, "done".into(), None)
+                    .then_some(())
+            })
+            .await
+            .unwrap();
+        // A fresh autoscaler (a new leader's) hands the stored start to its engine.
+        setup.autoscaler.tick(&setup.fence).await;
+        assert_eq!(*setup.last_change_seen.lock().unwrap(), Some(changed_at));
+        assert_eq!(setup.record().await.history.len(), 1, "history kept");
+    }
+
+    #[tokio::test]
+    async fn a_decision_left_pending_by_a_stopped_replica_is_run_again() {
+        let setup = setup(0, 0).await;
+        // Pending for ten minutes: far longer than the 30 s exec timeout.
+        stored_decision(&setup, 5, SystemTime::now() - Duration::from_secs(600)).await;
+        setup.autoscaler.tick(&setup.fence).await;
+        let record = setup.record().await;
+        let last = record.last().unwrap();
+        assert_eq!(last.outcome, Outcome::Failed, "{last:?}");
+        assert!(last.outcome_detail.contains("stopped"), "{last:?}");
+        setup.autoscaler.tick(&setup.fence).await;
+        let started = Instant::now();
+        while setup.runs().is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(10), "not run again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(setup.runs(), ["5 manual"]);
+        assert_eq!(setup.settled().await.outcome, Outcome::Executed);
+
+        // A decision pending for a moment is left to the replica running it.
+        stored_decision(&setup, 4, SystemTime::now()).await;
+        setup.autoscaler.tick(&setup.fence).await;
+        assert_eq!(
+            setup.record().await.last().unwrap().outcome,
+            Outcome::Pending
+        );
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use crate::scaling::record::Decision;
 
 /// Bounds of the backoff between attempts.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Why one attempt failed, and whether another may succeed.
 struct AttemptError {
