@@ -42,7 +42,7 @@ impl Rpc {
 
     fn is_admin_read(&self) -> bool {
         self.service == "Admin"
-            && ["Get", "List", "Watch", "Validate"]
+            && ["Get", "List", "Watch", "Validate", "Recommend"]
                 .iter()
                 .any(|p| self.method.starts_with(p))
     }
