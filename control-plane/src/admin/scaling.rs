@@ -20,7 +20,7 @@ use crate::errors::{not_allowed_status, record_status, write_status};
 use crate::scaling::Observation;
 use crate::scaling::actuator::{Execution, cause_of};
 use crate::scaling::autoscaler::{
-    AUTOSCALER, Engines, LoadSource, decided_message, decision_of, usable_nodes,
+    AUTOSCALER, Engines, LoadSource, count_decision, decided_message, decision_of, usable_nodes,
 };
 use crate::scaling::engine::Recommendation;
 use crate::scaling::record::{Decision, Source};
@@ -184,6 +184,7 @@ pub async fn scale(
         return Ok(last.into());
     };
     decision.seq = seq;
+    count_decision(&decision);
     scaling
         .execution
         .events

@@ -224,6 +224,12 @@ fn longest_actuation(actuator: &ScalingActuator) -> Duration {
     }
 }
 
+/// Counts a recorded decision on `/metrics`.
+pub fn count_decision(decision: &Decision) {
+    metrics::counter!("meridian_control_scaling_decisions_total", "source" => decision.source.as_str())
+        .increment(1);
+}
+
 /// The `scalingDecided` event's message.
 pub fn decided_message(decision: &Decision) -> String {
     format!(
@@ -407,7 +413,10 @@ impl Autoscaler {
             .update(&policy.name, Some(fence), |r| r.push(decision.clone()))
             .await;
         match pushed {
-            Ok((_, Some(seq))) => decision.seq = seq,
+            Ok((_, Some(seq))) => {
+                decision.seq = seq;
+                count_decision(&decision);
+            }
             Ok((_, None)) => return false,
             Err(RecordError::Deposed) => {
                 tracing::info!(service = %policy.name, "autoscaler: not recording the decision: this replica no longer leads");

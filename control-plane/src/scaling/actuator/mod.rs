@@ -151,6 +151,8 @@ impl Execution {
             Actuation::Executed(detail) => (Outcome::Executed, detail, EventKind::ScalingExecuted),
             Actuation::Failed(detail) => (Outcome::Failed, detail, EventKind::ScalingFailed),
         };
+        metrics::counter!("meridian_control_scaling_actuations_total", "outcome" => outcome.as_str())
+            .increment(1);
         let retry_at = (outcome == Outcome::Failed).then(|| SystemTime::now() + cooldown);
         let message = match outcome {
             Outcome::Executed => format!(
