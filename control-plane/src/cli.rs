@@ -178,8 +178,9 @@ pub struct ControlArgs {
     pub scaling_exec_allow: Vec<PathBuf>,
 
     /// A URL prefix scaling policies' webhook actuators may POST to, e.g.
-    /// http://autoscaler.internal:8080/hooks/ (http:// only for now). Repeat for more;
-    /// replaces scaling.webhook_allow of the file. None: no webhook actuator may be set.
+    /// https://autoscaler.internal:8443/hooks/ (https:// needs --scaling-webhook-ca).
+    /// Repeat for more; replaces scaling.webhook_allow of the file. None: no webhook
+    /// actuator may be set.
     #[arg(
         long = "scaling-webhook-allow",
         env = "MERIDIAN_SCALING_WEBHOOK_ALLOW",
@@ -187,6 +188,11 @@ pub struct ControlArgs {
         value_delimiter = ','
     )]
     pub scaling_webhook_allow: Vec<String>,
+
+    /// CA (PEM) the certificates of https:// webhook receivers must chain to; the only
+    /// one trusted for them. Re-read when the file changes.
+    #[arg(long, env = "MERIDIAN_SCALING_WEBHOOK_CA", value_name = "FILE")]
+    pub scaling_webhook_ca: Option<PathBuf>,
 
     /// Log format: human or json. Default human.
     #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_name = "FORMAT")]
@@ -241,6 +247,9 @@ impl ControlArgs {
         }
         if !self.scaling_webhook_allow.is_empty() {
             config.scaling.webhook_allow = self.scaling_webhook_allow.clone();
+        }
+        if self.scaling_webhook_ca.is_some() {
+            config.scaling.webhook_ca = self.scaling_webhook_ca.clone();
         }
         self.apply_etcd_access(config);
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
@@ -451,6 +460,15 @@ mod tests {
             .load_config()
             .unwrap_err();
         assert_eq!(err.field(), Some("scaling.exec_allow[0]"), "{err}");
+        let config = args(&[
+            "--scaling-webhook-allow",
+            "https://hooks.internal/",
+            "--scaling-webhook-ca",
+            "/etc/ca.pem",
+        ])
+        .load_config()
+        .unwrap();
+        assert_eq!(config.scaling.webhook_allow, ["https://hooks.internal/"]);
         for bad in ["https://hooks.internal/", "hooks.internal", "http://"] {
             let err = args(&["--scaling-webhook-allow", bad])
                 .load_config()

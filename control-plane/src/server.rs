@@ -14,7 +14,7 @@ use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::{ControlPlaneConfig, StoreBackend, StoreConfig};
 use meridian_shared::domain::limits::routing_message_limit;
 use meridian_shared::telemetry::{self, PrometheusHandle};
-use meridian_shared::tls::{PeerIdentity, ServerTls, TlsConfigError};
+use meridian_shared::tls::{ClientTls, ClientTlsFiles, PeerIdentity, ServerTls, TlsConfigError};
 use meridian_shared::{Backoff, Shutdown};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -50,6 +50,8 @@ pub enum ServeError {
     Auth(#[from] AuthError),
     #[error("TLS of the gRPC listener (--tls-cert, --tls-key, --tls-client-ca): {0}")]
     Tls(#[from] TlsConfigError),
+    #[error("the CA of scaling webhooks (scaling.webhook_ca, --scaling-webhook-ca): {0}")]
+    WebhookTls(TlsConfigError),
     #[error("cannot open the embedded store: {0}")]
     Embedded(#[from] EmbeddedError),
     #[error(transparent)]
@@ -136,7 +138,7 @@ impl ControlPlane {
         let Some(store) = open_store(&self.config, &shutdown).await? else {
             return Ok(());
         };
-        let parts = Parts::start(&self.config, store, &shutdown);
+        let parts = Parts::start(&self.config, store, &shutdown)?;
         tokio::spawn(mark_ready(
             parts.state.clone(),
             self.readiness.clone(),
@@ -231,7 +233,11 @@ struct Parts {
 }
 
 impl Parts {
-    fn start(config: &ControlPlaneConfig, store: Arc<dyn Store>, shutdown: &Shutdown) -> Self {
+    fn start(
+        config: &ControlPlaneConfig,
+        store: Arc<dyn Store>,
+        shutdown: &Shutdown,
+    ) -> Result<Self, ServeError> {
         let keys = Keys::new(&config.store.prefix);
         let (follower, state) = StateFollower::new(Arc::clone(&store), keys.clone());
         tokio::spawn(follower.run(shutdown.clone()));
@@ -255,7 +261,7 @@ impl Parts {
             events.clone(),
         );
         tokio::spawn(election.run(shutdown.clone()));
-        let scaling = scaling_context(config, &store, &keys, &events);
+        let scaling = scaling_context(config, &store, &keys, &events)?;
         let autoscaler = Autoscaler {
             state: state.clone(),
             load: Arc::clone(&scaling.load),
@@ -269,7 +275,7 @@ impl Parts {
             autoscaler,
             shutdown.clone(),
         ));
-        Parts {
+        Ok(Parts {
             store,
             state,
             events,
@@ -278,7 +284,7 @@ impl Parts {
             tables,
             scaling,
             leader,
-        }
+        })
     }
 
     fn session_context(&self, shutdown: &Shutdown) -> SessionContext {
@@ -298,20 +304,34 @@ fn scaling_context(
     store: &Arc<dyn Store>,
     keys: &Keys,
     events: &EventLog,
-) -> ScalingContext {
+) -> Result<ScalingContext, ServeError> {
     let allowlist = Allowlist::new(
         config.scaling.exec_allow.clone(),
         config.scaling.webhook_allow.clone(),
     );
-    ScalingContext {
+    let webhook_tls = config
+        .scaling
+        .webhook_ca
+        .as_ref()
+        .map(|ca| {
+            ClientTls::load(ClientTlsFiles {
+                ca: ca.clone(),
+                cert: None,
+                key: None,
+                server_name: None,
+            })
+        })
+        .transpose()
+        .map_err(ServeError::WebhookTls)?;
+    Ok(ScalingContext {
         execution: Execution {
-            actuators: Actuators::new(allowlist),
+            actuators: Actuators::new(allowlist).with_webhook_tls(webhook_tls),
             records: Records::new(Arc::clone(store), keys.clone()),
             events: events.clone(),
         },
         load: Arc::new(NoLoad),
         engines: Engines::default(),
-    }
+    })
 }
 
 /// Opens the configured store; for etcd, retries until it answers or shutdown (`None`),

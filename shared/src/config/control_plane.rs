@@ -31,7 +31,8 @@
 //! format = "json"
 //! [scaling]                 # what scaling actuators may run; empty: none of that kind
 //! exec_allow = ["/usr/local/bin/meridian-kubectl-scale"]   # exact absolute paths
-//! webhook_allow = ["http://autoscaler.internal:8080/hooks/"]   # URL prefixes
+//! webhook_allow = ["https://autoscaler.internal:8443/hooks/"]  # URL prefixes
+//! webhook_ca = "/etc/meridian/tls/webhooks-ca.pem"   # needed for https:// webhooks
 //! ```
 
 use std::net::SocketAddr;
@@ -85,8 +86,11 @@ pub struct ScalingConfig {
     /// Programs an exec actuator may run: exact absolute paths.
     pub exec_allow: Vec<PathBuf>,
     /// URL prefixes a webhook actuator's URL must start with (at a `/` or `?` boundary,
-    /// or the prefix ends with `/`): `http://` only for now.
+    /// or the prefix ends with `/`).
     pub webhook_allow: Vec<String>,
+    /// The CA (PEM) the certificates of `https://` webhook receivers must chain to; the
+    /// only one trusted for them. `https://` prefixes need it.
+    pub webhook_ca: Option<PathBuf>,
 }
 
 impl Validate for ScalingConfig {
@@ -102,20 +106,23 @@ impl Validate for ScalingConfig {
         }
         for (i, prefix) in self.webhook_allow.iter().enumerate() {
             let field = format!("scaling.webhook_allow[{i}]");
-            if prefix.starts_with("https://") {
+            if prefix.starts_with("https://") && self.webhook_ca.is_none() {
                 return Err(ConfigError::invalid(
                     field,
                     prefix,
-                    "https webhooks are not supported yet; use an http:// prefix (--scaling-webhook-allow)",
+                    "https:// webhooks need the CA of the receivers' certificates: give scaling.webhook_ca (--scaling-webhook-ca)",
                 ));
             }
-            let host = prefix.strip_prefix("http://").unwrap_or_default();
+            let host = prefix
+                .strip_prefix("http://")
+                .or_else(|| prefix.strip_prefix("https://"))
+                .unwrap_or_default();
             let host = host.split(['/', '?']).next().unwrap_or_default();
             if host.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(ConfigError::invalid(
                     field,
                     prefix,
-                    "expected an http://host[:port][/path] prefix (--scaling-webhook-allow)",
+                    "expected an http(s)://host[:port][/path] prefix (--scaling-webhook-allow)",
                 ));
             }
         }

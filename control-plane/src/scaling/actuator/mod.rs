@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use meridian_shared::domain::{EventKind, ScalingActuator};
+use meridian_shared::tls::ClientTls;
 use serde_json::json;
 
 pub use allowlist::{Allowlist, NotAllowed};
@@ -65,6 +66,8 @@ pub fn payload(decision: &Decision) -> Vec<u8> {
 #[derive(Clone, Default)]
 pub struct Actuators {
     allowlist: Arc<Allowlist>,
+    /// Trust for `https://` webhooks (`--scaling-webhook-ca`).
+    webhook_tls: Option<ClientTls>,
     running: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
@@ -72,8 +75,15 @@ impl Actuators {
     pub fn new(allowlist: Allowlist) -> Self {
         Actuators {
             allowlist: Arc::new(allowlist),
+            webhook_tls: None,
             running: Arc::default(),
         }
+    }
+
+    /// Lets webhooks use `https://` receivers whose certificates chain to `tls`'s CA.
+    pub fn with_webhook_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.webhook_tls = tls;
+        self
     }
 
     pub fn allowlist(&self) -> &Allowlist {
@@ -87,7 +97,9 @@ impl Actuators {
         }
         match actuator {
             ScalingActuator::Exec(e) => exec::run(e, decision).await,
-            ScalingActuator::Webhook(w) => webhook::run(w, decision).await,
+            ScalingActuator::Webhook(w) => {
+                webhook::run(w, decision, self.webhook_tls.as_ref()).await
+            }
         }
     }
 

@@ -5,9 +5,11 @@
 //! jittered exponential backoff; any 2xx succeeds; other statuses fail at once (the
 //! receiver refused the request, and sending it again would not change its mind).
 //!
-//! Plain `http://` only: the control plane has no trust store for arbitrary receivers
-//! yet, and the allowlist refuses `https://` prefixes (see
-//! `meridian_shared::config::ScalingConfig`).
+//! `https://` needs the CA of the receivers' certificates (`--scaling-webhook-ca`): the
+//! control plane trusts that CA alone, never the system roots, as for every other TLS
+//! connection it makes. It offers ALPN `h2` and speaks HTTP/2 when the receiver picks it,
+//! HTTP/1.1 otherwise. Without the CA, `https://` URLs fail (and the configuration refuses
+//! `https://` allowlist prefixes).
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use meridian_shared::Backoff;
 use meridian_shared::domain::WebhookActuator;
+use meridian_shared::tls::ClientTls;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -33,8 +36,12 @@ struct AttemptError {
     retryable: bool,
 }
 
-pub async fn run(webhook: &WebhookActuator, decision: &Decision) -> Actuation {
-    let uri = match target(&webhook.url) {
+pub async fn run(
+    webhook: &WebhookActuator,
+    decision: &Decision,
+    tls: Option<&ClientTls>,
+) -> Actuation {
+    let uri = match target(&webhook.url, tls.is_some()) {
         Ok(uri) => uri,
         Err(problem) => return Actuation::Failed(format!("{}: {problem}", webhook.url)),
     };
@@ -45,7 +52,9 @@ pub async fn run(webhook: &WebhookActuator, decision: &Decision) -> Actuation {
     let mut last = String::new();
     for attempt in 1..=attempts {
         let outcome =
-            match tokio::time::timeout(timeout, attempt_once(webhook, &uri, body.clone())).await {
+            match tokio::time::timeout(timeout, attempt_once(webhook, &uri, body.clone(), tls))
+                .await
+            {
                 Ok(outcome) => outcome,
                 Err(_) => Err(AttemptError {
                     message: format!("no answer within {} ms", timeout.as_millis()),
@@ -77,15 +86,19 @@ pub async fn run(webhook: &WebhookActuator, decision: &Decision) -> Actuation {
     ))
 }
 
-/// The URL as a request target: `http://host[:port]/path`.
-fn target(url: &str) -> Result<Uri, String> {
+/// The URL as a request target: `http://host[:port]/path`, or `https://` when the
+/// control plane has a webhook CA (`with_tls`).
+fn target(url: &str, with_tls: bool) -> Result<Uri, String> {
     let uri: Uri = url.parse().map_err(|e| format!("not a valid URL ({e})"))?;
     match uri.scheme_str() {
         Some("http") => {}
+        Some("https") if with_tls => {}
         Some("https") => {
-            return Err("https webhooks are not supported yet; use an http:// URL".into());
+            return Err(
+                "https webhooks need the CA of the receiver's certificate: start the control plane with --scaling-webhook-ca".into(),
+            );
         }
-        _ => return Err("expected an http:// URL".into()),
+        _ => return Err("expected an http:// or https:// URL".into()),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err("the URL has no host".into());
@@ -98,6 +111,7 @@ async fn attempt_once(
     webhook: &WebhookActuator,
     uri: &Uri,
     body: Bytes,
+    tls: Option<&ClientTls>,
 ) -> Result<StatusCode, AttemptError> {
     let transport = |message: String| AttemptError {
         message,
@@ -116,21 +130,34 @@ async fn attempt_once(
         retryable: false,
     })?;
 
-    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port))
+    let host = uri.host().unwrap_or_default();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
         .map_err(|e| transport(format!("cannot connect to {host}:{port}: {e}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| transport(format!("HTTP handshake failed: {e}")))?;
-    let _connection = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| transport(format!("the request failed: {e}")))?;
+    let response = match tls.filter(|_| https) {
+        None => send_http1(TokioIo::new(tcp), request).await,
+        Some(tls) => {
+            let stream = tls
+                .connect(tcp, host)
+                .await
+                .map_err(|e| transport(format!("TLS handshake with {host}:{port} failed: {e}")))?;
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                // HTTP/2 takes the scheme and authority from the request's URI.
+                let (mut parts, body) = request.into_parts();
+                parts.uri = uri.clone();
+                send_http2(
+                    TokioIo::new(stream),
+                    hyper::Request::from_parts(parts, body),
+                )
+                .await
+            } else {
+                send_http1(TokioIo::new(stream), request).await
+            }
+        }
+    }
+    .map_err(transport)?;
     let status = response.status();
     if status.is_success() {
         return Ok(status);
@@ -142,6 +169,47 @@ async fn attempt_once(
         message: format!("answered {status}"),
         retryable,
     })
+}
+
+/// One request on a new HTTP/1.1 connection over `io`.
+async fn send_http1<IO>(
+    io: TokioIo<IO>,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    let _connection = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("the request failed: {e}"))
+}
+
+/// One request on a new HTTP/2 connection over `io`.
+async fn send_http2<IO>(
+    io: TokioIo<IO>,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    let _connection = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("the request failed: {e}"))
 }
 
 /// The token in `path`, trimmed; an unreadable or unsendable token fails the attempt (it
@@ -269,7 +337,7 @@ mod tests {
         std::fs::write(&token_file, "s3cret-token\n").unwrap();
         let mut hook = webhook(&url, 3);
         hook.bearer_token_file = token_file.to_str().unwrap().into();
-        let result = run(&hook, &decision()).await;
+        let result = run(&hook, &decision(), None).await;
         assert!(matches!(result, Actuation::Executed(_)), "{result:?}");
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
@@ -281,7 +349,7 @@ mod tests {
     #[tokio::test]
     async fn a_5xx_is_retried_until_it_succeeds() {
         let (url, seen) = server(vec![500, 503, 200]).await;
-        let result = run(&webhook(&url, 3), &decision()).await;
+        let result = run(&webhook(&url, 3), &decision(), None).await;
         let Actuation::Executed(detail) = result else {
             panic!("expected success on the third attempt: {result:?}");
         };
@@ -297,7 +365,7 @@ mod tests {
     #[tokio::test]
     async fn all_attempts_failing_fails_after_max_attempts() {
         let (url, seen) = server(vec![502]).await;
-        let Actuation::Failed(detail) = run(&webhook(&url, 2), &decision()).await else {
+        let Actuation::Failed(detail) = run(&webhook(&url, 2), &decision(), None).await else {
             panic!("a webhook answering 502 must fail");
         };
         assert!(detail.contains("all 2 attempts failed"), "{detail}");
@@ -308,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn a_4xx_is_not_retried() {
         let (url, seen) = server(vec![403, 200]).await;
-        let Actuation::Failed(detail) = run(&webhook(&url, 3), &decision()).await else {
+        let Actuation::Failed(detail) = run(&webhook(&url, 3), &decision(), None).await else {
             panic!("a webhook answering 403 must fail");
         };
         assert!(
@@ -319,16 +387,91 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn https_receivers_are_trusted_through_the_configured_ca_only() {
+        use meridian_shared::tls::testing::TestCa;
+        use meridian_shared::tls::{ClientTlsFiles, ServerTls, ServerTlsFiles};
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("webhook CA");
+        let ca_file = ca.write(dir.path(), "ca");
+        let server = ca.server_cert(&["127.0.0.1"]).write(dir.path(), "server");
+        let acceptor = ServerTls::load(ServerTlsFiles {
+            cert: server.cert,
+            key: server.key,
+            client_ca: None,
+            require_client_cert: false,
+        })
+        .unwrap()
+        .acceptor();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/scale", listener.local_addr().unwrap());
+        let seen = Seen::default();
+        let recorded = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let seen = Arc::clone(&recorded);
+                let service = service_fn(move |request: hyper::Request<Incoming>| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        let json = serde_json::from_slice(&body).unwrap();
+                        seen.lock().unwrap().push((None, json));
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+
+        let trusted = ClientTls::load(ClientTlsFiles {
+            ca: ca_file,
+            cert: None,
+            key: None,
+            server_name: None,
+        })
+        .unwrap();
+        let result = run(&webhook(&url, 1), &decision(), Some(&trusted)).await;
+        assert!(matches!(result, Actuation::Executed(_)), "{result:?}");
+        assert_eq!(seen.lock().unwrap()[0].1["desired_nodes"], 4);
+
+        // A receiver whose certificate another CA signed is refused.
+        let other = TestCa::new("another CA").write(dir.path(), "other");
+        let untrusting = ClientTls::load(ClientTlsFiles {
+            ca: other,
+            cert: None,
+            key: None,
+            server_name: None,
+        })
+        .unwrap();
+        let Actuation::Failed(detail) =
+            run(&webhook(&url, 1), &decision(), Some(&untrusting)).await
+        else {
+            panic!("an untrusted receiver must fail");
+        };
+        assert!(detail.contains("TLS handshake"), "{detail}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn nobody_listening_fails_and_https_is_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         drop(listener);
-        let Actuation::Failed(detail) = run(&webhook(&url, 2), &decision()).await else {
+        let Actuation::Failed(detail) = run(&webhook(&url, 2), &decision(), None).await else {
             panic!("nothing listening must fail");
         };
         assert!(detail.contains("cannot connect"), "{detail}");
         let Actuation::Failed(detail) =
-            run(&webhook("https://hooks.example/", 1), &decision()).await
+            run(&webhook("https://hooks.example/", 1), &decision(), None).await
         else {
             panic!("https must be refused");
         };
