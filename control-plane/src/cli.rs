@@ -166,6 +166,34 @@ pub struct ControlArgs {
     #[arg(long, env = "MERIDIAN_TOKENS_FILE", value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
 
+    /// A program scaling policies' exec actuators may run: its exact absolute path.
+    /// Repeat (or separate with commas) for more; replaces scaling.exec_allow of the
+    /// file. None: no exec actuator may be set.
+    #[arg(
+        long = "scaling-exec-allow",
+        env = "MERIDIAN_SCALING_EXEC_ALLOW",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub scaling_exec_allow: Vec<PathBuf>,
+
+    /// A URL prefix scaling policies' webhook actuators may POST to, e.g.
+    /// https://autoscaler.internal:8443/hooks/ (https:// needs --scaling-webhook-ca).
+    /// Repeat for more; replaces scaling.webhook_allow of the file. None: no webhook
+    /// actuator may be set.
+    #[arg(
+        long = "scaling-webhook-allow",
+        env = "MERIDIAN_SCALING_WEBHOOK_ALLOW",
+        value_name = "URL_PREFIX",
+        value_delimiter = ','
+    )]
+    pub scaling_webhook_allow: Vec<String>,
+
+    /// CA (PEM) the certificates of https:// webhook receivers must chain to; the only
+    /// one trusted for them. Re-read when the file changes.
+    #[arg(long, env = "MERIDIAN_SCALING_WEBHOOK_CA", value_name = "FILE")]
+    pub scaling_webhook_ca: Option<PathBuf>,
+
     /// Log format: human or json. Default human.
     #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -213,6 +241,15 @@ impl ControlArgs {
         }
         if self.tokens_file.is_some() {
             config.auth.tokens_file = self.tokens_file.clone();
+        }
+        if !self.scaling_exec_allow.is_empty() {
+            config.scaling.exec_allow = self.scaling_exec_allow.clone();
+        }
+        if !self.scaling_webhook_allow.is_empty() {
+            config.scaling.webhook_allow = self.scaling_webhook_allow.clone();
+        }
+        if self.scaling_webhook_ca.is_some() {
+            config.scaling.webhook_ca = self.scaling_webhook_ca.clone();
         }
         self.apply_etcd_access(config);
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
@@ -389,6 +426,59 @@ mod tests {
 
         let err = args(&["--etcd-ca", "/ca.pem"]).load_config().unwrap_err();
         assert_eq!(err.field(), Some("store.etcd_tls"), "{err}");
+    }
+
+    #[test]
+    fn scaling_allowlists_come_from_flags_or_the_file_and_are_validated() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "[scaling]\nexec_allow = [\"/opt/a\"]\nwebhook_allow = [\"http://hooks.internal/\"]"
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap();
+        let config = args(&["--config", path]).load_config().unwrap();
+        assert_eq!(config.scaling.exec_allow, [PathBuf::from("/opt/a")]);
+        let config = args(&[
+            "--config",
+            path,
+            "--scaling-exec-allow",
+            "/opt/b",
+            "--scaling-exec-allow",
+            "/opt/c",
+        ])
+        .load_config()
+        .unwrap();
+        assert_eq!(
+            config.scaling.exec_allow,
+            [PathBuf::from("/opt/b"), PathBuf::from("/opt/c")],
+            "the flags replace the file's list"
+        );
+        assert_eq!(config.scaling.webhook_allow, ["http://hooks.internal/"]);
+
+        let err = args(&["--scaling-exec-allow", "kubectl"])
+            .load_config()
+            .unwrap_err();
+        assert_eq!(err.field(), Some("scaling.exec_allow[0]"), "{err}");
+        let config = args(&[
+            "--scaling-webhook-allow",
+            "https://hooks.internal/",
+            "--scaling-webhook-ca",
+            "/etc/ca.pem",
+        ])
+        .load_config()
+        .unwrap();
+        assert_eq!(config.scaling.webhook_allow, ["https://hooks.internal/"]);
+        for bad in ["https://hooks.internal/", "hooks.internal", "http://"] {
+            let err = args(&["--scaling-webhook-allow", bad])
+                .load_config()
+                .unwrap_err();
+            assert_eq!(
+                err.field(),
+                Some("scaling.webhook_allow[0]"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@ use tonic::Status;
 
 use crate::events::EventReadError;
 use crate::keys::DecodeError;
+use crate::scaling::actuator::NotAllowed;
+use crate::scaling::record::RecordError;
 use crate::store::StoreError;
 use crate::topology::WriteError;
 
@@ -38,4 +40,18 @@ pub fn event_read_status(error: EventReadError) -> Status {
         EventReadError::Store(e) => store_status(e),
         EventReadError::Decode(e) => decode_status(e),
     }
+}
+
+pub fn record_status(error: RecordError) -> Status {
+    match error {
+        RecordError::Store(e) => store_status(e),
+        RecordError::Decode(e) => decode_status(e),
+        RecordError::Deposed | RecordError::Contended { .. } => Status::aborted(error.to_string()),
+    }
+}
+
+/// An actuator outside the control plane's allowlists: the server's configuration, not
+/// the request, has to change.
+pub fn not_allowed_status(error: NotAllowed) -> Status {
+    Status::failed_precondition(error.to_string())
 }

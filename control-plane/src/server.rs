@@ -14,13 +14,13 @@ use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::{ControlPlaneConfig, StoreBackend, StoreConfig};
 use meridian_shared::domain::limits::routing_message_limit;
 use meridian_shared::telemetry::{self, PrometheusHandle};
-use meridian_shared::tls::{PeerIdentity, ServerTls, TlsConfigError};
+use meridian_shared::tls::{ClientTls, ClientTlsFiles, PeerIdentity, ServerTls, TlsConfigError};
 use meridian_shared::{Backoff, Shutdown};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::admin::{AdminService, MetricsSources};
+use crate::admin::{AdminService, MetricsSources, ScalingContext};
 use crate::auth::{AuthError, AuthLayer, Authenticator};
 use crate::discovery::DiscoveryService;
 use crate::discovery::proxies::ProxyRegistry;
@@ -32,7 +32,11 @@ use crate::leader::{LeaderElection, LeaderHandle, reconcilers};
 use crate::registry::RegistryService;
 use crate::replica_lease::ReplicaLease;
 use crate::routing::TablePublisher;
+use crate::scaling::actuator::{Actuators, Allowlist, Execution};
+use crate::scaling::autoscaler::{Autoscaler, Engines};
+use crate::scaling::load::LoadView;
 use crate::scaling::load::{LoadAggregator, publish};
+use crate::scaling::record::Records;
 use crate::store::Store;
 use crate::store::embedded::{EmbeddedError, EmbeddedStore};
 use crate::store::etcd::EtcdStore;
@@ -48,6 +52,8 @@ pub enum ServeError {
     Auth(#[from] AuthError),
     #[error("TLS of the gRPC listener (--tls-cert, --tls-key, --tls-client-ca): {0}")]
     Tls(#[from] TlsConfigError),
+    #[error("the CA of scaling webhooks (scaling.webhook_ca, --scaling-webhook-ca): {0}")]
+    WebhookTls(TlsConfigError),
     #[error("cannot open the embedded store: {0}")]
     Embedded(#[from] EmbeddedError),
     #[error(transparent)]
@@ -134,7 +140,7 @@ impl ControlPlane {
         let Some(store) = open_store(&self.config, &shutdown).await? else {
             return Ok(());
         };
-        let parts = Parts::start(&self.config, store, &shutdown);
+        let parts = Parts::start(&self.config, store, &shutdown)?;
         tokio::spawn(mark_ready(
             parts.state.clone(),
             self.readiness.clone(),
@@ -153,6 +159,7 @@ impl ControlPlane {
             parts.events.clone(),
             Arc::clone(&parts.proxies),
             Arc::clone(&parts.store),
+            parts.scaling.clone(),
             shutdown.clone(),
             MetricsSources {
                 load: parts.load.view(),
@@ -230,12 +237,17 @@ struct Parts {
     proxies: Arc<ProxyRegistry>,
     tables: tokio::sync::watch::Receiver<Arc<crate::routing::Published>>,
     load: LoadAggregator,
+    scaling: ScalingContext,
     #[allow(dead_code)]
     leader: LeaderHandle,
 }
 
 impl Parts {
-    fn start(config: &ControlPlaneConfig, store: Arc<dyn Store>, shutdown: &Shutdown) -> Self {
+    fn start(
+        config: &ControlPlaneConfig,
+        store: Arc<dyn Store>,
+        shutdown: &Shutdown,
+    ) -> Result<Self, ServeError> {
         let keys = Keys::new(&config.store.prefix);
         let (follower, state) = StateFollower::new(Arc::clone(&store), keys.clone());
         tokio::spawn(follower.run(shutdown.clone()));
@@ -264,19 +276,27 @@ impl Parts {
         ));
         let (election, leader) = LeaderElection::new(
             Arc::clone(&store),
-            keys,
+            keys.clone(),
             config.replica_id.clone(),
             config.election.lease_ttl_seconds,
             events.clone(),
         );
         tokio::spawn(election.run(shutdown.clone()));
+        let scaling = scaling_context(config, &store, &keys, &events, load.view())?;
+        let autoscaler = Autoscaler {
+            state: state.clone(),
+            load: Arc::clone(&scaling.load),
+            engines: scaling.engines.clone(),
+            execution: scaling.execution.clone(),
+        };
         tokio::spawn(reconcilers::run(
             leader.clone(),
             state.clone(),
             writer.clone(),
+            autoscaler,
             shutdown.clone(),
         ));
-        Parts {
+        Ok(Parts {
             store,
             state,
             events,
@@ -284,8 +304,9 @@ impl Parts {
             proxies,
             tables,
             load,
+            scaling,
             leader,
-        }
+        })
     }
 
     fn session_context(&self, shutdown: &Shutdown) -> SessionContext {
@@ -296,6 +317,44 @@ impl Parts {
             shutdown: shutdown.clone(),
         }
     }
+}
+
+/// The actuators the configuration allows, the scaling records, the engines, and the
+/// load they decide from.
+fn scaling_context(
+    config: &ControlPlaneConfig,
+    store: &Arc<dyn Store>,
+    keys: &Keys,
+    events: &EventLog,
+    load: LoadView,
+) -> Result<ScalingContext, ServeError> {
+    let allowlist = Allowlist::new(
+        config.scaling.exec_allow.clone(),
+        config.scaling.webhook_allow.clone(),
+    );
+    let webhook_tls = config
+        .scaling
+        .webhook_ca
+        .as_ref()
+        .map(|ca| {
+            ClientTls::load(ClientTlsFiles {
+                ca: ca.clone(),
+                cert: None,
+                key: None,
+                server_name: None,
+            })
+        })
+        .transpose()
+        .map_err(ServeError::WebhookTls)?;
+    Ok(ScalingContext {
+        execution: Execution {
+            actuators: Actuators::new(allowlist).with_webhook_tls(webhook_tls),
+            records: Records::new(Arc::clone(store), keys.clone()),
+            events: events.clone(),
+        },
+        load: Arc::new(load),
+        engines: Engines::default(),
+    })
 }
 
 /// Opens the configured store; for etcd, retries until it answers or shutdown (`None`),

@@ -9,7 +9,9 @@ use meridian_proto::v1 as pb;
 use tempfile::TempDir;
 
 use crate::EtcdCluster;
-use crate::control::{ControlPlaneOptions, ControlPlaneProcess, OPERATOR_TOKEN, authorized};
+use crate::control::{
+    ControlPlaneOptions, ControlPlaneProcess, ExtraSettings, OPERATOR_TOKEN, authorized,
+};
 use crate::demo_node::process::DemoNodeProcess;
 use crate::proxy::{ProxyOptions, ProxyProcess};
 
@@ -24,16 +26,21 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Self {
+        Self::start_with(&ExtraSettings::default()).await
+    }
+
+    /// Like [`Cluster::start`], the control plane started with `extra` settings.
+    pub async fn start_with(extra: &ExtraSettings) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let etcd = EtcdCluster::single().await.expect("starting etcd");
-        let cp = ControlPlaneProcess::start(ControlPlaneOptions {
+        let options = ControlPlaneOptions {
             etcd_endpoints: &etcd.endpoints(),
             prefix: "/meridian/",
             replica: "cp-a",
             election_ttl_seconds: 5,
             dir: dir.path(),
-        })
-        .await;
+        };
+        let cp = ControlPlaneProcess::start_with(options, extra).await;
         let cluster = Cluster { etcd, cp, dir };
         cluster.seed().await;
         cluster

@@ -8,6 +8,7 @@ mod convert;
 mod events;
 mod failover;
 mod metrics;
+mod scaling;
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use meridian_proto::v1::admin_server::Admin;
 use meridian_shared::Shutdown;
 use meridian_shared::domain::{Federation, Node, NodeStatus, Region, ServicePolicy};
 use tonic::{Request, Response, Status};
+
+pub use scaling::ScalingContext;
 
 use crate::auth;
 use crate::discovery::proxies::ProxyRegistry;
@@ -33,6 +36,7 @@ pub struct AdminService {
     events: EventLog,
     proxies: Arc<ProxyRegistry>,
     store: Arc<dyn Store>,
+    scaling: ScalingContext,
     shutdown: Shutdown,
     metrics: MetricsSources,
 }
@@ -44,6 +48,7 @@ impl AdminService {
         events: EventLog,
         proxies: Arc<ProxyRegistry>,
         store: Arc<dyn Store>,
+        scaling: ScalingContext,
         shutdown: Shutdown,
         metrics: MetricsSources,
     ) -> Self {
@@ -53,6 +58,7 @@ impl AdminService {
             events,
             proxies,
             store,
+            scaling,
             shutdown,
             metrics,
         }
@@ -276,6 +282,7 @@ impl Admin for AdminService {
     ) -> Reply<pb::ServicePolicy> {
         let caller = auth::caller(&request)?.clone();
         let policy = ServicePolicy::try_from(required(request.into_inner().policy, "policy")?)?;
+        self.scaling.check_actuator(&policy.scaling)?;
         let stored = self
             .writer
             .upsert_service(policy, &caller.actor())
@@ -348,21 +355,8 @@ impl Admin for AdminService {
         request: Request<pb::ListScalingRequest>,
     ) -> Reply<pb::ListScalingResponse> {
         auth::caller(&request)?;
-        let wanted = request.into_inner().service;
-        let services = self
-            .state
-            .borrow()
-            .services
-            .values()
-            .filter(|s| wanted.is_empty() || s.value.name == wanted)
-            .map(|s| pb::ServiceScaling {
-                service: s.value.name.clone(),
-                policy: Some(s.value.scaling.clone().into()),
-                history: Vec::new(),
-                cooldown_until: None,
-            })
-            .collect();
-        Ok(Response::new(pb::ListScalingResponse { services }))
+        let listed = scaling::list(&self.state, &self.scaling, request.into_inner()).await?;
+        Ok(Response::new(listed))
     }
 
     async fn set_scaling_policy(
@@ -370,25 +364,14 @@ impl Admin for AdminService {
         request: Request<pb::SetScalingPolicyRequest>,
     ) -> Reply<pb::ServicePolicy> {
         let caller = auth::caller(&request)?.clone();
-        let request = request.into_inner();
-        let mut policy = self
-            .state
-            .borrow()
-            .services
-            .get(&request.service)
-            .map(|s| s.value.clone())
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "service {:?} has no policy; set one first",
-                    request.service
-                ))
-            })?;
-        policy.scaling = required(request.policy, "policy")?.into();
-        let stored = self
-            .writer
-            .upsert_service(policy, &caller.actor())
-            .await
-            .map_err(write_status)?;
+        let stored = scaling::set_policy(
+            &self.state,
+            &self.writer,
+            &self.scaling,
+            request.into_inner(),
+            &caller,
+        )
+        .await?;
         Ok(Response::new(stored.into()))
     }
 
@@ -396,10 +379,16 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ScaleServiceRequest>,
     ) -> Reply<pb::ScalingDecision> {
-        auth::caller(&request)?;
-        Err(Status::unimplemented(
-            "scaling decisions are not implemented yet; SetScalingPolicy stores bounds and targets",
-        ))
+        let caller = auth::caller(&request)?.clone();
+        let decision = scaling::scale(
+            &self.state,
+            &self.writer,
+            &self.scaling,
+            request.into_inner(),
+            &caller,
+        )
+        .await?;
+        Ok(Response::new(decision))
     }
 
     async fn recommend_scaling(
@@ -407,9 +396,8 @@ impl Admin for AdminService {
         request: Request<pb::RecommendScalingRequest>,
     ) -> Reply<pb::ScalingDecision> {
         auth::caller(&request)?;
-        Err(Status::unimplemented(
-            "scaling recommendations are not implemented yet",
-        ))
+        let decision = scaling::recommend(&self.state, &self.scaling, request.into_inner()).await?;
+        Ok(Response::new(decision))
     }
 
     async fn get_global_metrics(

@@ -200,3 +200,58 @@ async fn metrics_sends_the_federation_filter_and_reports_an_unknown_one() {
     };
     assert_eq!(status.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn scaling_commands_send_what_the_flags_say() {
+    let fake = FakeAdmin::start().await;
+    meridianctl(
+        &fake,
+        "scaling set demo.v1.Echo --max 10 --autoscale --webhook http://hooks.internal/scale \
+         --token-file /etc/meridian/hook-token --attempts 5",
+    )
+    .await
+    .expect("scaling set");
+    let set: pb::SetScalingPolicyRequest = fake.request("set_scaling_policy");
+    let policy = set.policy.expect("policy sent");
+    assert_eq!(
+        (policy.min_nodes, policy.max_nodes, policy.cooldown_ms),
+        (2, 10, 30_000),
+        "fields without a flag keep the listed values"
+    );
+    assert!(policy.autoscale);
+    let Some(pb::scaling_actuator::Kind::Webhook(hook)) = policy.actuator.and_then(|a| a.kind)
+    else {
+        panic!("a webhook actuator was expected");
+    };
+    assert_eq!(hook.url, "http://hooks.internal/scale");
+    assert_eq!(hook.bearer_token_file, "/etc/meridian/hook-token");
+    assert_eq!(hook.max_attempts, 5);
+
+    meridianctl(
+        &fake,
+        "-o json scaling scale demo.v1.Echo --up 2 --reason spike --force",
+    )
+    .await
+    .expect("scaling scale");
+    let scale: pb::ScaleServiceRequest = fake.request("scale_service");
+    assert_eq!(
+        scale.target,
+        Some(pb::scale_service_request::Target::ChangeBy(2))
+    );
+    assert!(scale.force);
+    assert_eq!(scale.reason, "spike");
+
+    for output in ["table", "json"] {
+        meridianctl(
+            &fake,
+            &format!("-o {output} scaling recommend demo.v1.Echo"),
+        )
+        .await
+        .expect("recommend");
+        meridianctl(&fake, &format!("-o {output} scaling list demo.v1.Echo"))
+            .await
+            .expect("list");
+    }
+    let recommend: pb::RecommendScalingRequest = fake.request("recommend_scaling");
+    assert_eq!(recommend.service, "demo.v1.Echo");
+}

@@ -119,6 +119,22 @@ pub(super) fn node() -> pb::Node {
     }
 }
 
+/// The decision every scaling call answers with.
+pub(super) fn scaling_decision() -> pb::ScalingDecision {
+    pb::ScalingDecision {
+        service: "demo.v1.Echo".into(),
+        current_nodes: 3,
+        desired_nodes: 4,
+        reason: "load test".into(),
+        source: "manual".into(),
+        rule: "manual".into(),
+        outcome: "executed".into(),
+        outcome_detail: "exit status: 0".into(),
+        decided_by: "tester".into(),
+        ..Default::default()
+    }
+}
+
 /// The stored configuration: revision 7, flap threshold 9.
 pub(super) fn stored_config() -> pb::ConfigResponse {
     pb::ConfigResponse {
@@ -165,10 +181,6 @@ scripted_admin! {
         list_failovers(ListFailoversRequest) -> ListFailoversResponse;
         start_failover(StartFailoverRequest) -> ActiveFailover;
         clear_failover(ClearFailoverRequest) -> ClearFailoverResponse;
-        list_scaling(ListScalingRequest) -> ListScalingResponse;
-        set_scaling_policy(SetScalingPolicyRequest) -> ServicePolicy;
-        scale_service(ScaleServiceRequest) -> ScalingDecision;
-        recommend_scaling(RecommendScalingRequest) -> ScalingDecision;
     }
 
     type WatchEventsStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::Event, Status>>>;
@@ -264,6 +276,63 @@ scripted_admin! {
                 ..Default::default()
             }],
             ..Default::default()
+        }))
+    }
+
+    async fn list_scaling(
+        &self,
+        request: Request<pb::ListScalingRequest>,
+    ) -> Result<Response<pb::ListScalingResponse>, Status> {
+        self.record("list_scaling", &request);
+        Ok(Response::new(pb::ListScalingResponse {
+            services: vec![pb::ServiceScaling {
+                service: "demo.v1.Echo".into(),
+                policy: Some(pb::ScalingPolicy {
+                    min_nodes: 2,
+                    max_nodes: 8,
+                    cooldown_ms: 30_000,
+                    ..Default::default()
+                }),
+                history: vec![scaling_decision()],
+                cooldown_until: None,
+            }],
+        }))
+    }
+
+    async fn set_scaling_policy(
+        &self,
+        request: Request<pb::SetScalingPolicyRequest>,
+    ) -> Result<Response<pb::ServicePolicy>, Status> {
+        self.record("set_scaling_policy", &request);
+        let request = request.into_inner();
+        Ok(Response::new(pb::ServicePolicy {
+            scaling: request.policy,
+            ..echo_policy()
+        }))
+    }
+
+    async fn scale_service(
+        &self,
+        request: Request<pb::ScaleServiceRequest>,
+    ) -> Result<Response<pb::ScalingDecision>, Status> {
+        self.record("scale_service", &request);
+        Ok(Response::new(scaling_decision()))
+    }
+
+    async fn recommend_scaling(
+        &self,
+        request: Request<pb::RecommendScalingRequest>,
+    ) -> Result<Response<pb::ScalingDecision>, Status> {
+        self.record("recommend_scaling", &request);
+        Ok(Response::new(pb::ScalingDecision {
+            metrics: vec![pb::ScalingMetric {
+                name: "utilization_percent".into(),
+                current: 91.0,
+                target: 70.0,
+                forecast: None,
+                recommended_nodes: 4,
+            }],
+            ..scaling_decision()
         }))
     }
 

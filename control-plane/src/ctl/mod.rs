@@ -20,6 +20,7 @@ mod nodes;
 mod output;
 mod proxies;
 mod regions;
+mod scaling;
 mod services;
 mod status;
 mod topology;
@@ -127,6 +128,9 @@ pub enum Command {
     Failover(failover::FailoverCommand),
     /// Show the federation at a glance and each service's traffic per region.
     Metrics(metrics::MetricsArgs),
+    /// Scaling policies, decisions and recommendations; scale a service by hand.
+    #[command(subcommand)]
+    Scaling(scaling::ScalingCommand),
 }
 
 /// Runs the parsed command, printing its result to stdout.
@@ -151,6 +155,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         Command::Config(cmd) => config::run(admin, cmd, format).await,
         Command::Failover(cmd) => failover::run(admin, cmd, format).await,
         Command::Metrics(cmd) => metrics::run(admin, cmd, format).await,
+        Command::Scaling(cmd) => scaling::run(admin, cmd, format).await,
     }
 }
 

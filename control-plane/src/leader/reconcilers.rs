@@ -6,12 +6,14 @@ use meridian_shared::Shutdown;
 
 use super::{LeaderHandle, failback, lease_expiry, retention};
 use crate::health;
+use crate::scaling::autoscaler::Autoscaler;
 use crate::topology::{StateHandle, TopologyWriter};
 
 pub async fn run(
     leader: LeaderHandle,
     state: StateHandle,
     writer: TopologyWriter,
+    autoscaler: Autoscaler,
     shutdown: Shutdown,
 ) {
     let mut leadership = leader.subscribe();
@@ -44,6 +46,7 @@ pub async fn run(
                 writer.clone(),
                 term.clone(),
             )),
+            tokio::spawn(autoscaler.clone().run(lead.clone(), term.clone())),
             tokio::spawn(health::run(
                 lead,
                 state.clone(),

@@ -8,11 +8,20 @@
 //! - [`engine`]: the pure decision rule, given a policy, the observed load, the node count
 //!   and the time: the HPA rule per target with tolerance, stabilisation windows, step
 //!   limit, min/max, scheduled minimums, cooldown, and the forecast of predictive scaling.
+//! - [`record`]: each service's decisions (bounded history), cooldown start and retry
+//!   time, stored under `{prefix}v1/scaling/{service}`.
+//! - [`actuator`]: carrying a decision out (an allowed program or webhook) and recording
+//!   the outcome.
+//! - [`autoscaler`]: the leader reconciler that turns the engine's recommendations into
+//!   recorded decisions and actuations, and retries failed ones.
 //!
 //! The types here are what those parts exchange.
 
+pub mod actuator;
+pub mod autoscaler;
 pub mod engine;
 pub mod load;
+pub mod record;
 
 use std::time::{Duration, SystemTime};
 

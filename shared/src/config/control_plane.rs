@@ -29,6 +29,10 @@
 //! role = "operator"         # viewer, operator, node or proxy
 //! [log]
 //! format = "json"
+//! [scaling]                 # what scaling actuators may run; empty: none of that kind
+//! exec_allow = ["/usr/local/bin/meridian-kubectl-scale"]   # exact absolute paths
+//! webhook_allow = ["https://autoscaler.internal:8443/hooks/"]  # URL prefixes
+//! webhook_ca = "/etc/meridian/tls/webhooks-ca.pem"   # needed for https:// webhooks
 //! ```
 
 use std::net::SocketAddr;
@@ -54,6 +58,7 @@ pub struct ControlPlaneConfig {
     pub election: ElectionConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub scaling: ScalingConfig,
 }
 
 impl Default for ControlPlaneConfig {
@@ -67,7 +72,61 @@ impl Default for ControlPlaneConfig {
             election: ElectionConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            scaling: ScalingConfig::default(),
         }
+    }
+}
+
+/// The scaling actuators service policies may name. An operator token can set a
+/// policy, so without these lists it could make the control plane run any program or
+/// reach any address; empty lists allow no actuator of their kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScalingConfig {
+    /// Programs an exec actuator may run: exact absolute paths.
+    pub exec_allow: Vec<PathBuf>,
+    /// URL prefixes a webhook actuator's URL must start with (at a `/` or `?` boundary,
+    /// or the prefix ends with `/`).
+    pub webhook_allow: Vec<String>,
+    /// The CA (PEM) the certificates of `https://` webhook receivers must chain to; the
+    /// only one trusted for them. `https://` prefixes need it.
+    pub webhook_ca: Option<PathBuf>,
+}
+
+impl Validate for ScalingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, path) in self.exec_allow.iter().enumerate() {
+            if !path.is_absolute() {
+                return Err(ConfigError::invalid(
+                    format!("scaling.exec_allow[{i}]"),
+                    path,
+                    "must be an absolute path (--scaling-exec-allow)",
+                ));
+            }
+        }
+        for (i, prefix) in self.webhook_allow.iter().enumerate() {
+            let field = format!("scaling.webhook_allow[{i}]");
+            if prefix.starts_with("https://") && self.webhook_ca.is_none() {
+                return Err(ConfigError::invalid(
+                    field,
+                    prefix,
+                    "https:// webhooks need the CA of the receivers' certificates: give scaling.webhook_ca (--scaling-webhook-ca)",
+                ));
+            }
+            let host = prefix
+                .strip_prefix("http://")
+                .or_else(|| prefix.strip_prefix("https://"))
+                .unwrap_or_default();
+            let host = host.split(['/', '?']).next().unwrap_or_default();
+            if host.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::invalid(
+                    field,
+                    prefix,
+                    "expected an http(s)://host[:port][/path] prefix (--scaling-webhook-allow)",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -234,6 +293,7 @@ impl Validate for ControlPlaneConfig {
             ));
         }
         self.auth.validate()?;
+        self.scaling.validate()?;
         self.log.validate()
     }
 }

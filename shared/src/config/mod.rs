@@ -15,7 +15,7 @@ pub use auth::{AuthConfig, CertificateIdentity, MIN_TOKEN_LEN, Role, Scope, Toke
 pub use client_tls::ClientTlsConfig;
 pub use control_plane::{
     ControlPlaneConfig, ControlPlaneListen, ETCD_PASSWORD_ENV, ElectionConfig, EtcdTlsConfig,
-    StoreBackend, StoreConfig,
+    ScalingConfig, StoreBackend, StoreConfig,
 };
 pub use error::ConfigError;
 pub use listener_tls::ListenerTlsConfig;
