@@ -45,7 +45,10 @@ struct Scene {
     cluster: Cluster,
     /// A second replica on the same etcd, in the leader test.
     standby: Option<ControlPlaneProcess>,
-    nodes: Vec<DemoNodeProcess>,
+    /// The service's nodes, in the order they were started (ids eu-1, eu-2, ...).
+    nodes: Vec<(String, DemoNodeProcess)>,
+    /// The utilisation every node reports.
+    utilization: f64,
     _proxy: ProxyProcess,
     asked: PathBuf,
     traffic: JoinHandle<()>,
@@ -98,21 +101,9 @@ impl Scene {
                 .await,
             ),
         };
-        let utilization_arg = utilization.to_string();
         let mut nodes = Vec::new();
         for i in 1..=3 {
-            let id = format!("eu-{i}");
-            nodes.push(
-                cluster
-                    .node(
-                        &id,
-                        "eu-west",
-                        "eu-west-a",
-                        100,
-                        &["--utilization", &utilization_arg],
-                    )
-                    .await,
-            );
+            nodes.push(start_node(&cluster, i, utilization).await);
         }
         scaling.actuator = Some(pb::ScalingActuator {
             kind: Some(pb::scaling_actuator::Kind::Exec(pb::ExecActuator {
@@ -148,6 +139,7 @@ impl Scene {
             cluster,
             standby,
             nodes,
+            utilization,
             _proxy: proxy,
             asked,
             traffic,
@@ -155,14 +147,42 @@ impl Scene {
         }
     }
 
-    async fn set_utilization(&self, utilization: f64) {
-        for node in &self.nodes {
+    async fn set_utilization(&mut self, utilization: f64) {
+        self.utilization = utilization;
+        for (_, node) in &self.nodes {
             DemoControlClient::new(node.channel().await)
                 .set_utilization(demo::SetUtilizationRequest {
                     utilization: Some(utilization),
                 })
                 .await
                 .expect("setting a node's utilisation");
+        }
+    }
+
+    /// Does what the platform behind the actuator would: starts or removes nodes until
+    /// the service has `desired`.
+    async fn follow_actuator(&mut self, desired: u32) {
+        while self.nodes.len() < desired as usize {
+            let node = start_node(&self.cluster, self.nodes.len() + 1, self.utilization).await;
+            self.nodes.push(node);
+        }
+        while self.nodes.len() > desired as usize {
+            let (id, _node) = self.nodes.pop().expect("a node");
+            self.cluster.deregister(&id).await;
+        }
+    }
+
+    /// Waits until the actuator has been run `runs` times.
+    async fn wait_asked(&self, runs: usize) {
+        let started = Instant::now();
+        while self.asked().len() < runs {
+            assert!(
+                started.elapsed() < DECISION_DEADLINE,
+                "the actuator ran {} times, not {runs}; history: {:#?}",
+                self.asked().len(),
+                self.history().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -196,6 +216,22 @@ impl Scene {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Starts demo node eu-`i` reporting `utilization` and registers it for Echo.
+async fn start_node(cluster: &Cluster, i: usize, utilization: f64) -> (String, DemoNodeProcess) {
+    let id = format!("eu-{i}");
+    let utilization = utilization.to_string();
+    let node = cluster
+        .node(
+            &id,
+            "eu-west",
+            "eu-west-a",
+            100,
+            &["--utilization", &utilization],
+        )
+        .await;
+    (id, node)
 }
 
 async fn set_report_interval(cp: &ControlPlaneProcess) {
@@ -306,7 +342,7 @@ fn utilisation_policy() -> pb::ScalingPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rising_load_scales_up_and_falling_load_scales_down_only_after_its_window() {
-    let scene = Scene::start(
+    let mut scene = Scene::start(
         pb::ScalingPolicy {
             scale_down_stabilization_ms: 6_000,
             cooldown_ms: 3_000,
@@ -335,20 +371,12 @@ async fn rising_load_scales_up_and_falling_load_scales_down_only_after_its_windo
     let utilization = metric(&up, "utilization_percent");
     assert!((utilization.current - 90.0).abs() < 1.0, "{utilization:?}");
     assert_eq!(utilization.recommended_nodes, 6, "{utilization:?}");
-
-    // The actuator was run with the decision.
-    let started = Instant::now();
-    while scene.asked().is_empty() {
-        assert!(
-            started.elapsed() < DECISION_DEADLINE,
-            "the actuator never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    scene.wait_asked(1).await;
     assert_eq!(scene.asked(), vec!["5 max auto".to_owned()]);
+    scene.follow_actuator(5).await;
 
     // Utilisation falls at once: the scale-down waits for the 6 s window (and the 3 s
-    // cooldown inside it), then goes to min 2 (3 × 0.1 / 0.5 = 0.6 → 1).
+    // cooldown inside it), then goes to min 2 (5 × 0.1 / 0.5 = 1).
     let lowered = Instant::now();
     let lowered_at = SystemTime::now();
     scene.set_utilization(0.1).await;
@@ -359,7 +387,7 @@ async fn rising_load_scales_up_and_falling_load_scales_down_only_after_its_windo
     );
     assert_eq!(
         (down.current_nodes, down.desired_nodes),
-        (3, 2),
+        (5, 2),
         "{down:#?}"
     );
     assert_eq!(down.rule, "min", "{down:#?}");
@@ -377,17 +405,12 @@ async fn rising_load_scales_up_and_falling_load_scales_down_only_after_its_windo
         after_up >= Duration::from_secs(3),
         "inside the cooldown: {after_up:?}"
     );
+    scene.wait_asked(2).await;
+    scene.follow_actuator(2).await;
 
-    // Each decision was carried out once, with its events; none repeated.
-    let started = Instant::now();
-    while scene.asked().len() < 2 {
-        assert!(
-            started.elapsed() < DECISION_DEADLINE,
-            "the actuator never ran again"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await; // a few ticks: nothing new comes
+    // At min 2 and below target nothing more is decided; each decision was carried
+    // out once, with its events.
+    tokio::time::sleep(Duration::from_secs(3)).await; // six ticks
     assert_eq!(scene.asked(), vec!["5 max auto", "2 min auto"]);
     assert_eq!(scene.history().await.len(), 2);
     let cp = &scene.cluster.cp;
@@ -398,7 +421,7 @@ async fn rising_load_scales_up_and_falling_load_scales_down_only_after_its_windo
 
 /// Ramps the nodes' utilisation from 10 % by 2 points every 0.5 s until a decision comes;
 /// returns it and the utilisation set when it was decided.
-async fn ramp_until_decided(scene: &Scene) -> (pb::ScalingDecision, f64) {
+async fn ramp_until_decided(scene: &mut Scene) -> (pb::ScalingDecision, f64) {
     let mut utilization = 0.10;
     let started = Instant::now();
     loop {
@@ -426,10 +449,11 @@ async fn a_rising_ramp_scales_up_before_the_target_with_predictive_scaling_and_a
             season_ms: 0,
         }),
         max_nodes: 10,
+        min_nodes: 3,
         ..utilisation_policy()
     };
-    let ahead = Scene::start(predictive, 0.1, 0).await;
-    let (decision, _) = ramp_until_decided(&ahead).await;
+    let mut ahead = Scene::start(predictive, 0.1, 0).await;
+    let (decision, _) = ramp_until_decided(&mut ahead).await;
     assert_eq!(decision.rule, "predictive", "{decision:#?}");
     let measured = metric(&decision, "utilization_percent");
     assert!(
@@ -440,16 +464,17 @@ async fn a_rising_ramp_scales_up_before_the_target_with_predictive_scaling_and_a
     assert!(decision.desired_nodes > 3, "{decision:#?}");
     drop(ahead);
 
-    let reactive = Scene::start(
+    let mut reactive = Scene::start(
         pb::ScalingPolicy {
             max_nodes: 10,
+            min_nodes: 3,
             ..utilisation_policy()
         },
         0.1,
         0,
     )
     .await;
-    let (decision, _) = ramp_until_decided(&reactive).await;
+    let (decision, _) = ramp_until_decided(&mut reactive).await;
     assert_eq!(decision.rule, "target", "{decision:#?}");
     let measured = metric(&decision, "utilization_percent");
     assert!(
@@ -460,21 +485,22 @@ async fn a_rising_ramp_scales_up_before_the_target_with_predictive_scaling_and_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_window_raises_the_minimum_at_its_start_and_releases_it_at_its_end() {
-    // Open for 10 s from every 20th second (UTC), closed the next 10 s.
-    let scene = Scene::start(
+    // Open for 10 s from every 20th second (UTC), closed the next 10 s. The nodes sit at
+    // the target's lower edge (5 nodes × 0.3 / 0.5 = 3), so only the window raises them.
+    let mut scene = Scene::start(
         pb::ScalingPolicy {
             scale_down_stabilization_ms: 1_000,
             cooldown_ms: 1_000,
             schedules: vec![pb::ScheduledScaling {
                 name: "burst-hours".into(),
-                start: "0/20 * * * * *".into(),
-                end: "10/20 * * * * *".into(),
+                start: "*/20 * * * * *".into(),
+                end: "10-59/20 * * * * *".into(),
                 min_nodes: 5,
             }],
             max_nodes: 8,
             ..utilisation_policy()
         },
-        0.5,
+        0.3,
         0,
     )
     .await;
@@ -485,13 +511,15 @@ async fn a_scheduled_window_raises_the_minimum_at_its_start_and_releases_it_at_i
             % 20.0
     };
     // The first decision may come from a window already open when the policy was set;
-    // wait for one that raised the minimum at a window's start.
+    // follow the actuator until one raises the minimum at a window's start.
     let mut seen = 0;
     let raised = loop {
         let decision = scene
             .next_decision(seen, "raising to the schedule's minimum")
             .await;
         seen += 1;
+        scene.wait_asked(seen).await;
+        scene.follow_actuator(decision.desired_nodes).await;
         if decision.desired_nodes == 5 && second_of(decided_at(&decision)) < 4.0 {
             break decision;
         }
@@ -508,7 +536,12 @@ async fn a_scheduled_window_raises_the_minimum_at_its_start_and_releases_it_at_i
         .next_decision(seen, "releasing at the window's end")
         .await;
     let second = second_of(decided_at(&released));
-    assert_eq!(released.desired_nodes, 3, "{released:#?}");
+    println!("raised {raised:#?}\nreleased at second {second:.1}: {released:#?}");
+    assert_eq!(
+        (released.current_nodes, released.desired_nodes),
+        (5, 3),
+        "{released:#?}"
+    );
     assert!(
         (10.0..16.0).contains(&second),
         "released at second {second:.1} of the 20 s cycle, not just after the end at 10"
@@ -517,7 +550,7 @@ async fn a_scheduled_window_raises_the_minimum_at_its_start_and_releases_it_at_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_actuator_is_retried_after_the_cooldown_and_not_in_a_loop() {
-    let scene = Scene::start(
+    let mut scene = Scene::start(
         pb::ScalingPolicy {
             cooldown_ms: 2_000,
             ..utilisation_policy()

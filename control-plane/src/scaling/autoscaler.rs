@@ -416,14 +416,11 @@ impl Autoscaler {
         };
         let recommendation = self.engines.recommend(policy, &observation, record);
         let desired = recommendation.desired_nodes;
-        // New is what differs from the last decision (the actuator was told that), or,
-        // before any, from the nodes there are: a window's end that brings the count
-        // back is a decision even while the nodes it asked for never came.
-        let unchanged = match record.last() {
-            Some(last) => last.desired_nodes == desired,
-            None => desired == recommendation.current_nodes,
-        };
-        if unchanged {
+        // Nothing to do when the nodes are already there, nor when the actuator was
+        // already told (the nodes it asked for may still be starting).
+        if desired == recommendation.current_nodes
+            || record.last().is_some_and(|d| d.desired_nodes == desired)
+        {
             return false;
         }
         let actuator = policy.scaling.actuator.clone();
