@@ -1,0 +1,130 @@
+//! What `meridianctl metrics` shows under real load: two proxies, each driven by the load
+//! generator at a fixed rate, forward to two demo nodes answering in 20 ms; the control
+//! plane's figures, built from the proxies' load reports, match what the load generator
+//! measured (calls/s within 10 %, p99 within 20 %).
+
+use std::time::Duration;
+
+use clap::Parser;
+use meridian_proto::v1 as pb;
+use meridian_shared::Shutdown;
+use meridian_tests::cluster::{Cluster, ECHO, wait_usable};
+use meridian_tests::control::{OPERATOR_TOKEN, VIEWER_TOKEN, authorized};
+use meridian_tests::loadgen::{self, LoadArgs, Report};
+use meridian_tests::process::run_to_completion;
+
+/// Calls per second each proxy's load generator sends.
+const RATE_PER_PROXY: f64 = 100.0;
+/// How long the load runs; the figures are read two thirds of the way in.
+const LOAD_SECONDS: u64 = 15;
+
+async fn load(target: String) -> Report {
+    let seconds = LOAD_SECONDS.to_string();
+    let rate = RATE_PER_PROXY.to_string();
+    let args = LoadArgs::parse_from([
+        "meridian-loadgen",
+        "--target",
+        &target,
+        "--rate",
+        &rate,
+        "--duration",
+        &seconds,
+        "--warmup",
+        "0",
+        "--streams",
+        "8",
+    ]);
+    loadgen::run(args, Shutdown::new())
+        .await
+        .expect("the load generator ran")
+}
+
+fn within(value: f64, expected: f64, share: f64) -> bool {
+    (value - expected).abs() <= expected * share
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meridianctl_metrics_shows_the_rate_and_p99_the_load_generator_measured() {
+    let cluster = Cluster::start().await;
+    let mut admin = cluster.cp.admin().await;
+    let mut config = admin
+        .get_config(authorized(pb::GetConfigRequest {}, OPERATOR_TOKEN))
+        .await
+        .expect("reading the configuration")
+        .into_inner()
+        .config
+        .unwrap_or_default();
+    config.load_report_interval_ms = 500;
+    admin
+        .update_config(authorized(
+            pb::UpdateConfigRequest {
+                config: Some(config),
+                dry_run: false,
+                expected_revision: 0,
+            },
+            OPERATOR_TOKEN,
+        ))
+        .await
+        .expect("setting the load report interval");
+    let _nodes = [
+        cluster
+            .node("eu-1", "eu-west", "eu-west-a", 100, &["--latency-ms", "20"])
+            .await,
+        cluster
+            .node("eu-2", "eu-west", "eu-west-b", 100, &["--latency-ms", "20"])
+            .await,
+    ];
+    cluster.echo_policy(pb::Algorithm::RoundRobin, "").await;
+    let a = cluster.proxy("proxy-a", "eu-west", "eu-west-a").await;
+    let b = cluster.proxy("proxy-b", "eu-west", "eu-west-b").await;
+    wait_usable(&a, 2).await;
+    wait_usable(&b, 2).await;
+
+    let loads = tokio::spawn(async move {
+        let (mut first, second) = tokio::join!(load(a.url()), load(b.url()));
+        first.merge(&second);
+        (first, a, b)
+    });
+    // Read while the load runs, after two thirds of it, as an operator would.
+    tokio::time::sleep(Duration::from_secs(LOAD_SECONDS * 2 / 3)).await;
+    let url = cluster.cp.url();
+    let (status, stdout, stderr) = run_to_completion(
+        "meridianctl",
+        &[
+            "--control-plane",
+            &url,
+            "--token",
+            VIEWER_TOKEN,
+            "-o",
+            "json",
+            "metrics",
+        ],
+    );
+    assert!(status.success(), "meridianctl metrics failed: {stderr}");
+    let (measured, _a, _b) = loads.await.expect("the load ran");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON output");
+    let traffic = printed["traffic"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|row| row["service"] == ECHO && row["region"] == "eu-west")
+        .unwrap_or_else(|| panic!("no Echo traffic in eu-west: {stdout}"));
+    let calls = traffic["calls_per_second"].as_f64().expect("calls/s");
+    let p99 = traffic["latency_p99_ms"].as_f64().expect("p99");
+    let sent = measured.throughput();
+    let measured_p99 = measured.percentile_us(0.99) as f64 / 1_000.0;
+    println!(
+        "load generator: {sent:.1} calls/s, p99 {measured_p99:.1} ms, {} errors; meridianctl metrics: {calls:.1} calls/s, p99 {p99:.1} ms",
+        measured.errors
+    );
+    assert_eq!(measured.errors, 0, "the load itself failed");
+    assert!(
+        within(calls, sent, 0.10),
+        "metrics shows {calls:.1} calls/s, the load generator sent {sent:.1}: {stdout}"
+    );
+    assert!(
+        within(p99, measured_p99, 0.20),
+        "metrics shows p99 {p99:.1} ms, the load generator measured {measured_p99:.1} ms: {stdout}"
+    );
+    assert_eq!(traffic["error_rate"].as_f64(), Some(0.0), "{stdout}");
+}
