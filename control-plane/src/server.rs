@@ -153,19 +153,19 @@ impl ControlPlane {
             .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let admin = AdminService::new(
-            parts.state.clone(),
-            parts.writer.clone(),
-            parts.events.clone(),
-            Arc::clone(&parts.proxies),
-            Arc::clone(&parts.store),
-            parts.scaling.clone(),
-            shutdown.clone(),
-            MetricsSources {
+        let admin = AdminService {
+            state: parts.state.clone(),
+            writer: parts.writer.clone(),
+            events: parts.events.clone(),
+            proxies: Arc::clone(&parts.proxies),
+            store: Arc::clone(&parts.store),
+            scaling: parts.scaling.clone(),
+            shutdown: shutdown.clone(),
+            metrics: MetricsSources {
                 load: parts.load.view(),
                 tables: parts.tables.clone(),
             },
-        );
+        };
         let registry = RegistryService::new(
             Arc::clone(&parts.store),
             parts.writer.clone(),

@@ -30,39 +30,16 @@ use crate::topology::{StateHandle, TopologyWriter};
 
 pub use self::metrics::MetricsSources;
 
+/// The Admin API over one replica's parts; built field by field in [`crate::server`].
 pub struct AdminService {
-    state: StateHandle,
-    writer: TopologyWriter,
-    events: EventLog,
-    proxies: Arc<ProxyRegistry>,
-    store: Arc<dyn Store>,
-    scaling: ScalingContext,
-    shutdown: Shutdown,
-    metrics: MetricsSources,
-}
-
-impl AdminService {
-    pub fn new(
-        state: StateHandle,
-        writer: TopologyWriter,
-        events: EventLog,
-        proxies: Arc<ProxyRegistry>,
-        store: Arc<dyn Store>,
-        scaling: ScalingContext,
-        shutdown: Shutdown,
-        metrics: MetricsSources,
-    ) -> Self {
-        AdminService {
-            state,
-            writer,
-            events,
-            proxies,
-            store,
-            scaling,
-            shutdown,
-            metrics,
-        }
-    }
+    pub state: StateHandle,
+    pub writer: TopologyWriter,
+    pub events: EventLog,
+    pub proxies: Arc<ProxyRegistry>,
+    pub store: Arc<dyn Store>,
+    pub scaling: ScalingContext,
+    pub shutdown: Shutdown,
+    pub metrics: MetricsSources,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
