@@ -230,6 +230,30 @@ impl ControlPlaneProcess {
             .expect("slowing health checks");
     }
 
+    /// Changes the stored dynamic configuration with `change` (UpdateConfig replaces the
+    /// whole configuration, so this reads the stored one first).
+    pub async fn change_config(&self, change: impl FnOnce(&mut meridian_proto::v1::DynamicConfig)) {
+        use meridian_proto::v1 as pb;
+        let mut admin = self.admin().await;
+        let mut config = admin
+            .get_config(authorized(pb::GetConfigRequest {}, OPERATOR_TOKEN))
+            .await
+            .expect("reading the configuration")
+            .into_inner()
+            .config
+            .unwrap_or_default();
+        change(&mut config);
+        let request = pb::UpdateConfigRequest {
+            config: Some(config),
+            dry_run: false,
+            expected_revision: 0,
+        };
+        admin
+            .update_config(authorized(request, OPERATOR_TOKEN))
+            .await
+            .expect("changing the configuration");
+    }
+
     /// An Admin client; add a token per request with [`authorized`].
     pub async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(channel(&self.url()).await)

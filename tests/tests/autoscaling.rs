@@ -84,7 +84,10 @@ impl Scene {
             ..Default::default()
         };
         let cluster = Cluster::start_with(&extra).await;
-        set_report_interval(&cluster.cp).await;
+        cluster
+            .cp
+            .change_config(|c| c.load_report_interval_ms = REPORT_INTERVAL_MS)
+            .await;
         let standby = match standby {
             false => None,
             true => Some(
@@ -232,29 +235,6 @@ async fn start_node(cluster: &Cluster, i: usize, utilization: f64) -> (String, D
         )
         .await;
     (id, node)
-}
-
-async fn set_report_interval(cp: &ControlPlaneProcess) {
-    let mut admin = cp.admin().await;
-    let mut config = admin
-        .get_config(authorized(pb::GetConfigRequest {}, OPERATOR_TOKEN))
-        .await
-        .expect("reading the configuration")
-        .into_inner()
-        .config
-        .unwrap_or_default();
-    config.load_report_interval_ms = REPORT_INTERVAL_MS;
-    admin
-        .update_config(authorized(
-            pb::UpdateConfigRequest {
-                config: Some(config),
-                dry_run: false,
-                expected_revision: 0,
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .expect("setting the load report interval");
 }
 
 /// About 40 Echo calls a second through the proxy until aborted: responses carry the

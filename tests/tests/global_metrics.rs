@@ -62,23 +62,8 @@ async fn seed(cp: &ControlPlaneProcess) {
             .await
             .expect("registering a node");
     }
-    let request = pb::GetConfigRequest {};
-    let current = admin
-        .get_config(authorized(request, OPERATOR_TOKEN))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut config = current.config.expect("a configuration");
-    config.load_report_interval_ms = INTERVAL.as_millis() as u32;
-    let request = pb::UpdateConfigRequest {
-        config: Some(config),
-        dry_run: false,
-        expected_revision: 0,
-    };
-    admin
-        .update_config(authorized(request, OPERATOR_TOKEN))
-        .await
-        .expect("setting the report interval");
+    cp.change_config(|c| c.load_report_interval_ms = INTERVAL.as_millis() as u32)
+        .await;
 }
 
 /// One interval's endpoint figures: `calls` per latency (µs).

@@ -353,28 +353,14 @@ async fn a_killed_node_turns_unhealthy() {
 async fn a_flapping_node_is_quarantined_until_an_operator_recovers_it() {
     let cluster = Cluster::start().await;
     fast_health_checks(&cluster).await;
-    // Two flaps within a minute quarantine a node. UpdateConfig replaces the whole
-    // configuration, so change the stored one.
-    let mut admin = cluster.cp.admin().await;
-    let mut config = admin
-        .get_config(authorized(pb::GetConfigRequest {}, OPERATOR_TOKEN))
-        .await
-        .expect("GetConfig")
-        .into_inner()
-        .config
-        .unwrap_or_default();
-    config.flap_threshold = 2;
-    config.flap_window_ms = 60_000;
-    admin
-        .update_config(authorized(
-            pb::UpdateConfigRequest {
-                config: Some(config),
-                ..Default::default()
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .expect("UpdateConfig");
+    // Two flaps within a minute quarantine a node.
+    cluster
+        .cp
+        .change_config(|c| {
+            c.flap_threshold = 2;
+            c.flap_window_ms = 60_000;
+        })
+        .await;
 
     let (eu1, _) = start_node(&cluster, "eu-1", "eu-west-a").await;
     wait_status(&cluster, "eu-1", pb::NodeStatus::Healthy, Instant::now()).await;

@@ -23,7 +23,7 @@ use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_router_client::MessageRouterClient;
 use meridian_proto::v1::routing_discovery_server::{RoutingDiscovery, RoutingDiscoveryServer};
 use meridian_tests::cluster::{Cluster, ECHO, wait_usable};
-use meridian_tests::control::{OPERATOR_TOKEN, authorized, channel};
+use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
 use meridian_tests::proxy::{ProxyOptions, ProxyProcess};
 use tokio::sync::mpsc;
@@ -56,25 +56,10 @@ where
 #[tokio::test]
 async fn a_real_control_plane_receives_the_proxys_load_reports_at_its_interval() {
     let cluster = Cluster::start().await;
-    let mut admin = cluster.cp.admin().await;
-    let mut config = admin
-        .get_config(authorized(pb::GetConfigRequest {}, OPERATOR_TOKEN))
-        .await
-        .expect("GetConfig")
-        .into_inner()
-        .config
-        .unwrap_or_default();
-    config.load_report_interval_ms = 200;
-    admin
-        .update_config(authorized(
-            pb::UpdateConfigRequest {
-                config: Some(config),
-                ..Default::default()
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .expect("UpdateConfig");
+    cluster
+        .cp
+        .change_config(|c| c.load_report_interval_ms = 200)
+        .await;
     let _node = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
     wait_usable(&proxy, 1).await;

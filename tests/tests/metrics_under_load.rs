@@ -9,7 +9,7 @@ use clap::Parser;
 use meridian_proto::v1 as pb;
 use meridian_shared::Shutdown;
 use meridian_tests::cluster::{Cluster, ECHO, wait_usable};
-use meridian_tests::control::{OPERATOR_TOKEN, VIEWER_TOKEN, authorized};
+use meridian_tests::control::VIEWER_TOKEN;
 use meridian_tests::loadgen::{self, LoadArgs, Report};
 use meridian_tests::process::run_to_completion;
 
@@ -46,26 +46,10 @@ fn within(value: f64, expected: f64, share: f64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meridianctl_metrics_shows_the_rate_and_p99_the_load_generator_measured() {
     let cluster = Cluster::start().await;
-    let mut admin = cluster.cp.admin().await;
-    let mut config = admin
-        .get_config(authorized(pb::GetConfigRequest {}, OPERATOR_TOKEN))
-        .await
-        .expect("reading the configuration")
-        .into_inner()
-        .config
-        .unwrap_or_default();
-    config.load_report_interval_ms = 500;
-    admin
-        .update_config(authorized(
-            pb::UpdateConfigRequest {
-                config: Some(config),
-                dry_run: false,
-                expected_revision: 0,
-            },
-            OPERATOR_TOKEN,
-        ))
-        .await
-        .expect("setting the load report interval");
+    cluster
+        .cp
+        .change_config(|c| c.load_report_interval_ms = 500)
+        .await;
     let _nodes = [
         cluster
             .node("eu-1", "eu-west", "eu-west-a", 100, &["--latency-ms", "20"])
