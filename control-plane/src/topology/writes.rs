@@ -847,10 +847,11 @@ impl TopologyWriter {
     /// replacing a node already counted never does.
     fn room_for_node(&self, node: &Node, limits: &TopologyLimits) -> Result<(), WriteError> {
         let others = self.count(|s| {
-            s.nodes
-                .values()
-                .filter(|n| n.value.federation == node.federation && n.value.id != node.id)
-                .count()
+            let counted = s
+                .nodes
+                .get(&node.id)
+                .is_some_and(|n| n.value.federation == node.federation);
+            s.nodes_in(&node.federation) - usize::from(counted)
         });
         validate::room_for_one_more(
             "node.federation",
