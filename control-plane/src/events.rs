@@ -8,17 +8,25 @@
 //! compare-and-swap per event, and under 64 concurrent Admin writes most attempts
 //! conflicted, so events were lost after 20 retries each.
 //!
-//! **An event's sequence number is the store revision that created its key.** Revisions
-//! increase across the whole store and every replica, so sequence numbers are unique and
-//! ordered, but not consecutive (other writes take the revisions in between). Readers
-//! order by it, never by key: the time in a key comes from the writer's clock, which
-//! differs between replicas. The `seq` written inside the value is 0 (the revision is not
-//! known before the write); events stored by earlier builds, under `events/{seq:020}`,
-//! hold their old counter value there, and are read with their revision like the rest.
+//! An event can also be written inside the transaction of the change it describes
+//! ([`EventLog::prepare`]), so that the two are stored together or not at all; node
+//! registrations do this, and their transactions may be committed several at once
+//! ([`crate::store::group_commit`]), so one store revision can create several events.
+//!
+//! **An event's sequence number is the store revision that created its key, times
+//! [`SEQ_PER_REVISION`], plus the log's append count `n` (from the key) modulo
+//! [`SEQ_PER_REVISION`].** Revisions increase across the whole store and every replica,
+//! so sequence numbers are ordered across replicas and events of one transaction (one
+//! log's appends, prepared within a few milliseconds of each other) get distinct ones;
+//! numbers are not consecutive. Readers order by it, never by key: the time in a key
+//! comes from the writer's clock, which differs between replicas. The `seq` written inside
+//! the value is 0 (the revision is not known before the write); events stored by earlier
+//! builds, under `events/{seq:020}`, hold their old counter value there, and are read with
+//! their revision like the rest.
 //!
 //! **Trimming** also needs no compare: on its first append and then on every tenth of
-//! the history limit, a log lists the events and deletes the oldest (by revision) beyond
-//! the limit. Deleting is idempotent, so replicas trimming at once agree. The history
+//! the history limit, a log lists the events and deletes the oldest (by sequence number)
+//! beyond the limit. Deleting is idempotent, so replicas trimming at once agree. The history
 //! may thus exceed `event_history_limit` between trims, by less than a tenth of the limit
 //! per replica recording events; the cost of a trim is spread over the appends between
 //! trims, about ten listed events per append whatever the limit.
@@ -38,6 +46,34 @@ use crate::topology::StateHandle;
 const RECORD_ATTEMPTS: usize = 3;
 /// Deletes per trimming transaction, below etcd's default limit of 128 operations.
 const DELETE_BATCH: usize = 100;
+/// Sequence numbers per store revision: one transaction can create this many events
+/// with distinct numbers.
+pub const SEQ_PER_REVISION: u64 = 1000;
+
+/// An event ready to be written inside another transaction ([`EventLog::prepare`]).
+pub struct PreparedEvent {
+    event: Event,
+    key: String,
+    /// This log's append count when the event was prepared.
+    n: u64,
+}
+
+impl PreparedEvent {
+    /// `txn` that also stores this event (under a key no other event has).
+    pub fn written_by(&self, txn: Txn) -> Txn {
+        txn.when(Compare::ModRevision {
+            key: self.key.clone(),
+            revision: 0,
+        })
+        .put(&self.key, keys::encode(&self.event))
+    }
+
+    /// The event's sequence number once written by a transaction that committed at
+    /// `revision`.
+    pub fn seq(&self, revision: Revision) -> u64 {
+        seq_of(revision, self.n)
+    }
+}
 
 #[derive(Clone)]
 pub struct EventLog {
@@ -46,8 +82,11 @@ pub struct EventLog {
     state: StateHandle,
     /// Names this log's keys apart from other replicas' (and other processes').
     writer: String,
-    /// Appends by this log (and its clones) so far.
+    /// Events this log (and its clones) prepared so far, stored or not: the `n` of keys.
     appended: Arc<AtomicU64>,
+    /// Events this log (and its clones) stored so far: every tenth of the history limit,
+    /// a trim.
+    stored: Arc<AtomicU64>,
 }
 
 impl EventLog {
@@ -58,6 +97,7 @@ impl EventLog {
             state,
             writer: format!("{:08x}", rand::random::<u32>()),
             appended: Arc::new(AtomicU64::new(0)),
+            stored: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -70,7 +110,51 @@ impl EventLog {
         message: String,
         cause: String,
     ) -> Option<u64> {
-        tracing::info!(kind = %kind, %subject, %cause, "{message}");
+        let mut attempt = 0;
+        loop {
+            let event = self.prepare(kind, subject.clone(), message.clone(), cause.clone());
+            let written = self.store.txn(event.written_by(Txn::new())).await;
+            match written {
+                Ok(result) if result.succeeded => {
+                    let seq = event.seq(result.revision);
+                    self.written(event).await;
+                    return Some(seq);
+                }
+                Ok(_) if attempt + 1 < RECORD_ATTEMPTS => attempt += 1,
+                Ok(_) => {
+                    tracing::error!(kind = %kind, "could not store the event: every event key tried was taken ({RECORD_ATTEMPTS} attempts); it is only in this log");
+                    self.log(&event.event);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, kind = %kind, "could not store the event; it is only in this log");
+                    self.log(&event.event);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// An event for the caller to write inside its own transaction
+    /// ([`PreparedEvent::written_by`]); once that transaction committed, the caller hands
+    /// the event to [`Self::written`]. Prepare it right before the transaction is built:
+    /// events prepared [`SEQ_PER_REVISION`] appends apart must not share a transaction.
+    pub fn prepare(
+        &self,
+        kind: EventKind,
+        subject: String,
+        message: String,
+        cause: String,
+    ) -> PreparedEvent {
+        let n = self.appended.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let key = self.keys.key(
+            keys::Kind::Event,
+            &format!("{nanos:020}-{}-{n}", self.writer),
+        );
         let event = Event {
             seq: 0,
             at: SystemTime::now(),
@@ -79,50 +163,26 @@ impl EventLog {
             message,
             cause,
         };
-        let n = self.appended.fetch_add(1, Ordering::Relaxed);
-        let seq = match self.append(&event, n).await {
-            Ok(seq) => seq,
-            Err(e) => {
-                tracing::error!(error = %e, kind = %kind, "could not store the event; it is only in this log");
-                return None;
-            }
-        };
+        PreparedEvent { event, key, n }
+    }
+
+    /// After the transaction that wrote `event` committed: logs and counts it, and trims
+    /// the history when it is this append's turn.
+    pub async fn written(&self, event: PreparedEvent) {
+        self.log(&event.event);
+        let kind = event.event.kind;
         metrics::counter!("meridian_control_events_total", "kind" => kind.as_str()).increment(1);
         let limit = self.state.borrow().config.value.event_history_limit();
-        if n.is_multiple_of(trim_every(limit))
+        let stored = self.stored.fetch_add(1, Ordering::Relaxed);
+        if stored.is_multiple_of(trim_every(limit))
             && let Err(e) = self.trim(limit).await
         {
             tracing::warn!(error = %e, "could not trim the event history to {limit} events; a later event will try again");
         }
-        Some(seq)
     }
 
-    /// Puts `event` under a new key; returns the revision that created it.
-    async fn append(&self, event: &Event, n: u64) -> Result<u64, StoreError> {
-        let value = keys::encode(event);
-        for _ in 0..RECORD_ATTEMPTS {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
-            let key = self.keys.key(
-                keys::Kind::Event,
-                &format!("{nanos:020}-{}-{n}", self.writer),
-            );
-            let txn = Txn::new()
-                .when(Compare::ModRevision {
-                    key: key.clone(),
-                    revision: 0,
-                })
-                .put(key, value.clone());
-            let result = self.store.txn(txn).await?;
-            if result.succeeded {
-                return Ok(seq_of(result.revision));
-            }
-        }
-        Err(StoreError::Rejected(format!(
-            "every event key tried was taken ({RECORD_ATTEMPTS} attempts)"
-        )))
+    fn log(&self, event: &Event) {
+        tracing::info!(kind = %event.kind, subject = %event.subject, cause = %event.cause, "{}", event.message);
     }
 
     /// Deletes the oldest events beyond `limit`; returns how many it deleted.
@@ -134,7 +194,7 @@ impl EventLog {
             return Ok(0);
         }
         let mut kvs = listing.kvs;
-        kvs.sort_unstable_by_key(|kv| kv.create_revision);
+        kvs.sort_unstable_by_key(|kv| seq_of(kv.create_revision, append_count(&kv.key)));
         for batch in kvs[..excess].chunks(DELETE_BATCH) {
             let txn = batch
                 .iter()
@@ -163,7 +223,7 @@ impl EventLog {
     /// sequence number taken from the revision that created it.
     pub fn decode(&self, kv: &KeyValue) -> Result<Event, DecodeError> {
         let mut event: Event = keys::decode(&kv.key, &kv.value)?;
-        event.seq = seq_of(kv.create_revision);
+        event.seq = seq_of(kv.create_revision, append_count(&kv.key));
         Ok(event)
     }
 
@@ -186,9 +246,21 @@ fn trim_every(limit: u64) -> u64 {
     (limit / 10).max(1)
 }
 
+/// The sequence number of the event that a log's `n`th append wrote at `revision`.
 /// Revisions start at 1, so every stored event's is positive.
-fn seq_of(revision: Revision) -> u64 {
-    u64::try_from(revision).unwrap_or(0)
+fn seq_of(revision: Revision, n: u64) -> u64 {
+    let revision = u64::try_from(revision).unwrap_or(0);
+    revision * SEQ_PER_REVISION + n % SEQ_PER_REVISION
+}
+
+/// The append count `n` in an event key `{nanos}-{writer}-{n}`; 0 for the keys of earlier
+/// builds (`{seq:020}`), one per revision.
+fn append_count(key: &str) -> u64 {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    match name.rsplitn(3, '-').collect::<Vec<_>>()[..] {
+        [n, _writer, _nanos] => n.parse().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,4 +269,22 @@ pub enum EventReadError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_of_one_revision_get_distinct_ordered_numbers() {
+        let dir = "/meridian/v1/events/";
+        let key = |n: u64| format!("{dir}01764470000000000000-a1b2c3d4-{n}");
+        assert_eq!(append_count(&key(0)), 0);
+        assert_eq!(append_count(&key(1234)), 1234);
+        assert_eq!(seq_of(42, append_count(&key(7))), 42_007);
+        assert_eq!(seq_of(42, append_count(&key(1007))), 42_007);
+        assert!(seq_of(42, append_count(&key(999))) < seq_of(43, 0));
+        // Earlier builds' keys: one event per revision.
+        assert_eq!(append_count(&format!("{dir}00000000000000000042")), 0);
+    }
 }

@@ -9,7 +9,7 @@
 //! {prefix}v1/services/{name}      ServicePolicy
 //! {prefix}v1/failover/{service}   ActiveFailover
 //! {prefix}v1/config               DynamicConfig
-//! {prefix}v1/events/{nanos:020}-{writer}-{n}  Event; its seq is the key's create revision
+//! {prefix}v1/events/{nanos:020}-{writer}-{n}  Event; its seq is the key's create revision × 1000 + n mod 1000
 //! {prefix}v1/proxies/{replica}/{proxy}  ProxyStatus, attached to the replica's lease
 //! {prefix}v1/load/{replica}       LoadSummary: the load reports one replica received,
 //!                                  attached to the replica's lease

@@ -1,5 +1,5 @@
 //! `WatchEvents`: the stored history from a sequence number, then (with `follow`) new
-//! events as the store reports them, filtered by kind. Sequence numbers are store
+//! events as the store reports them, filtered by kind. Sequence numbers follow store
 //! revisions (see [`crate::events`]), so the watch, which reports changes in revision
 //! order, continues the history in order.
 

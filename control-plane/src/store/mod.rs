@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod etcd_access;
 pub mod etcd_keepers;
 pub mod etcd_rotation;
+pub mod group_commit;
 
 use std::pin::Pin;
 

@@ -44,6 +44,11 @@ pub struct TopologyState {
     pub failovers: BTreeMap<String, Stored<ActiveFailover>>,
     /// Absent from the store: defaults, with mod-revision 0.
     pub config: Stored<DynamicConfig>,
+    /// How many of `nodes` each federation has, kept by [`Self::apply`] and
+    /// [`Self::from_listing`] so that a registration checks its federation's node limit
+    /// without walking every node (a state whose `nodes` are filled in by hand, as some
+    /// tests do, counts none).
+    node_counts: BTreeMap<String, usize>,
 }
 
 impl TopologyState {
@@ -91,7 +96,13 @@ impl TopologyState {
         match kind {
             Kind::Federation => drop(self.federations.insert(name, stored(kv)?)),
             Kind::Region => drop(self.regions.insert(name, stored(kv)?)),
-            Kind::Node => drop(self.nodes.insert(name, stored(kv)?)),
+            Kind::Node => {
+                let node: Stored<Node> = stored(kv)?;
+                self.count_node(&node.value.federation, 1);
+                if let Some(old) = self.nodes.insert(name, node) {
+                    self.count_node(&old.value.federation, -1);
+                }
+            }
             Kind::Liveness => drop(self.liveness.insert(name, stored(kv)?)),
             Kind::Service => drop(self.services.insert(name, stored(kv)?)),
             Kind::Failover => drop(self.failovers.insert(name, stored(kv)?)),
@@ -114,11 +125,28 @@ impl TopologyState {
         match kind {
             Kind::Federation => drop(self.federations.remove(name)),
             Kind::Region => drop(self.regions.remove(name)),
-            Kind::Node => drop(self.nodes.remove(name)),
+            Kind::Node => {
+                if let Some(old) = self.nodes.remove(name) {
+                    self.count_node(&old.value.federation, -1);
+                }
+            }
             Kind::Liveness => drop(self.liveness.remove(name)),
             Kind::Service => drop(self.services.remove(name)),
             Kind::Failover => drop(self.failovers.remove(name)),
             Kind::Event | Kind::Proxy | Kind::Load | Kind::Scaling => {}
+        }
+    }
+
+    /// How many nodes `federation` has.
+    pub fn nodes_in(&self, federation: &str) -> usize {
+        self.node_counts.get(federation).copied().unwrap_or(0)
+    }
+
+    fn count_node(&mut self, federation: &str, change: isize) {
+        let count = self.node_counts.entry(federation.to_owned()).or_default();
+        *count = count.saturating_add_signed(change);
+        if *count == 0 {
+            self.node_counts.remove(federation);
         }
     }
 
@@ -156,4 +184,62 @@ fn stored<T: DeserializeOwned>(kv: &KeyValue) -> Result<Stored<T>, DecodeError> 
         value: keys::decode(&kv.key, &kv.value)?,
         mod_revision: kv.mod_revision,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_put(keys: &Keys, id: &str, federation: &str, revision: Revision) -> WatchEvent {
+        let node = Node {
+            id: id.into(),
+            federation: federation.into(),
+            ..Default::default()
+        };
+        WatchEvent::Put(KeyValue {
+            key: keys.key(Kind::Node, id),
+            value: keys::encode(&node),
+            create_revision: revision,
+            mod_revision: revision,
+            lease: 0,
+        })
+    }
+
+    #[test]
+    fn node_counts_follow_puts_moves_and_deletes() {
+        let keys = Keys::new("/meridian/");
+        let listing = Listing {
+            kvs: vec![match node_put(&keys, "a", "prod", 1) {
+                WatchEvent::Put(kv) => kv,
+                WatchEvent::Delete { .. } => unreachable!(),
+            }],
+            revision: 1,
+        };
+        let (mut state, errors) = TopologyState::from_listing(&keys, &listing);
+        assert!(errors.is_empty());
+        assert_eq!(state.nodes_in("prod"), 1);
+
+        state.apply(
+            &keys,
+            &[
+                node_put(&keys, "b", "prod", 2),
+                node_put(&keys, "c", "staging", 2),
+                // Written again: still one node.
+                node_put(&keys, "a", "prod", 3),
+            ],
+        );
+        assert_eq!((state.nodes_in("prod"), state.nodes_in("staging")), (2, 1));
+
+        // Moved to another federation.
+        state.apply(&keys, &[node_put(&keys, "b", "staging", 4)]);
+        assert_eq!((state.nodes_in("prod"), state.nodes_in("staging")), (1, 2));
+
+        let delete = |id: &str, revision| WatchEvent::Delete {
+            key: keys.key(Kind::Node, id),
+            mod_revision: revision,
+        };
+        state.apply(&keys, &[delete("a", 5), delete("c", 5), delete("gone", 5)]);
+        assert_eq!((state.nodes_in("prod"), state.nodes_in("staging")), (0, 1));
+        assert_eq!(state.nodes_in("nowhere"), 0);
+    }
 }

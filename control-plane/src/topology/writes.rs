@@ -4,7 +4,9 @@
 //! and the write is retried from a fresh read. Refused writes change nothing. Node
 //! registration, the one write that comes in bulk, takes its first read from the followed
 //! state instead (no store round trip); the same compares guard it, so a stale view only
-//! costs a retry that reads the store.
+//! costs a retry that reads the store. A registration writes its event in the node's
+//! transaction, and registrations waiting for the store at the same moment are committed
+//! as one transaction ([`GroupCommit`]), each still answered by its own compares.
 //!
 //! The limits come from the dynamic configuration, read with the rest and fenced on too.
 //! Counts (nodes, regions, services per federation) come from the followed state, which
@@ -24,8 +26,9 @@ use serde::de::DeserializeOwned;
 use super::state::{Liveness, Stored, TopologyState};
 use super::validate::{self, Invalid};
 use crate::dynconfig::DynamicConfig;
-use crate::events::EventLog;
+use crate::events::{EventLog, PreparedEvent};
 use crate::keys::{self, DecodeError, Keys, Kind};
+use crate::store::group_commit::GroupCommit;
 use crate::store::{Compare, LeaseId, Store, StoreError, Txn};
 
 /// Attempts before a write that keeps racing other writes gives up.
@@ -80,13 +83,31 @@ impl StatusChange {
 #[derive(Clone)]
 pub struct TopologyWriter {
     store: Arc<dyn Store>,
+    /// Commits registrations, which come in bulk, several to a transaction.
+    group: GroupCommit,
     keys: Keys,
     events: EventLog,
+}
+
+/// How a write's transaction reaches the store.
+#[derive(Debug, Clone, Copy)]
+enum Commit {
+    Alone,
+    Grouped,
+}
+
+/// What a registration did.
+enum Registered {
+    /// The node was already registered with this spec.
+    Unchanged(Node),
+    /// The node was written, with this event.
+    Written(PreparedEvent),
 }
 
 impl TopologyWriter {
     pub fn new(store: Arc<dyn Store>, keys: Keys, events: EventLog) -> Self {
         TopologyWriter {
+            group: GroupCommit::new(Arc::clone(&store)),
             store,
             keys,
             events,
@@ -245,7 +266,8 @@ impl TopologyWriter {
     // === nodes ===
 
     /// Registers a node by hand (no lease). The same spec again is a no-op; a different
-    /// spec is refused unless `replace`.
+    /// spec is refused unless `replace`. The event is written with the node, and the write
+    /// may share its transaction with other registrations ([`GroupCommit`]).
     pub async fn register_node(
         &self,
         node: Node,
@@ -255,8 +277,8 @@ impl TopologyWriter {
         let node = fresh(node, RegistrationKind::Operator);
         let key = self.keys.key(Kind::Node, &node.id);
         let mut first_attempt = true;
-        let unchanged_spec = self
-            .retry(|| {
+        let registered = self
+            .retry_via(Commit::Grouped, || {
                 let from_state = std::mem::take(&mut first_attempt);
                 let (node, key) = (&node, &key);
                 async move {
@@ -277,44 +299,46 @@ impl TopologyWriter {
                     self.room_for_node(node, &limits(&config))?;
                     if let Some(old) = &existing {
                         if same_spec(&old.value, node) {
-                            return Ok((Txn::new(), Some(old.value.clone())));
+                            return Ok((Txn::new(), Registered::Unchanged(old.value.clone())));
                         }
                         if !replace {
                             return Err(duplicate(old));
                         }
                     }
+                    let event = self.events.prepare(
+                        EventKind::NodeRegistered,
+                        format!("node/{}", node.id),
+                        format!(
+                            "registered at {} serving {}",
+                            node.address,
+                            node.services.join(", ")
+                        ),
+                        actor.to_owned(),
+                    );
                     let txn = self
                         .placement_unchanged(node, &config, federation.as_ref(), region.as_ref())
                         .when(unchanged(key, existing.as_ref()))
                         .put(key, keys::encode(node))
                         .delete(self.keys.key(Kind::Liveness, &node.id));
-                    Ok((txn, None))
+                    Ok((event.written_by(txn), Registered::Written(event)))
                 }
             })
             .await?;
-        if let Some(existing) = unchanged_spec {
-            return Ok(existing);
+        match registered {
+            Registered::Unchanged(existing) => Ok(existing),
+            Registered::Written(event) => {
+                self.events.written(event).await;
+                Ok(node)
+            }
         }
-        let message = format!(
-            "registered at {} serving {}",
-            node.address,
-            node.services.join(", ")
-        );
-        self.event(
-            EventKind::NodeRegistered,
-            format!("node/{}", node.id),
-            message,
-            actor,
-        )
-        .await;
-        Ok(node)
     }
 
-    /// Registers a node that announced itself, binding its liveness to `lease`. Refused
-    /// when another live registration holds the id with a different spec.
     /// Registers a node for `owner` (the credential's actor name) with its liveness on
     /// `lease`. A node an operator registered, or one whose live lease another credential
-    /// holds, is refused: a node credential cannot take over someone else's node.
+    /// holds, is refused: a node credential cannot take over someone else's node. Refused
+    /// too when another live registration holds the id with a different spec. The event
+    /// is written with the node, and the write may share its transaction with other
+    /// registrations ([`GroupCommit`]).
     pub async fn register_self(
         &self,
         node: Node,
@@ -331,44 +355,44 @@ impl TopologyWriter {
             registered_at: SystemTime::now(),
             owner: owner.to_owned(),
         };
-        self.retry(|| async {
-            let (config, federation, region) = self.placement(&node).await?;
-            validate::node(
-                &node,
-                federation.as_ref().map(|f| &f.value),
-                region.as_ref().map(|r| &r.value),
-                &limits(&config),
-            )?;
-            self.room_for_node(&node, &limits(&config))?;
-            let existing = self.read::<Node>(Kind::Node, &node.id).await?;
-            let live = self.read::<Liveness>(Kind::Liveness, &node.id).await?;
-            if let Some(old) = &existing {
-                check_self_owned(old, live.as_ref(), owner)?;
-                if live.is_some() && !same_spec(&old.value, &node) {
-                    return Err(duplicate(old));
+        let event = self
+            .retry_via(Commit::Grouped, || async {
+                let (config, federation, region) = self.placement(&node).await?;
+                validate::node(
+                    &node,
+                    federation.as_ref().map(|f| &f.value),
+                    region.as_ref().map(|r| &r.value),
+                    &limits(&config),
+                )?;
+                self.room_for_node(&node, &limits(&config))?;
+                let existing = self.read::<Node>(Kind::Node, &node.id).await?;
+                let live = self.read::<Liveness>(Kind::Liveness, &node.id).await?;
+                if let Some(old) = &existing {
+                    check_self_owned(old, live.as_ref(), owner)?;
+                    if live.is_some() && !same_spec(&old.value, &node) {
+                        return Err(duplicate(old));
+                    }
                 }
-            }
-            let txn = self
-                .placement_unchanged(&node, &config, federation.as_ref(), region.as_ref())
-                .when(unchanged(&key, existing.as_ref()))
-                .when(unchanged(&liveness_key, live.as_ref()))
-                .put(&key, keys::encode(&node))
-                .put_with_lease(&liveness_key, keys::encode(&liveness), lease);
-            Ok((txn, ()))
-        })
-        .await?;
-        let message = format!(
-            "self-registered at {} serving {} (lease {lease}, ttl {ttl_seconds}s)",
-            node.address,
-            node.services.join(", ")
-        );
-        self.event(
-            EventKind::NodeRegistered,
-            format!("node/{}", node.id),
-            message,
-            owner,
-        )
-        .await;
+                let event = self.events.prepare(
+                    EventKind::NodeRegistered,
+                    format!("node/{}", node.id),
+                    format!(
+                        "self-registered at {} serving {} (lease {lease}, ttl {ttl_seconds}s)",
+                        node.address,
+                        node.services.join(", ")
+                    ),
+                    owner.to_owned(),
+                );
+                let txn = self
+                    .placement_unchanged(&node, &config, federation.as_ref(), region.as_ref())
+                    .when(unchanged(&key, existing.as_ref()))
+                    .when(unchanged(&liveness_key, live.as_ref()))
+                    .put(&key, keys::encode(&node))
+                    .put_with_lease(&liveness_key, keys::encode(&liveness), lease);
+                Ok((event.written_by(txn), event))
+            })
+            .await?;
+        self.events.written(event).await;
         Ok(node)
     }
 
@@ -733,14 +757,30 @@ impl TopologyWriter {
     /// Builds and commits a transaction, rebuilding from fresh reads when it lost a race;
     /// returns what the successful build said. An empty transaction means "nothing to
     /// write".
-    async fn retry<T, F, Fut>(&self, mut build: F) -> Result<T, WriteError>
+    async fn retry<T, F, Fut>(&self, build: F) -> Result<T, WriteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(Txn, T), WriteError>>,
+    {
+        self.retry_via(Commit::Alone, build).await
+    }
+
+    /// [`Self::retry`], committing `via` the store alone or grouped with other writes.
+    async fn retry_via<T, F, Fut>(&self, via: Commit, mut build: F) -> Result<T, WriteError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(Txn, T), WriteError>>,
     {
         for _ in 0..WRITE_ATTEMPTS {
             let (txn, outcome) = build().await?;
-            if txn.ops.is_empty() || self.store.txn(txn).await?.succeeded {
+            if txn.ops.is_empty() {
+                return Ok(outcome);
+            }
+            let result = match via {
+                Commit::Alone => self.store.txn(txn).await?,
+                Commit::Grouped => self.group.txn(txn).await?,
+            };
+            if result.succeeded {
                 return Ok(outcome);
             }
         }
@@ -847,10 +887,11 @@ impl TopologyWriter {
     /// replacing a node already counted never does.
     fn room_for_node(&self, node: &Node, limits: &TopologyLimits) -> Result<(), WriteError> {
         let others = self.count(|s| {
-            s.nodes
-                .values()
-                .filter(|n| n.value.federation == node.federation && n.value.id != node.id)
-                .count()
+            let counted = s
+                .nodes
+                .get(&node.id)
+                .is_some_and(|n| n.value.federation == node.federation);
+            s.nodes_in(&node.federation) - usize::from(counted)
         });
         validate::room_for_one_more(
             "node.federation",
