@@ -108,7 +108,9 @@ fn in_flight_mean(load: &NodeLoad, now: SystemTime) -> f64 {
 }
 
 /// A node's utilisation, percent: ORCA application utilisation when the node reports
-/// it (above 0), else ORCA cpu utilisation, else in-flight over its capacity; `None`
+/// it (above 0), else ORCA cpu utilisation (above 0), else in-flight over its capacity,
+/// else 0 when the node sends ORCA reports with both at 0 (an idle node: proto3 cannot
+/// tell 0 from absent, and an idle service must still be able to scale down); `None`
 /// when none of these is known.
 pub fn node_utilization(load: &NodeLoad, capacity: u32, now: SystemTime) -> Option<f64> {
     if let Some(orca) = load.orca {
@@ -119,7 +121,10 @@ pub fn node_utilization(load: &NodeLoad, capacity: u32, now: SystemTime) -> Opti
             return Some(orca.sample.cpu_utilization * 100.0);
         }
     }
-    (capacity > 0).then(|| in_flight_mean(load, now) / f64::from(capacity) * 100.0)
+    if capacity > 0 {
+        return Some(in_flight_mean(load, now) / f64::from(capacity) * 100.0);
+    }
+    load.orca.map(|_| 0.0)
 }
 
 /// One service's load (or one region's share of it) from its nodes' loads.

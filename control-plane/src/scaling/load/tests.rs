@@ -228,6 +228,19 @@ fn orca_utilisation_wins_over_in_flight_and_application_over_cpu() {
 }
 
 #[test]
+fn an_idle_node_reporting_orca_zeros_is_at_zero_utilisation() {
+    let mut window = LoadWindow::new(Duration::from_secs(60));
+    let mut idle = endpoint("n1", 10, 1_000);
+    idle.orca = Some(pb::OrcaSummary {
+        reports: 10,
+        ..Default::default()
+    });
+    record(&mut window, &report("p1", vec![idle]), t(5));
+    let nodes = window.nodes(t(5));
+    assert_eq!(merge::node_utilization(&nodes[0], 0, t(5)), Some(0.0));
+}
+
+#[test]
 fn a_summary_without_trailers_is_no_orca_measurement() {
     let mut e = endpoint("n1", 10, 1_000);
     e.orca = Some(pb::OrcaSummary {
