@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::auth::Admin;
 use super::output::{self, Table, text_cell};
 use super::{CtlError, Output};
+use crate::scaling::record::decision_json;
 
 #[derive(Debug, Subcommand)]
 pub enum ScalingCommand {
@@ -457,36 +458,6 @@ fn print_decision(decision: &pb::ScalingDecision, format: Output) -> Result<(), 
             output::emit(&text)
         }
     }
-}
-
-fn decision_json(d: &pb::ScalingDecision) -> Value {
-    let metrics: Vec<Value> = d
-        .metrics
-        .iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "current": m.current,
-                "target": m.target,
-                "forecast": m.forecast,
-                "recommended_nodes": m.recommended_nodes,
-            })
-        })
-        .collect();
-    json!({
-        "service": d.service,
-        "current_nodes": d.current_nodes,
-        "desired_nodes": d.desired_nodes,
-        "utilization_percent": d.utilization_percent,
-        "reason": d.reason,
-        "source": d.source,
-        "decided_by": d.decided_by,
-        "decided_at": output::timestamp_json(d.decided_at.as_ref()),
-        "rule": d.rule,
-        "metrics": metrics,
-        "outcome": d.outcome,
-        "outcome_detail": d.outcome_detail,
-    })
 }
 
 fn service_json(s: &pb::ServiceScaling) -> Value {

@@ -104,6 +104,38 @@ impl Decision {
     }
 }
 
+/// A decision as JSON: what `meridianctl -o json` prints and what actuators receive.
+pub fn decision_json(d: &pb::ScalingDecision) -> serde_json::Value {
+    let timestamp = |at: Option<&prost_types::Timestamp>| at.map(ToString::to_string);
+    let metrics: Vec<serde_json::Value> = d
+        .metrics
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "current": m.current,
+                "target": m.target,
+                "forecast": m.forecast,
+                "recommended_nodes": m.recommended_nodes,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "service": d.service,
+        "current_nodes": d.current_nodes,
+        "desired_nodes": d.desired_nodes,
+        "utilization_percent": d.utilization_percent,
+        "reason": d.reason,
+        "source": d.source,
+        "decided_by": d.decided_by,
+        "decided_at": timestamp(d.decided_at.as_ref()),
+        "rule": d.rule,
+        "metrics": metrics,
+        "outcome": d.outcome,
+        "outcome_detail": d.outcome_detail,
+    })
+}
+
 impl From<&Decision> for pb::ScalingDecision {
     fn from(d: &Decision) -> Self {
         pb::ScalingDecision {

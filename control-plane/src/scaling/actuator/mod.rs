@@ -13,13 +13,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use meridian_proto::v1 as pb;
 use meridian_shared::domain::{EventKind, ScalingActuator};
 use meridian_shared::tls::ClientTls;
 use serde_json::json;
 
 pub use allowlist::{Allowlist, NotAllowed};
 
-use super::record::{Decision, Outcome, Records};
+use super::record::{Decision, Outcome, Records, decision_json};
 use crate::events::EventLog;
 use crate::store::Compare;
 
@@ -30,36 +31,12 @@ pub enum Actuation {
     Failed(String),
 }
 
-/// The decision as the actuator receives it (exec: stdin; webhook: the body).
+/// The decision as the actuator receives it (exec: stdin; webhook: the body): what
+/// `meridianctl -o json` shows of it, plus its number (`decision`).
 pub fn payload(decision: &Decision) -> Vec<u8> {
-    let decided_at = prost_types::Timestamp::from(decision.decided_at).to_string();
-    let metrics: Vec<_> = decision
-        .metrics
-        .iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "current": m.current,
-                "target": m.target,
-                "forecast": m.forecast,
-                "recommended_nodes": m.recommended_nodes,
-            })
-        })
-        .collect();
-    serde_json::to_vec(&json!({
-        "service": decision.service,
-        "current_nodes": decision.current_nodes,
-        "desired_nodes": decision.desired_nodes,
-        "utilization_percent": decision.utilization_percent,
-        "reason": decision.reason,
-        "source": decision.source.as_str(),
-        "decided_by": decision.decided_by,
-        "decided_at": decided_at,
-        "rule": decision.rule,
-        "metrics": metrics,
-        "decision": decision.seq,
-    }))
-    .expect("JSON values always serialize")
+    let mut json = decision_json(&pb::ScalingDecision::from(decision));
+    json["decision"] = json!(decision.seq);
+    serde_json::to_vec(&json).expect("JSON values always serialize")
 }
 
 /// The allowed actuators and which services have an actuation running in this process.
