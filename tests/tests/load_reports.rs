@@ -79,15 +79,15 @@ async fn a_real_control_plane_receives_the_proxys_load_reports_at_its_interval()
         .cp
         .metric("meridian_control_load_reports_total")
         .await;
-    let reports = eventually(Duration::from_secs(10), "ten more load reports", || async {
+    // At the 5 s default two reports at most would come in the deadline.
+    eventually(Duration::from_secs(10), "ten more load reports", || async {
         let now = cluster
             .cp
             .metric("meridian_control_load_reports_total")
             .await;
-        (now >= before + 10.0).then_some(now)
+        (now >= before + 10.0).then_some(())
     })
     .await;
-    assert!(reports >= 11.0, "{reports} reports");
 }
 
 /// A routing-discovery server that serves one table and records the load reports.
@@ -335,7 +335,13 @@ async fn reports_carry_each_nodes_calls_errors_latency_and_orca_utilisation() {
         "RouteMessage calls are reported under MessageHandler, with the ORCA report from the reply's metadata: {totals:?}"
     );
 
+    // Reports follow the 200 ms the server asked for: three within 2 s (at the 5 s
+    // default at most one more would come).
     let reports_handle = reports;
+    eventually(Duration::from_secs(2), "three reports", || async {
+        (reports_handle.lock().unwrap().len() >= 3).then_some(())
+    })
+    .await;
     let reports = reports_handle.lock().unwrap().clone();
     let first = &reports[0];
     assert_eq!(
@@ -345,11 +351,6 @@ async fn reports_carry_each_nodes_calls_errors_latency_and_orca_utilisation() {
             first.region.as_str()
         ),
         ("proxy-eu", "prod", "eu-west")
-    );
-    assert!(
-        reports.len() >= 3,
-        "reports follow the 200 ms the server asked for: {} reports",
-        reports.len()
     );
     let with_calls = reports
         .iter()
