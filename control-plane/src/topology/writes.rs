@@ -275,52 +275,26 @@ impl TopologyWriter {
         actor: &str,
     ) -> Result<Node, WriteError> {
         let node = fresh(node, RegistrationKind::Operator);
-        let key = self.keys.key(Kind::Node, &node.id);
         let mut first_attempt = true;
         let registered = self
             .retry_via(Commit::Grouped, || {
                 let from_state = std::mem::take(&mut first_attempt);
-                let (node, key) = (&node, &key);
+                let node = &node;
                 async move {
-                    let ((config, federation, region), existing) = if from_state {
-                        self.placement_seen(node)
-                    } else {
-                        (
-                            self.placement(node).await?,
-                            self.read::<Node>(Kind::Node, &node.id).await?,
-                        )
-                    };
-                    validate::node(
-                        node,
-                        federation.as_ref().map(|f| &f.value),
-                        region.as_ref().map(|r| &r.value),
-                        &limits(&config),
-                    )?;
-                    self.room_for_node(node, &limits(&config))?;
-                    if let Some(old) = &existing {
-                        if same_spec(&old.value, node) {
-                            return Ok((Txn::new(), Registered::Unchanged(old.value.clone())));
+                    if from_state {
+                        let (placement, existing) = self.placement_seen(node);
+                        let planned =
+                            self.plan_registration(node, placement, existing, replace, actor);
+                        if let Ok(write @ (_, Registered::Written(_))) = planned {
+                            return Ok(write);
                         }
-                        if !replace {
-                            return Err(duplicate(old));
-                        }
+                        // The followed state may not have caught up with a write this
+                        // caller just made (its federation, its region): a refusal or a
+                        // no-op is decided on what the store holds.
                     }
-                    let event = self.events.prepare(
-                        EventKind::NodeRegistered,
-                        format!("node/{}", node.id),
-                        format!(
-                            "registered at {} serving {}",
-                            node.address,
-                            node.services.join(", ")
-                        ),
-                        actor.to_owned(),
-                    );
-                    let txn = self
-                        .placement_unchanged(node, &config, federation.as_ref(), region.as_ref())
-                        .when(unchanged(key, existing.as_ref()))
-                        .put(key, keys::encode(node))
-                        .delete(self.keys.key(Kind::Liveness, &node.id));
-                    Ok((event.written_by(txn), Registered::Written(event)))
+                    let placement = self.placement(node).await?;
+                    let existing = self.read::<Node>(Kind::Node, &node.id).await?;
+                    self.plan_registration(node, placement, existing, replace, actor)
                 }
             })
             .await?;
@@ -822,6 +796,50 @@ impl TopologyWriter {
         Ok((config, federation, region))
     }
 
+    /// The transaction that registers `node` by hand over `existing`, given its
+    /// placement; nothing to write when the same spec is already registered.
+    fn plan_registration(
+        &self,
+        node: &Node,
+        (config, federation, region): Placement,
+        existing: Option<Stored<Node>>,
+        replace: bool,
+        actor: &str,
+    ) -> Result<(Txn, Registered), WriteError> {
+        validate::node(
+            node,
+            federation.as_ref().map(|f| &f.value),
+            region.as_ref().map(|r| &r.value),
+            &limits(&config),
+        )?;
+        self.room_for_node(node, &limits(&config))?;
+        if let Some(old) = &existing {
+            if same_spec(&old.value, node) {
+                return Ok((Txn::new(), Registered::Unchanged(old.value.clone())));
+            }
+            if !replace {
+                return Err(duplicate(old));
+            }
+        }
+        let event = self.events.prepare(
+            EventKind::NodeRegistered,
+            format!("node/{}", node.id),
+            format!(
+                "registered at {} serving {}",
+                node.address,
+                node.services.join(", ")
+            ),
+            actor.to_owned(),
+        );
+        let key = self.keys.key(Kind::Node, &node.id);
+        let txn = self
+            .placement_unchanged(node, &config, federation.as_ref(), region.as_ref())
+            .when(unchanged(&key, existing.as_ref()))
+            .put(&key, keys::encode(node))
+            .delete(self.keys.key(Kind::Liveness, &node.id));
+        Ok((event.written_by(txn), Registered::Written(event)))
+    }
+
     /// What [`Self::placement`] and a read of the node's record would return, as this
     /// replica's followed state has them.
     fn placement_seen(&self, node: &Node) -> (Placement, Option<Stored<Node>>) {
@@ -990,4 +1008,73 @@ fn duplicate(existing: &Stored<Node>) -> WriteError {
             old.services.join(",")
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::topology::follower::StateFollower;
+
+    /// A writer whose followed state is never updated: it only ever sees an empty
+    /// topology, like a replica whose watch has not yet delivered the caller's last write.
+    fn writer_with_a_state_that_lags() -> TopologyWriter {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
+        let keys = Keys::new("/meridian/");
+        let (_follower, state) = StateFollower::new(Arc::clone(&store), keys.clone());
+        let events = EventLog::new(Arc::clone(&store), keys.clone(), state);
+        TopologyWriter::new(store, keys, events)
+    }
+
+    #[tokio::test]
+    async fn a_node_registers_into_a_federation_the_followed_state_has_not_seen_yet() {
+        let writer = writer_with_a_state_that_lags();
+        writer
+            .upsert_federation(Federation {
+                name: "prod".into(),
+                allowed_networks: vec!["127.0.0.0/8".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("creating the federation");
+        writer
+            .upsert_region(
+                Region {
+                    name: "eu-west".into(),
+                    federation: "prod".into(),
+                    zones: vec!["eu-west-a".into()],
+                    ..Default::default()
+                },
+                "test",
+            )
+            .await
+            .expect("creating the region");
+        let node = Node {
+            id: "eu-1".into(),
+            address: "127.0.0.1:7001".into(),
+            federation: "prod".into(),
+            region: "eu-west".into(),
+            zone: "eu-west-a".into(),
+            services: vec!["echo.Echo".into()],
+            ..Default::default()
+        };
+        writer
+            .register_node(node.clone(), false, "test")
+            .await
+            .expect("the store holds the federation and region: the node registers");
+        // The same spec again is a no-op, also decided on the store.
+        writer
+            .register_node(node.clone(), false, "test")
+            .await
+            .expect("registering the same spec twice is a no-op");
+        let other = Node {
+            address: "127.0.0.1:7002".into(),
+            ..node
+        };
+        let refused = writer.register_node(other, false, "test").await;
+        assert!(
+            matches!(&refused, Err(WriteError::Invalid(i)) if i.field == "node.id"),
+            "a different spec without replace is refused, got {refused:?}"
+        );
+    }
 }
