@@ -30,6 +30,7 @@ use crate::events::EventLog;
 use crate::keys::Keys;
 use crate::leader::{LeaderElection, LeaderHandle, reconcilers};
 use crate::registry::RegistryService;
+use crate::registry::held::HeldNodes;
 use crate::replica_lease::ReplicaLease;
 use crate::routing::TablePublisher;
 use crate::scaling::actuator::{Actuators, Allowlist, Execution};
@@ -167,7 +168,7 @@ impl ControlPlane {
             },
         };
         let registry = RegistryService::new(
-            Arc::clone(&parts.store),
+            parts.held.clone(),
             parts.writer.clone(),
             parts.state.clone(),
             shutdown.clone(),
@@ -238,6 +239,7 @@ struct Parts {
     tables: tokio::sync::watch::Receiver<Arc<crate::routing::Published>>,
     load: LoadAggregator,
     scaling: ScalingContext,
+    held: HeldNodes,
     #[allow(dead_code)]
     leader: LeaderHandle,
 }
@@ -296,6 +298,12 @@ impl Parts {
             autoscaler,
             shutdown.clone(),
         ));
+        let held = HeldNodes::start(
+            Arc::clone(&store),
+            writer.clone(),
+            config.replica_id.clone(),
+            shutdown.clone(),
+        );
         Ok(Parts {
             store,
             state,
@@ -305,6 +313,7 @@ impl Parts {
             tables,
             load,
             scaling,
+            held,
             leader,
         })
     }

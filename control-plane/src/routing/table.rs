@@ -234,6 +234,7 @@ mod tests {
             ttl_seconds: 10,
             registered_at: SystemTime::UNIX_EPOCH,
             owner: "node:test".into(),
+            held_by: "cp-a".into(),
         };
         s.liveness.insert("leased".into(), stored(liveness));
         s

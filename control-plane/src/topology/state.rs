@@ -20,9 +20,13 @@ pub struct Stored<T> {
     pub mod_revision: Revision,
 }
 
-/// A self-registered node's proof of life, attached to its lease.
+/// A self-registered node's proof of life. The key is attached to a store lease that the
+/// replica holding the node renews, shared by the nodes it holds with the same TTL
+/// (`crate::registry::held`); the node's own keep-alives reach only that replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Liveness {
+    /// The lease id `Register` returned: the node presents it with every keep-alive.
+    /// The key may since have moved to another replica's lease.
     pub lease: LeaseId,
     pub ttl_seconds: u32,
     pub registered_at: SystemTime,
@@ -30,6 +34,10 @@ pub struct Liveness {
     /// alive or deregister the node.
     #[serde(default)]
     pub owner: String,
+    /// The replica whose lease the key is attached to and whose memory holds the node's
+    /// keep-alive deadline; empty for a key of an earlier build (on a lease of its own).
+    #[serde(default)]
+    pub held_by: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -316,19 +316,14 @@ impl TopologyWriter {
     pub async fn register_self(
         &self,
         node: Node,
+        liveness: &Liveness,
         lease: LeaseId,
-        ttl_seconds: u32,
-        owner: &str,
     ) -> Result<Node, WriteError> {
         let node = fresh(node, RegistrationKind::SelfRegistered);
         let key = self.keys.key(Kind::Node, &node.id);
         let liveness_key = self.keys.key(Kind::Liveness, &node.id);
-        let liveness = Liveness {
-            lease,
-            ttl_seconds,
-            registered_at: SystemTime::now(),
-            owner: owner.to_owned(),
-        };
+        let owner = liveness.owner.as_str();
+        let ttl_seconds = liveness.ttl_seconds;
         let event = self
             .retry_via(Commit::Grouped, || async {
                 let (config, federation, region) = self.placement(&node).await?;
@@ -362,7 +357,7 @@ impl TopologyWriter {
                     .when(unchanged(&key, existing.as_ref()))
                     .when(unchanged(&liveness_key, live.as_ref()))
                     .put(&key, keys::encode(&node))
-                    .put_with_lease(&liveness_key, keys::encode(&liveness), lease);
+                    .put_with_lease(&liveness_key, keys::encode(liveness), lease);
                 Ok((event.written_by(txn), event))
             })
             .await?;
@@ -371,15 +366,42 @@ impl TopologyWriter {
     }
 
     /// The liveness of node `id` as the store holds it now.
-    pub async fn read_liveness(&self, id: &str) -> Result<Option<Liveness>, WriteError> {
-        Ok(self
-            .read::<Liveness>(Kind::Liveness, id)
-            .await?
-            .map(|l| l.value))
+    pub async fn read_liveness(&self, id: &str) -> Result<Option<Stored<Liveness>>, WriteError> {
+        self.read::<Liveness>(Kind::Liveness, id).await
     }
 
-    /// Removes a node and its liveness at once; revokes its lease. Returns whether it
-    /// existed.
+    /// Moves node `id`'s liveness onto `lease` as `adopted`, if it is still `current`.
+    /// Returns whether it was moved.
+    pub async fn adopt_liveness(
+        &self,
+        id: &str,
+        current: &Stored<Liveness>,
+        adopted: &Liveness,
+        lease: LeaseId,
+    ) -> Result<bool, WriteError> {
+        let key = self.keys.key(Kind::Liveness, id);
+        let txn = Txn::new()
+            .when(unchanged(&key, Some(current)))
+            .put_with_lease(&key, keys::encode(adopted), lease);
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    /// Deletes node `id`'s liveness if the store still holds exactly `held` (nobody
+    /// adopted, renewed or replaced it meanwhile): the node's keep-alives stopped. Returns
+    /// whether it was deleted.
+    pub async fn lapse_liveness(&self, id: &str, held: &Liveness) -> Result<bool, WriteError> {
+        let key = self.keys.key(Kind::Liveness, id);
+        let txn = Txn::new()
+            .when(Compare::Value {
+                key: key.clone(),
+                value: keys::encode(held),
+            })
+            .delete(&key);
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    /// Removes a node and its liveness at once (the liveness lease is shared with other
+    /// nodes, so it stays). Returns whether it existed.
     pub async fn deregister_node(&self, id: &str, actor: &str) -> Result<bool, WriteError> {
         self.deregister_node_if(id, actor, |_, _| Ok(())).await
     }
@@ -416,10 +438,10 @@ impl TopologyWriter {
     ) -> Result<bool, WriteError> {
         let key = self.keys.key(Kind::Node, id);
         let liveness_key = self.keys.key(Kind::Liveness, id);
-        let (existed, lease) = self
+        let existed = self
             .retry(|| async {
                 let Some(existing) = self.read::<Node>(Kind::Node, id).await? else {
-                    return Ok((Txn::new(), (false, None)));
+                    return Ok((Txn::new(), false));
                 };
                 let live = self.read::<Liveness>(Kind::Liveness, id).await?;
                 allowed(&existing, live.as_ref())?;
@@ -428,14 +450,9 @@ impl TopologyWriter {
                     .when(unchanged(&liveness_key, live.as_ref()))
                     .delete(&key)
                     .delete(&liveness_key);
-                Ok((txn, (true, live.map(|l| l.value.lease))))
+                Ok((txn, true))
             })
             .await?;
-        if let Some(lease) = lease
-            && let Err(e) = self.store.revoke_lease(lease).await
-        {
-            tracing::warn!(error = %e, node = id, lease, "could not revoke the node's lease; it will expire by itself");
-        }
         if existed {
             self.event(
                 EventKind::NodeDeregistered,

@@ -1,15 +1,17 @@
-//! `meridian.v1.NodeRegistry`: nodes register themselves with a lease and keep it alive.
-//! When the keep-alives stop, the store deletes the node's liveness key at the end of the
-//! TTL, the routing tables drop the node, and the leader marks it `lost`.
+//! `meridian.v1.NodeRegistry`: nodes register themselves and keep their registration
+//! alive. When the keep-alives stop for one TTL, the node's liveness key is deleted
+//! ([`held`]), the routing tables drop the node, and the leader marks it `lost`.
 //!
 //! Callers hold the `node` role ([`crate::auth`]); a node credential may register only
-//! nodes inside its scope (federation, regions, services), and a lease belongs to the
-//! credential that registered it: only that credential can keep it alive or deregister
-//! the node, and no lease other than a node's own (the leader's election lease, say) can
-//! be reached through this API.
+//! nodes inside its scope (federation, regions, services), and a registration belongs to
+//! the credential that made it: only that credential can keep it alive or deregister the
+//! node, and no lease other than a node's own (the leader's election lease, say) can be
+//! reached through this API.
+
+pub mod held;
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::time::SystemTime;
 
 use futures::Stream;
 use meridian_proto::v1 as pb;
@@ -22,14 +24,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
 use crate::errors::{store_status, write_status};
-use crate::store::{Store, StoreError};
-use crate::topology::{Liveness, StateHandle, TopologyWriter};
+use crate::topology::{Liveness, StateHandle, Stored, TopologyWriter};
+use held::{HeldNodes, KeepAliveError};
 
 /// Lease TTL bounds, in seconds.
 const TTL_RANGE: std::ops::RangeInclusive<u32> = 5..=300;
 
 pub struct RegistryService {
-    store: Arc<dyn Store>,
+    held: HeldNodes,
     writer: TopologyWriter,
     state: StateHandle,
     shutdown: Shutdown,
@@ -37,13 +39,13 @@ pub struct RegistryService {
 
 impl RegistryService {
     pub fn new(
-        store: Arc<dyn Store>,
+        held: HeldNodes,
         writer: TopologyWriter,
         state: StateHandle,
         shutdown: Shutdown,
     ) -> Self {
         RegistryService {
-            store,
+            held,
             writer,
             state,
             shutdown,
@@ -78,19 +80,20 @@ impl NodeRegistry for RegistryService {
                 )));
             }
         };
-        let lease = self
-            .store
-            .grant_lease(i64::from(ttl))
+        let lease = self.held.lease_for(ttl).await.map_err(store_status)?;
+        let liveness = Liveness {
+            lease,
+            ttl_seconds: ttl,
+            registered_at: SystemTime::now(),
+            owner: owner.actor(),
+            held_by: self.held.replica().to_owned(),
+        };
+        let id = node.id.clone();
+        self.writer
+            .register_self(node, &liveness, lease)
             .await
-            .map_err(store_status)?;
-        if let Err(e) = self
-            .writer
-            .register_self(node, lease, ttl, &owner.actor())
-            .await
-        {
-            let _ = self.store.revoke_lease(lease).await;
-            return Err(write_status(e));
-        }
+            .map_err(write_status)?;
+        self.held.hold(&id, liveness);
         metrics::counter!("meridian_control_registrations_total").increment(1);
         Ok(Response::new(pb::RegisterResponse {
             lease_id: lease,
@@ -107,7 +110,7 @@ impl NodeRegistry for RegistryService {
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let owner = auth::caller(&request)?.actor();
         let mut inbound = request.into_inner();
-        let store = Arc::clone(&self.store);
+        let held = self.held.clone();
         let leases = LeaseOwners {
             state: self.state.clone(),
             writer: self.writer.clone(),
@@ -121,19 +124,13 @@ impl NodeRegistry for RegistryService {
                     message = inbound.message() => message,
                 };
                 let Ok(Some(keep_alive)) = message else { break };
-                if let Err(refused) = leases.check(&keep_alive, &owner).await {
-                    let _ = tx.send(Err(refused)).await;
-                    break;
-                }
-                let answer = match store.keep_alive(keep_alive.lease_id).await {
-                    Ok(ttl) => Ok(pb::KeepAliveResponse {
-                        ttl_seconds: u32::try_from(ttl).unwrap_or_default(),
-                    }),
-                    Err(StoreError::LeaseNotFound(lease)) => Err(Status::not_found(format!(
-                        "lease {lease} of node {:?} expired or was revoked; register again",
-                        keep_alive.node_id
-                    ))),
-                    Err(e) => Err(store_status(e)),
+                let answer = match leases.check(&keep_alive, &owner).await {
+                    Ok(live) => held
+                        .keep_alive(&keep_alive.node_id, live)
+                        .await
+                        .map(|ttl_seconds| pb::KeepAliveResponse { ttl_seconds })
+                        .map_err(keep_alive_status),
+                    Err(refused) => Err(refused),
                 };
                 let failed = answer.is_err();
                 if tx.send(answer).await.is_err() || failed {
@@ -154,6 +151,7 @@ impl NodeRegistry for RegistryService {
             .deregister_own_node(&request.node_id, request.lease_id, &owner)
             .await
             .map_err(write_status)?;
+        self.held.release(&request.node_id);
         Ok(Response::new(pb::DeregisterResponse {}))
     }
 }
@@ -166,21 +164,27 @@ struct LeaseOwners {
 
 impl LeaseOwners {
     /// `PERMISSION_DENIED` unless `keep_alive.lease_id` is the live lease of node
-    /// `keep_alive.node_id` and `owner` registered it. The followed state answers first;
-    /// the store is asked when it disagrees (a registration this replica has not seen).
-    async fn check(&self, keep_alive: &pb::KeepAliveRequest, owner: &str) -> Result<(), Status> {
+    /// `keep_alive.node_id` and `owner` registered it; returns that liveness. The followed
+    /// state answers first; the store is asked when it disagrees (a registration this
+    /// replica has not seen).
+    async fn check(
+        &self,
+        keep_alive: &pb::KeepAliveRequest,
+        owner: &str,
+    ) -> Result<Stored<Liveness>, Status> {
         let holds = |l: &Liveness| l.lease == keep_alive.lease_id && l.owner == owner;
         let followed = self
             .state
             .borrow()
             .liveness
             .get(&keep_alive.node_id)
-            .is_some_and(|l| holds(&l.value));
-        if followed {
-            return Ok(());
+            .filter(|l| holds(&l.value))
+            .cloned();
+        if let Some(live) = followed {
+            return Ok(live);
         }
         match self.writer.read_liveness(&keep_alive.node_id).await {
-            Ok(Some(live)) if holds(&live) => Ok(()),
+            Ok(Some(live)) if holds(&live.value) => Ok(live),
             Ok(Some(_)) => Err(Status::permission_denied(format!(
                 "lease {} is not held by node {:?} for this credential; keep alive only the lease Register returned",
                 keep_alive.lease_id, keep_alive.node_id
@@ -191,5 +195,14 @@ impl LeaseOwners {
             ))),
             Err(e) => Err(write_status(e)),
         }
+    }
+}
+
+fn keep_alive_status(e: KeepAliveError) -> Status {
+    match e {
+        KeepAliveError::LeaseNotRenewed { .. } => Status::unavailable(e.to_string()),
+        KeepAliveError::Moved(_) => Status::aborted(e.to_string()),
+        KeepAliveError::Store(e) => store_status(e),
+        KeepAliveError::Write(e) => write_status(e),
     }
 }
