@@ -52,7 +52,9 @@ pub enum RequestError {
         version: u64,
     },
 
-    #[error("malformed grpc-timeout header {value:?}: expected at most 8 digits and a unit (H, M, S, m, u, n), e.g. 500m")]
+    #[error(
+        "malformed grpc-timeout header {value:?}: expected at most 8 digits and a unit (H, M, S, m, u, n), e.g. 500m"
+    )]
     MalformedTimeout { value: String },
 
     /// A request the caller must fix (a missing or malformed field, an unreadable body).
@@ -73,7 +75,9 @@ pub enum RequestError {
     )]
     OutsideRegion { region: String, home: String },
 
-    #[error("target_node {node:?} is {status} ({reason}); route without target_node or recover the node")]
+    #[error(
+        "target_node {node:?} is {status} ({reason}); route without target_node or recover the node"
+    )]
     NodeNotRoutable {
         node: String,
         status: String,
@@ -93,7 +97,9 @@ pub enum RequestError {
     #[error("node {node} has an unusable address {address:?}; re-register it with host:port")]
     UnusableAddress { node: String, address: String },
 
-    #[error("deadline exceeded after {attempts} attempt(s), waiting for node {node} of service {service}; raise the caller's timeout or the service's timeout policy")]
+    #[error(
+        "deadline exceeded after {attempts} attempt(s), waiting for node {node} of service {service}; raise the caller's timeout or the service's timeout policy"
+    )]
     DeadlineExceeded {
         node: String,
         service: String,
@@ -129,9 +135,7 @@ impl RequestError {
             | RequestError::BadRequest(_)
             | RequestError::NodeDoesNotServe { .. }
             | RequestError::OutsideRegion { .. } => Code::InvalidArgument,
-            RequestError::UnknownNode { .. } | RequestError::UnknownRegion { .. } => {
-                Code::NotFound
-            }
+            RequestError::UnknownNode { .. } | RequestError::UnknownRegion { .. } => Code::NotFound,
             RequestError::UnusableAddress { .. } => Code::Internal,
             RequestError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             RequestError::Answered(status) => status.code(),

@@ -21,13 +21,18 @@ const TRACE_HEADERS: [HeaderName; 2] = [
 
 /// When the call must end: the caller's `grpc-timeout`, capped by the policy's maximum,
 /// or the policy's default when the caller sent none; `None` for no deadline.
-pub fn deadline(headers: &HeaderMap, policy: &TimeoutPolicy) -> Result<Option<Instant>, RequestError> {
+pub fn deadline(
+    headers: &HeaderMap,
+    policy: &TimeoutPolicy,
+) -> Result<Option<Instant>, RequestError> {
     let asked = match headers.get(GRPC_TIMEOUT) {
-        Some(value) => Some(timeout::parse(value).ok_or_else(|| {
-            RequestError::MalformedTimeout {
-                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            }
-        })?),
+        Some(value) => {
+            Some(
+                timeout::parse(value).ok_or_else(|| RequestError::MalformedTimeout {
+                    value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                })?,
+            )
+        }
         None => policy.effective_default_timeout(),
     };
     let budget = match (asked, policy.effective_max_timeout()) {
@@ -102,7 +107,10 @@ mod tests {
     async fn the_callers_timeout_holds_within_the_policys_maximum() {
         let now = Instant::now();
         let at = |headers: &HeaderMap, policy: &TimeoutPolicy| deadline(headers, policy).unwrap();
-        assert_eq!(at(&with_timeout("300m"), &policy(0, 0)), Some(now + Duration::from_millis(300)));
+        assert_eq!(
+            at(&with_timeout("300m"), &policy(0, 0)),
+            Some(now + Duration::from_millis(300))
+        );
         assert_eq!(
             at(&with_timeout("10S"), &policy(0, 2_000)),
             Some(now + Duration::from_secs(2)),

@@ -349,7 +349,111 @@ fn affinity_of(
 
 #[cfg(test)]
 mod tests {
+    //! The error edge of forwarding, driven with in-memory request bodies.
+
+    use meridian_shared::domain::Node;
+
     use super::*;
+    use crate::endpoint::UpstreamTls;
+    use crate::table::{ProxyTable, TableData, TableSource};
+
+    fn call(path: &str, timeout: Option<&'static str>) -> Request<Full<Bytes>> {
+        let mut request = Request::post(path)
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        if let Some(timeout) = timeout {
+            request
+                .headers_mut()
+                .insert("grpc-timeout", http::HeaderValue::from_static(timeout));
+        }
+        request
+    }
+
+    fn identity() -> Arc<ProxyIdentity> {
+        Arc::new(ProxyIdentity {
+            id: "proxy-eu".into(),
+            ..Default::default()
+        })
+    }
+
+    /// A forwarder whose table has demo.v1.Echo on one node.
+    fn forwarder_with_a_table() -> Forwarder {
+        let mut data = TableData {
+            version: 7,
+            federation: "prod".into(),
+            ..Default::default()
+        };
+        let node = Node {
+            id: "eu-1".into(),
+            address: "127.0.0.1:1".into(),
+            services: vec!["demo.v1.Echo".into()],
+            ..Default::default()
+        };
+        data.nodes.insert("eu-1".into(), node);
+        let table = ProxyTable::build(
+            data,
+            &identity(),
+            None,
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        );
+        let handle = TableHandle::default();
+        handle.store(table);
+        Forwarder::new(handle, identity())
+    }
+
+    async fn status_of(response: Response<ProxyBody>) -> tonic::Status {
+        tonic::Status::from_header_map(response.headers()).expect("a trailers-only response")
+    }
+
+    #[tokio::test]
+    async fn calls_the_proxy_cannot_route_get_a_status_that_says_why() {
+        let without_table = Forwarder::new(TableHandle::default(), identity());
+        let status = status_of(
+            without_table
+                .forward(call("/demo.v1.Echo/Say", None), None)
+                .await,
+        )
+        .await;
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .contains("proxy proxy-eu has no routing table"),
+            "{}",
+            status.message()
+        );
+
+        let forwarder = forwarder_with_a_table();
+        let status = status_of(
+            forwarder
+                .forward(call("/other.v1.Thing/Do", None), None)
+                .await,
+        )
+        .await;
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert!(
+            status.message().contains("other.v1.Thing") && status.message().contains("version 7"),
+            "{}",
+            status.message()
+        );
+
+        let status = status_of(forwarder.forward(call("/nothing", None), None).await).await;
+        assert_eq!(status.code(), Code::Unimplemented);
+
+        let status = status_of(
+            forwarder
+                .forward(call("/demo.v1.Echo/Say", Some("soon")), None)
+                .await,
+        )
+        .await;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("\"soon\""),
+            "{}",
+            status.message()
+        );
+    }
 
     #[test]
     fn service_is_taken_from_the_method_path() {

@@ -195,7 +195,12 @@ impl<'a> RetryDriver<'a> {
     }
 
     /// The call ran out of time waiting for `endpoint`, counted in its metrics.
-    fn deadline_exceeded(&self, endpoint: &Endpoint, attempts: u32, started: Instant) -> RequestError {
+    fn deadline_exceeded(
+        &self,
+        endpoint: &Endpoint,
+        attempts: u32,
+        started: Instant,
+    ) -> RequestError {
         self.route
             .metrics_of(&endpoint.node.id)
             .record(tonic::Code::DeadlineExceeded as i32, started.elapsed());
@@ -204,5 +209,409 @@ impl<'a> RetryDriver<'a> {
             service: self.route.name.clone(),
             attempts,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver against scripted endpoints, in paused time: what each endpoint does is
+    //! written down, and the clock moves only when every task waits on it.
+
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use meridian_shared::domain::{Node, RetryPolicy, ServicePolicy};
+    use tonic::Code;
+
+    use super::*;
+    use crate::endpoint::UpstreamTls;
+    use crate::table::{ProxyIdentity, ProxyTable, TableData, TableSource};
+
+    const SERVICE: &str = "demo.v1.Echo";
+
+    /// What a scripted endpoint does with an attempt.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        /// Answers after this long.
+        Answer(Duration),
+        /// Refuses the connection: the call never reached it.
+        Refuse,
+        /// Answers UNAVAILABLE itself; `retry_safe` when the call is idempotent.
+        Unavailable { retry_safe: bool },
+        /// Never answers.
+        Hang,
+    }
+
+    /// Endpoints that follow a script, and the attempts they saw (node, number, when).
+    #[derive(Default)]
+    struct Scripted {
+        steps: HashMap<String, Step>,
+        seen: Vec<(String, u32, Instant)>,
+    }
+
+    impl Scripted {
+        fn new(steps: &[(&str, Step)]) -> Self {
+            Scripted {
+                steps: steps.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect(),
+                seen: Vec::new(),
+            }
+        }
+
+        fn nodes_seen(&self) -> Vec<&str> {
+            self.seen.iter().map(|(node, _, _)| node.as_str()).collect()
+        }
+    }
+
+    impl Attempt for &mut Scripted {
+        /// The node that answered.
+        type Answer = String;
+
+        async fn send(
+            &mut self,
+            endpoint: &Arc<Endpoint>,
+            number: u32,
+        ) -> Result<String, Failure<String>> {
+            let node = endpoint.node.id.clone();
+            self.seen.push((node.clone(), number, Instant::now()));
+            match self.steps[&node] {
+                Step::Answer(after) => {
+                    tokio::time::sleep(after).await;
+                    Ok(node)
+                }
+                Step::Refuse => Err(Failure {
+                    error: RequestError::Upstream {
+                        node,
+                        service: SERVICE.into(),
+                        attempts: number,
+                        reason: "connection refused".into(),
+                    },
+                    answer: None,
+                    retry_safe: true,
+                }),
+                Step::Unavailable { retry_safe } => Err(Failure {
+                    error: RequestError::Answered(tonic::Status::unavailable("overloaded")),
+                    answer: Some(node),
+                    retry_safe,
+                }),
+                Step::Hang => std::future::pending().await,
+            }
+        }
+    }
+
+    /// A table whose service has `nodes` and `retry` as its retry policy.
+    fn table(nodes: &[&str], retry: RetryPolicy) -> ProxyTable {
+        let mut data = TableData {
+            version: 1,
+            federation: "prod".into(),
+            ..Default::default()
+        };
+        for (i, id) in nodes.iter().enumerate() {
+            let node = Node {
+                id: (*id).to_owned(),
+                address: format!("127.0.0.1:{}", 1 + i),
+                region: "eu-west".into(),
+                zone: "eu-west-a".into(),
+                services: vec![SERVICE.into()],
+                ..Default::default()
+            };
+            data.nodes.insert((*id).to_owned(), node);
+        }
+        let policy = ServicePolicy {
+            name: SERVICE.into(),
+            retry,
+            ..Default::default()
+        };
+        data.services.insert(SERVICE.into(), policy);
+        let identity = ProxyIdentity {
+            region: "eu-west".into(),
+            zone: "eu-west-a".into(),
+            ..Default::default()
+        };
+        ProxyTable::build(
+            data,
+            &identity,
+            None,
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        )
+    }
+
+    fn route(table: &ProxyTable) -> &ServiceRoute {
+        table.service(SERVICE).expect("the service is in the table")
+    }
+
+    fn everywhere(route: &ServiceRoute) -> Candidates<'_> {
+        Candidates::Balanced {
+            balancer: &*route.all,
+            ctx: PickContext::default(),
+            scope: Scope::Federation,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_goes_on_to_nodes_it_has_not_tried_until_one_answers() {
+        for _ in 0..20 {
+            let table = table(&["a", "b", "c"], RetryPolicy::default());
+            let route = route(&table);
+            let mut script = Scripted::new(&[
+                ("a", Step::Refuse),
+                ("b", Step::Refuse),
+                ("c", Step::Answer(Duration::from_millis(5))),
+            ]);
+            let driver = RetryDriver {
+                route,
+                deadline: None,
+            };
+            let delivered = driver.run(everywhere(route), &mut script).await.unwrap();
+            assert_eq!(delivered.answer, "c");
+            assert_eq!(delivered.endpoint.node.id, "c");
+            let seen = script.nodes_seen();
+            assert_eq!(delivered.attempts as usize, seen.len());
+            let mut distinct = seen.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(
+                distinct.len(),
+                seen.len(),
+                "a node was tried twice: {seen:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_stop_at_the_policys_maximum_with_the_last_failure() {
+        let table = table(
+            &["a", "b", "c"],
+            RetryPolicy {
+                max_attempts: 2,
+                ..Default::default()
+            },
+        );
+        let route = route(&table);
+        let mut script = Scripted::new(&[
+            ("a", Step::Refuse),
+            ("b", Step::Refuse),
+            ("c", Step::Refuse),
+        ]);
+        let driver = RetryDriver {
+            route,
+            deadline: None,
+        };
+        let error = driver
+            .run(everywhere(route), &mut script)
+            .await
+            .unwrap_err();
+        assert_eq!(script.seen.len(), 2);
+        let status = error.into_status();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().contains("after 2 attempt(s)")
+                && status.message().contains("connection refused"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_pause_a_jittered_backoff_within_the_policys_ceilings() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            backoff_base_ms: 100,
+            backoff_max_ms: 150,
+            ..Default::default()
+        };
+        let mut pauses = Vec::new();
+        for _ in 0..20 {
+            let table = table(&["a", "b", "c"], policy.clone());
+            let route = route(&table);
+            let mut script = Scripted::new(&[
+                ("a", Step::Refuse),
+                ("b", Step::Refuse),
+                ("c", Step::Refuse),
+            ]);
+            let driver = RetryDriver {
+                route,
+                deadline: None,
+            };
+            driver
+                .run(everywhere(route), &mut script)
+                .await
+                .unwrap_err();
+            let at: Vec<Instant> = script.seen.iter().map(|(_, _, at)| *at).collect();
+            assert_eq!(at.len(), 3);
+            let (first, second) = (at[1] - at[0], at[2] - at[1]);
+            assert!(first <= Duration::from_millis(100), "{first:?}");
+            assert!(second <= Duration::from_millis(150), "{second:?}");
+            pauses.extend([first, second]);
+        }
+        assert!(
+            pauses.iter().any(|p| *p >= Duration::from_millis(10)),
+            "no backoff between attempts: {pauses:?}"
+        );
+        pauses.sort();
+        pauses.dedup();
+        assert!(pauses.len() > 10, "pauses are not jittered: {pauses:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_never_answers_ends_the_call_at_its_deadline() {
+        let table = table(&["a"], RetryPolicy::default());
+        let route = route(&table);
+        let mut script = Scripted::new(&[("a", Step::Hang)]);
+        let started = Instant::now();
+        let driver = RetryDriver {
+            route,
+            deadline: Some(started + Duration::from_secs(1)),
+        };
+        let error = driver
+            .run(everywhere(route), &mut script)
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        let status = error.into_status();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(
+            status.message().contains("node a of service demo.v1.Echo"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_starts_after_the_deadline_even_during_a_backoff() {
+        let table = table(
+            &["a", "b"],
+            RetryPolicy {
+                backoff_base_ms: 60_000,
+                backoff_max_ms: 60_000,
+                ..Default::default()
+            },
+        );
+        let route = route(&table);
+        let mut script = Scripted::new(&[("a", Step::Refuse), ("b", Step::Refuse)]);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(1);
+        let driver = RetryDriver {
+            route,
+            deadline: Some(deadline),
+        };
+        let error = driver
+            .run(everywhere(route), &mut script)
+            .await
+            .unwrap_err();
+        // One attempt, then either a pause cut short by the deadline or (a pause of
+        // under 1 ms) a second attempt; never a wait past the deadline.
+        assert!(Instant::now() <= deadline, "waited past the deadline");
+        assert!(script.seen.len() <= 2);
+        assert!(
+            matches!(error.code(), Code::DeadlineExceeded | Code::Unavailable),
+            "{error}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_retry_budget_stops_retries() {
+        // A floor of one retry per second and the smallest share of calls: the first call
+        // may retry once, the next one (in the same second) may not.
+        let table = table(
+            &["a", "b"],
+            RetryPolicy {
+                budget_percent: 1,
+                budget_min_per_second: 1,
+                ..Default::default()
+            },
+        );
+        let route = route(&table);
+        let driver = RetryDriver {
+            route,
+            deadline: None,
+        };
+        let mut first = Scripted::new(&[("a", Step::Refuse), ("b", Step::Refuse)]);
+        driver.run(everywhere(route), &mut first).await.unwrap_err();
+        assert_eq!(first.seen.len(), 2, "the floor pays one retry");
+        let mut second = Scripted::new(&[("a", Step::Refuse), ("b", Step::Refuse)]);
+        driver
+            .run(everywhere(route), &mut second)
+            .await
+            .unwrap_err();
+        assert_eq!(second.seen.len(), 1, "the budget is spent");
+        // Granted: the first call's retry; refused: its third attempt and the second call's.
+        assert_eq!(route.retry_budget.counts(), (1, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nodes_unavailable_answer_is_returned_as_is_when_no_retry_follows() {
+        let two_attempts = RetryPolicy {
+            max_attempts: 2,
+            ..Default::default()
+        };
+        let table = table(&["a", "b"], two_attempts);
+        let route = route(&table);
+        let driver = RetryDriver {
+            route,
+            deadline: None,
+        };
+        // Not idempotent: the node's answer goes back after one attempt.
+        let unsafe_retry = Step::Unavailable { retry_safe: false };
+        let mut script = Scripted::new(&[("a", unsafe_retry), ("b", unsafe_retry)]);
+        let delivered = driver.run(everywhere(route), &mut script).await.unwrap();
+        assert_eq!(delivered.attempts, 1);
+        assert_eq!(script.seen.len(), 1);
+        // Idempotent: retried on the other node, whose answer goes back when no attempt is
+        // left.
+        let safe_retry = Step::Unavailable { retry_safe: true };
+        let mut script = Scripted::new(&[("a", safe_retry), ("b", safe_retry)]);
+        let delivered = driver.run(everywhere(route), &mut script).await.unwrap();
+        assert_eq!(delivered.attempts, 2);
+        assert_ne!(script.seen[0].0, script.seen[1].0);
+        assert_eq!(delivered.answer, script.seen[1].0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_named_node_gets_a_single_attempt() {
+        let table = table(&["a", "b"], RetryPolicy::default());
+        let route = route(&table);
+        let driver = RetryDriver {
+            route,
+            deadline: None,
+        };
+        let mut script = Scripted::new(&[("a", Step::Refuse), ("b", Step::Refuse)]);
+        let named = table.endpoint("a").unwrap();
+        driver
+            .run(Candidates::Named(named), &mut script)
+            .await
+            .unwrap_err();
+        assert_eq!(script.nodes_seen(), ["a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_breaker_open_the_call_fails_fast_saying_so() {
+        let table = table(&["a", "b"], RetryPolicy::default());
+        let route = route(&table);
+        for endpoint in route.all.endpoints() {
+            for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+                endpoint.breaker.record_failure();
+            }
+        }
+        let driver = RetryDriver {
+            route,
+            deadline: None,
+        };
+        let mut script = Scripted::new(&[("a", Step::Refuse), ("b", Step::Refuse)]);
+        let status = driver
+            .run(everywhere(route), &mut script)
+            .await
+            .unwrap_err()
+            .into_status();
+        assert!(
+            script.seen.is_empty(),
+            "a node whose breaker is open was called"
+        );
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().contains("no usable node for service demo.v1.Echo anywhere in the federation: 2 node(s) known"),
+            "{}",
+            status.message()
+        );
     }
 }

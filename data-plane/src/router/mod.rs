@@ -88,14 +88,15 @@ impl Router {
         let table = self.table.current().ok_or_else(|| RequestError::NoTable {
             proxy: self.identity.id.clone(),
         })?;
-        let route = table
-            .service(&message.target_service)
-            .ok_or_else(|| RequestError::UnknownService {
-                service: message.target_service.clone(),
-                proxy: self.identity.id.clone(),
-                federation: table.data.federation.clone(),
-                version: table.version(),
-            })?;
+        let route =
+            table
+                .service(&message.target_service)
+                .ok_or_else(|| RequestError::UnknownService {
+                    service: message.target_service.clone(),
+                    proxy: self.identity.id.clone(),
+                    federation: table.data.federation.clone(),
+                    version: table.version(),
+                })?;
         let deadline = hop::deadline(&incoming, &route.policy.timeout)?;
         let span = hop::span("route", &route.name, &incoming);
         // The client's address is a key only for consistent hashing, and only when the
@@ -172,11 +173,12 @@ impl Router {
     ) -> Result<Candidates<'a>, RequestError> {
         let ctx = PickContext { affinity };
         if !message.target_node.is_empty() {
-            let endpoint = table.endpoint(&message.target_node).ok_or_else(|| {
-                RequestError::UnknownNode {
-                    node: message.target_node.clone(),
-                }
-            })?;
+            let endpoint =
+                table
+                    .endpoint(&message.target_node)
+                    .ok_or_else(|| RequestError::UnknownNode {
+                        node: message.target_node.clone(),
+                    })?;
             if !endpoint.node.serves(&route.name) {
                 return Err(RequestError::NodeDoesNotServe {
                     node: message.target_node.clone(),
@@ -202,13 +204,15 @@ impl Router {
             }
             self.check_region(region, message)?;
             let scope = Scope::TargetRegion(region);
-            let balancer = route.by_region.get(region).ok_or_else(|| {
-                RequestError::NoUsableNode {
-                    service: route.name.clone(),
-                    scope: scope.to_string(),
-                    known: route.known_nodes,
-                }
-            })?;
+            let balancer =
+                route
+                    .by_region
+                    .get(region)
+                    .ok_or_else(|| RequestError::NoUsableNode {
+                        service: route.name.clone(),
+                        scope: scope.to_string(),
+                        known: route.known_nodes,
+                    })?;
             return Ok(Candidates::Balanced {
                 balancer,
                 ctx,
@@ -320,17 +324,25 @@ impl Attempt for RouteAttempt<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use meridian_proto::v1::message_handler_server::{MessageHandler, MessageHandlerServer};
-    use meridian_shared::domain::{Algorithm, GeoPoint, Node, Region, ServicePolicy};
+    use meridian_shared::domain::{
+        Algorithm, GeoPoint, Node, Region, ServicePolicy, TimeoutPolicy,
+    };
 
     use super::*;
     use crate::endpoint::UpstreamTls;
     use crate::table::{TableData, TableSource};
 
     const SERVICE: &str = "demo.v1.Echo";
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    /// A node that answers every message as `us-1`.
-    struct Answering;
+    /// A node that answers every message as `us-1`, echoing the `traceparent` and
+    /// `grpc-timeout` it received in the reply's headers; or, `hanging`, never answers.
+    struct Answering {
+        hanging: bool,
+    }
 
     #[tonic::async_trait]
     impl MessageHandler for Answering {
@@ -338,27 +350,41 @@ mod tests {
             &self,
             request: Request<pb::HandleMessageRequest>,
         ) -> Result<Response<pb::HandleMessageResponse>, Status> {
+            if self.hanging {
+                std::future::pending::<()>().await;
+            }
+            let headers = ["traceparent", "grpc-timeout"]
+                .into_iter()
+                .filter_map(|name| {
+                    let value = request.metadata().get(name)?.to_str().ok()?;
+                    Some((name.to_owned(), value.to_owned()))
+                })
+                .collect();
             let message = request.into_inner().message.unwrap_or_default();
             Ok(Response::new(pb::HandleMessageResponse {
                 message_id: message.id,
                 node_id: "us-1".into(),
+                headers,
                 ..Default::default()
             }))
         }
     }
 
-    async fn answering_node() -> String {
+    async fn node_serving(handler: Answering) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(MessageHandlerServer::new(Answering))
+                .add_service(MessageHandlerServer::new(handler))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         address
     }
 
-    /// An address nothing listens on: connections to it are refused.
+    async fn answering_node() -> String {
+        node_serving(Answering { hanging: false }).await
+    }
+
     /// An address that refuses connections: a socket bound but not listening, kept by the
     /// caller so the port cannot be handed to another listener (a port merely released
     /// can be, and then the "dead" node answers).
@@ -392,11 +418,8 @@ mod tests {
         (id.to_owned(), node)
     }
 
-    /// A proxy in eu-west-a whose region's two nodes (one in its zone) are down, with
-    /// breakers still closed, and a live node in us-east; geographic routing.
-    async fn proxy_whose_region_is_down() -> (Router, [tokio::net::TcpSocket; 2]) {
-        let ((eu1, eu1_socket), (eu2, eu2_socket)) = (dead_address(), dead_address());
-        let us1 = answering_node().await;
+    /// A router in eu-west-a over `nodes`, with `policy` for the service.
+    fn router(nodes: Vec<(String, Node)>, policy: ServicePolicy) -> Router {
         let data = TableData {
             version: 1,
             federation: "prod".into(),
@@ -405,21 +428,8 @@ mod tests {
                 region("us-east", 38.9, -77.04),
             ]
             .into(),
-            nodes: [
-                node("eu-1", "eu-west", "eu-west-a", &eu1),
-                node("eu-2", "eu-west", "eu-west-b", &eu2),
-                node("us-1", "us-east", "us-east-a", &us1),
-            ]
-            .into(),
-            services: [(
-                SERVICE.to_owned(),
-                ServicePolicy {
-                    name: SERVICE.into(),
-                    algorithm: Algorithm::Geographic,
-                    ..Default::default()
-                },
-            )]
-            .into(),
+            nodes: nodes.into_iter().collect(),
+            services: [(SERVICE.to_owned(), policy)].into(),
             ..Default::default()
         };
         let identity = ProxyIdentity {
@@ -437,30 +447,49 @@ mod tests {
         );
         let handle = TableHandle::default();
         handle.store(table);
-        (
-            Router::new(handle, Arc::new(identity)),
-            [eu1_socket, eu2_socket],
-        )
+        Router::new(handle, Arc::new(identity))
+    }
+
+    fn policy() -> ServicePolicy {
+        ServicePolicy {
+            name: SERVICE.into(),
+            ..Default::default()
+        }
+    }
+
+    fn request(message: pb::FederationMessage) -> Request<pb::RouteMessageRequest> {
+        Request::new(pb::RouteMessageRequest {
+            message: Some(pb::FederationMessage {
+                id: "m1".into(),
+                target_service: SERVICE.into(),
+                ..message
+            }),
+        })
     }
 
     #[tokio::test]
     async fn a_retry_goes_to_a_node_the_call_has_not_tried() {
-        // The region's nodes refuse connections but their breakers have not opened (the
-        // first calls after a loss): with three attempts, the call must still reach us-1
-        // instead of spending its retries on the node that just failed.
-        let (router, _dead_sockets) = proxy_whose_region_is_down().await;
-        let request = || {
-            Request::new(pb::RouteMessageRequest {
-                message: Some(pb::FederationMessage {
-                    id: "m1".into(),
-                    target_service: SERVICE.into(),
-                    global_routing: true,
-                    ..Default::default()
-                }),
-            })
-        };
+        // The proxy's region's nodes refuse connections but their breakers have not
+        // opened (the first calls after a loss): with three attempts, the call must still
+        // reach us-1 instead of spending its retries on the node that just failed.
+        let ((eu1, _eu1_socket), (eu2, _eu2_socket)) = (dead_address(), dead_address());
+        let us1 = answering_node().await;
+        let router = router(
+            vec![
+                node("eu-1", "eu-west", "eu-west-a", &eu1),
+                node("eu-2", "eu-west", "eu-west-b", &eu2),
+                node("us-1", "us-east", "us-east-a", &us1),
+            ],
+            ServicePolicy {
+                algorithm: Algorithm::Geographic,
+                ..policy()
+            },
+        );
         let routed = router
-            .route_message(request())
+            .route_message(request(pb::FederationMessage {
+                global_routing: true,
+                ..Default::default()
+            }))
             .await
             .expect("us-1 can take the message")
             .into_inner();
@@ -469,6 +498,131 @@ mod tests {
         assert_eq!(
             decision.attempts, 3,
             "eu-1 (the proxy's zone), then eu-2 (its region), then us-1"
+        );
+    }
+
+    #[tokio::test]
+    async fn target_region_passes_over_a_node_whose_breaker_is_open() {
+        let (dead, _socket) = dead_address();
+        let live = answering_node().await;
+        let router = router(
+            vec![
+                node("us-0", "us-east", "us-east-a", &dead),
+                node("us-1", "us-east", "us-east-a", &live),
+            ],
+            policy(),
+        );
+        let table = router.table.current().unwrap();
+        let broken = table.endpoint("us-0").unwrap();
+        for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+            broken.breaker.record_failure();
+        }
+        for _ in 0..20 {
+            let routed = router
+                .route_message(request(pb::FederationMessage {
+                    target_region: "us-east".into(),
+                    global_routing: true,
+                    ..Default::default()
+                }))
+                .await
+                .expect("us-1 is ready")
+                .into_inner();
+            let decision = routed.decision.unwrap();
+            assert_eq!(decision.target_node, "us-1");
+            assert_eq!(decision.attempts, 1, "no attempt on the broken node");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_callers_trace_and_remaining_deadline_reach_the_node() {
+        let live = answering_node().await;
+        let router = router(vec![node("eu-1", "eu-west", "eu-west-a", &live)], policy());
+        let mut call = request(pb::FederationMessage::default());
+        call.metadata_mut()
+            .insert("traceparent", TRACEPARENT.parse().unwrap());
+        call.metadata_mut()
+            .insert("grpc-timeout", "5S".parse().unwrap());
+        let reply = router
+            .route_message(call)
+            .await
+            .expect("eu-1 answers")
+            .into_inner()
+            .reply
+            .unwrap();
+        assert_eq!(reply.headers["traceparent"], TRACEPARENT);
+        let timeout = reply.headers["grpc-timeout"]
+            .parse::<http::HeaderValue>()
+            .unwrap();
+        let passed_on = crate::forward::timeout::parse(&timeout).unwrap();
+        assert!(
+            passed_on <= Duration::from_secs(5) && passed_on > Duration::from_secs(4),
+            "{passed_on:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_services_default_timeout_ends_a_message_no_node_answers() {
+        let hanging = node_serving(Answering { hanging: true }).await;
+        let router = router(
+            vec![node("eu-1", "eu-west", "eu-west-a", &hanging)],
+            ServicePolicy {
+                timeout: TimeoutPolicy {
+                    default_timeout_ms: 200,
+                    max_timeout_ms: 0,
+                },
+                ..policy()
+            },
+        );
+        let status = router
+            .route_message(request(pb::FederationMessage::default()))
+            .await
+            .expect_err("eu-1 never answers");
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(
+            status.message().contains("node eu-1"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_messages_are_refused_with_what_to_fix() {
+        let live = answering_node().await;
+        let router = router(vec![node("eu-1", "eu-west", "eu-west-a", &live)], policy());
+        let refused = |message| async { router.route_message(request(message)).await.unwrap_err() };
+        let status = refused(pb::FederationMessage {
+            target_node: "us-9".into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().contains("\"us-9\""),
+            "{}",
+            status.message()
+        );
+        let status = refused(pb::FederationMessage {
+            target_region: "us-east".into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("set global_routing"),
+            "{}",
+            status.message()
+        );
+        let status = refused(pb::FederationMessage {
+            target_region: "us-east".into(),
+            global_routing: true,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(status.code(), Code::Unavailable, "us-east has no node");
+        assert!(
+            status.message().contains("in the requested region us-east"),
+            "{}",
+            status.message()
         );
     }
 }
