@@ -589,7 +589,7 @@ mod tests {
         let table = table(&["a", "b"], RetryPolicy::default());
         let route = route(&table);
         for endpoint in route.all.endpoints() {
-            for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+            for _ in 0..crate::endpoint::BreakerSettings::default().threshold {
                 endpoint.breaker.record_failure();
             }
         }

@@ -514,7 +514,7 @@ mod tests {
         );
         let table = router.table.current().unwrap();
         let broken = table.endpoint("us-0").unwrap();
-        for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+        for _ in 0..crate::endpoint::BreakerSettings::default().threshold {
             broken.breaker.record_failure();
         }
         for _ in 0..20 {

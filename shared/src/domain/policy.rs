@@ -172,6 +172,36 @@ mirror_message!(OutlierPolicy <=> pb::OutlierPolicy {
 });
 
 impl OutlierPolicy {
+    /// Consecutive failures that open an endpoint's breaker: 5 unless set.
+    pub fn effective_consecutive_failures(&self) -> u32 {
+        or_default(self.consecutive_failures, 5)
+    }
+
+    /// Failure share (percent) over the window that opens the breaker: 50 unless set.
+    pub fn effective_failure_rate_percent(&self) -> u32 {
+        or_default(self.failure_rate_percent, 50)
+    }
+
+    /// Calls in the window before the failure rate counts: 20 unless set.
+    pub fn effective_min_requests(&self) -> u32 {
+        or_default(self.min_requests, 20)
+    }
+
+    /// The failure-rate window: 10 s unless set.
+    pub fn effective_window(&self) -> Duration {
+        millis_or_default(self.window_ms, 10_000)
+    }
+
+    /// The first ejection penalty: 1 s unless set.
+    pub fn effective_base_ejection(&self) -> Duration {
+        millis_or_default(self.base_ejection_ms, 1_000)
+    }
+
+    /// The longest ejection penalty: 30 s unless set.
+    pub fn effective_max_ejection(&self) -> Duration {
+        millis_or_default(self.max_ejection_ms, 30_000)
+    }
+
     /// Most of a service's endpoints (percent) ejected at once: 50 unless set.
     pub fn effective_max_ejection_percent(&self) -> u32 {
         or_default(self.max_ejection_percent, 50)
