@@ -11,7 +11,9 @@
 pub mod balance;
 pub mod cli;
 pub mod endpoint;
+pub mod error;
 pub mod forward;
+pub mod hop;
 pub mod load_report;
 pub mod retry;
 pub mod router;

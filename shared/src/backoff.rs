@@ -1,5 +1,5 @@
 //! Jittered exponential backoff for reconnect loops (proxy → control plane, control plane
-//! → etcd, nodes → registry). "Full jitter" (AWS architecture blog): each delay is uniform
+//! → etcd, nodes → registry) and for the pauses between a proxied call's attempts. "Full jitter" (AWS architecture blog): each delay is uniform
 //! in [0, min(max, base × 2^attempt)], so many clients that lost the same server spread
 //! their retries instead of arriving together.
 

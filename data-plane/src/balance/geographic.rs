@@ -482,7 +482,7 @@ mod tests {
     }
 
     fn break_endpoint(e: &Endpoint) {
-        for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+        for _ in 0..crate::endpoint::BreakerSettings::default().threshold {
             e.breaker.record_failure();
         }
     }

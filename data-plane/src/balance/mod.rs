@@ -200,7 +200,7 @@ mod readiness_tests {
     use super::{Locality, PickContext, build};
 
     fn open_breaker(e: &crate::endpoint::Endpoint) {
-        for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+        for _ in 0..crate::endpoint::BreakerSettings::default().threshold {
             e.breaker.record_failure();
         }
     }
@@ -248,7 +248,7 @@ mod retry_pick_tests {
     use super::{Locality, PickContext, build};
 
     fn open_breaker(e: &crate::endpoint::Endpoint) {
-        for _ in 0..crate::endpoint::breaker::DEFAULT_THRESHOLD {
+        for _ in 0..crate::endpoint::BreakerSettings::default().threshold {
             e.breaker.record_failure();
         }
     }

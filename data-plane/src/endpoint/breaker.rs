@@ -11,13 +11,6 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// Consecutive failures that open the breaker.
-pub const DEFAULT_THRESHOLD: u32 = 5;
-/// First penalty.
-pub const DEFAULT_MIN_PENALTY: Duration = Duration::from_secs(1);
-/// Longest penalty.
-pub const DEFAULT_MAX_PENALTY: Duration = Duration::from_secs(30);
-
 /// What a breaker is configured with (from the service's outlier policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSettings {
@@ -32,37 +25,22 @@ pub struct BreakerSettings {
 }
 
 impl Default for BreakerSettings {
+    /// The defaults of the outlier policy.
     fn default() -> Self {
-        BreakerSettings {
-            threshold: DEFAULT_THRESHOLD,
-            min_penalty: DEFAULT_MIN_PENALTY,
-            max_penalty: DEFAULT_MAX_PENALTY,
-            failure_rate_percent: 50,
-            min_requests: 20,
-            window: Duration::from_secs(10),
-        }
+        BreakerSettings::from_policy(&meridian_shared::domain::OutlierPolicy::default())
     }
 }
 
 impl BreakerSettings {
-    /// The settings an outlier policy asks for; zero fields take the defaults.
+    /// The settings an outlier policy asks for; zero fields take its defaults.
     pub fn from_policy(policy: &meridian_shared::domain::OutlierPolicy) -> Self {
-        let defaults = BreakerSettings::default();
-        let or = |value: u32, default: u32| if value == 0 { default } else { value };
-        let ms = |value: u32, default: Duration| {
-            if value == 0 {
-                default
-            } else {
-                Duration::from_millis(u64::from(value))
-            }
-        };
         BreakerSettings {
-            threshold: or(policy.consecutive_failures, defaults.threshold),
-            min_penalty: ms(policy.base_ejection_ms, defaults.min_penalty),
-            max_penalty: ms(policy.max_ejection_ms, defaults.max_penalty),
-            failure_rate_percent: or(policy.failure_rate_percent, defaults.failure_rate_percent),
-            min_requests: or(policy.min_requests, defaults.min_requests),
-            window: ms(policy.window_ms, defaults.window),
+            threshold: policy.effective_consecutive_failures(),
+            min_penalty: policy.effective_base_ejection(),
+            max_penalty: policy.effective_max_ejection(),
+            failure_rate_percent: policy.effective_failure_rate_percent(),
+            min_requests: policy.effective_min_requests(),
+            window: policy.effective_window(),
         }
     }
 }

@@ -31,9 +31,11 @@ pin_project_lite::pin_project! {
 
     impl PinnedDrop for ObservedBody {
         fn drop(this: Pin<&mut Self>) {
-            // A body dropped before its end: the client went away mid-stream.
+            // A body dropped before its end: the client went away mid-stream (CANCELLED),
+            // or the proxy retried the call elsewhere after this trailers-only answer.
             if let Some(call) = this.project().call.take() {
-                call.finish(1);
+                let code = call.header_status.unwrap_or(tonic::Code::Cancelled as i32);
+                call.finish(code);
             }
         }
     }

@@ -2,9 +2,10 @@
 //! routing table goes to an endpoint of that service chosen by the service's balancer,
 //! over that endpoint's pooled HTTP/2 connection; the response — headers, body frames,
 //! trailers — streams back untouched but for an `x-meridian-node` header naming the node
-//! that served. The caller's `grpc-timeout` is honoured and the remaining budget passed
-//! on. Unknown services, missing endpoints and expired deadlines become trailers-only
-//! responses with a status and a message an operator can act on ([`status`]).
+//! that served. Deadline and trace are handled as for every hop ([`crate::hop`]), the
+//! attempts by the one retry driver ([`crate::retry`]); unknown services, missing
+//! endpoints and expired deadlines become trailers-only responses through the one error
+//! edge ([`crate::error`]).
 
 pub mod body;
 pub mod status;
@@ -14,25 +15,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderName, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use meridian_shared::domain::Algorithm;
-use meridian_shared::telemetry;
 use tokio::time::Instant;
 use tonic::Code;
 
 use self::body::{Call, ObservedBody};
-use self::status::trailers_only;
 use crate::balance::PickContext;
-use crate::retry::TriedEndpoints;
+use crate::endpoint::Endpoint;
+use crate::error::{RequestError, Scope};
+use crate::hop;
+use crate::retry::{Attempt, Candidates, Failure, RetryDriver};
 use crate::table::{ProxyIdentity, ServiceRoute, TableHandle};
 
 /// The body of every response the proxy sends.
 pub type ProxyBody = tonic::body::Body;
 
-const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// What a request body's errors may be: anything tonic's body can carry.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 const SERVED_BY: HeaderName = HeaderName::from_static("x-meridian-node");
 
 pub struct Forwarder {
@@ -45,201 +49,203 @@ impl Forwarder {
         Forwarder { table, identity }
     }
 
-    /// Forwards one call; every outcome is a gRPC response.
-    pub async fn forward(
+    /// Forwards one call; every outcome is a gRPC response. Any request body will do
+    /// (the server's, or an in-memory one in tests).
+    pub async fn forward<B>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         client: Option<SocketAddr>,
-    ) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let guard = self.table.load();
-        let Some(table) = guard.as_ref() else {
-            return trailers_only(
-                Code::Unavailable,
-                format!(
-                    "proxy {} has no routing table yet: it has not reached a control plane and has no cached table",
-                    self.identity.id
-                ),
-            );
-        };
-        let Some(service) = service_of(request.uri()) else {
-            return trailers_only(
-                Code::Unimplemented,
-                format!(
-                    "{:?} is not a gRPC method path (/package.Service/Method)",
-                    request.uri().path()
-                ),
-            );
-        };
-        let Some(route) = table.service(service) else {
-            return trailers_only(
-                Code::Unimplemented,
-                format!(
-                    "service {service} is not in the routing table of proxy {} (federation {}, version {}): no node serves it",
-                    self.identity.id,
-                    table.data.federation,
-                    table.version()
-                ),
-            );
-        };
-        let route = Arc::clone(route);
-        // Release the table: a long call must not keep an old version alive.
-        drop(guard);
+    ) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.try_forward(request, client)
+            .await
+            .unwrap_or_else(RequestError::into_response)
+    }
 
-        let deadline = match deadline_of(&request, &route) {
-            Ok(deadline) => deadline,
-            Err(response) => return response,
-        };
+    /// Route, deadline, trace, then the attempts; the response streams back from the
+    /// node that answered.
+    async fn try_forward<B>(
+        &self,
+        request: Request<B>,
+        client: Option<SocketAddr>,
+    ) -> Result<Response<ProxyBody>, RequestError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let route = self.route_of(request.uri())?;
+        let deadline = hop::deadline(request.headers(), &route.policy.timeout)?;
         let (mut parts, body) = request.into_parts();
-        // With trace export on, the proxy is a span of the caller's trace and the node's
-        // parent; without it, `traceparent` passes through untouched at no cost.
         // The span lasts until the response head is back (it is dropped with this call).
-        let _span =
-            telemetry::exporting_traces().then(|| proxy_span(&route.name, &mut parts.headers));
+        let span = hop::span("forward", &route.name, &parts.headers);
+        hop::pass_span(span.as_ref(), &mut parts.headers);
+        hop::pass_deadline(deadline, &mut parts.headers);
         // Only consistent hashing reads the key; the others must not pay for building it.
         let affinity_key = (route.policy.algorithm == Algorithm::ConsistentHash)
             .then(|| affinity_of(&parts.headers, &route, client))
             .flatten();
-        let affinity = affinity_key.as_deref();
-        if let Some(deadline) = deadline {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            parts
-                .headers
-                .insert(GRPC_TIMEOUT, timeout::format(remaining));
-        }
-        // Calls to methods the policy marks idempotent are buffered so they can be replayed
-        // on another node that answers UNAVAILABLE; everything else streams through.
-        let (replay, mut upstream) = if is_idempotent(&route, parts.uri.path()) {
-            let bytes = match buffer(body).await {
-                Ok(bytes) => bytes,
-                Err(message) => return trailers_only(Code::InvalidArgument, message),
-            };
-            let first =
-                Request::from_parts(parts.clone(), ProxyBody::new(Full::new(bytes.clone())));
-            (Some((parts, bytes)), first)
+        let outgoing = if is_idempotent(&route, parts.uri.path()) {
+            Outgoing::replayable(parts, body).await?
         } else {
-            (None, Request::from_parts(parts, ProxyBody::new(body)))
+            Outgoing::once(Request::from_parts(parts, ProxyBody::new(body)))
         };
-        route.retry_budget.deposit();
-        let max_attempts = route.policy.retry.effective_max_attempts();
-        let mut tried = TriedEndpoints::default();
-        let mut attempt = 1;
-        let (endpoint, metrics, in_flight, response) = loop {
-            let Some(pick) = pick_avoiding(&route, affinity, &tried) else {
-                return trailers_only(
-                    Code::Unavailable,
-                    format!(
-                        "no usable node for service {}: {} node(s) known, none healthy (draining, unhealthy, failed or lost)",
-                        route.name, route.known_nodes
-                    ),
-                );
-            };
-            let endpoint = Arc::clone(&route.all.endpoints()[pick]);
-            let Some(authority) = endpoint.authority.clone() else {
-                return trailers_only(
-                    Code::Internal,
-                    format!(
-                        "node {} has an unusable address {:?}",
-                        endpoint.node.id, endpoint.node.address
-                    ),
-                );
-            };
-            set_authority(upstream.uri_mut(), endpoint.scheme.clone(), authority);
-            let metrics = route.metrics_of(&endpoint.node.id);
-            let in_flight = (endpoint.start_owned_request(), metrics.load.start());
-            let sent = endpoint.connection.send(upstream);
-            let result = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        metrics.record(Code::DeadlineExceeded as i32, started.elapsed());
-                        return trailers_only(
-                            Code::DeadlineExceeded,
-                            format!(
-                                "deadline exceeded waiting for node {} to answer",
-                                endpoint.node.id
-                            ),
-                        );
-                    }
-                },
-                None => sent.await,
-            };
-            match result {
-                Ok(response) => {
-                    let unavailable =
-                        body::header_status(response.headers()) == Some(Code::Unavailable as i32);
-                    let again = unavailable
-                        && attempt < max_attempts
-                        && deadline.is_none_or(|d| Instant::now() < d)
-                        && replay.is_some()
-                        && route.retry_budget.try_withdraw();
-                    let Some((parts, bytes)) = replay.as_ref().filter(|_| again) else {
-                        break (endpoint, metrics, in_flight, response);
-                    };
-                    route.record_failure(&endpoint);
-                    metrics.record(Code::Unavailable as i32, started.elapsed());
-                    tracing::debug!(node = %endpoint.node.id, attempt, "idempotent call answered UNAVAILABLE; retrying on another node");
-                    drop((response, in_flight));
-                    let pause = crate::retry::backoff(&route.policy.retry, attempt);
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d.min(Instant::now() + pause)).await,
-                        None => tokio::time::sleep(pause).await,
-                    }
-                    upstream = Request::from_parts(
-                        parts.clone(),
-                        ProxyBody::new(Full::new(bytes.clone())),
-                    );
-                    tried.insert(pick);
-                    attempt += 1;
+        let candidates = Candidates::Balanced {
+            balancer: &*route.all,
+            ctx: PickContext {
+                affinity: affinity_key.as_deref(),
+            },
+            scope: Scope::Federation,
+        };
+        let attempt = ForwardAttempt {
+            route: &route,
+            outgoing,
+            deadline,
+            started,
+        };
+        let driver = RetryDriver {
+            route: &route,
+            deadline,
+        };
+        Ok(driver.run(candidates, attempt).await?.answer)
+    }
+
+    /// The route of the service `uri` names, out of the table in force (released at once:
+    /// a long call must not keep an old version alive).
+    fn route_of(&self, uri: &Uri) -> Result<Arc<ServiceRoute>, RequestError> {
+        let guard = self.table.load();
+        let table = guard.as_ref().ok_or_else(|| RequestError::NoTable {
+            proxy: self.identity.id.clone(),
+        })?;
+        let service = service_of(uri).ok_or_else(|| RequestError::NotAMethodPath {
+            path: uri.path().to_owned(),
+        })?;
+        let route = table
+            .service(service)
+            .ok_or_else(|| RequestError::UnknownService {
+                service: service.to_owned(),
+                proxy: self.identity.id.clone(),
+                federation: table.data.federation.clone(),
+                version: table.version(),
+            })?;
+        Ok(Arc::clone(route))
+    }
+}
+
+/// The request each attempt sends: the caller's until a node has seen it; after that,
+/// for idempotent calls, a copy rebuilt from the buffered body.
+struct Outgoing {
+    unsent: Option<Request<ProxyBody>>,
+    replay: Option<(Parts, Bytes)>,
+}
+
+impl Outgoing {
+    /// A call that streams through and may be retried only while no node has seen it.
+    fn once(request: Request<ProxyBody>) -> Self {
+        Outgoing {
+            unsent: Some(request),
+            replay: None,
+        }
+    }
+
+    /// A call to an idempotent method, its body buffered so it can be replayed on another
+    /// node after one answered UNAVAILABLE.
+    async fn replayable<B>(parts: Parts, body: B) -> Result<Self, RequestError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let bytes = buffer(body).await?;
+        Ok(Outgoing {
+            unsent: None,
+            replay: Some((parts, bytes)),
+        })
+    }
+
+    /// The request for the next attempt; `None` once a node has seen a call that cannot
+    /// be replayed (the driver does not retry those).
+    fn next(&mut self) -> Option<Request<ProxyBody>> {
+        self.unsent.take().or_else(|| {
+            let (parts, bytes) = self.replay.as_ref()?;
+            Some(Request::from_parts(
+                parts.clone(),
+                ProxyBody::new(Full::new(bytes.clone())),
+            ))
+        })
+    }
+
+    /// Whether another node may still get the call.
+    fn may_resend(&self) -> bool {
+        self.unsent.is_some() || self.replay.is_some()
+    }
+}
+
+/// The attempts of one forwarded call: send to the endpoint, account, wrap the response.
+struct ForwardAttempt<'a> {
+    route: &'a ServiceRoute,
+    outgoing: Outgoing,
+    deadline: Option<Instant>,
+    started: Instant,
+}
+
+impl Attempt for ForwardAttempt<'_> {
+    type Answer = Response<ProxyBody>;
+
+    async fn send(
+        &mut self,
+        endpoint: &Arc<Endpoint>,
+        number: u32,
+    ) -> Result<Response<ProxyBody>, Failure<Response<ProxyBody>>> {
+        let route = self.route;
+        let outgoing = &mut self.outgoing;
+        let not_sent = |error| Failure {
+            error,
+            answer: None,
+            retry_safe: false,
+        };
+        let Some(authority) = endpoint.authority.clone() else {
+            return Err(not_sent(RequestError::UnusableAddress {
+                node: endpoint.node.id.clone(),
+                address: endpoint.node.address.clone(),
+            }));
+        };
+        let Some(mut request) = outgoing.next() else {
+            // Unreachable: the driver retries only what `may_resend` allowed.
+            return Err(not_sent(RequestError::BadRequest(
+                "the call cannot be sent again".into(),
+            )));
+        };
+        set_authority(request.uri_mut(), endpoint.scheme.clone(), authority);
+        let metrics = route.metrics_of(&endpoint.node.id);
+        let in_flight = (endpoint.start_owned_request(), metrics.load.start());
+        let sent_at = Instant::now();
+        let response = match endpoint.connection.send(request).await {
+            Ok(response) => response,
+            Err(failure) => {
+                route.record_failure(endpoint);
+                metrics.record(Code::Unavailable as i32, self.started.elapsed());
+                drop(in_flight);
+                // A call the node never saw may always go elsewhere; an idempotent call
+                // (its body kept for replay) may even if it was sent.
+                if failure.unsent.is_some() {
+                    outgoing.unsent = failure.unsent;
                 }
-                Err(failure) => {
-                    route.record_failure(&endpoint);
-                    metrics.record(Code::Unavailable as i32, started.elapsed());
-                    drop(in_flight);
-                    // A call the node never saw may always go elsewhere; an idempotent
-                    // call (its body kept for replay) may even if it was sent.
-                    let next = match failure.unsent {
-                        Some(unsent) => Some(unsent),
-                        None => replay.as_ref().map(|(parts, bytes)| {
-                            Request::from_parts(
-                                parts.clone(),
-                                ProxyBody::new(Full::new(bytes.clone())),
-                            )
-                        }),
-                    };
-                    let retryable = next.is_some()
-                        && attempt < max_attempts
-                        && deadline.is_none_or(|d| Instant::now() < d)
-                        && route.retry_budget.try_withdraw();
-                    match next {
-                        Some(next) if retryable => {
-                            tracing::debug!(node = %endpoint.node.id, error = %failure.error, attempt, "call failed in transport; retrying on another node");
-                            upstream = next;
-                            tried.insert(pick);
-                            attempt += 1;
-                        }
-                        _ => {
-                            return trailers_only(
-                                Code::Unavailable,
-                                format!(
-                                    "node {} of service {} failed after {attempt} attempt(s): {}",
-                                    endpoint.node.id, route.name, failure.error
-                                ),
-                            );
-                        }
-                    }
-                }
+                return Err(Failure {
+                    error: RequestError::Upstream {
+                        node: endpoint.node.id.clone(),
+                        service: route.name.clone(),
+                        attempts: number,
+                        reason: failure.error.to_string(),
+                    },
+                    answer: None,
+                    retry_safe: outgoing.may_resend(),
+                });
             }
         };
-        endpoint.ewma.observe(started.elapsed());
-        // A node answering UNAVAILABLE itself is failing as much as one refusing
-        // connections; any other status is the application's answer.
-        if body::header_status(response.headers()) == Some(Code::Unavailable as i32) {
-            route.record_failure(&endpoint);
-        } else {
-            endpoint.record_success();
-        }
-
+        endpoint.ewma.observe(sent_at.elapsed());
         let (mut parts, body) = response.into_parts();
         if let Some(node) = &endpoint.node_header {
             parts.headers.insert(SERVED_BY, node.clone());
@@ -252,23 +258,29 @@ impl Forwarder {
         let call = Call {
             _in_flight: in_flight,
             metrics,
-            started,
+            started: self.started,
             header_status,
         };
-        Response::from_parts(
+        let answer = Response::from_parts(
             parts,
-            ProxyBody::new(ObservedBody::new(body, deadline, call)),
-        )
+            ProxyBody::new(ObservedBody::new(body, self.deadline, call)),
+        );
+        // A node answering UNAVAILABLE itself is failing as much as one refusing
+        // connections; any other status is the application's answer. Only an idempotent
+        // call (its body kept) may then go to another node.
+        if header_status != Some(Code::Unavailable as i32) {
+            endpoint.record_success();
+            return Ok(answer);
+        }
+        route.record_failure(endpoint);
+        Err(Failure {
+            error: RequestError::Answered(tonic::Status::unavailable(
+                "the node answered UNAVAILABLE",
+            )),
+            retry_safe: outgoing.replay.is_some(),
+            answer: Some(answer),
+        })
     }
-}
-
-/// A span for one forwarded call, continuing the caller's W3C trace, and the headers
-/// rewritten so the node's span is its child.
-fn proxy_span(service: &str, headers: &mut http::HeaderMap) -> tracing::Span {
-    let span = tracing::info_span!("proxy.forward", otel.name = %format!("forward {service}"), otel.kind = "client", rpc.service = %service);
-    telemetry::continue_trace(&span, headers);
-    telemetry::inject_context(&span, headers);
-    span
 }
 
 /// Largest request body buffered for replay.
@@ -288,29 +300,18 @@ fn is_idempotent(route: &ServiceRoute, path: &str) -> bool {
 }
 
 /// The whole request body, for replays; refused above [`MAX_REPLAY_BYTES`].
-async fn buffer(body: Incoming) -> Result<Bytes, String> {
+async fn buffer<B>(body: B) -> Result<Bytes, RequestError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let limited = http_body_util::Limited::new(body, MAX_REPLAY_BYTES);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(format!(
+        Err(e) => Err(RequestError::BadRequest(format!(
             "the request body of an idempotent call could not be read (at most {MAX_REPLAY_BYTES} bytes are buffered for retries): {e}"
-        )),
+        ))),
     }
-}
-
-/// A pick, preferring an endpoint not in `tried` (those that already failed this call)
-/// when the service has another.
-fn pick_avoiding(
-    route: &ServiceRoute,
-    affinity: Option<&[u8]>,
-    tried: &TriedEndpoints,
-) -> Option<usize> {
-    let ctx = PickContext { affinity };
-    route
-        .all
-        .pick_excluding(&ctx, &|i| tried.contains(i))
-        .or_else(|| route.all.pick(&ctx))
-        .map(|pick| pick.index)
 }
 
 fn set_authority(uri: &mut Uri, scheme: Scheme, authority: http::uri::Authority) {
@@ -331,38 +332,6 @@ fn service_of(uri: &Uri) -> Option<&str> {
     (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some(service)
 }
 
-/// When the call must end: the caller's `grpc-timeout`, capped by the policy's maximum,
-/// or the policy's default when the caller sent none.
-#[allow(clippy::result_large_err)]
-fn deadline_of(
-    request: &Request<Incoming>,
-    route: &ServiceRoute,
-) -> Result<Option<Instant>, Response<ProxyBody>> {
-    let policy = &route.policy.timeout;
-    let asked = match request.headers().get(GRPC_TIMEOUT) {
-        Some(value) => match timeout::parse(value) {
-            Some(budget) => Some(budget),
-            None => {
-                return Err(trailers_only(
-                    Code::InvalidArgument,
-                    format!("malformed grpc-timeout header {value:?}"),
-                ));
-            }
-        },
-        None if policy.default_timeout_ms > 0 => Some(std::time::Duration::from_millis(u64::from(
-            policy.default_timeout_ms,
-        ))),
-        None => None,
-    };
-    let capped = match (asked, policy.max_timeout_ms) {
-        (Some(budget), max) if max > 0 => {
-            Some(budget.min(std::time::Duration::from_millis(u64::from(max))))
-        }
-        (budget, _) => budget,
-    };
-    Ok(capped.map(|budget| Instant::now() + budget))
-}
-
 /// The consistent-hash key: the policy's header, else the client's address.
 fn affinity_of(
     headers: &http::HeaderMap,
@@ -380,7 +349,111 @@ fn affinity_of(
 
 #[cfg(test)]
 mod tests {
+    //! The error edge of forwarding, driven with in-memory request bodies.
+
+    use meridian_shared::domain::Node;
+
     use super::*;
+    use crate::endpoint::UpstreamTls;
+    use crate::table::{ProxyTable, TableData, TableSource};
+
+    fn call(path: &str, timeout: Option<&'static str>) -> Request<Full<Bytes>> {
+        let mut request = Request::post(path)
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        if let Some(timeout) = timeout {
+            request
+                .headers_mut()
+                .insert("grpc-timeout", http::HeaderValue::from_static(timeout));
+        }
+        request
+    }
+
+    fn identity() -> Arc<ProxyIdentity> {
+        Arc::new(ProxyIdentity {
+            id: "proxy-eu".into(),
+            ..Default::default()
+        })
+    }
+
+    /// A forwarder whose table has demo.v1.Echo on one node.
+    fn forwarder_with_a_table() -> Forwarder {
+        let mut data = TableData {
+            version: 7,
+            federation: "prod".into(),
+            ..Default::default()
+        };
+        let node = Node {
+            id: "eu-1".into(),
+            address: "127.0.0.1:1".into(),
+            services: vec!["demo.v1.Echo".into()],
+            ..Default::default()
+        };
+        data.nodes.insert("eu-1".into(), node);
+        let table = ProxyTable::build(
+            data,
+            &identity(),
+            None,
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        );
+        let handle = TableHandle::default();
+        handle.store(table);
+        Forwarder::new(handle, identity())
+    }
+
+    async fn status_of(response: Response<ProxyBody>) -> tonic::Status {
+        tonic::Status::from_header_map(response.headers()).expect("a trailers-only response")
+    }
+
+    #[tokio::test]
+    async fn calls_the_proxy_cannot_route_get_a_status_that_says_why() {
+        let without_table = Forwarder::new(TableHandle::default(), identity());
+        let status = status_of(
+            without_table
+                .forward(call("/demo.v1.Echo/Say", None), None)
+                .await,
+        )
+        .await;
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .contains("proxy proxy-eu has no routing table"),
+            "{}",
+            status.message()
+        );
+
+        let forwarder = forwarder_with_a_table();
+        let status = status_of(
+            forwarder
+                .forward(call("/other.v1.Thing/Do", None), None)
+                .await,
+        )
+        .await;
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert!(
+            status.message().contains("other.v1.Thing") && status.message().contains("version 7"),
+            "{}",
+            status.message()
+        );
+
+        let status = status_of(forwarder.forward(call("/nothing", None), None).await).await;
+        assert_eq!(status.code(), Code::Unimplemented);
+
+        let status = status_of(
+            forwarder
+                .forward(call("/demo.v1.Echo/Say", Some("soon")), None)
+                .await,
+        )
+        .await;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("\"soon\""),
+            "{}",
+            status.message()
+        );
+    }
 
     #[test]
     fn service_is_taken_from_the_method_path() {

@@ -1,17 +1,8 @@
-//! Errors the proxy itself answers with: gRPC trailers-only responses (HTTP 200 with
-//! `grpc-status` and `grpc-message` in the headers), which every gRPC client reads as the
-//! call's status. The one place that turns a forwarding failure into a status.
+//! gRPC status codes as the forwarding path reads and labels them: the numeric code in a
+//! `grpc-status` header, and each code's name for metric labels. The statuses the proxy
+//! itself answers with are made in one place, [`crate::error`].
 
-use http::Response;
 use tonic::Code;
-
-use super::ProxyBody;
-
-/// A trailers-only response with `code` and `message`.
-pub fn trailers_only(code: Code, message: impl Into<String>) -> Response<ProxyBody> {
-    metrics::counter!("meridian_proxy_local_errors_total", "code" => code_name(code)).increment(1);
-    tonic::Status::new(code, message).into_http()
-}
 
 /// The numeric gRPC status in a header value, if it is one.
 pub fn code_of(value: Option<&http::HeaderValue>) -> Option<i32> {

@@ -2,11 +2,13 @@
 //! (the policy's percent, default 20 %), every retry withdraws a whole one, and a small
 //! floor (default 10 per second) is granted regardless of traffic, so a quiet service can
 //! still retry. Tokens are capped, so a long calm period cannot fund a later storm. All
-//! counters are atomics: the request path takes no lock.
+//! counters are atomics: the request path takes no lock. Time is tokio's, so paused-time
+//! tests control the floor.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use meridian_shared::domain::RetryPolicy;
+use tokio::time::Instant;
 
 /// Milli-tokens per token.
 const MILLI: i64 = 1_000;
@@ -22,23 +24,15 @@ pub struct RetryBudget {
     tokens: AtomicI64,
     /// The second (since the budget's creation) the floor was last granted for.
     floor_second: AtomicU64,
-    created: std::time::Instant,
+    created: Instant,
     retries: AtomicU64,
     refused: AtomicU64,
 }
 
 impl RetryBudget {
     pub fn new(policy: &RetryPolicy) -> Self {
-        let percent = if policy.budget_percent == 0 {
-            20
-        } else {
-            policy.budget_percent
-        };
-        let floor = if policy.budget_min_per_second == 0 {
-            10
-        } else {
-            policy.budget_min_per_second
-        };
+        let percent = policy.effective_budget_percent();
+        let floor = policy.effective_budget_min_per_second();
         let floor_per_second = i64::from(floor);
         RetryBudget {
             deposit: i64::from(percent) * MILLI / 100,
@@ -46,7 +40,7 @@ impl RetryBudget {
             cap: (floor_per_second * 10 + 1_000) * MILLI,
             tokens: AtomicI64::new(floor_per_second * MILLI),
             floor_second: AtomicU64::new(0),
-            created: std::time::Instant::now(),
+            created: Instant::now(),
             retries: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }

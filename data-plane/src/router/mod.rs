@@ -1,25 +1,34 @@
 //! `meridian.v1.MessageRouter/RouteMessage`: route one federation message to a node of
 //! its target service and return the node's reply with the routing decision. The node is
-//! the requested one (`target_node`), the least loaded in the requested region
+//! the requested one (`target_node`), the least loaded ready node in the requested region
 //! (`target_region`), or the service balancer's pick — among the proxy's own region only
-//! unless the message allows global routing. The call goes over the endpoint's pooled
-//! HTTP/2 connection, so RouteMessage and transparent traffic share load accounting.
+//! unless the message allows global routing. The call is a hop like any forwarded one
+//! ([`crate::hop`]: the service's timeout policy, the caller's trace carried on), its
+//! attempts are run by the one retry driver ([`crate::retry`]) — RouteMessage is
+//! idempotent by contract, so a node answering UNAVAILABLE may be retried elsewhere — and
+//! its errors go through the one error edge ([`crate::error`]). It goes over the
+//! endpoint's pooled HTTP/2 connection, so RouteMessage and transparent traffic share
+//! load accounting.
 
 mod upstream;
 
 use std::sync::Arc;
 
+use http::HeaderMap;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_handler_client::MessageHandlerClient;
 use meridian_proto::v1::message_router_server::MessageRouter;
+use meridian_shared::domain::Algorithm;
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status};
 
-use self::upstream::EndpointChannel;
-use crate::balance::{Pick, PickContext};
+use self::upstream::{EndpointChannel, NoAnswer};
+use crate::balance::PickContext;
 use crate::endpoint::Endpoint;
-use crate::forward::timeout;
-use crate::retry::{self, TriedEndpoints};
+use crate::error::{RequestError, Scope};
+use crate::hop;
+use crate::retry::{Attempt, Candidates, Failure, RetryDriver};
 use crate::table::{ProxyIdentity, ProxyTable, ServiceRoute, TableHandle};
 
 pub struct Router {
@@ -33,318 +42,307 @@ impl Router {
     }
 }
 
-/// The node chosen for a message and why.
-struct Choice {
-    endpoint: Arc<Endpoint>,
-    /// Its index among the endpoints the call chooses from, remembered so a retry avoids
-    /// it; `None` for a node the message names (such a call is never retried).
-    index: Option<usize>,
-    reason: String,
-    alternatives: Vec<pb::Alternative>,
-}
-
 #[tonic::async_trait]
 impl MessageRouter for Router {
     async fn route_message(
         &self,
         request: Request<pb::RouteMessageRequest>,
     ) -> Result<Response<pb::RouteMessageResponse>, Status> {
-        let budget = request.metadata().get("grpc-timeout").and_then(|v| {
-            let value = http::HeaderValue::from_bytes(v.as_bytes()).ok()?;
-            timeout::parse(&value)
-        });
-        let client = request.remote_addr().map(|a| a.ip().to_string());
-        let message = request
-            .into_inner()
+        self.route(request)
+            .await
+            .map(Response::new)
+            .map_err(RequestError::into_status)
+    }
+}
+
+/// The attempts of one RouteMessage call.
+struct RouteAttempt<'a> {
+    route: &'a ServiceRoute,
+    message: &'a pb::FederationMessage,
+    /// This proxy's id.
+    routed_by: &'a str,
+    /// The caller's metadata, for its trace context.
+    incoming: &'a HeaderMap,
+    span: Option<&'a tracing::Span>,
+    deadline: Option<Instant>,
+}
+
+impl Router {
+    /// Check the message, find its route, then the attempts; the reply comes with the
+    /// routing decision.
+    async fn route(
+        &self,
+        request: Request<pb::RouteMessageRequest>,
+    ) -> Result<pb::RouteMessageResponse, RequestError> {
+        let client = request.remote_addr();
+        let (metadata, _, body) = request.into_parts();
+        let incoming = metadata.into_headers();
+        let message = body
             .message
-            .ok_or_else(|| Status::invalid_argument("message is required"))?;
+            .ok_or_else(|| RequestError::BadRequest("message is required".into()))?;
         if message.target_service.is_empty() {
-            return Err(Status::invalid_argument(
-                "message.target_service is required",
+            return Err(RequestError::BadRequest(
+                "message.target_service is required".into(),
             ));
         }
-        let table = self.table.current().ok_or_else(|| {
-            Status::unavailable(format!(
-                "proxy {} has no routing table yet",
-                self.identity.id
-            ))
+        let table = self.table.current().ok_or_else(|| RequestError::NoTable {
+            proxy: self.identity.id.clone(),
         })?;
-        let route = table.service(&message.target_service).cloned().ok_or_else(|| {
-            Status::unimplemented(format!(
-                "service {} is not in the routing table of proxy {} (version {}): no node serves it",
-                message.target_service,
-                self.identity.id,
-                table.version()
-            ))
-        })?;
-        route.retry_budget.deposit();
-        let max_attempts = if message.target_node.is_empty() {
-            route.policy.retry.effective_max_attempts()
+        let route =
+            table
+                .service(&message.target_service)
+                .ok_or_else(|| RequestError::UnknownService {
+                    service: message.target_service.clone(),
+                    proxy: self.identity.id.clone(),
+                    federation: table.data.federation.clone(),
+                    version: table.version(),
+                })?;
+        let deadline = hop::deadline(&incoming, &route.policy.timeout)?;
+        let span = hop::span("route", &route.name, &incoming);
+        // The client's address is a key only for consistent hashing, and only when the
+        // message brings none.
+        let client_key = (route.policy.algorithm == Algorithm::ConsistentHash
+            && message.affinity_key.is_empty())
+        .then(|| client.map(|a| a.ip().to_string()))
+        .flatten();
+        let affinity = if message.affinity_key.is_empty() {
+            client_key.as_deref().map(str::as_bytes)
         } else {
-            1
+            Some(message.affinity_key.as_bytes())
         };
-        let deadline = budget.map(|b| Instant::now() + b);
-        let mut attempt = 1;
-        let mut tried = TriedEndpoints::default();
-        let (choice, reply) = loop {
-            let choice = self.choose(&table, &route, &message, client.as_deref(), &tried)?;
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match self
-                .call(&route, &choice.endpoint, &message, attempt, remaining)
-                .await
-            {
-                Ok(reply) => break (choice, reply),
-                Err(status) => {
-                    // RouteMessage is idempotent by contract: UNAVAILABLE (the node is
-                    // down, overloaded or never got the call) may go to another node.
-                    let retry = status.code() == tonic::Code::Unavailable
-                        && attempt < max_attempts
-                        && deadline.is_none_or(|d| Instant::now() < d)
-                        && route.retry_budget.try_withdraw();
-                    if !retry {
-                        return Err(status);
-                    }
-                    tracing::debug!(node = %choice.endpoint.node.id, %status, attempt, "retrying RouteMessage on another node");
-                    let pause = retry::backoff(&route.policy.retry, attempt);
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d.min(Instant::now() + pause)).await,
-                        None => tokio::time::sleep(pause).await,
-                    }
-                    if let Some(index) = choice.index {
-                        tried.insert(index);
-                    }
-                    attempt += 1;
-                }
-            }
+        let candidates = self.candidates(&table, route, &message, affinity)?;
+        let attempt = RouteAttempt {
+            route,
+            message: &message,
+            routed_by: &self.identity.id,
+            incoming: &incoming,
+            span: span.as_ref(),
+            deadline,
         };
-        let endpoint = choice.endpoint;
+        let driver = RetryDriver { route, deadline };
+        let delivered = driver.run(candidates, attempt).await?;
+        let endpoint = delivered.endpoint;
+        let alternatives = delivered
+            .passed_over
+            .map(|other| pb::Alternative {
+                node_id: other.node.id.clone(),
+                region: other.node.region.clone(),
+                zone: other.node.zone.clone(),
+                reason: format!(
+                    "not chosen: {} ({} in flight)",
+                    delivered.reason,
+                    other.in_flight()
+                ),
+            })
+            .into_iter()
+            .collect();
+        let reason = if message.target_region.is_empty() {
+            delivered.reason.to_owned()
+        } else {
+            format!(
+                "{} in the requested region {}",
+                delivered.reason, message.target_region
+            )
+        };
         let decision = pb::RoutingDecision {
             target_node: endpoint.node.id.clone(),
             target_region: endpoint.node.region.clone(),
             target_zone: endpoint.node.zone.clone(),
             algorithm: pb::Algorithm::from(route.policy.algorithm).into(),
-            attempts: attempt,
-            reason: choice.reason,
-            alternatives: choice.alternatives,
+            attempts: delivered.attempts,
+            reason,
+            alternatives,
             table_version: table.version(),
             proxy_id: self.identity.id.clone(),
         };
-        Ok(Response::new(pb::RouteMessageResponse {
-            reply: Some(reply),
+        Ok(pb::RouteMessageResponse {
+            reply: Some(delivered.answer),
             decision: Some(decision),
-        }))
-    }
-}
-
-impl Router {
-    /// One attempt: the node's HandleMessage over the endpoint's connection, accounted.
-    async fn call(
-        &self,
-        route: &ServiceRoute,
-        endpoint: &Arc<Endpoint>,
-        message: &pb::FederationMessage,
-        attempt: u32,
-        budget: Option<std::time::Duration>,
-    ) -> Result<pb::HandleMessageResponse, Status> {
-        let mut handler = MessageHandlerClient::with_origin(
-            EndpointChannel(Arc::clone(endpoint)),
-            endpoint.origin(),
-        );
-        let mut outgoing = Request::new(pb::HandleMessageRequest {
-            message: Some(message.clone()),
-            routed_by: self.identity.id.clone(),
-            attempt,
-        });
-        if let Some(budget) = budget {
-            outgoing.set_timeout(budget);
-        }
-        let metrics = route.metrics_of(&endpoint.node.id);
-        let started = Instant::now();
-        let answer = {
-            let _in_flight = (endpoint.start_request(), metrics.load.start());
-            match budget {
-                Some(budget) => tokio::time::timeout(budget, handler.handle_message(outgoing))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Status::deadline_exceeded(format!(
-                            "node {} did not answer in time",
-                            endpoint.node.id
-                        )))
-                    }),
-                None => handler.handle_message(outgoing).await,
-            }
-        };
-        let elapsed = started.elapsed();
-        match answer {
-            Ok(reply) => {
-                metrics.load.observe_orca_metadata(reply.metadata());
-                endpoint.ewma.observe(elapsed);
-                endpoint.record_success();
-                metrics.record(0, elapsed);
-                Ok(reply.into_inner())
-            }
-            Err(status) => {
-                metrics.load.observe_orca_metadata(status.metadata());
-                if status.code() == tonic::Code::Unavailable {
-                    route.record_failure(endpoint);
-                } else {
-                    endpoint.record_success();
-                }
-                metrics.record(status.code() as i32, elapsed);
-                Err(status)
-            }
-        }
+        })
     }
 
-    /// The node for the next attempt. Endpoints in `tried` (this call already failed on
-    /// them) are passed over while another usable one remains: their breakers may not have
-    /// opened yet, and a retry to the node that just failed would spend an attempt. Its
-    /// indices are those of [`Choice::index`], which for one message always refer to the
-    /// same list (the message's fields choose it).
-    fn choose(
-        &self,
-        table: &ProxyTable,
-        route: &ServiceRoute,
-        message: &pb::FederationMessage,
-        client: Option<&str>,
-        tried: &TriedEndpoints,
-    ) -> Result<Choice, Status> {
-        let home = &self.identity.region;
+    /// Where the message may go. A named node is the only candidate; otherwise the ready
+    /// endpoints of the requested region, or of the service (in the proxy's region unless
+    /// the message allows global routing), through a balancer.
+    fn candidates<'a>(
+        &'a self,
+        table: &'a ProxyTable,
+        route: &'a ServiceRoute,
+        message: &'a pb::FederationMessage,
+        affinity: Option<&'a [u8]>,
+    ) -> Result<Candidates<'a>, RequestError> {
+        let ctx = PickContext { affinity };
         if !message.target_node.is_empty() {
-            let endpoint = table.endpoint(&message.target_node).ok_or_else(|| {
-                Status::not_found(format!(
-                    "target_node {:?} is not in the routing table",
-                    message.target_node
-                ))
-            })?;
+            let endpoint =
+                table
+                    .endpoint(&message.target_node)
+                    .ok_or_else(|| RequestError::UnknownNode {
+                        node: message.target_node.clone(),
+                    })?;
             if !endpoint.node.serves(&route.name) {
-                return Err(Status::invalid_argument(format!(
-                    "target_node {:?} does not serve {}",
-                    message.target_node, route.name
-                )));
+                return Err(RequestError::NodeDoesNotServe {
+                    node: message.target_node.clone(),
+                    service: route.name.clone(),
+                });
             }
             self.check_region(&endpoint.node.region, message)?;
             if !endpoint.node.status.is_routable() {
-                return Err(Status::unavailable(format!(
-                    "target_node {:?} is {} ({})",
-                    message.target_node, endpoint.node.status, endpoint.node.status_reason
-                )));
+                return Err(RequestError::NodeNotRoutable {
+                    node: message.target_node.clone(),
+                    status: endpoint.node.status.to_string(),
+                    reason: endpoint.node.status_reason.clone(),
+                });
             }
-            return Ok(Choice {
-                endpoint: Arc::clone(endpoint),
-                index: None,
-                reason: "the message named this node".into(),
-                alternatives: Vec::new(),
-            });
+            return Ok(Candidates::Named(endpoint));
         }
         if !message.target_region.is_empty() {
-            if !table.data.regions.contains_key(&message.target_region) {
-                return Err(Status::not_found(format!(
-                    "target_region {:?} is not in the federation",
-                    message.target_region
-                )));
+            let region = message.target_region.as_str();
+            if !table.data.regions.contains_key(region) {
+                return Err(RequestError::UnknownRegion {
+                    region: region.to_owned(),
+                });
             }
-            self.check_region(&message.target_region, message)?;
-            let (index, endpoint) = route
-                .all
-                .endpoints()
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.node.region == message.target_region)
-                .min_by_key(|&(i, e)| (tried.contains(i), e.in_flight()))
-                .ok_or_else(|| {
-                    Status::unavailable(format!(
-                        "no usable node of {} in region {}",
-                        route.name, message.target_region
-                    ))
-                })?;
-            return Ok(Choice {
-                endpoint: Arc::clone(endpoint),
-                index: Some(index),
-                reason: format!(
-                    "fewest in-flight requests in the requested region {}",
-                    message.target_region
-                ),
-                alternatives: Vec::new(),
+            self.check_region(region, message)?;
+            let scope = Scope::TargetRegion(region);
+            let balancer =
+                route
+                    .by_region
+                    .get(region)
+                    .ok_or_else(|| RequestError::NoUsableNode {
+                        service: route.name.clone(),
+                        scope: scope.to_string(),
+                        known: route.known_nodes,
+                    })?;
+            return Ok(Candidates::Balanced {
+                balancer,
+                ctx,
+                scope,
             });
         }
-        let balancer = if message.global_routing {
-            &route.all
+        Ok(if message.global_routing {
+            Candidates::Balanced {
+                balancer: &*route.all,
+                ctx,
+                scope: Scope::Federation,
+            }
         } else {
-            &route.local
-        };
-        let affinity = if message.affinity_key.is_empty() {
-            client.map(str::as_bytes)
-        } else {
-            Some(message.affinity_key.as_bytes())
-        };
-        let ctx = PickContext { affinity };
-        let pick = balancer
-            .pick_excluding(&ctx, &|i| tried.contains(i))
-            .or_else(|| balancer.pick(&ctx));
-        let Some(pick) = pick else {
-            let scope = if message.global_routing {
-                "anywhere in the federation".to_owned()
-            } else {
-                format!("in region {home} (set global_routing to use other regions)")
-            };
-            return Err(Status::unavailable(format!(
-                "no usable node of {} {scope}",
-                route.name
-            )));
-        };
-        Ok(explain(balancer.endpoints(), pick))
+            Candidates::Balanced {
+                balancer: &*route.local,
+                ctx,
+                scope: Scope::HomeRegion(&self.identity.region),
+            }
+        })
     }
 
-    fn check_region(&self, region: &str, message: &pb::FederationMessage) -> Result<(), Status> {
+    fn check_region(
+        &self,
+        region: &str,
+        message: &pb::FederationMessage,
+    ) -> Result<(), RequestError> {
         if region != self.identity.region && !message.global_routing {
-            return Err(Status::invalid_argument(format!(
-                "region {region} is outside this proxy's region {}; set global_routing to route there",
-                self.identity.region
-            )));
+            return Err(RequestError::OutsideRegion {
+                region: region.to_owned(),
+                home: self.identity.region.clone(),
+            });
         }
         Ok(())
     }
 }
 
-fn explain(endpoints: &[Arc<Endpoint>], pick: Pick) -> Choice {
-    let alternatives = pick
-        .compared_with
-        .filter(|i| *i != pick.index)
-        .and_then(|i| endpoints.get(i))
-        .map(|other| pb::Alternative {
-            node_id: other.node.id.clone(),
-            region: other.node.region.clone(),
-            zone: other.node.zone.clone(),
-            reason: format!(
-                "not chosen: {} ({} in flight)",
-                pick.reason,
-                other.in_flight()
-            ),
+// === impl RouteAttempt ===
+
+impl Attempt for RouteAttempt<'_> {
+    type Answer = pb::HandleMessageResponse;
+
+    /// One attempt: the node's HandleMessage over the endpoint's connection, accounted.
+    async fn send(
+        &mut self,
+        endpoint: &Arc<Endpoint>,
+        number: u32,
+    ) -> Result<pb::HandleMessageResponse, Failure<pb::HandleMessageResponse>> {
+        let hop = &*self;
+        let mut handler = MessageHandlerClient::with_origin(
+            EndpointChannel(Arc::clone(endpoint)),
+            endpoint.origin(),
+        );
+        let mut headers = HeaderMap::new();
+        hop::pass_deadline(hop.deadline, &mut headers);
+        hop::pass_trace(hop.span, hop.incoming, &mut headers);
+        let outgoing = Request::from_parts(
+            MetadataMap::from_headers(headers),
+            Default::default(),
+            pb::HandleMessageRequest {
+                message: Some(hop.message.clone()),
+                routed_by: hop.routed_by.to_owned(),
+                attempt: number,
+            },
+        );
+        let route = hop.route;
+        let metrics = route.metrics_of(&endpoint.node.id);
+        let started = Instant::now();
+        let answer = {
+            let _in_flight = (endpoint.start_request(), metrics.load.start());
+            handler.handle_message(outgoing).await
+        };
+        let elapsed = started.elapsed();
+        let status = match answer {
+            Ok(reply) => {
+                metrics.load.observe_orca_metadata(reply.metadata());
+                endpoint.ewma.observe(elapsed);
+                endpoint.record_success();
+                metrics.record(0, elapsed);
+                return Ok(reply.into_inner());
+            }
+            Err(status) => status,
+        };
+        metrics.load.observe_orca_metadata(status.metadata());
+        let error = match NoAnswer::behind(&status) {
+            Some(no_answer) => RequestError::Upstream {
+                node: endpoint.node.id.clone(),
+                service: route.name.clone(),
+                attempts: number,
+                reason: no_answer.to_string(),
+            },
+            None => RequestError::Answered(status),
+        };
+        let code = error.code();
+        if code == Code::Unavailable {
+            route.record_failure(endpoint);
+        } else {
+            endpoint.record_success();
+        }
+        metrics.record(code as i32, elapsed);
+        Err(Failure {
+            error,
+            answer: None,
+            // Idempotent by contract: any node may take the message once one is down,
+            // overloaded, or never got it.
+            retry_safe: code == Code::Unavailable,
         })
-        .into_iter()
-        .collect();
-    Choice {
-        endpoint: Arc::clone(&endpoints[pick.index]),
-        index: Some(pick.index),
-        reason: pick.reason.to_owned(),
-        alternatives,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use meridian_proto::v1::message_handler_server::{MessageHandler, MessageHandlerServer};
-    use meridian_shared::domain::{Algorithm, GeoPoint, Node, Region, ServicePolicy};
+    use meridian_shared::domain::{
+        Algorithm, GeoPoint, Node, Region, ServicePolicy, TimeoutPolicy,
+    };
 
     use super::*;
     use crate::endpoint::UpstreamTls;
     use crate::table::{TableData, TableSource};
 
     const SERVICE: &str = "demo.v1.Echo";
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    /// A node that answers every message as `us-1`.
-    struct Answering;
+    /// A node that answers every message as `us-1`, echoing the `traceparent` and
+    /// `grpc-timeout` it received in the reply's headers; or, `hanging`, never answers.
+    struct Answering {
+        hanging: bool,
+    }
 
     #[tonic::async_trait]
     impl MessageHandler for Answering {
@@ -352,27 +350,41 @@ mod tests {
             &self,
             request: Request<pb::HandleMessageRequest>,
         ) -> Result<Response<pb::HandleMessageResponse>, Status> {
+            if self.hanging {
+                std::future::pending::<()>().await;
+            }
+            let headers = ["traceparent", "grpc-timeout"]
+                .into_iter()
+                .filter_map(|name| {
+                    let value = request.metadata().get(name)?.to_str().ok()?;
+                    Some((name.to_owned(), value.to_owned()))
+                })
+                .collect();
             let message = request.into_inner().message.unwrap_or_default();
             Ok(Response::new(pb::HandleMessageResponse {
                 message_id: message.id,
                 node_id: "us-1".into(),
+                headers,
                 ..Default::default()
             }))
         }
     }
 
-    async fn answering_node() -> String {
+    async fn node_serving(handler: Answering) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(MessageHandlerServer::new(Answering))
+                .add_service(MessageHandlerServer::new(handler))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         address
     }
 
-    /// An address nothing listens on: connections to it are refused.
+    async fn answering_node() -> String {
+        node_serving(Answering { hanging: false }).await
+    }
+
     /// An address that refuses connections: a socket bound but not listening, kept by the
     /// caller so the port cannot be handed to another listener (a port merely released
     /// can be, and then the "dead" node answers).
@@ -406,11 +418,8 @@ mod tests {
         (id.to_owned(), node)
     }
 
-    /// A proxy in eu-west-a whose region's two nodes (one in its zone) are down, with
-    /// breakers still closed, and a live node in us-east; geographic routing.
-    async fn proxy_whose_region_is_down() -> (Router, [tokio::net::TcpSocket; 2]) {
-        let ((eu1, eu1_socket), (eu2, eu2_socket)) = (dead_address(), dead_address());
-        let us1 = answering_node().await;
+    /// A router in eu-west-a over `nodes`, with `policy` for the service.
+    fn router(nodes: Vec<(String, Node)>, policy: ServicePolicy) -> Router {
         let data = TableData {
             version: 1,
             federation: "prod".into(),
@@ -419,21 +428,8 @@ mod tests {
                 region("us-east", 38.9, -77.04),
             ]
             .into(),
-            nodes: [
-                node("eu-1", "eu-west", "eu-west-a", &eu1),
-                node("eu-2", "eu-west", "eu-west-b", &eu2),
-                node("us-1", "us-east", "us-east-a", &us1),
-            ]
-            .into(),
-            services: [(
-                SERVICE.to_owned(),
-                ServicePolicy {
-                    name: SERVICE.into(),
-                    algorithm: Algorithm::Geographic,
-                    ..Default::default()
-                },
-            )]
-            .into(),
+            nodes: nodes.into_iter().collect(),
+            services: [(SERVICE.to_owned(), policy)].into(),
             ..Default::default()
         };
         let identity = ProxyIdentity {
@@ -451,30 +447,49 @@ mod tests {
         );
         let handle = TableHandle::default();
         handle.store(table);
-        (
-            Router::new(handle, Arc::new(identity)),
-            [eu1_socket, eu2_socket],
-        )
+        Router::new(handle, Arc::new(identity))
+    }
+
+    fn policy() -> ServicePolicy {
+        ServicePolicy {
+            name: SERVICE.into(),
+            ..Default::default()
+        }
+    }
+
+    fn request(message: pb::FederationMessage) -> Request<pb::RouteMessageRequest> {
+        Request::new(pb::RouteMessageRequest {
+            message: Some(pb::FederationMessage {
+                id: "m1".into(),
+                target_service: SERVICE.into(),
+                ..message
+            }),
+        })
     }
 
     #[tokio::test]
     async fn a_retry_goes_to_a_node_the_call_has_not_tried() {
-        // The region's nodes refuse connections but their breakers have not opened (the
-        // first calls after a loss): with three attempts, the call must still reach us-1
-        // instead of spending its retries on the node that just failed.
-        let (router, _dead_sockets) = proxy_whose_region_is_down().await;
-        let request = || {
-            Request::new(pb::RouteMessageRequest {
-                message: Some(pb::FederationMessage {
-                    id: "m1".into(),
-                    target_service: SERVICE.into(),
-                    global_routing: true,
-                    ..Default::default()
-                }),
-            })
-        };
+        // The proxy's region's nodes refuse connections but their breakers have not
+        // opened (the first calls after a loss): with three attempts, the call must still
+        // reach us-1 instead of spending its retries on the node that just failed.
+        let ((eu1, _eu1_socket), (eu2, _eu2_socket)) = (dead_address(), dead_address());
+        let us1 = answering_node().await;
+        let router = router(
+            vec![
+                node("eu-1", "eu-west", "eu-west-a", &eu1),
+                node("eu-2", "eu-west", "eu-west-b", &eu2),
+                node("us-1", "us-east", "us-east-a", &us1),
+            ],
+            ServicePolicy {
+                algorithm: Algorithm::Geographic,
+                ..policy()
+            },
+        );
         let routed = router
-            .route_message(request())
+            .route_message(request(pb::FederationMessage {
+                global_routing: true,
+                ..Default::default()
+            }))
             .await
             .expect("us-1 can take the message")
             .into_inner();
@@ -483,6 +498,131 @@ mod tests {
         assert_eq!(
             decision.attempts, 3,
             "eu-1 (the proxy's zone), then eu-2 (its region), then us-1"
+        );
+    }
+
+    #[tokio::test]
+    async fn target_region_passes_over_a_node_whose_breaker_is_open() {
+        let (dead, _socket) = dead_address();
+        let live = answering_node().await;
+        let router = router(
+            vec![
+                node("us-0", "us-east", "us-east-a", &dead),
+                node("us-1", "us-east", "us-east-a", &live),
+            ],
+            policy(),
+        );
+        let table = router.table.current().unwrap();
+        let broken = table.endpoint("us-0").unwrap();
+        for _ in 0..crate::endpoint::BreakerSettings::default().threshold {
+            broken.breaker.record_failure();
+        }
+        for _ in 0..20 {
+            let routed = router
+                .route_message(request(pb::FederationMessage {
+                    target_region: "us-east".into(),
+                    global_routing: true,
+                    ..Default::default()
+                }))
+                .await
+                .expect("us-1 is ready")
+                .into_inner();
+            let decision = routed.decision.unwrap();
+            assert_eq!(decision.target_node, "us-1");
+            assert_eq!(decision.attempts, 1, "no attempt on the broken node");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_callers_trace_and_remaining_deadline_reach_the_node() {
+        let live = answering_node().await;
+        let router = router(vec![node("eu-1", "eu-west", "eu-west-a", &live)], policy());
+        let mut call = request(pb::FederationMessage::default());
+        call.metadata_mut()
+            .insert("traceparent", TRACEPARENT.parse().unwrap());
+        call.metadata_mut()
+            .insert("grpc-timeout", "5S".parse().unwrap());
+        let reply = router
+            .route_message(call)
+            .await
+            .expect("eu-1 answers")
+            .into_inner()
+            .reply
+            .unwrap();
+        assert_eq!(reply.headers["traceparent"], TRACEPARENT);
+        let timeout = reply.headers["grpc-timeout"]
+            .parse::<http::HeaderValue>()
+            .unwrap();
+        let passed_on = crate::forward::timeout::parse(&timeout).unwrap();
+        assert!(
+            passed_on <= Duration::from_secs(5) && passed_on > Duration::from_secs(4),
+            "{passed_on:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_services_default_timeout_ends_a_message_no_node_answers() {
+        let hanging = node_serving(Answering { hanging: true }).await;
+        let router = router(
+            vec![node("eu-1", "eu-west", "eu-west-a", &hanging)],
+            ServicePolicy {
+                timeout: TimeoutPolicy {
+                    default_timeout_ms: 200,
+                    max_timeout_ms: 0,
+                },
+                ..policy()
+            },
+        );
+        let status = router
+            .route_message(request(pb::FederationMessage::default()))
+            .await
+            .expect_err("eu-1 never answers");
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(
+            status.message().contains("node eu-1"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_messages_are_refused_with_what_to_fix() {
+        let live = answering_node().await;
+        let router = router(vec![node("eu-1", "eu-west", "eu-west-a", &live)], policy());
+        let refused = |message| async { router.route_message(request(message)).await.unwrap_err() };
+        let status = refused(pb::FederationMessage {
+            target_node: "us-9".into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().contains("\"us-9\""),
+            "{}",
+            status.message()
+        );
+        let status = refused(pb::FederationMessage {
+            target_region: "us-east".into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("set global_routing"),
+            "{}",
+            status.message()
+        );
+        let status = refused(pb::FederationMessage {
+            target_region: "us-east".into(),
+            global_routing: true,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(status.code(), Code::Unavailable, "us-east has no node");
+        assert!(
+            status.message().contains("in the requested region us-east"),
+            "{}",
+            status.message()
         );
     }
 }

@@ -19,6 +19,7 @@ use serde_json::json;
 
 pub use self::data::TableData;
 pub use self::route_metrics::RouteMetrics;
+use crate::balance::least_connections::LeastConnections;
 use crate::balance::{self, Balancer, Locality};
 use crate::endpoint::{BreakerSettings, Endpoint, UpstreamTls};
 use crate::load_report::CallLoad;
@@ -49,6 +50,9 @@ pub struct ServiceRoute {
     pub all: Box<dyn Balancer>,
     /// Usable endpoints in the proxy's region.
     pub local: Box<dyn Balancer>,
+    /// Usable endpoints per region, least connections first, for RouteMessage's
+    /// `target_region`; regions without one are absent.
+    pub by_region: HashMap<String, LeastConnections>,
     /// Nodes serving it in the table, usable or not (for error messages).
     pub known_nodes: usize,
     /// Request metrics per node id.
@@ -63,10 +67,7 @@ impl ServiceRoute {
     /// a service-wide problem cannot eject every endpoint.
     pub fn record_failure(&self, endpoint: &Endpoint) {
         let endpoints = self.all.endpoints();
-        let max_percent = match self.policy.outlier.max_ejection_percent {
-            0 => 50,
-            percent => percent as usize,
-        };
+        let max_percent = self.policy.outlier.effective_max_ejection_percent() as usize;
         let ejected = endpoints.iter().filter(|e| e.breaker.is_open()).count();
         let may_open = (ejected + 1) * 100 <= max_percent * endpoints.len().max(1);
         endpoint.breaker.record_failure_unless_capped(may_open);
@@ -178,10 +179,21 @@ impl ProxyTable {
                         (id.clone(), metrics)
                     })
                     .collect();
+                let mut by_region: HashMap<String, Vec<Arc<Endpoint>>> = HashMap::new();
+                for endpoint in &usable {
+                    by_region
+                        .entry(endpoint.node.region.clone())
+                        .or_default()
+                        .push(Arc::clone(endpoint));
+                }
                 let route = ServiceRoute {
                     retry_budget: RetryBudget::new(&policy.retry),
                     metrics,
                     name: name.clone(),
+                    by_region: by_region
+                        .into_iter()
+                        .map(|(region, endpoints)| (region, LeastConnections::new(endpoints)))
+                        .collect(),
                     all: balance::build(policy.algorithm, usable, &locality, &policy.failover),
                     local: balance::build(policy.algorithm, local, &locality, &policy.failover),
                     known_nodes: serving.len(),

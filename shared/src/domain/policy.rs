@@ -107,8 +107,29 @@ mirror_message!(RetryPolicy <=> pb::RetryPolicy {
 });
 
 impl RetryPolicy {
+    /// Attempts per call, the first included: 3 unless set.
     pub fn effective_max_attempts(&self) -> u32 {
         or_default(self.max_attempts, 3)
+    }
+
+    /// Share of calls (percent) the retry budget adds as retries: 20 unless set.
+    pub fn effective_budget_percent(&self) -> u32 {
+        or_default(self.budget_percent, 20)
+    }
+
+    /// Retries per second granted whatever the traffic: 10 unless set.
+    pub fn effective_budget_min_per_second(&self) -> u32 {
+        or_default(self.budget_min_per_second, 10)
+    }
+
+    /// Ceiling of the first pause between attempts: 25 ms unless set.
+    pub fn effective_backoff_base(&self) -> Duration {
+        millis_or_default(self.backoff_base_ms, 25)
+    }
+
+    /// Largest ceiling of a pause between attempts: 250 ms unless set.
+    pub fn effective_backoff_max(&self) -> Duration {
+        millis_or_default(self.backoff_max_ms, 250)
     }
 }
 
@@ -120,6 +141,18 @@ pub struct TimeoutPolicy {
     pub max_timeout_ms: u32,
 }
 mirror_message!(TimeoutPolicy <=> pb::TimeoutPolicy { default_timeout_ms, max_timeout_ms });
+
+impl TimeoutPolicy {
+    /// The deadline of a call whose caller sent none; `None` (no deadline) unless set.
+    pub fn effective_default_timeout(&self) -> Option<Duration> {
+        millis_if_set(self.default_timeout_ms)
+    }
+
+    /// The longest deadline a caller may ask for; `None` (any) unless set.
+    pub fn effective_max_timeout(&self) -> Option<Duration> {
+        millis_if_set(self.max_timeout_ms)
+    }
+}
 
 /// Breaker and outlier-ejection settings.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -137,6 +170,43 @@ mirror_message!(OutlierPolicy <=> pb::OutlierPolicy {
     consecutive_failures, failure_rate_percent, min_requests, window_ms,
     base_ejection_ms, max_ejection_ms, max_ejection_percent,
 });
+
+impl OutlierPolicy {
+    /// Consecutive failures that open an endpoint's breaker: 5 unless set.
+    pub fn effective_consecutive_failures(&self) -> u32 {
+        or_default(self.consecutive_failures, 5)
+    }
+
+    /// Failure share (percent) over the window that opens the breaker: 50 unless set.
+    pub fn effective_failure_rate_percent(&self) -> u32 {
+        or_default(self.failure_rate_percent, 50)
+    }
+
+    /// Calls in the window before the failure rate counts: 20 unless set.
+    pub fn effective_min_requests(&self) -> u32 {
+        or_default(self.min_requests, 20)
+    }
+
+    /// The failure-rate window: 10 s unless set.
+    pub fn effective_window(&self) -> Duration {
+        millis_or_default(self.window_ms, 10_000)
+    }
+
+    /// The first ejection penalty: 1 s unless set.
+    pub fn effective_base_ejection(&self) -> Duration {
+        millis_or_default(self.base_ejection_ms, 1_000)
+    }
+
+    /// The longest ejection penalty: 30 s unless set.
+    pub fn effective_max_ejection(&self) -> Duration {
+        millis_or_default(self.max_ejection_ms, 30_000)
+    }
+
+    /// Most of a service's endpoints (percent) ejected at once: 50 unless set.
+    pub fn effective_max_ejection_percent(&self) -> u32 {
+        or_default(self.max_ejection_percent, 50)
+    }
+}
 
 /// Active health checking by the control-plane leader.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -282,4 +352,8 @@ fn or_default(value: u32, default: u32) -> u32 {
 
 fn millis_or_default(value: u32, default_ms: u32) -> Duration {
     Duration::from_millis(u64::from(or_default(value, default_ms)))
+}
+
+fn millis_if_set(value: u32) -> Option<Duration> {
+    (value > 0).then(|| Duration::from_millis(u64::from(value)))
 }

@@ -1,0 +1,192 @@
+//! Why the proxy itself ended a call, for forwarded calls and RouteMessage alike, and the
+//! one edge that turns it into what the caller sees: [`RequestError::into_status`] picks
+//! the gRPC code, the message is the error's `Display`. Messages speak to operators: what
+//! happened, to what, and what to do. Only the error path allocates them.
+
+use tonic::{Code, Status};
+
+use crate::forward::ProxyBody;
+use crate::forward::status::code_name;
+
+/// Where a call looked for a node, for "no usable node" messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Anywhere in the federation.
+    Federation,
+    /// The proxy's own region (the message did not allow global routing).
+    HomeRegion(&'a str),
+    /// The region the message asked for.
+    TargetRegion(&'a str),
+}
+
+impl std::fmt::Display for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Federation => f.write_str("anywhere in the federation"),
+            Scope::HomeRegion(region) => write!(
+                f,
+                "in the proxy's region {region} (set global_routing to use other regions)"
+            ),
+            Scope::TargetRegion(region) => write!(f, "in the requested region {region}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "proxy {proxy} has no routing table yet: it has not reached a control plane and has no cached table; check its --control-planes and that a control plane is up"
+    )]
+    NoTable { proxy: String },
+
+    #[error("{path:?} is not a gRPC method path (/package.Service/Method)")]
+    NotAMethodPath { path: String },
+
+    #[error(
+        "service {service} is not in the routing table of proxy {proxy} (federation {federation}, version {version}): no node serves it; check the service name or register a node serving it"
+    )]
+    UnknownService {
+        service: String,
+        proxy: String,
+        federation: String,
+        version: u64,
+    },
+
+    #[error(
+        "malformed grpc-timeout header {value:?}: expected at most 8 digits and a unit (H, M, S, m, u, n), e.g. 500m"
+    )]
+    MalformedTimeout { value: String },
+
+    /// A request the caller must fix (a missing or malformed field, an unreadable body).
+    #[error("{0}")]
+    BadRequest(String),
+
+    #[error("target_node {node:?} is not in the routing table; check `meridianctl nodes`")]
+    UnknownNode { node: String },
+
+    #[error("target_region {region:?} is not in the federation; check `meridianctl regions`")]
+    UnknownRegion { region: String },
+
+    #[error("target_node {node:?} does not serve {service}")]
+    NodeDoesNotServe { node: String, service: String },
+
+    #[error(
+        "region {region} is outside this proxy's region {home}; set global_routing to route there"
+    )]
+    OutsideRegion { region: String, home: String },
+
+    #[error(
+        "target_node {node:?} is {status} ({reason}); route without target_node or recover the node"
+    )]
+    NodeNotRoutable {
+        node: String,
+        status: String,
+        reason: String,
+    },
+
+    #[error(
+        "no usable node for service {service} {scope}: {known} node(s) known, none healthy and ready (draining, unhealthy, failed, lost, or their breakers open); check `meridianctl nodes`"
+    )]
+    NoUsableNode {
+        service: String,
+        /// Where the proxy looked ([`Scope`]).
+        scope: String,
+        known: usize,
+    },
+
+    #[error("node {node} has an unusable address {address:?}; re-register it with host:port")]
+    UnusableAddress { node: String, address: String },
+
+    #[error(
+        "deadline exceeded after {attempts} attempt(s), waiting for node {node} of service {service}; raise the caller's timeout or the service's timeout policy"
+    )]
+    DeadlineExceeded {
+        node: String,
+        service: String,
+        attempts: u32,
+    },
+
+    /// The node never answered: it could not be reached, or its connection failed.
+    #[error("node {node} of service {service} failed after {attempts} attempt(s): {reason}")]
+    Upstream {
+        node: String,
+        service: String,
+        attempts: u32,
+        reason: String,
+    },
+
+    /// The status a node answered with, passed on as is.
+    #[error("node answered {}: {}", .0.code(), .0.message())]
+    Answered(Status),
+}
+
+impl RequestError {
+    /// The gRPC code the caller gets.
+    pub fn code(&self) -> Code {
+        match self {
+            RequestError::NoTable { .. }
+            | RequestError::NodeNotRoutable { .. }
+            | RequestError::NoUsableNode { .. }
+            | RequestError::Upstream { .. } => Code::Unavailable,
+            RequestError::NotAMethodPath { .. } | RequestError::UnknownService { .. } => {
+                Code::Unimplemented
+            }
+            RequestError::MalformedTimeout { .. }
+            | RequestError::BadRequest(_)
+            | RequestError::NodeDoesNotServe { .. }
+            | RequestError::OutsideRegion { .. } => Code::InvalidArgument,
+            RequestError::UnknownNode { .. } | RequestError::UnknownRegion { .. } => Code::NotFound,
+            RequestError::UnusableAddress { .. } => Code::Internal,
+            RequestError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            RequestError::Answered(status) => status.code(),
+        }
+    }
+
+    /// The status the caller gets: the node's own for [`RequestError::Answered`], else the
+    /// proxy's code and message (counted in `meridian_proxy_local_errors_total`).
+    pub fn into_status(self) -> Status {
+        if let RequestError::Answered(status) = self {
+            return status;
+        }
+        let code = self.code();
+        metrics::counter!("meridian_proxy_local_errors_total", "code" => code_name(code))
+            .increment(1);
+        Status::new(code, self.to_string())
+    }
+
+    /// The status as a trailers-only response (HTTP 200 with `grpc-status` and
+    /// `grpc-message` in the headers), for forwarded calls.
+    pub fn into_response(self) -> http::Response<ProxyBody> {
+        self.into_status().into_http()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_error_is_a_trailers_only_response_with_its_code_and_message() {
+        let error = RequestError::NoUsableNode {
+            service: "demo.v1.Echo".into(),
+            scope: Scope::Federation.to_string(),
+            known: 2,
+        };
+        let response = error.into_response();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let status = Status::from_header_map(response.headers()).expect("a grpc-status header");
+        assert_eq!(status.code(), Code::Unavailable);
+        let message = status.message();
+        assert!(
+            message.contains("demo.v1.Echo") && message.contains("2 node(s) known"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_nodes_answer_passes_through_untouched() {
+        let status = RequestError::Answered(Status::resource_exhausted("queue full")).into_status();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "queue full");
+    }
+}

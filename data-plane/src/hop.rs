@@ -1,0 +1,148 @@
+//! What every call the proxy passes on to a node gets, forwarded or routed
+//! (RouteMessage) alike: a deadline (the caller's `grpc-timeout` within the service's
+//! timeout policy, the remaining budget written for the next hop) and a place in the
+//! caller's W3C trace (with trace export on, a proxy span continuing the caller's
+//! `traceparent` and parent of the node's; without it, the caller's context passes on
+//! untouched at no cost).
+
+use http::{HeaderMap, HeaderName};
+use meridian_shared::domain::TimeoutPolicy;
+use meridian_shared::telemetry;
+use tokio::time::Instant;
+
+use crate::error::RequestError;
+use crate::forward::timeout;
+
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const TRACE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+/// When the call must end: the caller's `grpc-timeout`, capped by the policy's maximum,
+/// or the policy's default when the caller sent none; `None` for no deadline.
+pub fn deadline(
+    headers: &HeaderMap,
+    policy: &TimeoutPolicy,
+) -> Result<Option<Instant>, RequestError> {
+    let asked = match headers.get(GRPC_TIMEOUT) {
+        Some(value) => {
+            Some(
+                timeout::parse(value).ok_or_else(|| RequestError::MalformedTimeout {
+                    value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                })?,
+            )
+        }
+        None => policy.effective_default_timeout(),
+    };
+    let budget = match (asked, policy.effective_max_timeout()) {
+        (Some(asked), Some(max)) => Some(asked.min(max)),
+        (asked, _) => asked,
+    };
+    Ok(budget.map(|budget| Instant::now() + budget))
+}
+
+/// Writes the budget left before `deadline` as the next hop's `grpc-timeout`.
+pub fn pass_deadline(deadline: Option<Instant>, outgoing: &mut HeaderMap) {
+    if let Some(deadline) = deadline {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        outgoing.insert(GRPC_TIMEOUT, timeout::format(remaining));
+    }
+}
+
+/// With trace export on, the proxy's span for one call (`name`, e.g. `forward`, and the
+/// service), a child of the trace `incoming` carries; `None` otherwise. The span lasts as
+/// long as the caller keeps it.
+pub fn span(name: &'static str, service: &str, incoming: &HeaderMap) -> Option<tracing::Span> {
+    if !telemetry::exporting_traces() {
+        return None;
+    }
+    let span = tracing::info_span!("proxy", otel.name = %format!("{name} {service}"), otel.kind = "client", rpc.service = %service);
+    telemetry::continue_trace(&span, incoming);
+    Some(span)
+}
+
+/// Makes the node's span a child of `span` (writes its `traceparent` into `outgoing`).
+pub fn pass_span(span: Option<&tracing::Span>, outgoing: &mut HeaderMap) {
+    if let Some(span) = span {
+        telemetry::inject_context(span, outgoing);
+    }
+}
+
+/// Passes the caller's trace on to a node in a new request: the proxy's span when there
+/// is one, else the caller's own `traceparent` and `tracestate`.
+pub fn pass_trace(span: Option<&tracing::Span>, incoming: &HeaderMap, outgoing: &mut HeaderMap) {
+    if span.is_some() {
+        return pass_span(span, outgoing);
+    }
+    for name in TRACE_HEADERS {
+        if let Some(value) = incoming.get(&name) {
+            outgoing.insert(name, value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn with_timeout(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(GRPC_TIMEOUT, HeaderValue::from_static(value));
+        headers
+    }
+
+    fn policy(default_ms: u32, max_ms: u32) -> TimeoutPolicy {
+        TimeoutPolicy {
+            default_timeout_ms: default_ms,
+            max_timeout_ms: max_ms,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_timeout_holds_within_the_policys_maximum() {
+        let now = Instant::now();
+        let at = |headers: &HeaderMap, policy: &TimeoutPolicy| deadline(headers, policy).unwrap();
+        assert_eq!(
+            at(&with_timeout("300m"), &policy(0, 0)),
+            Some(now + Duration::from_millis(300))
+        );
+        assert_eq!(
+            at(&with_timeout("10S"), &policy(0, 2_000)),
+            Some(now + Duration::from_secs(2)),
+            "capped by max_timeout_ms"
+        );
+        assert_eq!(
+            at(&HeaderMap::new(), &policy(500, 0)),
+            Some(now + Duration::from_millis(500)),
+            "default_timeout_ms when the caller sent none"
+        );
+        assert_eq!(at(&HeaderMap::new(), &policy(0, 2_000)), None);
+        let refused = deadline(&with_timeout("soon"), &policy(0, 0)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_hop_gets_the_budget_left() {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        tokio::time::advance(Duration::from_millis(400)).await;
+        let mut outgoing = HeaderMap::new();
+        pass_deadline(Some(deadline), &mut outgoing);
+        assert_eq!(outgoing[GRPC_TIMEOUT], "600000u");
+    }
+
+    #[test]
+    fn without_trace_export_the_callers_trace_context_passes_on() {
+        let mut incoming = HeaderMap::new();
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        incoming.insert("traceparent", HeaderValue::from_static(parent));
+        let span = span("route", "demo.v1.Echo", &incoming);
+        let mut outgoing = HeaderMap::new();
+        pass_trace(span.as_ref(), &incoming, &mut outgoing);
+        assert_eq!(outgoing["traceparent"], parent);
+    }
+}
