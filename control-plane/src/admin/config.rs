@@ -8,6 +8,7 @@ use meridian_shared::domain::EventKind;
 use tonic::Status;
 
 use crate::auth::Caller;
+use crate::ctl::config_keys;
 use crate::dynconfig::DynamicConfig;
 use crate::errors::{decode_status, store_status};
 use crate::events::EventLog;
@@ -62,7 +63,7 @@ pub async fn update(
             listed.join("; ")
         )));
     }
-    let (_, current_revision) = read(store, keys).await?;
+    let (current, current_revision) = read(store, keys).await?;
     if request.expected_revision != 0 && request.expected_revision != current_revision as u64 {
         return Err(Status::failed_precondition(format!(
             "the configuration changed since revision {} (it is at {current_revision} now); read it again",
@@ -92,7 +93,7 @@ pub async fn update(
         .record(
             EventKind::ConfigUpdated,
             "config".into(),
-            format!("dynamic configuration updated: {config:?}"),
+            describe_change(current, &config),
             caller.actor(),
         )
         .await;
@@ -101,6 +102,16 @@ pub async fn update(
         revision: result.revision as u64,
         applied: true,
     })
+}
+
+/// What an update changed, key by key, for the event history.
+fn describe_change(old: DynamicConfig, new: &DynamicConfig) -> String {
+    let changed = config_keys::changes(&old.into(), &new.clone().into());
+    if changed.is_empty() {
+        "dynamic configuration written again, unchanged".into()
+    } else {
+        format!("dynamic configuration updated: {}", changed.join(", "))
+    }
 }
 
 async fn read(store: &Arc<dyn Store>, keys: &Keys) -> Result<(DynamicConfig, i64), Status> {

@@ -212,7 +212,7 @@ impl Assignment {
 
 /// Every key with its value in `config`; an absent health-check message reads as zeros
 /// (its defaults).
-pub(super) fn entries(config: &Config) -> Vec<(&'static str, Value)> {
+pub(crate) fn entries(config: &Config) -> Vec<(&'static str, Value)> {
     let mut scratch = config.clone();
     FIELDS
         .iter()
@@ -224,6 +224,16 @@ pub(super) fn entries(config: &Config) -> Vec<(&'static str, Value)> {
             };
             (field.key, value)
         })
+        .collect()
+}
+
+/// The keys whose values differ between `old` and `new`, as `key old → new`.
+pub(crate) fn changes(old: &Config, new: &Config) -> Vec<String> {
+    entries(old)
+        .into_iter()
+        .zip(entries(new))
+        .filter(|((_, before), (_, after))| before != after)
+        .map(|((key, before), (_, after))| format!("{key} {before} → {after}"))
         .collect()
 }
 
@@ -256,6 +266,24 @@ mod tests {
         let mut config = Config::default();
         text.parse::<Assignment>()?.apply(&mut config);
         Ok(config)
+    }
+
+    #[test]
+    fn changes_name_each_changed_key_with_both_values() {
+        let old = Config::default();
+        let mut new = assign("debounce_quiet_ms=50").unwrap();
+        "default_health_check.tcp_only=true"
+            .parse::<Assignment>()
+            .unwrap()
+            .apply(&mut new);
+        assert_eq!(
+            changes(&old, &new),
+            [
+                "debounce_quiet_ms 0 → 50",
+                "default_health_check.tcp_only false → true"
+            ]
+        );
+        assert!(changes(&new, &new).is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod auth;
 #[cfg(test)]
 mod cli_tests;
 mod config;
-mod config_keys;
+pub(crate) mod config_keys;
 mod connect;
 mod enums;
 mod events;
