@@ -303,7 +303,7 @@ mod tests {
     use meridian_shared::domain::{GeoPoint, Region};
 
     use super::*;
-    use crate::balance::test_support::endpoint;
+    use crate::balance::test_support::{endpoint, open_breaker};
 
     fn region(name: &str, latitude: f64, longitude: f64) -> Region {
         Region {
@@ -481,12 +481,6 @@ mod tests {
         assert_eq!(balancer.pick(&PickContext::default()), None);
     }
 
-    fn break_endpoint(e: &Endpoint) {
-        for _ in 0..crate::endpoint::BreakerSettings::default().threshold {
-            e.breaker.record_failure();
-        }
-    }
-
     /// Four endpoints in the proxy's zone and four elsewhere in its region.
     fn zone_and_region() -> Vec<Arc<Endpoint>> {
         (0..4)
@@ -505,32 +499,32 @@ mod tests {
         in_zone as f64 / picks as f64
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_tier_that_loses_a_little_keeps_all_its_traffic() {
         let eps = zone_and_region();
         let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
-        break_endpoint(&eps[0]);
+        open_breaker(&eps[0]);
         // 3 of 4 ready × 1.4 = 105 % ≥ 100 %: nothing spills.
         assert_eq!(zone_share(&balancer, 2_000), 1.0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_tier_that_loses_half_spills_by_the_overprovisioning_factor() {
         let eps = zone_and_region();
         let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
-        break_endpoint(&eps[0]);
-        break_endpoint(&eps[1]);
+        open_breaker(&eps[0]);
+        open_breaker(&eps[1]);
         // 2 of 4 ready × 1.4 = 70 % stays in the zone, 30 % spills to the region.
         let share = zone_share(&balancer, 20_000);
         assert!((0.67..0.73).contains(&share), "zone kept {share}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn below_the_panic_threshold_every_endpoint_is_used() {
         let eps = zone_and_region();
         let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
         for e in &eps[..5] {
-            break_endpoint(e);
+            open_breaker(e);
         }
         // 3 of 8 ready is under 50 %: route to all, broken ones included.
         let picked_broken = (0..2_000).any(|_| {

@@ -505,12 +505,16 @@ mod tests {
     async fn target_region_passes_over_a_node_whose_breaker_is_open() {
         let (dead, _socket) = dead_address();
         let live = answering_node().await;
+        // The breaker stays open for a minute: a slow run must not see it half-open.
+        let mut held_open = policy();
+        held_open.outlier.base_ejection_ms = 60_000;
+        held_open.outlier.max_ejection_ms = 60_000;
         let router = router(
             vec![
                 node("us-0", "us-east", "us-east-a", &dead),
                 node("us-1", "us-east", "us-east-a", &live),
             ],
-            policy(),
+            held_open,
         );
         let table = router.table.current().unwrap();
         let broken = table.endpoint("us-0").unwrap();
