@@ -72,7 +72,7 @@ pub struct ConcurrencyArgs {
     /// Static: the limit. Adaptive: the starting limit (0: 20).
     #[arg(long, value_name = "N")]
     concurrency_limit: Option<u32>,
-    /// Adaptive: the lowest limit (0: 1).
+    /// Adaptive: the lowest limit (0: 3).
     #[arg(long, value_name = "N")]
     concurrency_min_limit: Option<u32>,
     /// Adaptive: the highest limit (0: 1000).
@@ -421,16 +421,18 @@ mod tests {
         .apply(&mut policy);
         let c = policy.concurrency.clone().expect("concurrency set");
         assert_eq!(c.kind, pb::ConcurrencyLimitKind::Adaptive as i32);
-        assert_eq!((c.max_limit, c.max_queue, c.max_queue_wait_ms), (300, 40, 500));
+        assert_eq!(
+            (c.max_limit, c.max_queue, c.max_queue_wait_ms),
+            (300, 40, 500)
+        );
         assert_eq!(c.drop_strategy, pb::QueueDropStrategy::DropOldest as i32);
         assert_eq!(
             concurrency_cell(policy.concurrency.as_ref()),
-            "adaptive 1-300, queue 40/500ms"
+            "adaptive 3-300, queue 40/500ms"
         );
         assert_eq!(json(&policy)["concurrency"]["drop_strategy"], "drop_oldest");
 
-        set_args("services set demo.v1.Echo --federation prod --queue-size 10")
-            .apply(&mut policy);
+        set_args("services set demo.v1.Echo --federation prod --queue-size 10").apply(&mut policy);
         let c = policy.concurrency.clone().expect("concurrency kept");
         assert_eq!((c.max_limit, c.max_queue), (300, 10), "other fields kept");
 

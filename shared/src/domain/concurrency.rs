@@ -14,8 +14,9 @@ use super::ConversionError;
 
 /// Starting limit of an adaptive limit.
 pub const DEFAULT_INITIAL_LIMIT: u32 = 20;
-/// Lowest an adaptive limit goes.
-pub const DEFAULT_MIN_LIMIT: u32 = 1;
+/// Lowest an adaptive limit goes (Envoy's default minimum concurrency): also the limit
+/// held while the no-load latency is measured.
+pub const DEFAULT_MIN_LIMIT: u32 = 3;
 /// Highest an adaptive limit goes.
 pub const DEFAULT_MAX_LIMIT: u32 = 1_000;
 /// Longest a queued call waits.
@@ -99,8 +100,9 @@ impl ConcurrencyPolicy {
 
     pub fn effective_max_limit(&self) -> u32 {
         match self.kind {
-            ConcurrencyLimitKind::Adaptive => or_default(self.max_limit, DEFAULT_MAX_LIMIT)
-                .max(self.effective_min_limit()),
+            ConcurrencyLimitKind::Adaptive => {
+                or_default(self.max_limit, DEFAULT_MAX_LIMIT).max(self.effective_min_limit())
+            }
             _ => self.limit.max(1),
         }
     }
