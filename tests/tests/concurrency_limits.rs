@@ -87,7 +87,10 @@ async fn calls_beyond_the_limit_and_queue_are_refused_and_queued_calls_are_serve
             "5000",
         ],
     );
-    assert!(status.success(), "meridianctl services set failed: {stderr}");
+    assert!(
+        status.success(),
+        "meridianctl services set failed: {stderr}"
+    );
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
     wait_usable(&proxy, 1).await;
     let limit = wait_limit(&proxy, "static").await;
@@ -113,7 +116,11 @@ async fn calls_beyond_the_limit_and_queue_are_refused_and_queued_calls_are_serve
         let asked = Instant::now();
         let status = client.clone().say(say(name)).await.unwrap_err();
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        assert!(status.message().contains("queue_full"), "{}", status.message());
+        assert!(
+            status.message().contains("queue_full"),
+            "{}",
+            status.message()
+        );
         assert!(
             asked.elapsed() < Duration::from_millis(250),
             "refused at once, not after waiting: {:?}",
@@ -219,7 +226,11 @@ async fn the_adaptive_limit_settles_near_the_backends_capacity() {
         (capacity * 0.8..=capacity * 2.5).contains(&mean),
         "the limit settled at {mean:.1}, far from the node's capacity {capacity}: {limits:?}"
     );
-    assert_eq!(errors.load(Ordering::Relaxed), 0, "the queue absorbed the rest");
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "the queue absorbed the rest"
+    );
     let gauge = metric(
         &proxy,
         "meridian_proxy_concurrency_limit",
@@ -329,7 +340,11 @@ async fn under_overload_low_priority_messages_are_shed_before_high_ones() {
     println!(
         "priority 0: {low_ok} served, {low_refused} refused ({shed_low} shed for priority); priority 9: {high_ok} served, {high_refused} refused ({shed_high} shed for priority)"
     );
-    assert_eq!((low_other, high_other), (0, 0), "only RESOURCE_EXHAUSTED refusals");
+    assert_eq!(
+        (low_other, high_other),
+        (0, 0),
+        "only RESOURCE_EXHAUSTED refusals"
+    );
     assert!(
         low_refused > 0 && shed_low > 0.0,
         "overloaded: low priority must be shed"

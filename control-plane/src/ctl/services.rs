@@ -260,7 +260,7 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
 
 /// The limit in short: `none`, `static 50, queue 20/500ms`, `adaptive 1-1000, queue 0`.
 fn concurrency_cell(policy: Option<&pb::ConcurrencyPolicy>) -> String {
-    let Some(Ok(c)) = policy.cloned().map(ConcurrencyPolicy::try_from) else {
+    let Some(Ok(c)) = policy.copied().map(ConcurrencyPolicy::try_from) else {
         return "none".to_owned();
     };
     let limit = match c.kind {
@@ -280,8 +280,8 @@ fn concurrency_cell(policy: Option<&pb::ConcurrencyPolicy>) -> String {
 }
 
 fn concurrency_json(policy: Option<&pb::ConcurrencyPolicy>) -> Value {
-    let c = policy.cloned().unwrap_or_default();
-    let domain = ConcurrencyPolicy::try_from(c.clone()).unwrap_or_default();
+    let c = policy.copied().unwrap_or_default();
+    let domain = ConcurrencyPolicy::try_from(c).unwrap_or_default();
     json!({
         "kind": domain.kind.as_str(),
         "limit": c.limit,
@@ -419,7 +419,7 @@ mod tests {
              --queue-drop drop-oldest",
         )
         .apply(&mut policy);
-        let c = policy.concurrency.clone().expect("concurrency set");
+        let c = policy.concurrency.expect("concurrency set");
         assert_eq!(c.kind, pb::ConcurrencyLimitKind::Adaptive as i32);
         assert_eq!(
             (c.max_limit, c.max_queue, c.max_queue_wait_ms),
@@ -433,7 +433,7 @@ mod tests {
         assert_eq!(json(&policy)["concurrency"]["drop_strategy"], "drop_oldest");
 
         set_args("services set demo.v1.Echo --federation prod --queue-size 10").apply(&mut policy);
-        let c = policy.concurrency.clone().expect("concurrency kept");
+        let c = policy.concurrency.expect("concurrency kept");
         assert_eq!((c.max_limit, c.max_queue), (300, 10), "other fields kept");
 
         set_args("services set demo.v1.Echo --federation prod --concurrency none")
