@@ -57,6 +57,15 @@ pub enum RequestError {
     )]
     MalformedTimeout { value: String },
 
+    #[error(
+        "malformed x-meridian-priority header {value:?}: expected one digit, 0 to 9 (9 most important)"
+    )]
+    MalformedPriority { value: String },
+
+    /// Admission control refused the call before any node saw it.
+    #[error(transparent)]
+    Refused(#[from] crate::admission::concurrency::Refusal),
+
     /// A request the caller must fix (a missing or malformed field, an unreadable body).
     #[error("{0}")]
     BadRequest(String),
@@ -132,12 +141,14 @@ impl RequestError {
                 Code::Unimplemented
             }
             RequestError::MalformedTimeout { .. }
+            | RequestError::MalformedPriority { .. }
             | RequestError::BadRequest(_)
             | RequestError::NodeDoesNotServe { .. }
             | RequestError::OutsideRegion { .. } => Code::InvalidArgument,
             RequestError::UnknownNode { .. } | RequestError::UnknownRegion { .. } => Code::NotFound,
             RequestError::UnusableAddress { .. } => Code::Internal,
             RequestError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            RequestError::Refused(_) => Code::ResourceExhausted,
             RequestError::Answered(status) => status.code(),
         }
     }

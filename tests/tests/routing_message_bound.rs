@@ -142,6 +142,18 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             scale_up_stabilization_ms: max,
             ..Default::default()
         }),
+        concurrency: Some(pb::ConcurrencyPolicy {
+            kind: i32::MAX,
+            limit: max,
+            min_limit: max,
+            max_limit: max,
+            max_queue: max,
+            max_queue_wait_ms: max,
+            drop_strategy: i32::MAX,
+            target_queue_wait_ms: max,
+            sample_window_ms: max,
+            min_rtt_interval_ms: max,
+        }),
     }
 }
 

@@ -3,11 +3,13 @@
 //!
 //! `services set` edits rather than replaces: the Admin API only offers "upsert the whole
 //! policy", and most of a policy (failover tiers, outlier ejection, health checks, scaling)
-//! has no flag here, so the command reads the current policy, changes the fields given on
+//! has no flag here (the concurrency limit has: `--concurrency static|adaptive|none` and
+//! the `--concurrency-*` / `--queue-*` flags), so the command reads the current policy, changes the fields given on
 //! the command line and writes it back. A new service starts from the defaults.
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use meridian_proto::v1 as pb;
+use meridian_shared::domain::ConcurrencyPolicy;
 use serde_json::{Value, json};
 
 use super::auth::Admin;
@@ -55,6 +57,102 @@ pub struct SetArgs {
     /// Deadline for requests that carry no grpc-timeout, in milliseconds (0: none).
     #[arg(long, value_name = "MS")]
     default_timeout_ms: Option<u32>,
+    #[command(flatten)]
+    concurrency: ConcurrencyArgs,
+}
+
+/// The concurrency limit per proxy and its queue; see `ConcurrencyPolicy` in
+/// topology.proto. Fields not given keep their values.
+#[derive(Debug, Args)]
+pub struct ConcurrencyArgs {
+    /// How the proxies limit the calls in flight: static, adaptive (from measured
+    /// latency), or none (clears every concurrency setting).
+    #[arg(long, value_enum, value_name = "KIND")]
+    concurrency: Option<LimitKind>,
+    /// Static: the limit. Adaptive: the starting limit (0: 20).
+    #[arg(long, value_name = "N")]
+    concurrency_limit: Option<u32>,
+    /// Adaptive: the lowest limit (0: 3).
+    #[arg(long, value_name = "N")]
+    concurrency_min_limit: Option<u32>,
+    /// Adaptive: the highest limit (0: 1000).
+    #[arg(long, value_name = "N")]
+    concurrency_max_limit: Option<u32>,
+    /// Adaptive: how often the limit is recomputed, in milliseconds (0: 100).
+    #[arg(long, value_name = "MS")]
+    concurrency_sample_window_ms: Option<u32>,
+    /// Adaptive: how often the no-load latency is measured again, in milliseconds
+    /// (0: 30000).
+    #[arg(long, value_name = "MS")]
+    concurrency_min_rtt_interval_ms: Option<u32>,
+    /// Calls that may wait for a slot (0: none wait).
+    #[arg(long, value_name = "N")]
+    queue_size: Option<u32>,
+    /// Longest a call waits for a slot, in milliseconds (0: 1000).
+    #[arg(long, value_name = "MS")]
+    queue_max_wait_ms: Option<u32>,
+    /// Queue wait above which lower priorities are shed, in milliseconds (0: a quarter
+    /// of the longest wait).
+    #[arg(long, value_name = "MS")]
+    queue_target_wait_ms: Option<u32>,
+    /// Which call goes when the queue is full.
+    #[arg(long, value_enum, value_name = "STRATEGY")]
+    queue_drop: Option<DropStrategy>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LimitKind {
+    None,
+    Static,
+    Adaptive,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DropStrategy {
+    RejectNew,
+    DropOldest,
+}
+
+impl ConcurrencyArgs {
+    fn apply(self, policy: &mut Option<pb::ConcurrencyPolicy>) {
+        if let Some(LimitKind::None) = self.concurrency {
+            *policy = None;
+            return;
+        }
+        let c = policy.get_or_insert_default();
+        if let Some(kind) = self.concurrency {
+            c.kind = match kind {
+                LimitKind::Static => pb::ConcurrencyLimitKind::Static,
+                _ => pb::ConcurrencyLimitKind::Adaptive,
+            } as i32;
+        }
+        if let Some(drop) = self.queue_drop {
+            c.drop_strategy = match drop {
+                DropStrategy::RejectNew => pb::QueueDropStrategy::RejectNew,
+                DropStrategy::DropOldest => pb::QueueDropStrategy::DropOldest,
+            } as i32;
+        }
+        for (value, field) in [
+            (self.concurrency_limit, &mut c.limit),
+            (self.concurrency_min_limit, &mut c.min_limit),
+            (self.concurrency_max_limit, &mut c.max_limit),
+            (self.concurrency_sample_window_ms, &mut c.sample_window_ms),
+            (
+                self.concurrency_min_rtt_interval_ms,
+                &mut c.min_rtt_interval_ms,
+            ),
+            (self.queue_size, &mut c.max_queue),
+            (self.queue_max_wait_ms, &mut c.max_queue_wait_ms),
+            (self.queue_target_wait_ms, &mut c.target_queue_wait_ms),
+        ] {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        if *c == pb::ConcurrencyPolicy::default() {
+            *policy = None;
+        }
+    }
 }
 
 impl SetArgs {
@@ -77,6 +175,7 @@ impl SetArgs {
         if let Some(timeout) = self.default_timeout_ms {
             policy.timeout.get_or_insert_default().default_timeout_ms = timeout;
         }
+        self.concurrency.apply(&mut policy.concurrency);
     }
 }
 
@@ -135,6 +234,7 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
         "HASH HEADER",
         "MAX ATTEMPTS",
         "DEFAULT TIMEOUT",
+        "CONCURRENCY",
     ]);
     for s in services {
         let retry = s.retry.clone().unwrap_or_default();
@@ -152,9 +252,48 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
                 0 => "none".to_owned(),
                 ms => format!("{ms}ms"),
             },
+            concurrency_cell(s.concurrency.as_ref()),
         ]);
     }
     table
+}
+
+/// The limit in short: `none`, `static 50, queue 20/500ms`, `adaptive 1-1000, queue 0`.
+fn concurrency_cell(policy: Option<&pb::ConcurrencyPolicy>) -> String {
+    let Some(Ok(c)) = policy.copied().map(ConcurrencyPolicy::try_from) else {
+        return "none".to_owned();
+    };
+    let limit = match c.kind {
+        meridian_shared::domain::ConcurrencyLimitKind::None => return "none".to_owned(),
+        meridian_shared::domain::ConcurrencyLimitKind::Static => format!("static {}", c.limit),
+        meridian_shared::domain::ConcurrencyLimitKind::Adaptive => format!(
+            "adaptive {}-{}",
+            c.effective_min_limit(),
+            c.effective_max_limit()
+        ),
+    };
+    format!(
+        "{limit}, queue {}/{}ms",
+        c.max_queue,
+        c.effective_max_queue_wait().as_millis()
+    )
+}
+
+fn concurrency_json(policy: Option<&pb::ConcurrencyPolicy>) -> Value {
+    let c = policy.copied().unwrap_or_default();
+    let domain = ConcurrencyPolicy::try_from(c).unwrap_or_default();
+    json!({
+        "kind": domain.kind.as_str(),
+        "limit": c.limit,
+        "min_limit": c.min_limit,
+        "max_limit": c.max_limit,
+        "max_queue": c.max_queue,
+        "max_queue_wait_ms": c.max_queue_wait_ms,
+        "drop_strategy": domain.drop_strategy.as_str(),
+        "target_queue_wait_ms": c.target_queue_wait_ms,
+        "sample_window_ms": c.sample_window_ms,
+        "min_rtt_interval_ms": c.min_rtt_interval_ms,
+    })
 }
 
 /// The whole policy; absent sub-policies print as their defaults (zeros) so every
@@ -215,6 +354,7 @@ pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
             "scale_down_stabilization_ms": scaling.scale_down_stabilization_ms,
             "scale_up_stabilization_ms": scaling.scale_up_stabilization_ms,
         },
+        "concurrency": concurrency_json(policy.concurrency.as_ref()),
     })
 }
 
@@ -268,6 +408,38 @@ mod tests {
         assert_eq!(retry.budget_percent, 30);
         assert_eq!(retry.idempotent_methods, ["/demo.v1.Echo/Get"]);
         assert_eq!(policy.timeout, None);
+    }
+
+    #[test]
+    fn set_changes_the_concurrency_limit_and_none_clears_it() {
+        let mut policy = pb::ServicePolicy::default();
+        set_args(
+            "services set demo.v1.Echo --federation prod --concurrency adaptive \
+             --concurrency-max-limit 300 --queue-size 40 --queue-max-wait-ms 500 \
+             --queue-drop drop-oldest",
+        )
+        .apply(&mut policy);
+        let c = policy.concurrency.expect("concurrency set");
+        assert_eq!(c.kind, pb::ConcurrencyLimitKind::Adaptive as i32);
+        assert_eq!(
+            (c.max_limit, c.max_queue, c.max_queue_wait_ms),
+            (300, 40, 500)
+        );
+        assert_eq!(c.drop_strategy, pb::QueueDropStrategy::DropOldest as i32);
+        assert_eq!(
+            concurrency_cell(policy.concurrency.as_ref()),
+            "adaptive 3-300, queue 40/500ms"
+        );
+        assert_eq!(json(&policy)["concurrency"]["drop_strategy"], "drop_oldest");
+
+        set_args("services set demo.v1.Echo --federation prod --queue-size 10").apply(&mut policy);
+        let c = policy.concurrency.expect("concurrency kept");
+        assert_eq!((c.max_limit, c.max_queue), (300, 10), "other fields kept");
+
+        set_args("services set demo.v1.Echo --federation prod --concurrency none")
+            .apply(&mut policy);
+        assert_eq!(policy.concurrency, None);
+        assert_eq!(json(&policy)["concurrency"]["kind"], "none");
     }
 
     #[test]

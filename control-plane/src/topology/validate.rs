@@ -7,8 +7,10 @@
 //! configuration; a value over a limit is refused naming the limit's config key, e.g.
 //! `node.labels: 17 labels exceed the limit of 16 (config max_labels)`. Node addresses
 //! are checked against their federation's `allowed_networks` ([`networks`]). A service's
-//! scaling policy has its own rules ([`scaling`]).
+//! scaling policy has its own rules ([`scaling`]), and so has its concurrency policy
+//! ([`concurrency`]).
 
+mod concurrency;
 mod networks;
 mod scaling;
 
@@ -487,7 +489,8 @@ pub fn service(
             format!("{:?} is not a header name", p.hash.header),
         ));
     }
-    scaling::scaling(&p.scaling)
+    scaling::scaling(&p.scaling)?;
+    concurrency::concurrency(&p.concurrency)
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! the call really ends: it keeps the endpoint's in-flight count until then, records the
 //! call's gRPC status (from the trailers, or the headers of a trailers-only response),
 //! latency and ORCA load report (the node's `endpoint-load-metrics-bin` trailer, passed
-//! on to the client untouched), and enforces the caller's deadline mid-stream by ending
+//! on to the client untouched), gives back its slot under the service's concurrency
+//! limit ([`crate::admission`]), and enforces the caller's deadline mid-stream by ending
 //! the stream with `DEADLINE_EXCEEDED` trailers.
 
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::status::code_of;
+use crate::admission::concurrency::ConcurrencyPermit;
 use crate::endpoint::OwnedInFlight;
 use crate::load_report::LoadInFlight;
 use crate::table::RouteMetrics;
@@ -49,6 +51,8 @@ pub struct Call {
     pub started: Instant,
     /// The status from a trailers-only response, if it was one.
     pub header_status: Option<i32>,
+    /// The call's slot under its service's concurrency limit, held until the call ends.
+    pub admission: Option<ConcurrencyPermit>,
 }
 
 impl Call {

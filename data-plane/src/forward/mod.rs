@@ -2,7 +2,9 @@
 //! routing table goes to an endpoint of that service chosen by the service's balancer,
 //! over that endpoint's pooled HTTP/2 connection; the response — headers, body frames,
 //! trailers — streams back untouched but for an `x-meridian-node` header naming the node
-//! that served. Deadline and trace are handled as for every hop ([`crate::hop`]), the
+//! that served. The service's concurrency limit admits the call first
+//! ([`crate::admission`]; priority from `x-meridian-priority`), and the call keeps its slot
+//! until the response body ends. Deadline and trace are handled as for every hop ([`crate::hop`]), the
 //! attempts by the one retry driver ([`crate::retry`]); unknown services, missing
 //! endpoints and expired deadlines become trailers-only responses through the one error
 //! edge ([`crate::error`]).
@@ -24,6 +26,8 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use self::body::{Call, ObservedBody};
+use crate::admission::concurrency::{self, ConcurrencyPermit};
+use crate::admission::priority::Priority;
 use crate::balance::PickContext;
 use crate::endpoint::Endpoint;
 use crate::error::{RequestError, Scope};
@@ -79,6 +83,8 @@ impl Forwarder {
         let started = Instant::now();
         let route = self.route_of(request.uri())?;
         let deadline = hop::deadline(request.headers(), &route.policy.timeout)?;
+        let admission =
+            concurrency::admit(&route, Priority::of_call(request.headers())?, deadline).await?;
         let (mut parts, body) = request.into_parts();
         // The span lasts until the response head is back (it is dropped with this call).
         let span = hop::span("forward", &route.name, &parts.headers);
@@ -105,6 +111,7 @@ impl Forwarder {
             outgoing,
             deadline,
             started,
+            admission,
         };
         let driver = RetryDriver {
             route: &route,
@@ -189,6 +196,9 @@ struct ForwardAttempt<'a> {
     outgoing: Outgoing,
     deadline: Option<Instant>,
     started: Instant,
+    /// The call's slot under the concurrency limit, handed to the body of the answer that
+    /// goes back to the client.
+    admission: Option<ConcurrencyPermit>,
 }
 
 impl Attempt for ForwardAttempt<'_> {
@@ -255,11 +265,17 @@ impl Attempt for ForwardAttempt<'_> {
             // A trailers-only response: its headers are the trailers.
             metrics.load.observe_orca_headers(&parts.headers);
         }
+        let unavailable = header_status == Some(Code::Unavailable as i32);
         let call = Call {
             _in_flight: in_flight,
             metrics,
             started: self.started,
             header_status,
+            admission: if unavailable {
+                None
+            } else {
+                self.admission.take()
+            },
         };
         let answer = Response::from_parts(
             parts,
@@ -268,7 +284,7 @@ impl Attempt for ForwardAttempt<'_> {
         // A node answering UNAVAILABLE itself is failing as much as one refusing
         // connections; any other status is the application's answer. Only an idempotent
         // call (its body kept) may then go to another node.
-        if header_status != Some(Code::Unavailable as i32) {
+        if !unavailable {
             endpoint.record_success();
             return Ok(answer);
         }

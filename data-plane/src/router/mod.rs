@@ -6,7 +6,9 @@
 //! ([`crate::hop`]: the service's timeout policy, the caller's trace carried on), its
 //! attempts are run by the one retry driver ([`crate::retry`]) — RouteMessage is
 //! idempotent by contract, so a node answering UNAVAILABLE may be retried elsewhere — and
-//! its errors go through the one error edge ([`crate::error`]). It goes over the
+//! its errors go through the one error edge ([`crate::error`]). The service's concurrency
+//! limit admits it first ([`crate::admission`], at the message's priority) and it holds
+//! its slot until the reply. It goes over the
 //! endpoint's pooled HTTP/2 connection, so RouteMessage and transparent traffic share
 //! load accounting.
 
@@ -24,6 +26,8 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
 use self::upstream::{EndpointChannel, NoAnswer};
+use crate::admission::concurrency;
+use crate::admission::priority::Priority;
 use crate::balance::PickContext;
 use crate::endpoint::Endpoint;
 use crate::error::{RequestError, Scope};
@@ -98,6 +102,8 @@ impl Router {
                     version: table.version(),
                 })?;
         let deadline = hop::deadline(&incoming, &route.policy.timeout)?;
+        let _admission =
+            concurrency::admit(route, Priority::of_message(&message, &incoming)?, deadline).await?;
         let span = hop::span("route", &route.name, &incoming);
         // The client's address is a key only for consistent hashing, and only when the
         // message brings none.

@@ -19,6 +19,7 @@ use serde_json::json;
 
 pub use self::data::TableData;
 pub use self::route_metrics::RouteMetrics;
+use crate::admission::concurrency::ConcurrencyLimiter;
 use crate::balance::least_connections::LeastConnections;
 use crate::balance::{self, Balancer, Locality};
 use crate::endpoint::{BreakerSettings, Endpoint, UpstreamTls};
@@ -59,6 +60,9 @@ pub struct ServiceRoute {
     pub metrics: HashMap<String, Arc<RouteMetrics>>,
     /// What retries of this service may spend.
     pub retry_budget: RetryBudget,
+    /// The calls in flight at once, when the policy limits them; kept from the previous
+    /// table while the concurrency policy stays the same.
+    pub concurrency: Option<Arc<ConcurrencyLimiter>>,
 }
 
 impl ServiceRoute {
@@ -186,7 +190,12 @@ impl ProxyTable {
                         .or_default()
                         .push(Arc::clone(endpoint));
                 }
+                let concurrency = match before {
+                    Some(b) if b.policy.concurrency == policy.concurrency => b.concurrency.clone(),
+                    _ => ConcurrencyLimiter::new(name, &policy.concurrency),
+                };
                 let route = ServiceRoute {
+                    concurrency,
                     retry_budget: RetryBudget::new(&policy.retry),
                     metrics,
                     name: name.clone(),
@@ -249,6 +258,7 @@ impl ProxyTable {
                     "algorithm": route.policy.algorithm.as_str(),
                     "has_policy": self.data.services.contains_key(&route.name),
                     "usable_endpoints": route.all.endpoints().len(),
+                    "concurrency": route.concurrency.as_ref().map(|c| c.debug_json()),
                     "endpoints": endpoints.iter().map(|e| json!({
                         "node": e.node.id,
                         "address": e.node.address,

@@ -7,6 +7,7 @@
 //! something the domain cannot (an unknown enum value, a missing required message).
 //! Converting domain → proto → domain is lossless; the tests check every type.
 
+mod concurrency;
 mod conversion;
 mod enums;
 mod event;
@@ -18,6 +19,7 @@ mod scaling;
 mod time;
 mod topology;
 
+pub use concurrency::{ConcurrencyLimitKind, ConcurrencyPolicy, QueueDropStrategy};
 pub use conversion::ConversionError;
 pub use enums::{Algorithm, NodeStatus, RegistrationKind};
 pub use event::{Event, EventKind};

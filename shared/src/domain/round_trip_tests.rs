@@ -142,6 +142,18 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             })),
             autoscale: true,
         },
+        concurrency: ConcurrencyPolicy {
+            kind: ConcurrencyLimitKind::Adaptive,
+            limit: 25,
+            min_limit: 4,
+            max_limit: 400,
+            max_queue: 64,
+            max_queue_wait_ms: 800,
+            drop_strategy: QueueDropStrategy::DropOldest,
+            target_queue_wait_ms: 150,
+            sample_window_ms: 200,
+            min_rtt_interval_ms: 20_000,
+        },
     }
 }
 

@@ -1,13 +1,14 @@
 //! The run-time knobs of one node (health, latency, error rate, keep-alives, the
-//! utilisation it reports), shared by the services: the flags set them at start,
+//! utilisation it reports, the workers that bound the calls it serves at once), shared by the services: the flags set them at start,
 //! `DemoControl` changes them, and every Echo and MessageHandler call passes
 //! [`NodeBehaviour::admit`] first so the knobs apply the same way to every call shape.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tonic::Status;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -35,6 +36,8 @@ pub struct NodeBehaviour {
     in_flight: AtomicU32,
     /// Calls in flight that make a utilisation of 1.
     capacity: AtomicU32,
+    /// The workers, when `--workers` bounds the calls served at once.
+    workers: OnceLock<Semaphore>,
 }
 
 impl NodeBehaviour {
@@ -56,6 +59,7 @@ impl NodeBehaviour {
             utilization_bits: AtomicU64::new(f64::NAN.to_bits()),
             in_flight: AtomicU32::new(0),
             capacity: AtomicU32::new(DEFAULT_CAPACITY),
+            workers: OnceLock::new(),
         }
     }
 
@@ -73,6 +77,10 @@ impl NodeBehaviour {
         if delay > 0 {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             let _waiting = InFlight(&self.in_flight);
+            let _worker = match self.workers.get() {
+                Some(workers) => Some(workers.acquire().await.expect("never closed")),
+                None => None,
+            };
             tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
         }
         let rate = f64::from_bits(self.error_rate_bits.load(Ordering::Relaxed));
@@ -103,6 +111,14 @@ impl NodeBehaviour {
         }
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         f64::from(in_flight) / f64::from(self.capacity.load(Ordering::Relaxed).max(1))
+    }
+
+    /// Serves at most `workers` calls at once from now on (0: no bound); set once, at
+    /// start.
+    pub fn set_workers(&self, workers: u32) {
+        if workers > 0 {
+            let _ = self.workers.set(Semaphore::new(workers as usize));
+        }
     }
 
     pub fn set_latency_ms(&self, latency_ms: u32) {

@@ -71,6 +71,12 @@ pub struct DemoNodeArgs {
     #[arg(long, env = "MERIDIAN_DEMO_CAPACITY", default_value_t = super::behaviour::DEFAULT_CAPACITY)]
     pub capacity: u32,
 
+    /// Calls served at once, like a server with a fixed pool of workers: calls beyond it
+    /// wait for a worker before their latency, so latency grows with load past this
+    /// real capacity. 0: no limit.
+    #[arg(long, env = "MERIDIAN_DEMO_WORKERS", default_value_t = 0)]
+    pub workers: u32,
+
     /// Start with grpc.health.v1 reporting NOT_SERVING (DemoControl/SetHealth changes it).
     #[arg(long, env = "MERIDIAN_DEMO_UNHEALTHY")]
     pub unhealthy: bool,

@@ -140,6 +140,7 @@ impl DemoNode {
         behaviour.set_serving(!args.unhealthy).await;
         behaviour.set_utilization(args.utilization);
         behaviour.set_capacity(args.capacity);
+        behaviour.set_workers(args.workers);
         let registration = match &args.register_with {
             Some(url) => Some(SelfRegistration::new(
                 url,
