@@ -142,6 +142,13 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             })),
             autoscale: true,
         },
+        limits: RequestLimits {
+            max_message_bytes: 1 << 20,
+            dedup_ttl_ms: 30_000,
+            dedup_max_entries: 500,
+            dedup_max_bytes: 8 << 20,
+            ids_are_unique: true,
+        },
     }
 }
 
