@@ -127,9 +127,7 @@ pub enum RequestError {
         limit: u32,
     },
 
-    #[error(
-        "idempotency_key is {length} bytes; at most {max} are allowed"
-    )]
+    #[error("idempotency_key is {length} bytes; at most {max} are allowed")]
     IdempotencyKeyTooLong { length: usize, max: usize },
 
     /// The status a node answered with, passed on as is.

@@ -239,12 +239,18 @@ async fn idempotent_calls_over_the_buffer_caps_are_forwarded_and_the_proxy_wide_
                     delay_ms: 300,
                     ..say(3 * MIB / 2)
                 };
-                client.say(request).await.map(|r| r.into_inner().payload.len())
+                client
+                    .say(request)
+                    .await
+                    .map(|r| r.into_inner().payload.len())
             })
         })
         .collect();
     for call in calls {
-        assert_eq!(call.await.unwrap().expect("every call is served"), 3 * MIB / 2);
+        assert_eq!(
+            call.await.unwrap().expect("every call is served"),
+            3 * MIB / 2
+        );
     }
     let most = sampling.await.unwrap();
     assert!(
@@ -260,10 +266,7 @@ async fn idempotent_calls_over_the_buffer_caps_are_forwarded_and_the_proxy_wide_
     assert_eq!(in_use, 0.0, "every reservation given back");
 }
 
-async fn route(
-    router: &mut MessageRouterClient<Channel>,
-    key: &str,
-) -> pb::RouteMessageResponse {
+async fn route(router: &mut MessageRouterClient<Channel>, key: &str) -> pb::RouteMessageResponse {
     let message = pb::FederationMessage {
         id: format!("id-{key}"),
         target_service: ECHO.into(),

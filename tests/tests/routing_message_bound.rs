@@ -142,6 +142,13 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             scale_up_stabilization_ms: max,
             ..Default::default()
         }),
+        limits: Some(pb::RequestLimits {
+            max_message_bytes: max,
+            dedup_ttl_ms: max,
+            dedup_max_entries: max,
+            dedup_max_bytes: u64::MAX,
+            ids_are_unique: true,
+        }),
     }
 }
 

@@ -470,8 +470,11 @@ mod tests {
 
     #[tokio::test]
     async fn calls_the_proxy_cannot_route_get_a_status_that_says_why() {
-        let without_table =
-            Forwarder::new(TableHandle::default(), identity(), ForwardSettings::default());
+        let without_table = Forwarder::new(
+            TableHandle::default(),
+            identity(),
+            ForwardSettings::default(),
+        );
         let status = status_of(
             without_table
                 .forward(call("/demo.v1.Echo/Say", None), None)

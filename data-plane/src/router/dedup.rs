@@ -192,7 +192,9 @@ impl<T> DedupCache<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // A panic while holding the lock leaves the map consistent (every change is one
         // map operation), so a poisoned lock is used as is.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -214,7 +216,9 @@ impl<T: Clone> FirstCall<T> {
         let settings = cache.settings;
         let now = Instant::now();
         let mut state = cache.lock();
-        let Some(Entry::InFlight { outcome: sender, .. }) = remove_own(&mut state, &key, self.seq)
+        let Some(Entry::InFlight {
+            outcome: sender, ..
+        }) = remove_own(&mut state, &key, self.seq)
         else {
             return;
         };

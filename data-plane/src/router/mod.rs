@@ -25,8 +25,8 @@ use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_handler_client::MessageHandlerClient;
 use meridian_proto::v1::message_router_server::MessageRouter;
 use meridian_shared::domain::Algorithm;
-use tokio::time::Instant;
 use prost::Message;
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 

@@ -32,14 +32,24 @@ pub fn request_limits(l: &RequestLimits) -> Result<(), Invalid> {
             ),
         ));
     }
-    at_most("dedup_ttl_ms", l.dedup_ttl_ms.into(), MAX_DEDUP_TTL_MS.into(), " (an hour)")?;
+    at_most(
+        "dedup_ttl_ms",
+        l.dedup_ttl_ms.into(),
+        MAX_DEDUP_TTL_MS.into(),
+        " (an hour)",
+    )?;
     at_most(
         "dedup_max_entries",
         l.dedup_max_entries.into(),
         MAX_DEDUP_ENTRIES.into(),
         "",
     )?;
-    at_most("dedup_max_bytes", l.dedup_max_bytes, MAX_DEDUP_BYTES, " (1 GiB)")
+    at_most(
+        "dedup_max_bytes",
+        l.dedup_max_bytes,
+        MAX_DEDUP_BYTES,
+        " (1 GiB)",
+    )
 }
 
 fn at_most(name: &str, value: u64, max: u64, words: &str) -> Result<(), Invalid> {
