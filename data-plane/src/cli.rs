@@ -140,9 +140,21 @@ pub struct ProxyArgs {
     #[arg(long, env = "MERIDIAN_DRAIN_GRACE", value_name = "SECONDS")]
     pub drain_grace: Option<u32>,
 
-    /// Largest gRPC message accepted, in bytes. Default 4194304 (4 MiB).
+    /// Largest gRPC message a call may carry (request or response, forwarded or
+    /// RouteMessage), in bytes, for services whose policy sets no limits.max_message_bytes;
+    /// a larger one ends the call with RESOURCE_EXHAUSTED. Default 4194304 (4 MiB).
     #[arg(long, env = "MERIDIAN_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<u32>,
+
+    /// Most bytes of one idempotent call's request body kept for retries; a larger body
+    /// is forwarded as it streams, without retries. Default 4194304 (4 MiB).
+    #[arg(long, env = "MERIDIAN_RETRY_BUFFER_CALL_BYTES", value_name = "BYTES")]
+    pub retry_buffer_call_bytes: Option<u64>,
+
+    /// Most bytes of request bodies kept for retries by all calls at once; a call that
+    /// would go over is forwarded as it streams, without retries. Default 67108864 (64 MiB).
+    #[arg(long, env = "MERIDIAN_RETRY_BUFFER_TOTAL_BYTES", value_name = "BYTES")]
+    pub retry_buffer_total_bytes: Option<u64>,
 
     /// Log format: human or json. Default human.
     #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_name = "FORMAT")]
@@ -170,6 +182,14 @@ impl ProxyArgs {
         override_with(&mut config.listen.admin, &self.admin_addr);
         override_with(&mut config.drain_grace_seconds, &self.drain_grace);
         override_with(&mut config.max_message_bytes, &self.max_message_bytes);
+        override_with(
+            &mut config.retry_buffer_call_bytes,
+            &self.retry_buffer_call_bytes,
+        );
+        override_with(
+            &mut config.retry_buffer_total_bytes,
+            &self.retry_buffer_total_bytes,
+        );
         override_with(&mut config.log.format, &self.log_format);
         override_with(&mut config.log.level, &self.log_level);
         if self.table_cache.is_some() {

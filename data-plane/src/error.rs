@@ -6,6 +6,7 @@
 use tonic::{Code, Status};
 
 use crate::forward::ProxyBody;
+use crate::forward::framing::{Direction, TooLarge};
 use crate::forward::status::code_name;
 
 /// Where a call looked for a node, for "no usable node" messages.
@@ -124,9 +125,33 @@ pub enum RequestError {
         reason: String,
     },
 
+    /// A message over the service's size limit; nothing of it reached the other side.
+    #[error(
+        "the {direction} message of {length} bytes is over the limit of {limit} bytes for service {service}; send smaller messages or raise the service's limits.max_message_bytes (or the proxy's --max-message-bytes)"
+    )]
+    MessageTooLarge {
+        service: String,
+        direction: Direction,
+        length: u32,
+        limit: u32,
+    },
+
+    #[error("idempotency_key is {length} bytes; at most {max} are allowed")]
+    IdempotencyKeyTooLong { length: usize, max: usize },
+
     /// The status a node answered with, passed on as is.
     #[error("node answered {}: {}", .0.code(), .0.message())]
     Answered(Status),
+
+    #[error(
+        "deadline exceeded waiting for the message with the same idempotency key to service {service}; raise the caller's timeout"
+    )]
+    JoinDeadlineExceeded { service: String },
+
+    /// The outcome of the first call with an idempotency key, shared with the calls that
+    /// waited for it; passed on as is (it was counted once, when the first call ended).
+    #[error("the message with the same idempotency key ended with {}: {}", .0.code(), .0.message())]
+    Deduplicated(Status),
 }
 
 impl RequestError {
@@ -142,26 +167,55 @@ impl RequestError {
             }
             RequestError::MalformedTimeout { .. }
             | RequestError::MalformedPriority { .. }
+            | RequestError::IdempotencyKeyTooLong { .. }
             | RequestError::BadRequest(_)
             | RequestError::NodeDoesNotServe { .. }
             | RequestError::OutsideRegion { .. } => Code::InvalidArgument,
             RequestError::UnknownNode { .. } | RequestError::UnknownRegion { .. } => Code::NotFound,
             RequestError::UnusableAddress { .. } => Code::Internal,
-            RequestError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            RequestError::Refused(_) => Code::ResourceExhausted,
-            RequestError::Answered(status) => status.code(),
+            RequestError::DeadlineExceeded { .. } | RequestError::JoinDeadlineExceeded { .. } => {
+                Code::DeadlineExceeded
+            }
+            RequestError::Refused(_) | RequestError::MessageTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
+            RequestError::Answered(status) | RequestError::Deduplicated(status) => status.code(),
         }
     }
 
-    /// The status the caller gets: the node's own for [`RequestError::Answered`], else the
-    /// proxy's code and message (counted in `meridian_proxy_local_errors_total`).
+    /// The call carried `too_large` for `service`.
+    pub fn message_too_large(service: String, too_large: TooLarge) -> Self {
+        RequestError::MessageTooLarge {
+            service,
+            direction: too_large.direction,
+            length: too_large.length,
+            limit: too_large.limit,
+        }
+    }
+
+    /// The status the caller gets: the node's own for [`RequestError::Answered`] (and the
+    /// first call's for [`RequestError::Deduplicated`]), else the proxy's code and message
+    /// (counted in `meridian_proxy_local_errors_total`; refusals also in
+    /// `meridian_proxy_refused_total` by reason, direction and service).
     pub fn into_status(self) -> Status {
-        if let RequestError::Answered(status) = self {
+        if let RequestError::Answered(status) | RequestError::Deduplicated(status) = self {
             return status;
         }
         let code = self.code();
         metrics::counter!("meridian_proxy_local_errors_total", "code" => code_name(code))
             .increment(1);
+        if let RequestError::MessageTooLarge {
+            service, direction, ..
+        } = &self
+        {
+            metrics::counter!(
+                "meridian_proxy_refused_total",
+                "reason" => "message_too_large",
+                "direction" => direction.as_str(),
+                "service" => service.clone()
+            )
+            .increment(1);
+        }
         Status::new(code, self.to_string())
     }
 

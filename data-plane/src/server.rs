@@ -31,7 +31,7 @@ use tonic_health::ServingStatus;
 use tower::Service;
 
 use crate::endpoint::UpstreamTls;
-use crate::forward::{Forwarder, ProxyBody};
+use crate::forward::{ForwardSettings, Forwarder, ProxyBody};
 use crate::load_report::LoadReporter;
 use crate::router::Router;
 use crate::table::subscription::{Subscription, report_table_age};
@@ -185,7 +185,11 @@ impl Proxy {
 
         let dispatch = Arc::new(Dispatch {
             local: local_services(&self.table, &identity, self.config.max_message_bytes).await?,
-            forwarder: Forwarder::new(self.table.clone(), Arc::clone(&identity)),
+            forwarder: Forwarder::new(
+                self.table.clone(),
+                Arc::clone(&identity),
+                ForwardSettings::from_config(&self.config),
+            ),
         });
         tracing::info!(
             proxy = %identity.id,
@@ -251,8 +255,12 @@ async fn local_services(
         .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let router = MessageRouterServer::new(Router::new(table.clone(), Arc::clone(identity)))
-        .max_decoding_message_size(max_message_bytes as usize);
+    let router = MessageRouterServer::new(Router::new(
+        table.clone(),
+        Arc::clone(identity),
+        max_message_bytes,
+    ))
+    .max_decoding_message_size(max_message_bytes as usize);
     Ok(tonic::service::Routes::new(router)
         .add_service(health_service)
         .add_service(reflection)

@@ -125,6 +125,17 @@ impl ProxyProcess {
         serde_json::from_str(&body).expect("/debug/table is JSON")
     }
 
+    /// A counter or gauge value from `/metrics` (summed over label sets), 0 if absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Ok((200, body)) = http::get(self.admin, "/metrics").await else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Polls `/debug/table` until `condition` holds; panics with the table after `deadline`.
     pub async fn wait_table(
         &self,

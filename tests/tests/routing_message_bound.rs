@@ -154,6 +154,13 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             sample_window_ms: max,
             min_rtt_interval_ms: max,
         }),
+        limits: Some(pb::RequestLimits {
+            max_message_bytes: max,
+            dedup_ttl_ms: max,
+            dedup_max_entries: max,
+            dedup_max_bytes: u64::MAX,
+            ids_are_unique: true,
+        }),
     }
 }
 

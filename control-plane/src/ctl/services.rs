@@ -26,7 +26,7 @@ pub enum ServicesCommand {
     },
     /// Create a service's routing policy or change fields of an existing one; fields not
     /// given keep their current values.
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// Delete a service's routing policy.
     Delete {
         /// The fully qualified gRPC service name, e.g. demo.v1.Echo.
@@ -57,6 +57,25 @@ pub struct SetArgs {
     /// Deadline for requests that carry no grpc-timeout, in milliseconds (0: none).
     #[arg(long, value_name = "MS")]
     default_timeout_ms: Option<u32>,
+    /// Largest gRPC message (request or response) a call may carry, in bytes; larger ones
+    /// end the call with RESOURCE_EXHAUSTED (0: the proxy's --max-message-bytes).
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<u32>,
+    /// How long proxies keep a RouteMessage answer for retries with the same idempotency
+    /// key, in milliseconds (0: not kept; messages in flight at once are still joined).
+    #[arg(long, value_name = "MS")]
+    dedup_ttl_ms: Option<u32>,
+    /// Most RouteMessage answers a proxy keeps for the service (0: the default, 10000).
+    #[arg(long, value_name = "N")]
+    dedup_max_entries: Option<u32>,
+    /// Most bytes of RouteMessage answers a proxy keeps for the service (0: the default,
+    /// 16 MiB).
+    #[arg(long, value_name = "BYTES")]
+    dedup_max_bytes: Option<u64>,
+    /// Whether the service's message ids are unique, so an id serves as the idempotency
+    /// key of a message that has none.
+    #[arg(long, value_name = "BOOL")]
+    ids_are_unique: Option<bool>,
     #[command(flatten)]
     concurrency: ConcurrencyArgs,
 }
@@ -158,6 +177,7 @@ impl ConcurrencyArgs {
 impl SetArgs {
     /// Applies the flags given to `policy`, leaving every other field as it is.
     fn apply(self, policy: &mut pb::ServicePolicy) {
+        self.apply_limits(policy);
         policy.name = self.name;
         policy.federation = self.federation;
         if let Some(algorithm) = self.algorithm {
@@ -176,6 +196,27 @@ impl SetArgs {
             policy.timeout.get_or_insert_default().default_timeout_ms = timeout;
         }
         self.concurrency.apply(&mut policy.concurrency);
+    }
+
+    fn apply_limits(&self, policy: &mut pb::ServicePolicy) {
+        let set = |policy: &mut pb::ServicePolicy, change: &dyn Fn(&mut pb::RequestLimits)| {
+            change(policy.limits.get_or_insert_default());
+        };
+        if let Some(bytes) = self.max_message_bytes {
+            set(policy, &|l| l.max_message_bytes = bytes);
+        }
+        if let Some(ttl) = self.dedup_ttl_ms {
+            set(policy, &|l| l.dedup_ttl_ms = ttl);
+        }
+        if let Some(entries) = self.dedup_max_entries {
+            set(policy, &|l| l.dedup_max_entries = entries);
+        }
+        if let Some(bytes) = self.dedup_max_bytes {
+            set(policy, &|l| l.dedup_max_bytes = bytes);
+        }
+        if let Some(unique) = self.ids_are_unique {
+            set(policy, &|l| l.ids_are_unique = unique);
+        }
     }
 }
 
@@ -235,10 +276,13 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
         "MAX ATTEMPTS",
         "DEFAULT TIMEOUT",
         "CONCURRENCY",
+        "MAX MESSAGE",
+        "DEDUP TTL",
     ]);
     for s in services {
         let retry = s.retry.clone().unwrap_or_default();
         let timeout = s.timeout.unwrap_or_default();
+        let limits = s.limits.unwrap_or_default();
         table.push(vec![
             s.name.clone(),
             s.federation.clone(),
@@ -253,6 +297,14 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
                 ms => format!("{ms}ms"),
             },
             concurrency_cell(s.concurrency.as_ref()),
+            match limits.max_message_bytes {
+                0 => "proxy default".to_owned(),
+                bytes => format!("{bytes}B"),
+            },
+            match limits.dedup_ttl_ms {
+                0 => "off".to_owned(),
+                ms => format!("{ms}ms"),
+            },
         ]);
     }
     table
@@ -305,6 +357,7 @@ pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
     let outlier = policy.outlier.unwrap_or_default();
     let hash = policy.hash.clone().unwrap_or_default();
     let scaling = policy.scaling.clone().unwrap_or_default();
+    let limits = policy.limits.unwrap_or_default();
     let tiers: Vec<Value> = failover
         .tiers
         .iter()
@@ -355,6 +408,13 @@ pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
             "scale_up_stabilization_ms": scaling.scale_up_stabilization_ms,
         },
         "concurrency": concurrency_json(policy.concurrency.as_ref()),
+        "limits": {
+            "max_message_bytes": limits.max_message_bytes,
+            "dedup_ttl_ms": limits.dedup_ttl_ms,
+            "dedup_max_entries": limits.dedup_max_entries,
+            "dedup_max_bytes": limits.dedup_max_bytes,
+            "ids_are_unique": limits.ids_are_unique,
+        },
     })
 }
 
@@ -378,7 +438,7 @@ mod tests {
 
     fn set_args(command_line: &str) -> SetArgs {
         match parse(command_line).expect("parses").command {
-            Command::Services(ServicesCommand::Set(args)) => args,
+            Command::Services(ServicesCommand::Set(args)) => *args,
             other => panic!("parsed as {other:?}"),
         }
     }
@@ -408,6 +468,30 @@ mod tests {
         assert_eq!(retry.budget_percent, 30);
         assert_eq!(retry.idempotent_methods, ["/demo.v1.Echo/Get"]);
         assert_eq!(policy.timeout, None);
+        assert_eq!(policy.limits, None, "no limit flag given");
+    }
+
+    #[test]
+    fn set_changes_the_request_limits_given() {
+        let mut policy = pb::ServicePolicy {
+            limits: Some(pb::RequestLimits {
+                dedup_max_entries: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        set_args(
+            "services set demo.v1.Echo --federation prod --max-message-bytes 65536 \
+             --dedup-ttl-ms 30000 --ids-are-unique true",
+        )
+        .apply(&mut policy);
+        let limits = policy.limits.expect("limits set");
+        assert_eq!(limits.max_message_bytes, 65_536);
+        assert_eq!(limits.dedup_ttl_ms, 30_000);
+        assert!(limits.ids_are_unique);
+        assert_eq!(limits.dedup_max_entries, 7, "kept");
+        let value = json(&policy);
+        assert_eq!(value["limits"]["max_message_bytes"], 65_536);
     }
 
     #[test]

@@ -7,11 +7,12 @@
 //! configuration; a value over a limit is refused naming the limit's config key, e.g.
 //! `node.labels: 17 labels exceed the limit of 16 (config max_labels)`. Node addresses
 //! are checked against their federation's `allowed_networks` ([`networks`]). A service's
-//! scaling policy has its own rules ([`scaling`]), and so has its concurrency policy
-//! ([`concurrency`]).
+//! scaling policy has its own rules ([`scaling`]), and so have its concurrency policy
+//! ([`concurrency`]) and its request limits ([`request_limits`]).
 
 mod concurrency;
 mod networks;
+mod request_limits;
 mod scaling;
 
 use std::collections::HashSet;
@@ -490,7 +491,8 @@ pub fn service(
         ));
     }
     scaling::scaling(&p.scaling)?;
-    concurrency::concurrency(&p.concurrency)
+    concurrency::concurrency(&p.concurrency)?;
+    request_limits::request_limits(&p.limits)
 }
 
 #[cfg(test)]

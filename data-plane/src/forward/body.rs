@@ -1,10 +1,20 @@
-//! The response body streamed back to the client, wrapped so that the proxy knows when
-//! the call really ends: it keeps the endpoint's in-flight count until then, records the
-//! call's gRPC status (from the trailers, or the headers of a trailers-only response),
-//! latency and ORCA load report (the node's `endpoint-load-metrics-bin` trailer, passed
-//! on to the client untouched), gives back its slot under the service's concurrency
-//! limit ([`crate::admission`]), and enforces the caller's deadline mid-stream by ending
-//! the stream with `DEADLINE_EXCEEDED` trailers.
+//! The bodies a forwarded call streams through, wrapped without copying a byte.
+//!
+//! The response body ([`ObservedBody`]) is wrapped so that the proxy knows when the call
+//! really ends: it keeps the endpoint's in-flight count until then, records the call's
+//! gRPC status (from the trailers, or the headers of a trailers-only response), latency
+//! and ORCA load report (the node's `endpoint-load-metrics-bin` trailer, passed on to the
+//! client untouched), gives back its slot under the service's concurrency limit
+//! ([`crate::admission`]), enforces the caller's deadline mid-stream by ending the stream with
+//! `DEADLINE_EXCEEDED` trailers, and the message size limit by ending it with
+//! `RESOURCE_EXHAUSTED` trailers (dropping the node's stream, which resets it).
+//!
+//! The request body ([`LimitedBody`]) follows the message prefixes of what the client
+//! sends ([`MessageFrames`]) and fails before passing on the frame where a message over
+//! the limit begins: the HTTP/2 client then resets the stream to the node, so none of
+//! that message's payload reaches it. Both bodies of a call share its [`Oversize`], so
+//! whichever direction went over, the caller gets `RESOURCE_EXHAUSTED` and both streams
+//! end.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,19 +26,23 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::framing::{Direction, MessageFrames, Oversize, TooLarge};
 use super::status::code_of;
 use crate::admission::concurrency::ConcurrencyPermit;
 use crate::endpoint::OwnedInFlight;
+use crate::error::RequestError;
 use crate::load_report::LoadInFlight;
 use crate::table::RouteMetrics;
 
 pin_project_lite::pin_project! {
     pub struct ObservedBody {
-        #[pin]
-        inner: Incoming,
+        // `None` once the proxy ended the call itself: dropping the node's stream resets it.
+        inner: Option<Incoming>,
         #[pin]
         deadline: Option<Sleep>,
         call: Option<Call>,
+        frames: MessageFrames,
+        oversize: Arc<Oversize>,
     }
 
     impl PinnedDrop for ObservedBody {
@@ -62,13 +76,47 @@ impl Call {
 }
 
 impl ObservedBody {
-    pub fn new(inner: Incoming, deadline: Option<Instant>, call: Call) -> Self {
+    /// The node's response body; its messages may be at most `max_message_bytes`, and
+    /// `oversize` is shared with the call's request body.
+    pub fn new(
+        inner: Incoming,
+        deadline: Option<Instant>,
+        call: Call,
+        max_message_bytes: u32,
+        oversize: Arc<Oversize>,
+    ) -> Self {
         ObservedBody {
-            inner,
+            inner: Some(inner),
             deadline: deadline.map(tokio::time::sleep_until),
             call: Some(call),
+            frames: MessageFrames::new(Direction::Response, max_message_bytes),
+            oversize,
         }
     }
+}
+
+/// Ends the call for an oversized message: the node's stream is dropped (reset), the
+/// caller gets the one error edge's RESOURCE_EXHAUSTED as trailers.
+fn end_oversized(
+    inner: &mut Option<Incoming>,
+    call: &mut Option<Call>,
+    too_large: TooLarge,
+) -> Frame<Bytes> {
+    *inner = None;
+    let service = match call.take() {
+        Some(call) => {
+            let service = call.metrics.service().to_owned();
+            call.finish(tonic::Code::ResourceExhausted as i32);
+            service
+        }
+        None => String::new(),
+    };
+    let status = RequestError::message_too_large(service, too_large).into_status();
+    let mut trailers = HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        trailers.insert("grpc-status", HeaderValue::from_static("8"));
+    }
+    Frame::trailers(trailers)
 }
 
 impl Body for ObservedBody {
@@ -82,6 +130,10 @@ impl Body for ObservedBody {
         let mut this = self.project();
         if this.call.is_none() {
             return Poll::Ready(None);
+        }
+        // The request went over the limit (and was cut) while the response streamed.
+        if let Some(too_large) = this.oversize.get() {
+            return Poll::Ready(Some(Ok(end_oversized(this.inner, this.call, too_large))));
         }
         if let Some(deadline) = this.deadline.as_mut().as_pin_mut()
             && deadline.poll(cx).is_ready()
@@ -97,9 +149,18 @@ impl Body for ObservedBody {
             );
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
-        let frame = ready!(this.inner.poll_frame(cx));
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref()
+                    && let Err(too_large) = this.frames.observe(data)
+                {
+                    this.oversize.record(too_large);
+                    return Poll::Ready(Some(Ok(end_oversized(this.inner, this.call, too_large))));
+                }
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(call) = this.call.take()
                 {
@@ -125,6 +186,70 @@ impl Body for ObservedBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        self.call.is_none() || self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(|i| i.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body on its way to a node, its messages held to the limit.
+    pub struct LimitedBody<B> {
+        #[pin]
+        inner: B,
+        frames: MessageFrames,
+        oversize: Arc<Oversize>,
+    }
+}
+
+impl<B> LimitedBody<B> {
+    /// `inner`'s frames from here on, following messages from `frames` (fresh for a whole
+    /// body, or where buffering left off).
+    pub fn new(inner: B, frames: MessageFrames, oversize: Arc<Oversize>) -> Self {
+        LimitedBody {
+            inner,
+            frames,
+            oversize,
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        // The response went over the limit: the request stream ends too.
+        if let Some(too_large) = this.oversize.get() {
+            return Poll::Ready(Some(Err(too_large.into())));
+        }
+        let frame = ready!(this.inner.poll_frame(cx)).map(|f| f.map_err(Into::into));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+            && let Err(too_large) = this.frames.observe(data)
+        {
+            // Failing here, before the frame is passed on, makes the HTTP/2 client reset
+            // the stream to the node: the oversized message's payload never leaves.
+            this.oversize.record(too_large);
+            return Poll::Ready(Some(Err(too_large.into())));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }
 
@@ -132,6 +257,9 @@ impl Body for ObservedBody {
         self.inner.size_hint()
     }
 }
+
+/// What a request body's errors may be: anything tonic's body can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The status of a response head (set only for trailers-only responses).
 pub fn header_status(headers: &HeaderMap) -> Option<i32> {

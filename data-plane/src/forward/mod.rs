@@ -8,8 +8,16 @@
 //! attempts by the one retry driver ([`crate::retry`]); unknown services, missing
 //! endpoints and expired deadlines become trailers-only responses through the one error
 //! edge ([`crate::error`]).
+//!
+//! Messages over the service's size limit end the call with `RESOURCE_EXHAUSTED` in
+//! either direction, found from their length prefixes as frames stream ([`framing`],
+//! [`body`]). The bodies of calls to idempotent methods are kept for replays within the
+//! proxy's buffer budget ([`replay`]); one that is not kept streams through instead, and
+//! is not retried once a node has seen it.
 
 pub mod body;
+pub mod framing;
+pub mod replay;
 pub mod status;
 pub mod timeout;
 
@@ -20,37 +28,72 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderName, Request, Response, Uri};
-use http_body_util::{BodyExt, Full};
+use meridian_shared::config::ProxyConfig;
 use meridian_shared::domain::Algorithm;
 use tokio::time::Instant;
 use tonic::Code;
 
-use self::body::{Call, ObservedBody};
+use self::body::{BoxError, Call, LimitedBody, ObservedBody};
+use self::framing::{Direction, MessageFrames, Oversize};
+use self::replay::{Buffered, ReplayBuffer};
 use crate::admission::concurrency::{self, ConcurrencyPermit};
 use crate::admission::priority::Priority;
 use crate::balance::PickContext;
 use crate::endpoint::Endpoint;
 use crate::error::{RequestError, Scope};
 use crate::hop;
-use crate::retry::{Attempt, Candidates, Failure, RetryDriver};
+use crate::retry::{Attempt, BufferBudget, Candidates, Failure, RetryDriver};
 use crate::table::{ProxyIdentity, ServiceRoute, TableHandle};
 
 /// The body of every response the proxy sends.
 pub type ProxyBody = tonic::body::Body;
 
-/// What a request body's errors may be: anything tonic's body can carry.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 const SERVED_BY: HeaderName = HeaderName::from_static("x-meridian-node");
+
+/// The proxy-wide settings of forwarding.
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    /// The message size limit of services whose policy sets none.
+    pub max_message_bytes: u32,
+    /// What bodies kept for retries may hold.
+    pub buffer_budget: Arc<BufferBudget>,
+}
+
+impl ForwardSettings {
+    pub fn from_config(config: &ProxyConfig) -> Self {
+        ForwardSettings {
+            max_message_bytes: config.max_message_bytes,
+            buffer_budget: BufferBudget::new(
+                config.retry_buffer_call_bytes,
+                config.retry_buffer_total_bytes,
+            ),
+        }
+    }
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        ForwardSettings::from_config(&ProxyConfig::default())
+    }
+}
 
 pub struct Forwarder {
     table: TableHandle,
     identity: Arc<ProxyIdentity>,
+    settings: ForwardSettings,
 }
 
 impl Forwarder {
-    pub fn new(table: TableHandle, identity: Arc<ProxyIdentity>) -> Self {
-        Forwarder { table, identity }
+    pub fn new(
+        table: TableHandle,
+        identity: Arc<ProxyIdentity>,
+        settings: ForwardSettings,
+    ) -> Self {
+        Forwarder {
+            table,
+            identity,
+            settings,
+        }
     }
 
     /// Forwards one call; every outcome is a gRPC response. Any request body will do
@@ -61,7 +104,7 @@ impl Forwarder {
         client: Option<SocketAddr>,
     ) -> Response<ProxyBody>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         self.try_forward(request, client)
@@ -77,7 +120,7 @@ impl Forwarder {
         client: Option<SocketAddr>,
     ) -> Result<Response<ProxyBody>, RequestError>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let started = Instant::now();
@@ -94,9 +137,31 @@ impl Forwarder {
         let affinity_key = (route.policy.algorithm == Algorithm::ConsistentHash)
             .then(|| affinity_of(&parts.headers, &route, client))
             .flatten();
+        let max_message_bytes = route
+            .policy
+            .limits
+            .effective_max_message_bytes(self.settings.max_message_bytes);
+        let frames = MessageFrames::new(Direction::Request, max_message_bytes);
+        // Shared by the call's request and response bodies (see `body`).
+        let oversize = Arc::new(Oversize::default());
         let outgoing = if is_idempotent(&route, parts.uri.path()) {
-            Outgoing::replayable(parts, body).await?
+            let budget = &self.settings.buffer_budget;
+            match replay::read_for_replay(body, frames, budget, oversize.clone(), &route.name)
+                .await?
+            {
+                Buffered::Replayable(buffer) => Outgoing::replayable(parts, buffer),
+                Buffered::Streamed(body, why) => {
+                    metrics::counter!(
+                        "meridian_proxy_retry_unbuffered_total",
+                        "service" => route.name.clone(),
+                        "reason" => why.as_str()
+                    )
+                    .increment(1);
+                    Outgoing::once(Request::from_parts(parts, ProxyBody::new(body)))
+                }
+            }
         } else {
+            let body = LimitedBody::new(body, frames, oversize.clone());
             Outgoing::once(Request::from_parts(parts, ProxyBody::new(body)))
         };
         let candidates = Candidates::Balanced {
@@ -112,6 +177,8 @@ impl Forwarder {
             deadline,
             started,
             admission,
+            max_message_bytes,
+            oversize,
         };
         let driver = RetryDriver {
             route: &route,
@@ -143,10 +210,10 @@ impl Forwarder {
 }
 
 /// The request each attempt sends: the caller's until a node has seen it; after that,
-/// for idempotent calls, a copy rebuilt from the buffered body.
+/// for idempotent calls whose body was kept, a copy replaying the kept body.
 struct Outgoing {
     unsent: Option<Request<ProxyBody>>,
-    replay: Option<(Parts, Bytes)>,
+    replay: Option<(Parts, Arc<ReplayBuffer>)>,
 }
 
 impl Outgoing {
@@ -158,28 +225,23 @@ impl Outgoing {
         }
     }
 
-    /// A call to an idempotent method, its body buffered so it can be replayed on another
+    /// A call to an idempotent method, its body kept so it can be replayed on another
     /// node after one answered UNAVAILABLE.
-    async fn replayable<B>(parts: Parts, body: B) -> Result<Self, RequestError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let bytes = buffer(body).await?;
-        Ok(Outgoing {
+    fn replayable(parts: Parts, buffer: Arc<ReplayBuffer>) -> Self {
+        Outgoing {
             unsent: None,
-            replay: Some((parts, bytes)),
-        })
+            replay: Some((parts, buffer)),
+        }
     }
 
     /// The request for the next attempt; `None` once a node has seen a call that cannot
     /// be replayed (the driver does not retry those).
     fn next(&mut self) -> Option<Request<ProxyBody>> {
         self.unsent.take().or_else(|| {
-            let (parts, bytes) = self.replay.as_ref()?;
+            let (parts, buffer) = self.replay.as_ref()?;
             Some(Request::from_parts(
                 parts.clone(),
-                ProxyBody::new(Full::new(bytes.clone())),
+                ProxyBody::new(buffer.body()),
             ))
         })
     }
@@ -199,6 +261,8 @@ struct ForwardAttempt<'a> {
     /// The call's slot under the concurrency limit, handed to the body of the answer that
     /// goes back to the client.
     admission: Option<ConcurrencyPermit>,
+    max_message_bytes: u32,
+    oversize: Arc<Oversize>,
 }
 
 impl Attempt for ForwardAttempt<'_> {
@@ -235,6 +299,15 @@ impl Attempt for ForwardAttempt<'_> {
         let response = match endpoint.connection.send(request).await {
             Ok(response) => response,
             Err(failure) => {
+                if let Some(too_large) = self.oversize.get() {
+                    // The proxy cut the request itself: the node is not at fault, and the
+                    // call must not go elsewhere.
+                    metrics.record(Code::ResourceExhausted as i32, self.started.elapsed());
+                    return Err(not_sent(RequestError::message_too_large(
+                        route.name.clone(),
+                        too_large,
+                    )));
+                }
                 route.record_failure(endpoint);
                 metrics.record(Code::Unavailable as i32, self.started.elapsed());
                 drop(in_flight);
@@ -279,7 +352,13 @@ impl Attempt for ForwardAttempt<'_> {
         };
         let answer = Response::from_parts(
             parts,
-            ProxyBody::new(ObservedBody::new(body, self.deadline, call)),
+            ProxyBody::new(ObservedBody::new(
+                body,
+                self.deadline,
+                call,
+                self.max_message_bytes,
+                Arc::clone(&self.oversize),
+            )),
         );
         // A node answering UNAVAILABLE itself is failing as much as one refusing
         // connections; any other status is the application's answer. Only an idempotent
@@ -299,9 +378,6 @@ impl Attempt for ForwardAttempt<'_> {
     }
 }
 
-/// Largest request body buffered for replay.
-const MAX_REPLAY_BYTES: usize = 4 * 1024 * 1024;
-
 /// Whether the policy marks `path` (`/pkg.Service/Method`) idempotent, by full name or by
 /// `pkg.Service/*`.
 fn is_idempotent(route: &ServiceRoute, path: &str) -> bool {
@@ -313,21 +389,6 @@ fn is_idempotent(route: &ServiceRoute, path: &str) -> bool {
             None => entry == method,
         }
     })
-}
-
-/// The whole request body, for replays; refused above [`MAX_REPLAY_BYTES`].
-async fn buffer<B>(body: B) -> Result<Bytes, RequestError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let limited = http_body_util::Limited::new(body, MAX_REPLAY_BYTES);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(RequestError::BadRequest(format!(
-            "the request body of an idempotent call could not be read (at most {MAX_REPLAY_BYTES} bytes are buffered for retries): {e}"
-        ))),
-    }
 }
 
 fn set_authority(uri: &mut Uri, scheme: Scheme, authority: http::uri::Authority) {
@@ -367,6 +428,7 @@ fn affinity_of(
 mod tests {
     //! The error edge of forwarding, driven with in-memory request bodies.
 
+    use http_body_util::Full;
     use meridian_shared::domain::Node;
 
     use super::*;
@@ -415,7 +477,7 @@ mod tests {
         );
         let handle = TableHandle::default();
         handle.store(table);
-        Forwarder::new(handle, identity())
+        Forwarder::new(handle, identity(), ForwardSettings::default())
     }
 
     async fn status_of(response: Response<ProxyBody>) -> tonic::Status {
@@ -424,7 +486,11 @@ mod tests {
 
     #[tokio::test]
     async fn calls_the_proxy_cannot_route_get_a_status_that_says_why() {
-        let without_table = Forwarder::new(TableHandle::default(), identity());
+        let without_table = Forwarder::new(
+            TableHandle::default(),
+            identity(),
+            ForwardSettings::default(),
+        );
         let status = status_of(
             without_table
                 .forward(call("/demo.v1.Echo/Say", None), None)

@@ -3,12 +3,15 @@
 //! is idempotent by contract, and methods the policy marks idempotent may also be retried
 //! when a node answers UNAVAILABLE. One [`RetryDriver`] runs the attempts of every call;
 //! every retry is paid from a [`RetryBudget`], so a failing federation sees a bounded
-//! share of extra traffic instead of a retry storm.
+//! share of extra traffic instead of a retry storm. The bodies kept to replay idempotent
+//! calls are bounded per call and proxy-wide by a [`BufferBudget`].
 
 pub mod budget;
+pub mod buffer_budget;
 pub mod driver;
 
 pub use self::budget::RetryBudget;
+pub use self::buffer_budget::{BufferBudget, OverCap, Reservation};
 pub use self::driver::{Attempt, Candidates, Delivered, Failure, RetryDriver};
 
 /// The endpoints (indices into one balancer's endpoints) a call has already tried, so its

@@ -11,9 +11,15 @@
 //! its slot until the reply. It goes over the
 //! endpoint's pooled HTTP/2 connection, so RouteMessage and transparent traffic share
 //! load accounting.
+//!
+//! A message is held to its service's message size limit both ways, and a message with
+//! an idempotency key reaches a node once however often it is sent at once, its answer
+//! replayed to retries for the service's dedup TTL ([`dedup`]).
 
+pub mod dedup;
 mod upstream;
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -21,28 +27,43 @@ use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_handler_client::MessageHandlerClient;
 use meridian_proto::v1::message_router_server::MessageRouter;
 use meridian_shared::domain::Algorithm;
+use prost::Message;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
+use self::dedup::{Claim, DedupKey};
 use self::upstream::{EndpointChannel, NoAnswer};
 use crate::admission::concurrency;
 use crate::admission::priority::Priority;
 use crate::balance::PickContext;
 use crate::endpoint::Endpoint;
 use crate::error::{RequestError, Scope};
+use crate::forward::framing::{Direction, TooLarge};
 use crate::hop;
 use crate::retry::{Attempt, Candidates, Failure, RetryDriver};
 use crate::table::{ProxyIdentity, ProxyTable, ServiceRoute, TableHandle};
 
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
 pub struct Router {
     table: TableHandle,
     identity: Arc<ProxyIdentity>,
+    /// The message size limit of services whose policy sets none.
+    max_message_bytes: u32,
+    /// Hashes callers' credentials into dedup keys (randomly keyed per process).
+    callers: RandomState,
 }
 
 impl Router {
-    pub fn new(table: TableHandle, identity: Arc<ProxyIdentity>) -> Self {
-        Router { table, identity }
+    pub fn new(table: TableHandle, identity: Arc<ProxyIdentity>, max_message_bytes: u32) -> Self {
+        Router {
+            table,
+            identity,
+            max_message_bytes,
+            callers: RandomState::new(),
+        }
     }
 }
 
@@ -69,11 +90,13 @@ struct RouteAttempt<'a> {
     incoming: &'a HeaderMap,
     span: Option<&'a tracing::Span>,
     deadline: Option<Instant>,
+    /// The largest reply accepted from the node.
+    max_message_bytes: u32,
 }
 
 impl Router {
-    /// Check the message, find its route, then the attempts; the reply comes with the
-    /// routing decision.
+    /// Check the message, find its route, then deliver it — once per idempotency key;
+    /// the reply comes with the routing decision.
     async fn route(
         &self,
         request: Request<pb::RouteMessageRequest>,
@@ -89,6 +112,12 @@ impl Router {
                 "message.target_service is required".into(),
             ));
         }
+        if message.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+            return Err(RequestError::IdempotencyKeyTooLong {
+                length: message.idempotency_key.len(),
+                max: MAX_IDEMPOTENCY_KEY_BYTES,
+            });
+        }
         let table = self.table.current().ok_or_else(|| RequestError::NoTable {
             proxy: self.identity.id.clone(),
         })?;
@@ -102,9 +131,123 @@ impl Router {
                     version: table.version(),
                 })?;
         let deadline = hop::deadline(&incoming, &route.policy.timeout)?;
+        let limit = route
+            .policy
+            .limits
+            .effective_max_message_bytes(self.max_message_bytes);
+        let length = message.encoded_len();
+        if length > limit as usize {
+            return Err(RequestError::message_too_large(
+                route.name.clone(),
+                TooLarge {
+                    direction: Direction::Request,
+                    length: u32::try_from(length).unwrap_or(u32::MAX),
+                    limit,
+                },
+            ));
+        }
         let _admission =
             concurrency::admit(route, Priority::of_message(&message, &incoming)?, deadline).await?;
-        let span = hop::span("route", &route.name, &incoming);
+        let delivery = Delivery {
+            table: &table,
+            route,
+            message: &message,
+            incoming: &incoming,
+            client,
+            deadline,
+            max_message_bytes: limit,
+        };
+        match self.dedup_key(&incoming, &message, route) {
+            None => self.deliver(delivery).await,
+            Some(key) => self.deliver_once(delivery, &key).await,
+        }
+    }
+
+    /// The message's identity for deduplication: its idempotency key, else its id when
+    /// the service's ids are unique; scoped by the caller's credential (the
+    /// `authorization` metadata, hashed), if any. The service scope is the route's own
+    /// cache.
+    fn dedup_key(
+        &self,
+        incoming: &HeaderMap,
+        message: &pb::FederationMessage,
+        route: &ServiceRoute,
+    ) -> Option<DedupKey> {
+        let key = if !message.idempotency_key.is_empty() {
+            &message.idempotency_key
+        } else if route.policy.limits.ids_are_unique && !message.id.is_empty() {
+            &message.id
+        } else {
+            return None;
+        };
+        let caller = incoming
+            .get(http::header::AUTHORIZATION)
+            .map_or(0, |credential| self.callers.hash_one(credential.as_bytes()));
+        Some(DedupKey {
+            caller,
+            key: key.clone(),
+        })
+    }
+
+    /// Delivers a keyed message unless a call with its key is in flight (then waits for
+    /// that call's outcome) or answered within the TTL (then replays the answer).
+    async fn deliver_once(
+        &self,
+        delivery: Delivery<'_>,
+        key: &DedupKey,
+    ) -> Result<pb::RouteMessageResponse, RequestError> {
+        let route = delivery.route;
+        loop {
+            let joined = match route.dedup.claim(key) {
+                Claim::Replayed(answer) => return Ok(answer),
+                Claim::Joined(joined) => joined,
+                Claim::First(first) => {
+                    return match self.deliver(delivery).await {
+                        Ok(answer) => {
+                            first.finish(Ok(&answer), answer.encoded_len() as u64);
+                            Ok(answer)
+                        }
+                        Err(error) => {
+                            // Converted here so the waiters get the very status.
+                            let status = error.into_status();
+                            first.finish(Err(&status), 0);
+                            Err(RequestError::Deduplicated(status))
+                        }
+                    };
+                }
+            };
+            let outcome = match delivery.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, joined.wait())
+                    .await
+                    .map_err(|_| RequestError::JoinDeadlineExceeded {
+                        service: route.name.clone(),
+                    })?,
+                None => joined.wait().await,
+            };
+            match outcome {
+                Some(Ok(answer)) => return Ok(answer),
+                Some(Err(status)) => return Err(RequestError::Deduplicated(status)),
+                // The first call went away without an outcome: try to be the first.
+                None => continue,
+            }
+        }
+    }
+
+    /// The attempts; the reply comes with the routing decision.
+    async fn deliver(
+        &self,
+        delivery: Delivery<'_>,
+    ) -> Result<pb::RouteMessageResponse, RequestError> {
+        let Delivery {
+            table,
+            route,
+            message,
+            incoming,
+            client,
+            deadline,
+            max_message_bytes,
+        } = delivery;
+        let span = hop::span("route", &route.name, incoming);
         // The client's address is a key only for consistent hashing, and only when the
         // message brings none.
         let client_key = (route.policy.algorithm == Algorithm::ConsistentHash
@@ -116,14 +259,15 @@ impl Router {
         } else {
             Some(message.affinity_key.as_bytes())
         };
-        let candidates = self.candidates(&table, route, &message, affinity)?;
+        let candidates = self.candidates(table, route, message, affinity)?;
         let attempt = RouteAttempt {
             route,
-            message: &message,
+            message,
             routed_by: &self.identity.id,
-            incoming: &incoming,
+            incoming,
             span: span.as_ref(),
             deadline,
+            max_message_bytes,
         };
         let driver = RetryDriver { route, deadline };
         let delivered = driver.run(candidates, attempt).await?;
@@ -255,6 +399,18 @@ impl Router {
     }
 }
 
+/// One message on its way, once checked and routed.
+#[derive(Clone, Copy)]
+struct Delivery<'a> {
+    table: &'a ProxyTable,
+    route: &'a ServiceRoute,
+    message: &'a pb::FederationMessage,
+    incoming: &'a HeaderMap,
+    client: Option<std::net::SocketAddr>,
+    deadline: Option<Instant>,
+    max_message_bytes: u32,
+}
+
 // === impl RouteAttempt ===
 
 impl Attempt for RouteAttempt<'_> {
@@ -270,7 +426,8 @@ impl Attempt for RouteAttempt<'_> {
         let mut handler = MessageHandlerClient::with_origin(
             EndpointChannel(Arc::clone(endpoint)),
             endpoint.origin(),
-        );
+        )
+        .max_decoding_message_size(hop.max_message_bytes as usize);
         let mut headers = HeaderMap::new();
         hop::pass_deadline(hop.deadline, &mut headers);
         hop::pass_trace(hop.span, hop.incoming, &mut headers);
@@ -453,7 +610,7 @@ mod tests {
         );
         let handle = TableHandle::default();
         handle.store(table);
-        Router::new(handle, Arc::new(identity))
+        Router::new(handle, Arc::new(identity), 4 * 1024 * 1024)
     }
 
     fn policy() -> ServicePolicy {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::{ArcSwapOption, Guard};
+use meridian_proto::v1 as pb;
 use meridian_shared::domain::ServicePolicy;
 use serde_json::json;
 
@@ -25,6 +26,7 @@ use crate::balance::{self, Balancer, Locality};
 use crate::endpoint::{BreakerSettings, Endpoint, UpstreamTls};
 use crate::load_report::CallLoad;
 use crate::retry::RetryBudget;
+use crate::router::dedup::{DedupCache, DedupSettings};
 
 /// Where the table in force came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,9 @@ pub struct ServiceRoute {
     /// The calls in flight at once, when the policy limits them; kept from the previous
     /// table while the concurrency policy stays the same.
     pub concurrency: Option<Arc<ConcurrencyLimiter>>,
+    /// RouteMessage outcomes by idempotency key; kept across table versions while the
+    /// policy's dedup settings stay the same.
+    pub dedup: Arc<DedupCache<pb::RouteMessageResponse>>,
 }
 
 impl ServiceRoute {
@@ -194,8 +199,15 @@ impl ProxyTable {
                     Some(b) if b.policy.concurrency == policy.concurrency => b.concurrency.clone(),
                     _ => ConcurrencyLimiter::new(name, &policy.concurrency),
                 };
+                let settings = dedup_settings(&policy);
+                let dedup = before
+                    .map(|r| &r.dedup)
+                    .filter(|d| d.settings() == settings)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(DedupCache::new(name, settings)));
                 let route = ServiceRoute {
                     concurrency,
+                    dedup,
                     retry_budget: RetryBudget::new(&policy.retry),
                     metrics,
                     name: name.clone(),
@@ -253,9 +265,22 @@ impl ProxyTable {
                     .filter(|e| e.node.serves(&route.name))
                     .collect();
                 endpoints.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+                let limits = &route.policy.limits;
+                let (kept, kept_bytes, in_flight) = route.dedup.usage();
                 json!({
                     "name": route.name,
                     "algorithm": route.policy.algorithm.as_str(),
+                    "limits": {
+                        // 0: the proxy's --max-message-bytes.
+                        "max_message_bytes": limits.max_message_bytes,
+                        "dedup_ttl_ms": limits.dedup_ttl_ms,
+                        "dedup_max_entries": limits.effective_dedup_max_entries(),
+                        "dedup_max_bytes": limits.effective_dedup_max_bytes(),
+                        "ids_are_unique": limits.ids_are_unique,
+                        "dedup_kept": kept,
+                        "dedup_kept_bytes": kept_bytes,
+                        "dedup_in_flight": in_flight,
+                    },
                     "has_policy": self.data.services.contains_key(&route.name),
                     "usable_endpoints": route.all.endpoints().len(),
                     "concurrency": route.concurrency.as_ref().map(|c| c.debug_json()),
@@ -290,6 +315,16 @@ impl ProxyTable {
             })).collect::<Vec<_>>(),
             "services": services,
         })
+    }
+}
+
+/// How RouteMessage deduplication of the service keeps answers.
+fn dedup_settings(policy: &ServicePolicy) -> DedupSettings {
+    let limits = &policy.limits;
+    DedupSettings {
+        ttl: limits.dedup_ttl(),
+        max_entries: limits.effective_dedup_max_entries() as usize,
+        max_bytes: limits.effective_dedup_max_bytes(),
     }
 }
 

@@ -38,6 +38,11 @@ impl RouteMetrics {
         }
     }
 
+    /// The service whose calls these are.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
     /// Records a finished call.
     pub fn record(&self, code: i32, latency: Duration) {
         self.load.record(code, latency);

@@ -9,6 +9,9 @@
 //! table_cache = "/var/lib/meridian/proxy-eu-west-1.table"
 //! token_file = "/etc/meridian/proxy.token"   # proxy-role token; else MERIDIAN_TOKEN
 //! drain_grace_seconds = 10
+//! max_message_bytes = 4194304            # per message; a service's limits.max_message_bytes wins
+//! retry_buffer_call_bytes = 4194304      # an idempotent call's body kept for retries, at most
+//! retry_buffer_total_bytes = 67108864    # all calls' bodies kept for retries, at most
 //! [listen]
 //! grpc = "127.0.0.1:7800"    # client traffic (h2c, or TLS with [listen_tls])
 //! admin = "127.0.0.1:7801"   # /metrics, /ready, /live, /debug/table
@@ -55,8 +58,14 @@ pub struct ProxyConfig {
     pub token_file: Option<PathBuf>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_grace_seconds: u32,
-    /// Largest gRPC message accepted, bytes.
+    /// Largest gRPC message a call may carry, bytes, for services whose policy sets none.
     pub max_message_bytes: u32,
+    /// Most bytes of one idempotent call's request body kept for retries; a larger body is
+    /// forwarded as it streams, without retries.
+    pub retry_buffer_call_bytes: u64,
+    /// Most bytes of request bodies kept for retries by all calls at once; a call that
+    /// would go over is forwarded as it streams, without retries.
+    pub retry_buffer_total_bytes: u64,
     pub listen: ProxyListen,
     /// TLS on the client gRPC listener; `None` serves h2c (loopback, development).
     pub listen_tls: Option<ListenerTlsConfig>,
@@ -81,6 +90,8 @@ impl Default for ProxyConfig {
             token_file: None,
             drain_grace_seconds: 10,
             max_message_bytes: 4 * 1024 * 1024,
+            retry_buffer_call_bytes: 4 * 1024 * 1024,
+            retry_buffer_total_bytes: 64 * 1024 * 1024,
             listen: ProxyListen::default(),
             listen_tls: None,
             control_plane_tls: None,
@@ -156,6 +167,9 @@ impl UpstreamTlsRule {
     }
 }
 
+/// Most bytes all calls may keep for retries (16 GiB).
+const MAX_RETRY_BUFFER_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
 impl Validate for ProxyConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
@@ -206,6 +220,23 @@ impl Validate for ProxyConfig {
                 "max_message_bytes",
                 self.max_message_bytes,
                 "must be between 1024 and 268435456",
+            ));
+        }
+        if self.retry_buffer_total_bytes > MAX_RETRY_BUFFER_BYTES {
+            return Err(ConfigError::invalid(
+                "retry_buffer_total_bytes",
+                self.retry_buffer_total_bytes,
+                "must be at most 17179869184 (16 GiB)",
+            ));
+        }
+        if self.retry_buffer_call_bytes > self.retry_buffer_total_bytes {
+            return Err(ConfigError::invalid(
+                "retry_buffer_call_bytes",
+                self.retry_buffer_call_bytes,
+                format!(
+                    "must not be above retry_buffer_total_bytes ({})",
+                    self.retry_buffer_total_bytes
+                ),
             ));
         }
         self.log.validate()

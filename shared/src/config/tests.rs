@@ -148,6 +148,11 @@ fn proxy_files_are_validated() {
     assert_eq!(err.field(), Some("control_planes[0]"));
     let err = proxy("id = \"p1\"\nregion = \"eu-west\"\nmax_message_bytes = 12").unwrap_err();
     assert_eq!(err.field(), Some("max_message_bytes"));
+    let err = proxy(
+        "id = \"p1\"\nregion = \"eu-west\"\nretry_buffer_call_bytes = 10\nretry_buffer_total_bytes = 5",
+    )
+    .unwrap_err();
+    assert_eq!(err.field(), Some("retry_buffer_call_bytes"));
 }
 
 #[test]

@@ -120,7 +120,9 @@ impl TopologyLimits {
         let retry = field(u64::from(self.max_idempotent_methods) * method + NUMBER * 5);
         let health_check = field(field(SERVICE_NAME_BYTES) + NUMBER * 5);
         let hash = field(field(HEADER_NAME_BYTES));
-        let numbers_only = field(NUMBER * 2) + field(NUMBER * 7) + field(NUMBER * 6); // timeout, outlier, scaling
+        // timeout, outlier, scaling, request limits
+        let numbers_only =
+            field(NUMBER * 2) + field(NUMBER * 7) + field(NUMBER * 6) + field(NUMBER * 5);
         field(SERVICE_NAME_BYTES)
             + field(NAME_BYTES)
             + NUMBER

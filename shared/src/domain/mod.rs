@@ -15,6 +15,7 @@ pub mod limits;
 mod locality;
 mod node;
 mod policy;
+mod request_limits;
 mod scaling;
 mod time;
 mod topology;
@@ -30,6 +31,7 @@ pub use policy::{
     ActiveFailover, FailoverPolicy, FailoverTier, HashPolicy, HealthCheckPolicy, OutlierPolicy,
     RetryPolicy, ServicePolicy, TimeoutPolicy,
 };
+pub use request_limits::RequestLimits;
 pub use scaling::{
     ExecActuator, PredictiveScaling, ScalingActuator, ScalingPolicy, ScheduledScaling,
     WebhookActuator,

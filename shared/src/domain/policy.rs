@@ -1,6 +1,6 @@
 //! A service's routing policy: algorithm, locality failover, retries, deadlines, passive
-//! failure handling, active health checks, hashing, scaling bounds and concurrency limits;
-//! and the failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
+//! failure handling, active health checks, hashing, scaling bounds, concurrency limits and
+//! request limits; and the failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
 //! operator only writes what they change; the `effective_*` helpers resolve defaults.
 
 use std::time::{Duration, SystemTime};
@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use meridian_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, ConcurrencyPolicy, ConversionError, ScalingPolicy, time};
+use super::{Algorithm, ConcurrencyPolicy, ConversionError, RequestLimits, ScalingPolicy, time};
 
 /// Declares field-for-field conversions both ways between a domain struct and its proto
 /// message, for messages made only of scalars, strings and lists.
@@ -273,6 +273,7 @@ pub struct ServicePolicy {
     pub scaling: ScalingPolicy,
     #[serde(default)]
     pub concurrency: ConcurrencyPolicy,
+    pub limits: RequestLimits,
 }
 
 impl From<ServicePolicy> for pb::ServicePolicy {
@@ -289,6 +290,7 @@ impl From<ServicePolicy> for pb::ServicePolicy {
             hash: Some(p.hash.into()),
             scaling: Some(p.scaling.into()),
             concurrency: Some(p.concurrency.into()),
+            limits: Some(p.limits.into()),
         }
     }
 }
@@ -314,6 +316,7 @@ impl TryFrom<pb::ServicePolicy> for ServicePolicy {
                 .map(TryInto::try_into)
                 .transpose()?
                 .unwrap_or_default(),
+            limits: p.limits.map(Into::into).unwrap_or_default(),
         })
     }
 }

@@ -154,6 +154,13 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             sample_window_ms: 200,
             min_rtt_interval_ms: 20_000,
         },
+        limits: RequestLimits {
+            max_message_bytes: 1 << 20,
+            dedup_ttl_ms: 30_000,
+            dedup_max_entries: 500,
+            dedup_max_bytes: 8 << 20,
+            ids_are_unique: true,
+        },
     }
 }
 

@@ -20,6 +20,11 @@ pub const HEALTH_NAMES: [&str; 3] = ["", "demo.v1.Echo", "meridian.v1.MessageHan
 /// The calls in flight that make a derived utilisation of 1, unless `--capacity` says.
 pub const DEFAULT_CAPACITY: u32 = 100;
 
+/// The response header holding [`NodeBehaviour::admitted`].
+pub const ADMITTED_HEADER: &str = "x-node-admitted";
+/// The response header holding [`NodeBehaviour::received_bytes`].
+pub const RECEIVED_BYTES_HEADER: &str = "x-node-received-bytes";
+
 /// What a node is and how it currently behaves.
 #[derive(Debug)]
 pub struct NodeBehaviour {
@@ -38,6 +43,10 @@ pub struct NodeBehaviour {
     capacity: AtomicU32,
     /// The workers, when `--workers` bounds the calls served at once.
     workers: OnceLock<Semaphore>,
+    /// Application calls that reached [`NodeBehaviour::admit`] since the start.
+    admitted: AtomicU64,
+    /// Payload bytes of the Echo messages received since the start.
+    received_bytes: AtomicU64,
 }
 
 impl NodeBehaviour {
@@ -60,16 +69,37 @@ impl NodeBehaviour {
             in_flight: AtomicU32::new(0),
             capacity: AtomicU32::new(DEFAULT_CAPACITY),
             workers: OnceLock::new(),
+            admitted: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Application calls that reached the node's handlers since it started (sent on every
+    /// response as [`ADMITTED_HEADER`]), so tests can tell whether a call reached it.
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::Relaxed)
     }
 
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
 
+    /// Counts an Echo message's payload as received.
+    pub fn received(&self, payload_bytes: usize) {
+        self.received_bytes
+            .fetch_add(payload_bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Payload bytes of the Echo messages received since the start (sent on every response
+    /// as [`RECEIVED_BYTES_HEADER`]).
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes.load(Ordering::Relaxed)
+    }
+
     /// Waits the node's latency plus `extra_delay_ms`, then fails with the node's error
     /// rate. Call at the start of every application call.
     pub async fn admit(&self, extra_delay_ms: u32) -> Result<(), Status> {
+        self.admitted.fetch_add(1, Ordering::Relaxed);
         let delay = self
             .latency_ms
             .load(Ordering::Relaxed)

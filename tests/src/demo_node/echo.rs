@@ -46,6 +46,7 @@ impl Echo for EchoService {
         &self,
         request: Request<demo::SayRequest>,
     ) -> Result<Response<demo::SayReply>, Status> {
+        self.behaviour.received(request.get_ref().payload.len());
         self.behaviour.admit(request.get_ref().delay_ms).await?;
         let echoed = echoed_metadata(request.metadata());
         Ok(with_metadata(self.reply(request.into_inner()), echoed))
@@ -60,11 +61,14 @@ impl Echo for EchoService {
         self.behaviour.admit(0).await?;
         let echoed = echoed_metadata(request.metadata());
         let node_id = self.behaviour.node_id().to_owned();
+        let behaviour = Arc::clone(&self.behaviour);
         // `then` answers one request at a time, so replies keep the requests' order.
         let replies = request.into_inner().then(move |message| {
             let node_id = node_id.clone();
+            let behaviour = Arc::clone(&behaviour);
             async move {
                 let message = message?;
+                behaviour.received(message.payload.len());
                 sleep_ms(message.delay_ms).await;
                 Ok(demo::SayReply {
                     text: message.text,
@@ -113,6 +117,7 @@ impl Echo for EchoService {
             ..Default::default()
         };
         while let Some(message) = inbound.message().await? {
+            self.behaviour.received(message.payload.len());
             sleep_ms(message.delay_ms).await;
             reply.count += 1;
             reply.texts.push(message.text);

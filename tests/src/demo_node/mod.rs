@@ -53,6 +53,9 @@ pub const SERVED_SERVICES: [&str; 5] = [
     "grpc.reflection.v1.ServerReflection",
 ];
 
+/// The largest message the node's Echo service takes (64 MiB; tonic's default is 4 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// How long a stopping node waits for clients to close their connections. A client that
 /// never answers the server's GOAWAY (a hung or blocked process) would otherwise keep the
 /// node alive after SIGTERM.
@@ -195,7 +198,15 @@ impl DemoNode {
             .layer(MapResponseLayer::new({
                 let behaviour = Arc::clone(&self.behaviour);
                 move |response| {
-                    let response = served_by::add_served_by(response, &served_by);
+                    let mut response = served_by::add_served_by(response, &served_by);
+                    response.headers_mut().insert(
+                        behaviour::ADMITTED_HEADER,
+                        HeaderValue::from(behaviour.admitted()),
+                    );
+                    response.headers_mut().insert(
+                        behaviour::RECEIVED_BYTES_HEADER,
+                        HeaderValue::from(behaviour.received_bytes()),
+                    );
                     orca::add_load_report(response, behaviour.utilization())
                 }
             }))
@@ -203,9 +214,12 @@ impl DemoNode {
                 self.health,
             )))
             .add_service(reflection)
-            .add_service(EchoServer::new(EchoService::new(Arc::clone(
-                &self.behaviour,
-            ))))
+            // Large messages pass, so tests of a proxy's size limits see the proxy's
+            // refusal, never the node's.
+            .add_service(
+                EchoServer::new(EchoService::new(Arc::clone(&self.behaviour)))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
             .add_service(DemoControlServer::new(ControlService::new(Arc::clone(
                 &self.behaviour,
             ))))

@@ -280,6 +280,26 @@ fn policy_bounds_are_enforced() {
     );
 
     let mut p = echo();
+    p.limits.max_message_bytes = 512;
+    refused(
+        service(&p, Some(&fed()), &regions, &L),
+        "service_policy.limits.max_message_bytes",
+    );
+    p.limits.max_message_bytes = 1024;
+    service(&p, Some(&fed()), &regions, &L).expect("1 KiB is a limit");
+    p.limits.dedup_ttl_ms = 3_600_001;
+    refused(
+        service(&p, Some(&fed()), &regions, &L),
+        "service_policy.limits.dedup_ttl_ms",
+    );
+    p.limits.dedup_ttl_ms = 60_000;
+    p.limits.dedup_max_bytes = 2 << 30;
+    refused(
+        service(&p, Some(&fed()), &regions, &L),
+        "service_policy.limits.dedup_max_bytes",
+    );
+
+    let mut p = echo();
     p.hash.header = "bad header".into();
     refused(
         service(&p, Some(&fed()), &regions, &L),
