@@ -7,9 +7,11 @@
 //! configuration; a value over a limit is refused naming the limit's config key, e.g.
 //! `node.labels: 17 labels exceed the limit of 16 (config max_labels)`. Node addresses
 //! are checked against their federation's `allowed_networks` ([`networks`]). A service's
-//! scaling policy has its own rules ([`scaling`]).
+//! scaling policy has its own rules ([`scaling`]), and so do its rate limits
+//! ([`rate_limit`]).
 
 mod networks;
+mod rate_limit;
 mod scaling;
 
 use std::collections::HashSet;
@@ -487,7 +489,8 @@ pub fn service(
             format!("{:?} is not a header name", p.hash.header),
         ));
     }
-    scaling::scaling(&p.scaling)
+    scaling::scaling(&p.scaling)?;
+    rate_limit::rate_limit(&p.rate_limit)
 }
 
 #[cfg(test)]

@@ -161,6 +161,7 @@ mod tests {
     fn the_interval_follows_the_control_plane_within_bounds() {
         let answer = |ms| pb::LoadReportResponse {
             report_interval_ms: ms,
+            ..Default::default()
         };
         assert_eq!(interval_of(&answer(0)), DEFAULT_INTERVAL);
         assert_eq!(interval_of(&answer(800)), Duration::from_millis(800));
@@ -211,6 +212,7 @@ mod tests {
                     } else {
                         Ok(pb::LoadReportResponse {
                             report_interval_ms: 100,
+                            ..Default::default()
                         })
                     };
                     if tx.send(answer).await.is_err() || stream == 0 {

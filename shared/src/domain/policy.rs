@@ -1,6 +1,6 @@
 //! A service's routing policy: algorithm, locality failover, retries, deadlines, passive
-//! failure handling, active health checks, hashing and scaling bounds; and the failovers in
-//! force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
+//! failure handling, active health checks, hashing, scaling bounds and rate limits (in
+//! [`super::rate_limit`]); and the failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
 //! operator only writes what they change; the `effective_*` helpers resolve defaults.
 
 use std::time::{Duration, SystemTime};
@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use meridian_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, ConversionError, ScalingPolicy, time};
+use super::{Algorithm, ConversionError, RateLimitPolicy, ScalingPolicy, time};
 
 /// Declares field-for-field conversions both ways between a domain struct and its proto
 /// message, for messages made only of scalars, strings and lists.
@@ -271,6 +271,8 @@ pub struct ServicePolicy {
     pub hash: HashPolicy,
     #[serde(default)]
     pub scaling: ScalingPolicy,
+    #[serde(default)]
+    pub rate_limit: RateLimitPolicy,
 }
 
 impl From<ServicePolicy> for pb::ServicePolicy {
@@ -286,6 +288,7 @@ impl From<ServicePolicy> for pb::ServicePolicy {
             health_check: Some(p.health_check.into()),
             hash: Some(p.hash.into()),
             scaling: Some(p.scaling.into()),
+            rate_limit: Some(p.rate_limit.into()),
         }
     }
 }
@@ -306,6 +309,7 @@ impl TryFrom<pb::ServicePolicy> for ServicePolicy {
             health_check: p.health_check.map(Into::into).unwrap_or_default(),
             hash: p.hash.map(Into::into).unwrap_or_default(),
             scaling: p.scaling.map(Into::into).unwrap_or_default(),
+            rate_limit: p.rate_limit.map(Into::into).unwrap_or_default(),
         })
     }
 }

@@ -142,6 +142,22 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             })),
             autoscale: true,
         },
+        rate_limit: RateLimitPolicy {
+            tiers: vec![
+                RateLimitTier {
+                    name: "free".into(),
+                    calls_per_second: 12.5,
+                    burst: 20,
+                },
+                RateLimitTier {
+                    name: "pro".into(),
+                    calls_per_second: 500.0,
+                    burst: 0,
+                },
+            ],
+            tier_header: "x-plan".into(),
+            default_tier: "free".into(),
+        },
     }
 }
 
