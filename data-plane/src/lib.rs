@@ -1,6 +1,7 @@
 //! Meridian's data-plane proxy: follows routing tables from the control plane ([`table`]),
 //! forwards any gRPC call to a node of its service ([`forward`]) or routes federation
-//! messages ([`router`]), picks endpoints with the service's algorithm ([`balance`]) among
+//! messages ([`router`]), admits calls within their client tier's rate ([`admission`]),
+//! picks endpoints with the service's algorithm ([`balance`]) among
 //! those whose breakers allow ([`endpoint`]), retries only when safe ([`retry`]), reports
 //! each node's load to the control plane ([`load_report`]), and keeps working on its last
 //! good table when the control plane is away. `meridian-proxy` runs it
@@ -8,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod balance;
 pub mod cli;
 pub mod endpoint;

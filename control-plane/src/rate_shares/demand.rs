@@ -79,7 +79,9 @@ impl RateShareBook {
             );
             let proxies = book.entry(key).or_default();
             let smoothed = match proxies.get(proxy) {
-                Some(before) => NEWEST_WEIGHT * rate + (1.0 - NEWEST_WEIGHT) * before.calls_per_second,
+                Some(before) => {
+                    NEWEST_WEIGHT * rate + (1.0 - NEWEST_WEIGHT) * before.calls_per_second
+                }
                 None => rate,
             };
             proxies.insert(
@@ -121,7 +123,11 @@ impl RateShareBook {
         let mut shares = Vec::new();
         for policy in policies {
             for tier in &policy.rate_limit.tiers {
-                let key = (federation.to_owned(), policy.name.clone(), tier.name.clone());
+                let key = (
+                    federation.to_owned(),
+                    policy.name.clone(),
+                    tier.name.clone(),
+                );
                 let reported = book.get(&key);
                 let demands: Vec<Option<f64>> = order
                     .iter()

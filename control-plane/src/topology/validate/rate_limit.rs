@@ -142,7 +142,11 @@ mod tests {
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 2_000_000.0] {
             let mut p = good();
             p.tiers[0].calls_per_second = bad;
-            refused(p, "service_policy.rate_limit.tiers[0].calls_per_second", "rate");
+            refused(
+                p,
+                "service_policy.rate_limit.tiers[0].calls_per_second",
+                "rate",
+            );
         }
         let mut p = good();
         p.tiers[0].burst = MAX_BURST + 1;
