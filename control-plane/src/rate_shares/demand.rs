@@ -28,6 +28,9 @@ const PROXY_LIST_TTL: Duration = Duration::from_secs(2);
 /// (federation, service, tier).
 type TierKey = (String, String, String);
 
+/// Proxy ids per federation, as the registry listed them, and when.
+type ProxyListing = (Instant, HashMap<String, BTreeSet<String>>);
+
 #[derive(Debug, Clone, Copy)]
 struct Demand {
     calls_per_second: f64,
@@ -38,8 +41,7 @@ struct Demand {
 pub struct RateShareBook {
     demand: Mutex<HashMap<TierKey, BTreeMap<String, Demand>>>,
     registry: Arc<ProxyRegistry>,
-    /// Proxy ids per federation, as the registry listed them, and when.
-    listed: tokio::sync::Mutex<Option<(Instant, HashMap<String, BTreeSet<String>>)>>,
+    listed: tokio::sync::Mutex<Option<ProxyListing>>,
 }
 
 impl RateShareBook {
