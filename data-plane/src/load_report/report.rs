@@ -283,6 +283,62 @@ pub(super) mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_report_carries_each_tiers_demand_until_delivered() {
+        use meridian_shared::domain::{RateLimitPolicy, RateLimitTier, ServicePolicy};
+
+        let mut data = table(1, &["eu-1"], None).data.clone();
+        let tier = |name: &str| RateLimitTier {
+            name: name.into(),
+            calls_per_second: 1.0,
+            burst: 2,
+        };
+        data.services.insert(
+            ECHO.into(),
+            ServicePolicy {
+                name: ECHO.into(),
+                rate_limit: RateLimitPolicy {
+                    tiers: vec![tier("free"), tier("pro")],
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        let table = ProxyTable::build(
+            data,
+            &identity(),
+            None,
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        );
+        let limiter = &table.service(ECHO).unwrap().rate_limit;
+        let free = http::HeaderMap::new();
+        let outcomes: Vec<bool> = (0..5).map(|_| limiter.admit(&free).is_ok()).collect();
+        let mut undelivered = Undelivered::new(Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        undelivered.gather(Some(&table));
+        let report = undelivered.report(&identity(), Some(&table), Instant::now());
+        let demand: Vec<_> = report
+            .tier_demand
+            .iter()
+            .map(|d| (d.tier.as_str(), d.admitted, d.refused))
+            .collect();
+        let admitted = outcomes.iter().filter(|ok| **ok).count() as u64;
+        assert!(admitted >= 1 && admitted < 5, "{outcomes:?}");
+        assert_eq!(demand, [("free", admitted, 5 - admitted), ("pro", 0, 0)]);
+
+        undelivered.delivered(Instant::now());
+        undelivered.gather(Some(&table));
+        let report = undelivered.report(&identity(), Some(&table), Instant::now());
+        assert!(
+            report
+                .tier_demand
+                .iter()
+                .all(|d| d.admitted + d.refused == 0),
+            "delivered demand is not sent twice: {report:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_unanswered_report_is_merged_into_the_next() {
         let table = table(1, &["eu-1"], None);
         let load = load_of(&table, ECHO, "eu-1");
