@@ -323,7 +323,7 @@ pub(super) mod tests {
             .map(|d| (d.tier.as_str(), d.admitted, d.refused))
             .collect();
         let admitted = outcomes.iter().filter(|ok| **ok).count() as u64;
-        assert!(admitted >= 1 && admitted < 5, "{outcomes:?}");
+        assert!((1..5).contains(&admitted), "{outcomes:?}");
         assert_eq!(demand, [("free", admitted, 5 - admitted), ("pro", 0, 0)]);
 
         undelivered.delivered(Instant::now());
