@@ -16,6 +16,7 @@ pub mod events;
 pub mod health;
 pub mod keys;
 pub mod leader;
+pub mod rate_shares;
 pub mod registry;
 pub mod replica_lease;
 pub mod routing;

@@ -33,6 +33,14 @@ impl std::fmt::Display for Scope<'_> {
     }
 }
 
+/// The trailer telling a client when to retry (gRPC's retry design, A6).
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// Whole milliseconds to wait, rounded up so a client retrying on time is admitted.
+fn pushback_ms(wait: std::time::Duration) -> u64 {
+    u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(
@@ -139,6 +147,19 @@ pub enum RequestError {
     #[error("idempotency_key is {length} bytes; at most {max} are allowed")]
     IdempotencyKeyTooLong { length: usize, max: usize },
 
+    #[error(
+        "tier {tier:?} of service {service} is over its rate limit ({federation_rate} calls/s across the federation, {local_rate:.1} calls/s at this proxy); retry after {} ms or ask for a higher tier",
+        pushback_ms(*.retry_after)
+    )]
+    RateLimited {
+        service: String,
+        tier: String,
+        federation_rate: f64,
+        local_rate: f64,
+        /// When a call of the tier would be admitted (the `grpc-retry-pushback-ms`).
+        retry_after: std::time::Duration,
+    },
+
     /// The status a node answered with, passed on as is.
     #[error("node answered {}: {}", .0.code(), .0.message())]
     Answered(Status),
@@ -176,9 +197,9 @@ impl RequestError {
             RequestError::DeadlineExceeded { .. } | RequestError::JoinDeadlineExceeded { .. } => {
                 Code::DeadlineExceeded
             }
-            RequestError::Refused(_) | RequestError::MessageTooLarge { .. } => {
-                Code::ResourceExhausted
-            }
+            RequestError::Refused(_)
+            | RequestError::MessageTooLarge { .. }
+            | RequestError::RateLimited { .. } => Code::ResourceExhausted,
             RequestError::Answered(status) | RequestError::Deduplicated(status) => status.code(),
         }
     }
@@ -196,7 +217,8 @@ impl RequestError {
     /// The status the caller gets: the node's own for [`RequestError::Answered`] (and the
     /// first call's for [`RequestError::Deduplicated`]), else the proxy's code and message
     /// (counted in `meridian_proxy_local_errors_total`; refusals also in
-    /// `meridian_proxy_refused_total` by reason, direction and service).
+    /// `meridian_proxy_refused_total` by reason, direction and service), with a
+    /// `grpc-retry-pushback-ms` trailer when the proxy knows when to retry.
     pub fn into_status(self) -> Status {
         if let RequestError::Answered(status) | RequestError::Deduplicated(status) = self {
             return status;
@@ -216,7 +238,13 @@ impl RequestError {
             )
             .increment(1);
         }
-        Status::new(code, self.to_string())
+        let mut status = Status::new(code, self.to_string());
+        if let RequestError::RateLimited { retry_after, .. } = self {
+            status
+                .metadata_mut()
+                .insert(RETRY_PUSHBACK, pushback_ms(retry_after).into());
+        }
+        status
     }
 
     /// The status as a trailers-only response (HTTP 200 with `grpc-status` and
@@ -245,6 +273,30 @@ mod tests {
         assert!(
             message.contains("demo.v1.Echo") && message.contains("2 node(s) known"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn a_rate_limited_call_is_resource_exhausted_with_a_pushback_trailer() {
+        let error = RequestError::RateLimited {
+            service: "demo.v1.Echo".into(),
+            tier: "free".into(),
+            federation_rate: 50.0,
+            local_rate: 25.0,
+            retry_after: std::time::Duration::from_micros(12_300),
+        };
+        let response = error.into_response();
+        let status = Status::from_header_map(response.headers()).expect("a grpc-status header");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("\"free\"") && status.message().contains("50 calls/s"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(
+            response.headers().get(RETRY_PUSHBACK).map(|v| v.as_bytes()),
+            Some(&b"13"[..]),
+            "12.3 ms, rounded up"
         );
     }
 

@@ -1,6 +1,6 @@
 //! Meridian's data-plane proxy: follows routing tables from the control plane ([`table`]),
 //! forwards any gRPC call to a node of its service ([`forward`]) or routes federation
-//! messages ([`router`]) once admission control lets it through ([`admission`]), picks
+//! messages ([`router`]) once admission control lets it through ([`admission`]: client tier rates, concurrency), picks
 //! endpoints with the service's algorithm ([`balance`]) among those whose breakers allow
 //! ([`endpoint`]), retries only when safe ([`retry`]), reports each node's load to the
 //! control plane ([`load_report`]), and keeps working on its last good table when the

@@ -94,6 +94,7 @@ fn report(proxy: &str, endpoints: Vec<pb::EndpointLoad>) -> pb::LoadReport {
         region: "eu-west".into(),
         interval_ms: INTERVAL.as_millis() as u32,
         endpoints,
+        tier_demand: Vec::new(),
     }
 }
 

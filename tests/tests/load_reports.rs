@@ -140,6 +140,7 @@ impl RoutingDiscovery for ScriptedDiscovery {
                 reports.lock().unwrap().push(report);
                 let answer = pb::LoadReportResponse {
                     report_interval_ms: interval_ms,
+                    ..Default::default()
                 };
                 if tx.send(Ok(answer)).await.is_err() {
                     break;

@@ -5,8 +5,8 @@
 use meridian_proto::v1 as pb;
 use meridian_shared::domain::TopologyLimits;
 use meridian_shared::domain::limits::{
-    ACTOR_BYTES, ADDRESS_BYTES, HEADER_NAME_BYTES, MAX_ROUTING_MESSAGE_BYTES, METHOD_NAME_BYTES,
-    NAME_BYTES, SERVICE_NAME_BYTES, routing_message_limit,
+    ACTOR_BYTES, ADDRESS_BYTES, HEADER_NAME_BYTES, MAX_RATE_LIMIT_TIERS, MAX_ROUTING_MESSAGE_BYTES,
+    METHOD_NAME_BYTES, NAME_BYTES, SERVICE_NAME_BYTES, routing_message_limit,
 };
 use prost::Message;
 
@@ -160,6 +160,17 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             dedup_max_entries: max,
             dedup_max_bytes: u64::MAX,
             ids_are_unique: true,
+        }),
+        rate_limit: Some(pb::RateLimitPolicy {
+            tiers: (0..MAX_RATE_LIMIT_TIERS)
+                .map(|t| pb::RateLimitTier {
+                    name: name(t),
+                    calls_per_second: f64::MAX,
+                    burst: max,
+                })
+                .collect(),
+            tier_header: text(HEADER_NAME_BYTES, i),
+            default_tier: name(0),
         }),
     }
 }

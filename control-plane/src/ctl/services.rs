@@ -1,5 +1,5 @@
 //! `meridianctl services list|set|delete`, and how a service policy prints (also used by
-//! `meridianctl topology`).
+//! `meridianctl topology`), rate limits per client tier included.
 //!
 //! `services set` edits rather than replaces: the Admin API only offers "upsert the whole
 //! policy", and most of a policy (failover tiers, outlier ejection, health checks, scaling)
@@ -76,6 +76,21 @@ pub struct SetArgs {
     /// key of a message that has none.
     #[arg(long, value_name = "BOOL")]
     ids_are_unique: Option<bool>,
+    /// A client tier's federation-wide rate limit: NAME=CALLS_PER_SECOND[/BURST], e.g.
+    /// free=50/10 or pro=1000 (burst 0 or absent: one second of the rate). Repeat for
+    /// more; replaces the current tiers.
+    #[arg(long = "rate-limit-tier", value_name = "NAME=RATE[/BURST]", value_parser = parse_tier)]
+    rate_limit_tiers: Vec<pb::RateLimitTier>,
+    /// The request header naming a call's tier (default x-meridian-tier).
+    #[arg(long, value_name = "HEADER")]
+    rate_limit_header: Option<String>,
+    /// The tier of calls without the header or naming an unknown tier (default: the
+    /// first tier).
+    #[arg(long, value_name = "TIER")]
+    rate_limit_default_tier: Option<String>,
+    /// Remove the service's rate limits.
+    #[arg(long, conflicts_with_all = ["rate_limit_tiers", "rate_limit_header", "rate_limit_default_tier"])]
+    no_rate_limit: bool,
     #[command(flatten)]
     concurrency: ConcurrencyArgs,
 }
@@ -174,6 +189,30 @@ impl ConcurrencyArgs {
     }
 }
 
+/// `NAME=RATE[/BURST]`.
+fn parse_tier(text: &str) -> Result<pb::RateLimitTier, String> {
+    let (name, limit) = text.split_once('=').ok_or_else(|| {
+        format!("{text:?}: expected NAME=CALLS_PER_SECOND[/BURST], e.g. free=50/10")
+    })?;
+    let (rate, burst) = match limit.split_once('/') {
+        Some((rate, burst)) => (rate, Some(burst)),
+        None => (limit, None),
+    };
+    let calls_per_second = rate
+        .parse::<f64>()
+        .map_err(|_| format!("{text:?}: {rate:?} is not a number of calls per second"))?;
+    let burst = burst
+        .map(|b| b.parse::<u32>())
+        .transpose()
+        .map_err(|_| format!("{text:?}: the burst is not a whole number of calls"))?
+        .unwrap_or(0);
+    Ok(pb::RateLimitTier {
+        name: name.to_owned(),
+        calls_per_second,
+        burst,
+    })
+}
+
 impl SetArgs {
     /// Applies the flags given to `policy`, leaving every other field as it is.
     fn apply(self, policy: &mut pb::ServicePolicy) {
@@ -194,6 +233,18 @@ impl SetArgs {
         }
         if let Some(timeout) = self.default_timeout_ms {
             policy.timeout.get_or_insert_default().default_timeout_ms = timeout;
+        }
+        if self.no_rate_limit {
+            policy.rate_limit = None;
+        }
+        if !self.rate_limit_tiers.is_empty() {
+            policy.rate_limit.get_or_insert_default().tiers = self.rate_limit_tiers;
+        }
+        if let Some(header) = self.rate_limit_header {
+            policy.rate_limit.get_or_insert_default().tier_header = header;
+        }
+        if let Some(tier) = self.rate_limit_default_tier {
+            policy.rate_limit.get_or_insert_default().default_tier = tier;
         }
         self.concurrency.apply(&mut policy.concurrency);
     }
@@ -278,6 +329,7 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
         "CONCURRENCY",
         "MAX MESSAGE",
         "DEDUP TTL",
+        "RATE LIMITS",
     ]);
     for s in services {
         let retry = s.retry.clone().unwrap_or_default();
@@ -305,6 +357,7 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
                 0 => "off".to_owned(),
                 ms => format!("{ms}ms"),
             },
+            rate_limits_cell(s.rate_limit.as_ref()),
         ]);
     }
     table
@@ -348,6 +401,31 @@ fn concurrency_json(policy: Option<&pb::ConcurrencyPolicy>) -> Value {
     })
 }
 
+/// `free=50/s(burst 10)* pro=1000/s` (the default tier starred), or `none`.
+fn rate_limits_cell(policy: Option<&pb::RateLimitPolicy>) -> String {
+    let Some(policy) = policy.filter(|p| !p.tiers.is_empty()) else {
+        return "none".to_owned();
+    };
+    let default = if policy.default_tier.is_empty() {
+        &policy.tiers[0].name
+    } else {
+        &policy.default_tier
+    };
+    let tiers: Vec<String> = policy
+        .tiers
+        .iter()
+        .map(|t| {
+            let burst = match t.burst {
+                0 => String::new(),
+                b => format!("(burst {b})"),
+            };
+            let star = if &t.name == default { "*" } else { "" };
+            format!("{}={}/s{burst}{star}", t.name, t.calls_per_second)
+        })
+        .collect();
+    tiers.join(" ")
+}
+
 /// The whole policy; absent sub-policies print as their defaults (zeros) so every
 /// service has the same shape.
 pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
@@ -358,6 +436,7 @@ pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
     let hash = policy.hash.clone().unwrap_or_default();
     let scaling = policy.scaling.clone().unwrap_or_default();
     let limits = policy.limits.unwrap_or_default();
+    let rate_limit = policy.rate_limit.clone().unwrap_or_default();
     let tiers: Vec<Value> = failover
         .tiers
         .iter()
@@ -414,6 +493,15 @@ pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
             "dedup_max_entries": limits.dedup_max_entries,
             "dedup_max_bytes": limits.dedup_max_bytes,
             "ids_are_unique": limits.ids_are_unique,
+        },
+        "rate_limit": {
+            "tiers": rate_limit.tiers.iter().map(|t| json!({
+                "name": t.name,
+                "calls_per_second": t.calls_per_second,
+                "burst": t.burst,
+            })).collect::<Vec<_>>(),
+            "tier_header": rate_limit.tier_header,
+            "default_tier": rate_limit.default_tier,
         },
     })
 }
@@ -524,6 +612,51 @@ mod tests {
             .apply(&mut policy);
         assert_eq!(policy.concurrency, None);
         assert_eq!(json(&policy)["concurrency"]["kind"], "none");
+    }
+
+    #[test]
+    fn set_takes_rate_limit_tiers_and_can_remove_them() {
+        let mut policy = pb::ServicePolicy {
+            name: "demo.v1.Echo".into(),
+            federation: "prod".into(),
+            ..Default::default()
+        };
+        set_args(
+            "services set demo.v1.Echo --federation prod --rate-limit-tier free=50/10 \
+             --rate-limit-tier pro=1000 --rate-limit-default-tier free --rate-limit-header x-plan",
+        )
+        .apply(&mut policy);
+        let limits = policy.rate_limit.clone().expect("rate limits set");
+        assert_eq!(limits.tiers.len(), 2);
+        assert_eq!(
+            (
+                limits.tiers[0].name.as_str(),
+                limits.tiers[0].calls_per_second,
+                limits.tiers[0].burst
+            ),
+            ("free", 50.0, 10)
+        );
+        assert_eq!(
+            (limits.tiers[1].calls_per_second, limits.tiers[1].burst),
+            (1000.0, 0)
+        );
+        assert_eq!(
+            (limits.tier_header.as_str(), limits.default_tier.as_str()),
+            ("x-plan", "free")
+        );
+        assert_eq!(
+            rate_limits_cell(Some(&limits)),
+            "free=50/s(burst 10)* pro=1000/s"
+        );
+        assert_eq!(json(&policy)["rate_limit"]["tiers"][1]["name"], "pro");
+
+        set_args("services set demo.v1.Echo --federation prod --no-rate-limit").apply(&mut policy);
+        assert_eq!(policy.rate_limit, None);
+        assert_eq!(rate_limits_cell(None), "none");
+
+        let err = parse("services set demo.v1.Echo --federation prod --rate-limit-tier free")
+            .expect_err("no rate");
+        assert!(err.to_string().contains("NAME=CALLS_PER_SECOND"), "{err}");
     }
 
     #[test]

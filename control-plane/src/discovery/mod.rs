@@ -1,5 +1,7 @@
 //! `meridian.v1.RoutingDiscovery`: proxies subscribe to their federation's routing table
-//! ([`session`]) and send load reports. Every replica serves it, leader or not.
+//! ([`session`]) and send load reports, whose answers carry each proxy's share of the
+//! federation's rate limits ([`crate::rate_shares`]). Every replica serves it, leader or
+//! not.
 
 pub mod proxies;
 pub mod session;
@@ -14,6 +16,7 @@ use futures::Stream;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::routing_discovery_server::RoutingDiscovery;
 use meridian_proto::v1::stream_routes_request::Message as Inbound;
+use meridian_shared::domain::ServicePolicy;
 use meridian_shared::names::name_problem;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::proxies::ProxyRecord;
 use self::session::{Outbound, Session, SessionContext};
 use crate::auth::{self, Caller};
+use crate::rate_shares::RateShareBook;
 use crate::scaling::load::report::{self, InvalidReport};
 use crate::scaling::load::{LoadAggregator, report_interval_ms};
 use crate::topology::StateHandle;
@@ -40,14 +44,17 @@ pub struct DiscoveryService {
     ctx: Arc<SessionContext>,
     state: StateHandle,
     load: LoadAggregator,
+    rate_shares: Arc<RateShareBook>,
 }
 
 impl DiscoveryService {
     pub fn new(ctx: SessionContext, state: StateHandle, load: LoadAggregator) -> Self {
+        let rate_shares = Arc::new(RateShareBook::new(Arc::clone(&ctx.proxies)));
         DiscoveryService {
             ctx: Arc::new(ctx),
             state,
             load,
+            rate_shares,
         }
     }
 
@@ -153,8 +160,9 @@ impl RoutingDiscovery for DiscoveryService {
 
     type ReportLoadStream = ResponseStream<pb::LoadReportResponse>;
 
-    /// Accepts load reports, checks each and feeds it to this replica's load aggregator,
-    /// and answers with the wanted interval. A report out of the caller's scope or
+    /// Accepts load reports, checks each and feeds it to this replica's load aggregator
+    /// and rate-share book, and answers with the wanted interval and the proxy's rate
+    /// shares. A report out of the caller's scope or
     /// malformed ends the stream (PERMISSION_DENIED / INVALID_ARGUMENT naming the field)
     /// and nothing of it is kept.
     async fn report_load(
@@ -165,6 +173,7 @@ impl RoutingDiscovery for DiscoveryService {
         let mut inbound = request.into_inner();
         let state = self.state.clone();
         let load = self.load.clone();
+        let rate_shares = Arc::clone(&self.rate_shares);
         let shutdown = self.ctx.shutdown.clone();
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
@@ -179,9 +188,7 @@ impl RoutingDiscovery for DiscoveryService {
                     break;
                 }
                 metrics::counter!("meridian_control_load_reports_total").increment(1);
-                let response = pb::LoadReportResponse {
-                    report_interval_ms: report_interval_ms(&state.borrow().config.value),
-                };
+                let response = answer(&report, &state, &rate_shares).await;
                 if tx.send(Ok(response)).await.is_err() {
                     break;
                 }
@@ -201,6 +208,58 @@ fn take_report(
     let checked = report::check(report).map_err(invalid_report)?;
     load.record(checked);
     Ok(())
+}
+
+/// The answer to a taken report: the interval wanted and the proxy's rate shares, after
+/// its demand is recorded.
+async fn answer(
+    report: &pb::LoadReport,
+    state: &StateHandle,
+    rate_shares: &RateShareBook,
+) -> pb::LoadReportResponse {
+    let (interval_ms, policies) = {
+        let state = state.borrow();
+        let policies: Vec<ServicePolicy> = state
+            .services
+            .values()
+            .map(|s| &s.value)
+            .filter(|p| p.federation == report.federation && p.rate_limit.is_enabled())
+            .cloned()
+            .collect();
+        (report_interval_ms(&state.config.value), policies)
+    };
+    if policies.is_empty() {
+        return pb::LoadReportResponse {
+            report_interval_ms: interval_ms,
+            ..Default::default()
+        };
+    }
+    let policies: Vec<&ServicePolicy> = policies.iter().collect();
+    let now = tokio::time::Instant::now();
+    rate_shares.record(
+        &report.federation,
+        &report.proxy_id,
+        Duration::from_millis(u64::from(report.interval_ms)),
+        &report.tier_demand,
+        &policies,
+        now,
+    );
+    let stale_after = Duration::from_millis(u64::from(interval_ms))
+        * crate::rate_shares::demand::STALE_AFTER_INTERVALS;
+    let (rate_shares, federation_proxies) = rate_shares
+        .shares(
+            &report.federation,
+            &report.proxy_id,
+            &policies,
+            stale_after,
+            now,
+        )
+        .await;
+    pb::LoadReportResponse {
+        report_interval_ms: interval_ms,
+        rate_shares,
+        federation_proxies,
+    }
 }
 
 fn invalid_report(invalid: InvalidReport) -> Status {

@@ -8,10 +8,12 @@
 //! `node.labels: 17 labels exceed the limit of 16 (config max_labels)`. Node addresses
 //! are checked against their federation's `allowed_networks` ([`networks`]). A service's
 //! scaling policy has its own rules ([`scaling`]), and so have its concurrency policy
-//! ([`concurrency`]) and its request limits ([`request_limits`]).
+//! ([`concurrency`]), its rate limits ([`rate_limit`]) and its request limits
+//! ([`request_limits`]).
 
 mod concurrency;
 mod networks;
+mod rate_limit;
 mod request_limits;
 mod scaling;
 
@@ -492,6 +494,7 @@ pub fn service(
     }
     scaling::scaling(&p.scaling)?;
     concurrency::concurrency(&p.concurrency)?;
+    rate_limit::rate_limit(&p.rate_limit)?;
     request_limits::request_limits(&p.limits)
 }
 

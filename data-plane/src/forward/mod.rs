@@ -2,9 +2,10 @@
 //! routing table goes to an endpoint of that service chosen by the service's balancer,
 //! over that endpoint's pooled HTTP/2 connection; the response — headers, body frames,
 //! trailers — streams back untouched but for an `x-meridian-node` header naming the node
-//! that served. The service's concurrency limit admits the call first
-//! ([`crate::admission`]; priority from `x-meridian-priority`), and the call keeps its slot
-//! until the response body ends. Deadline and trace are handled as for every hop ([`crate::hop`]), the
+//! that served. A call over its client tier's rate is refused first, then the service's
+//! concurrency limit admits it ([`crate::admission`]; priority from `x-meridian-priority`)
+//! and the call keeps its slot until the response body ends. Deadline and trace are
+//! handled as for every hop ([`crate::hop`]), the
 //! attempts by the one retry driver ([`crate::retry`]); unknown services, missing
 //! endpoints and expired deadlines become trailers-only responses through the one error
 //! edge ([`crate::error`]).
@@ -125,6 +126,7 @@ impl Forwarder {
     {
         let started = Instant::now();
         let route = self.route_of(request.uri())?;
+        route.rate_limit.admit(request.headers())?;
         let deadline = hop::deadline(request.headers(), &route.policy.timeout)?;
         let admission =
             concurrency::admit(&route, Priority::of_call(request.headers())?, deadline).await?;

@@ -3,9 +3,11 @@
 //! ([`DEFAULT_INTERVAL`] until its first answer), with the same credential and TLS as the
 //! routing subscription. Each stream opens with a report at once (the figures since the
 //! last delivered report), so the control plane's answer sets the interval and figures
-//! kept during an outage go out without waiting. The control plane answers every report; the answer is what
-//! marks the report delivered (see [`super::report`]): a report left unanswered when the
-//! stream breaks is merged into the next one. A broken stream is reopened with jittered
+//! kept during an outage go out without waiting. The control plane answers every report;
+//! the answer is what marks the report delivered (see [`super::report`]): a report left
+//! unanswered when the stream breaks is merged into the next one. The answer also carries
+//! this proxy's share of each rate-limited (service, tier), which goes to the table's
+//! limiters ([`crate::admission::rate`]). A broken stream is reopened with jittered
 //! exponential backoff on the next configured replica. The task ends on shutdown.
 
 use std::time::Duration;
@@ -123,6 +125,9 @@ impl LoadReporter {
             };
             let now = Instant::now();
             state.undelivered.delivered(now);
+            if let Some(table) = self.table.current() {
+                table.apply_rate_shares(&answer);
+            }
             metrics::counter!("meridian_proxy_load_reports_total").increment(1);
             backoff.reset();
             let wanted = interval_of(&answer);
@@ -161,6 +166,7 @@ mod tests {
     fn the_interval_follows_the_control_plane_within_bounds() {
         let answer = |ms| pb::LoadReportResponse {
             report_interval_ms: ms,
+            ..Default::default()
         };
         assert_eq!(interval_of(&answer(0)), DEFAULT_INTERVAL);
         assert_eq!(interval_of(&answer(800)), Duration::from_millis(800));
@@ -211,6 +217,7 @@ mod tests {
                     } else {
                         Ok(pb::LoadReportResponse {
                             report_interval_ms: 100,
+                            ..Default::default()
                         })
                     };
                     if tx.send(answer).await.is_err() || stream == 0 {

@@ -1,4 +1,5 @@
-//! The figures not yet delivered to the control plane, and the `LoadReport` made of them.
+//! The figures not yet delivered to the control plane, and the `LoadReport` made of them:
+//! per (node, service) load, and per rate-limited (service, tier) demand.
 //!
 //! Each interval the reporter [`Undelivered::gather`]s every (node, service)'s figures
 //! into this set; a report is built from all of it, and only the control plane's answer
@@ -23,6 +24,9 @@ use crate::table::{ProxyIdentity, ProxyTable};
 /// (node id, service).
 type Key = (String, String);
 
+/// (service, rate-limit tier).
+type TierKey = (String, String);
+
 /// Figures gathered since the last delivered report.
 #[derive(Debug)]
 pub struct Undelivered {
@@ -32,6 +36,9 @@ pub struct Undelivered {
     /// Every load seen in a table, kept one more interval after it leaves the table so
     /// the calls it finished meanwhile are reported.
     known: HashMap<Key, Arc<CallLoad>>,
+    /// Calls admitted and refused per rate-limited (service, tier): the demand the
+    /// control plane apportions rate limits by.
+    demand: HashMap<TierKey, (u64, u64)>,
 }
 
 // === impl Undelivered ===
@@ -42,6 +49,7 @@ impl Undelivered {
             since: now,
             figures: HashMap::new(),
             known: HashMap::new(),
+            demand: HashMap::new(),
         }
     }
 
@@ -66,6 +74,16 @@ impl Undelivered {
             merge_into(&mut self.figures, key.clone(), load.take());
         }
         self.known = current;
+        // A limiter replaced by a policy change takes its last counts with it.
+        for limiter in table.into_iter().flat_map(ProxyTable::rate_limiters) {
+            for tier in limiter.tiers() {
+                let (admitted, refused) = tier.take_counts();
+                let key = (limiter.service().to_owned(), tier.name.clone());
+                let entry = self.demand.entry(key).or_default();
+                entry.0 += admitted;
+                entry.1 += refused;
+            }
+        }
     }
 
     /// The report of everything undelivered, as of `now`.
@@ -91,7 +109,19 @@ impl Undelivered {
             })
             .collect();
         endpoints.sort_by(|a, b| (&a.node_id, &a.service).cmp(&(&b.node_id, &b.service)));
+        let mut tier_demand: Vec<pb::TierDemand> = self
+            .demand
+            .iter()
+            .map(|((service, tier), (admitted, refused))| pb::TierDemand {
+                service: service.clone(),
+                tier: tier.clone(),
+                admitted: *admitted,
+                refused: *refused,
+            })
+            .collect();
+        tier_demand.sort_by(|a, b| (&a.service, &a.tier).cmp(&(&b.service, &b.tier)));
         pb::LoadReport {
+            tier_demand,
             proxy_id: identity.id.clone(),
             federation: identity.federation.clone(),
             region: identity.region.clone(),
@@ -103,6 +133,7 @@ impl Undelivered {
     /// The control plane answered the last report: its figures are delivered.
     pub fn delivered(&mut self, now: Instant) {
         self.figures.clear();
+        self.demand.clear();
         self.since = now;
     }
 }
@@ -249,6 +280,62 @@ pub(super) mod tests {
         assert_eq!(echo.orca, None);
         let handler = entry(&report, "eu-1", HANDLER);
         assert_eq!((handler.requests, handler.errors), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_carries_each_tiers_demand_until_delivered() {
+        use meridian_shared::domain::{RateLimitPolicy, RateLimitTier, ServicePolicy};
+
+        let mut data = table(1, &["eu-1"], None).data.clone();
+        let tier = |name: &str| RateLimitTier {
+            name: name.into(),
+            calls_per_second: 1.0,
+            burst: 2,
+        };
+        data.services.insert(
+            ECHO.into(),
+            ServicePolicy {
+                name: ECHO.into(),
+                rate_limit: RateLimitPolicy {
+                    tiers: vec![tier("free"), tier("pro")],
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        let table = ProxyTable::build(
+            data,
+            &identity(),
+            None,
+            TableSource::Stream,
+            &UpstreamTls::default(),
+        );
+        let limiter = &table.service(ECHO).unwrap().rate_limit;
+        let free = http::HeaderMap::new();
+        let outcomes: Vec<bool> = (0..5).map(|_| limiter.admit(&free).is_ok()).collect();
+        let mut undelivered = Undelivered::new(Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        undelivered.gather(Some(&table));
+        let report = undelivered.report(&identity(), Some(&table), Instant::now());
+        let demand: Vec<_> = report
+            .tier_demand
+            .iter()
+            .map(|d| (d.tier.as_str(), d.admitted, d.refused))
+            .collect();
+        let admitted = outcomes.iter().filter(|ok| **ok).count() as u64;
+        assert!((1..5).contains(&admitted), "{outcomes:?}");
+        assert_eq!(demand, [("free", admitted, 5 - admitted), ("pro", 0, 0)]);
+
+        undelivered.delivered(Instant::now());
+        undelivered.gather(Some(&table));
+        let report = undelivered.report(&identity(), Some(&table), Instant::now());
+        assert!(
+            report
+                .tier_demand
+                .iter()
+                .all(|d| d.admitted + d.refused == 0),
+            "delivered demand is not sent twice: {report:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -209,12 +209,15 @@ impl IntervalFigures {
 fn now_micros() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let (now, epoch) = (Instant::now(), *EPOCH.get_or_init(Instant::now));
-    // A paused test clock may start before the epoch another runtime captured.
-    if now >= epoch {
-        (now - epoch).as_micros() as u64
+    // A paused test clock may start before the epoch another runtime captured. Rounding
+    // toward minus infinity on both sides of the epoch keeps a difference of whole
+    // microseconds exact when the clock crosses it.
+    let nanos = if now >= epoch {
+        (now - epoch).as_nanos() as i128
     } else {
-        ((epoch - now).as_micros() as u64).wrapping_neg()
-    }
+        -((epoch - now).as_nanos() as i128)
+    };
+    nanos.div_euclid(1_000) as u64
 }
 
 #[cfg(test)]

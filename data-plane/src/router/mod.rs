@@ -2,7 +2,8 @@
 //! its target service and return the node's reply with the routing decision. The node is
 //! the requested one (`target_node`), the least loaded ready node in the requested region
 //! (`target_region`), or the service balancer's pick — among the proxy's own region only
-//! unless the message allows global routing. The call is a hop like any forwarded one
+//! unless the message allows global routing. A message over its client tier's rate is
+//! refused first ([`crate::admission`]). The call is a hop like any forwarded one
 //! ([`crate::hop`]: the service's timeout policy, the caller's trace carried on), its
 //! attempts are run by the one retry driver ([`crate::retry`]) — RouteMessage is
 //! idempotent by contract, so a node answering UNAVAILABLE may be retried elsewhere — and
@@ -130,6 +131,7 @@ impl Router {
                     federation: table.data.federation.clone(),
                     version: table.version(),
                 })?;
+        route.rate_limit.admit(&incoming)?;
         let deadline = hop::deadline(&incoming, &route.policy.timeout)?;
         let limit = route
             .policy

@@ -21,6 +21,7 @@ use serde_json::json;
 pub use self::data::TableData;
 pub use self::route_metrics::RouteMetrics;
 use crate::admission::concurrency::ConcurrencyLimiter;
+use crate::admission::rate::{FederationProxies, RateLimiter};
 use crate::balance::least_connections::LeastConnections;
 use crate::balance::{self, Balancer, Locality};
 use crate::endpoint::{BreakerSettings, Endpoint, UpstreamTls};
@@ -68,6 +69,8 @@ pub struct ServiceRoute {
     /// RouteMessage outcomes by idempotency key; kept across table versions while the
     /// policy's dedup settings stay the same.
     pub dedup: Arc<DedupCache<pb::RouteMessageResponse>>,
+    /// Its rate limits per client tier (admits everything without tiers).
+    pub rate_limit: Arc<RateLimiter>,
 }
 
 impl ServiceRoute {
@@ -99,6 +102,8 @@ pub struct ProxyTable {
     pub applied_at: SystemTime,
     services: HashMap<String, Arc<ServiceRoute>>,
     endpoints: HashMap<String, Arc<Endpoint>>,
+    /// How many proxies share the federation's rate limits (carried over).
+    federation_proxies: Arc<FederationProxies>,
 }
 
 impl ProxyTable {
@@ -112,6 +117,9 @@ impl ProxyTable {
         source: TableSource,
         upstream_tls: &UpstreamTls,
     ) -> Self {
+        let federation_proxies = previous
+            .map(|p| Arc::clone(&p.federation_proxies))
+            .unwrap_or_default();
         let regions: Vec<_> = data.regions.values().cloned().collect();
         let locality = Locality::new(&identity.region, &identity.zone, &regions);
         let endpoints: HashMap<String, Arc<Endpoint>> = data
@@ -205,7 +213,14 @@ impl ProxyTable {
                     .filter(|d| d.settings() == settings)
                     .cloned()
                     .unwrap_or_else(|| Arc::new(DedupCache::new(name, settings)));
+                let rate_limit = RateLimiter::build(
+                    name,
+                    &policy.rate_limit,
+                    before.map(|r| &r.rate_limit),
+                    &federation_proxies,
+                );
                 let route = ServiceRoute {
+                    rate_limit,
                     concurrency,
                     dedup,
                     retry_budget: RetryBudget::new(&policy.retry),
@@ -230,6 +245,7 @@ impl ProxyTable {
             applied_at: SystemTime::now(),
             services,
             endpoints,
+            federation_proxies,
         }
     }
 
@@ -250,6 +266,29 @@ impl ProxyTable {
         self.services
             .values()
             .flat_map(|route| route.metrics.values().map(|m| &m.load))
+    }
+
+    /// The rate limiters of services that have tiers, for the load reports' demand.
+    pub fn rate_limiters(&self) -> impl Iterator<Item = &Arc<RateLimiter>> {
+        self.services
+            .values()
+            .map(|route| &route.rate_limit)
+            .filter(|limiter| !limiter.tiers().is_empty())
+    }
+
+    /// Applies the control plane's answer to a load report: how many proxies share the
+    /// federation's rate limits, and this proxy's share of each (service, tier) it names.
+    pub fn apply_rate_shares(&self, answer: &meridian_proto::v1::LoadReportResponse) {
+        self.federation_proxies.set(answer.federation_proxies);
+        for share in &answer.rate_shares {
+            let tier = self
+                .services
+                .get(&share.service)
+                .and_then(|route| route.rate_limit.tier(&share.tier));
+            if let Some(tier) = tier {
+                tier.set_share(share.share);
+            }
+        }
     }
 
     /// The table and every endpoint's state, for `/debug/table`.
@@ -284,6 +323,7 @@ impl ProxyTable {
                     "has_policy": self.data.services.contains_key(&route.name),
                     "usable_endpoints": route.all.endpoints().len(),
                     "concurrency": route.concurrency.as_ref().map(|c| c.debug_json()),
+                    "rate_limit": route.rate_limit.debug_json(),
                     "endpoints": endpoints.iter().map(|e| json!({
                         "node": e.node.id,
                         "address": e.node.address,

@@ -25,6 +25,9 @@ pub const HEADER_NAME_BYTES: u64 = 255;
 /// Longest actor ("operator:<token name>", "reconciler") recorded on a failover.
 pub const ACTOR_BYTES: u64 = 255;
 
+/// Most tiers of one rate-limit policy.
+pub use super::rate_limit::MAX_RATE_LIMIT_TIERS;
+
 /// The largest routing-stream message (snapshot or delta) a proxy decodes and the control
 /// plane encodes. The dynamic configuration is refused when its limits allow a larger
 /// table, so every valid topology fits.
@@ -120,9 +123,16 @@ impl TopologyLimits {
         let retry = field(u64::from(self.max_idempotent_methods) * method + NUMBER * 5);
         let health_check = field(field(SERVICE_NAME_BYTES) + NUMBER * 5);
         let hash = field(field(HEADER_NAME_BYTES));
-        // timeout, outlier, scaling, request limits
-        let numbers_only =
-            field(NUMBER * 2) + field(NUMBER * 7) + field(NUMBER * 6) + field(NUMBER * 5);
+        // timeout, outlier, scaling, request limits, concurrency
+        let numbers_only = field(NUMBER * 2)
+            + field(NUMBER * 7)
+            + field(NUMBER * 6)
+            + field(NUMBER * 5)
+            + field(NUMBER * 10);
+        let rate_tier = field(field(NAME_BYTES) + NUMBER * 2);
+        let rate_limit = field(
+            MAX_RATE_LIMIT_TIERS as u64 * rate_tier + field(HEADER_NAME_BYTES) + field(NAME_BYTES),
+        );
         field(SERVICE_NAME_BYTES)
             + field(NAME_BYTES)
             + NUMBER
@@ -131,6 +141,7 @@ impl TopologyLimits {
             + health_check
             + hash
             + numbers_only
+            + rate_limit
     }
 
     /// The largest `ActiveFailover` message.

@@ -1,4 +1,5 @@
-//! Meridian's domain types: the topology (federations, regions, nodes, service policies),
+//! Meridian's domain types: the topology (federations, regions, nodes, service policies
+//! with their rate limits),
 //! failovers and events, as the control plane stores them (serde JSON in etcd) and as both
 //! binaries reason about them.
 //!
@@ -15,6 +16,7 @@ pub mod limits;
 mod locality;
 mod node;
 mod policy;
+pub mod rate_limit;
 mod request_limits;
 mod scaling;
 mod time;
@@ -31,6 +33,7 @@ pub use policy::{
     ActiveFailover, FailoverPolicy, FailoverTier, HashPolicy, HealthCheckPolicy, OutlierPolicy,
     RetryPolicy, ServicePolicy, TimeoutPolicy,
 };
+pub use rate_limit::{RateLimitPolicy, RateLimitTier};
 pub use request_limits::RequestLimits;
 pub use scaling::{
     ExecActuator, PredictiveScaling, ScalingActuator, ScalingPolicy, ScheduledScaling,

@@ -1,6 +1,6 @@
 //! A service's routing policy: algorithm, locality failover, retries, deadlines, passive
-//! failure handling, active health checks, hashing, scaling bounds, concurrency limits and
-//! request limits; and the failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
+//! failure handling, active health checks, hashing, scaling bounds, concurrency limits,
+//! rate limits (in [`super::rate_limit`]) and request limits; and the failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
 //! operator only writes what they change; the `effective_*` helpers resolve defaults.
 
 use std::time::{Duration, SystemTime};
@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime};
 use meridian_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use super::{Algorithm, ConcurrencyPolicy, ConversionError, RequestLimits, ScalingPolicy, time};
+use super::{
+    Algorithm, ConcurrencyPolicy, ConversionError, RateLimitPolicy, RequestLimits, ScalingPolicy,
+    time,
+};
 
 /// Declares field-for-field conversions both ways between a domain struct and its proto
 /// message, for messages made only of scalars, strings and lists.
@@ -274,6 +277,7 @@ pub struct ServicePolicy {
     #[serde(default)]
     pub concurrency: ConcurrencyPolicy,
     pub limits: RequestLimits,
+    pub rate_limit: RateLimitPolicy,
 }
 
 impl From<ServicePolicy> for pb::ServicePolicy {
@@ -291,6 +295,7 @@ impl From<ServicePolicy> for pb::ServicePolicy {
             scaling: Some(p.scaling.into()),
             concurrency: Some(p.concurrency.into()),
             limits: Some(p.limits.into()),
+            rate_limit: Some(p.rate_limit.into()),
         }
     }
 }
@@ -317,6 +322,7 @@ impl TryFrom<pb::ServicePolicy> for ServicePolicy {
                 .transpose()?
                 .unwrap_or_default(),
             limits: p.limits.map(Into::into).unwrap_or_default(),
+            rate_limit: p.rate_limit.map(Into::into).unwrap_or_default(),
         })
     }
 }

@@ -161,6 +161,22 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             dedup_max_bytes: 8 << 20,
             ids_are_unique: true,
         },
+        rate_limit: RateLimitPolicy {
+            tiers: vec![
+                RateLimitTier {
+                    name: "free".into(),
+                    calls_per_second: 12.5,
+                    burst: 20,
+                },
+                RateLimitTier {
+                    name: "pro".into(),
+                    calls_per_second: 500.0,
+                    burst: 0,
+                },
+            ],
+            tier_header: "x-plan".into(),
+            default_tier: "free".into(),
+        },
     }
 }
 

@@ -13,6 +13,9 @@ use meridian_shared::names::{MAX_NAME_LEN, name_problem};
 pub const MAX_ENDPOINTS_PER_REPORT: usize = 20_000;
 /// Longest service name, bytes (the topology's own limit).
 pub const MAX_SERVICE_BYTES: usize = 255;
+/// Most (service, tier) demand entries one report may carry (the policies' limits: 500
+/// services of 16 tiers).
+pub const MAX_TIER_DEMAND_PER_REPORT: usize = 8_000;
 /// Shortest and longest report interval a proxy may claim, milliseconds. Rates are
 /// computed over the time reports cover, so an absurd interval would distort them.
 pub const MIN_INTERVAL_MS: u32 = 100;
@@ -63,6 +66,8 @@ pub enum InvalidReport {
     Interval(u32),
     #[error("endpoints: {0} entries, at most {MAX_ENDPOINTS_PER_REPORT} are accepted")]
     TooManyEndpoints(usize),
+    #[error("tier_demand: {0} entries, at most {MAX_TIER_DEMAND_PER_REPORT} are accepted")]
+    TooMuchTierDemand(usize),
     #[error("endpoints[{index}].{field}: {problem}")]
     Endpoint {
         index: usize,
@@ -96,6 +101,9 @@ pub fn check(report: &pb::LoadReport) -> Result<CheckedReport, InvalidReport> {
     }
     if report.endpoints.len() > MAX_ENDPOINTS_PER_REPORT {
         return Err(InvalidReport::TooManyEndpoints(report.endpoints.len()));
+    }
+    if report.tier_demand.len() > MAX_TIER_DEMAND_PER_REPORT {
+        return Err(InvalidReport::TooMuchTierDemand(report.tier_demand.len()));
     }
     let endpoints = report
         .endpoints

@@ -43,6 +43,7 @@ fn report(proxy: &str, endpoints: Vec<pb::EndpointLoad>) -> pb::LoadReport {
         region: "eu-west".into(),
         interval_ms: 5_000,
         endpoints,
+        tier_demand: Vec::new(),
     }
 }
 
