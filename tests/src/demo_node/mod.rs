@@ -93,6 +93,8 @@ pub struct DemoNode {
     tls: Option<ServerTls>,
     addr: SocketAddr,
     served_by: HeaderValue,
+    /// `--plain`: no `x-served-by` or ORCA trailers.
+    plain: bool,
     behaviour: Arc<NodeBehaviour>,
     health: HealthReporter,
     registration: Option<SelfRegistration>,
@@ -156,6 +158,7 @@ impl DemoNode {
             tls,
             addr,
             served_by,
+            plain: args.plain,
             behaviour,
             health,
             registration,
@@ -193,7 +196,11 @@ impl DemoNode {
             .trace_fn(telemetry::grpc_request_span)
             .layer(MapResponseLayer::new({
                 let behaviour = Arc::clone(&self.behaviour);
+                let plain = self.plain;
                 move |response| {
+                    if plain {
+                        return response;
+                    }
                     let response = served_by::add_served_by(response, &served_by);
                     orca::add_load_report(response, behaviour.utilization())
                 }
