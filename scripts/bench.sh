@@ -30,7 +30,7 @@
 # Knobs (environment): MODES ("shared pinned"), LEVELS ("1x1 4x64 route:4x16 chat:4x16"),
 #   TARGETS (default: all), WARM (2 s), PROXY_A / PROXY_B (meridian-proxy binaries; A
 #   defaults to this checkout's release build), SKIP_BUILD=1, OUT (results directory),
-#   QUIET_PCT (15) / QUIET_MAX (20 s) / FOREIGN_MAX (25 % of a core).
+#   QUIET_PCT (15) / QUIET_MAX (20 s) / FOREIGN_MAX (25 % of a core) / RETRIES (1).
 # Every load run is bounded (h2load -D / loadgen --duration, under `timeout`); everything
 # listens on 127.0.0.1 and everything started here is stopped on exit, by PID.
 set -euo pipefail
@@ -47,6 +47,7 @@ PAYLOAD=100
 QUIET_PCT=${QUIET_PCT:-15}
 QUIET_MAX=${QUIET_MAX:-20}
 FOREIGN_MAX=${FOREIGN_MAX:-25}
+RETRIES=${RETRIES:-1}
 OUT=${OUT:-/tmp/meridian-bench-$(date +%Y%m%d-%H%M%S)}
 TOOL=(python3 "$ROOT/scripts/lib/bench_tool.py")
 
@@ -129,7 +130,7 @@ prepare_table() {
         ctl nodes register "bench-$i" --address "127.0.0.1:${NODES[$i]}" --federation bench \
             --region local --zone a --services demo.v1.Echo
     done
-    start table-prep "$bin/meridian-proxy" --id bench-proxy --federation bench --region local --zone a \
+    MERIDIAN_TOKEN=$token start table-prep "$bin/meridian-proxy" --id bench-proxy --federation bench --region local --zone a \
         --control-planes http://127.0.0.1:17700 --grpc-addr 127.0.0.1:17710 --admin-addr 127.0.0.1:17711 \
         --table-cache "$OUT/table.json" --log-level warn
     local prep=$LAST_PID usable=0
@@ -370,13 +371,13 @@ for mode in $MODES; do
         for shape in $LEVELS; do
             for t in $TARGETS; do
                 applies "$shape" "$t" || continue
-                for attempt in 0 1; do
+                for attempt in $(seq 0 "$RETRIES"); do
                     wait_quiet
                     if row=$(run_one "$mode" "$round" "$shape" "$t"); then
                         echo "$row" >>"$OUT/runs.tsv"
                         break
                     fi
-                    if ((attempt == 1)); then
+                    if ((attempt == RETRIES)); then
                         echo "$row" >>"$OUT/runs.tsv"
                         log "other tenants were busy during $mode $shape $t again; kept, flagged"
                     else
