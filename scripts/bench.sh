@@ -341,7 +341,7 @@ run_one() { # MODE ROUND SHAPE TARGET; prints the TSV row; returns 1 when distur
     wall=$(awk -v a="$t0" -v b="$w1" 'BEGIN { printf "%.2f", b - a }')
     rss=$(cat "$f.mem" 2>/dev/null || echo -)
     awk -v f="$foreign" -v w="$wall" -v max="$FOREIGN_MAX" 'BEGIN { exit !(f / w * 100 > max) }' && clean=0
-    rm -f "$f.reqlog" "$f.cpu0" "$f.cpu1" "$f.mem"
+    rm -f "$f.reqlog" "$f.cpu0" "$f.cpu1" "$f.mem" "$f.mem.tmp"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$round" "$shape" "$t" "$parsed" "$reply" \
         "$(awk -v a="$c0" -v b="$c1" -v k="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", (b - a) / k }')" \
         "$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.3f", b - a }')" "$rss" "$foreign" "$wall" "$clean"
