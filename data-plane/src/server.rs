@@ -1,14 +1,22 @@
 //! Running the proxy: load the cached table, follow the control planes, report load to
-//! them, serve client
-//! traffic on an HTTP/2 listener (h2c, or TLS with `[listen_tls]`) and the admin endpoints
-//! (`/metrics`, `/ready`, `/live`, `/debug/table`). Calls to the proxy's own services (RouteMessage, health,
-//! reflection) are answered here; every other gRPC call is forwarded. On SIGTERM the proxy
-//! stops accepting, sends GOAWAY on every connection, and lets in-flight calls finish
-//! within the drain grace period.
+//! them, serve client traffic on an HTTP/2 listener (h2c, or TLS with `[listen_tls]`) and
+//! the admin endpoints (`/metrics`, `/ready`, `/live`, `/debug/table`). Calls to the
+//! proxy's own services (RouteMessage, health, reflection) are answered here; every other
+//! gRPC call is forwarded. On SIGTERM the proxy stops accepting, sends GOAWAY on every
+//! connection, and lets in-flight calls finish within the drain grace period.
+//!
+//! Client connections are served by workers, one thread per CPU, each with its own
+//! single-threaded runtime ([`Workers`]); the listener hands each accepted connection to
+//! the worker serving the fewest, and every call of that connection — its streams, its
+//! upstream connection (`endpoint/connection.rs`) — runs on that worker. A multi-threaded
+//! runtime moved tasks between cores and shared each node's connection between them; a
+//! thread per core does neither. The control-plane streams, load reports and admin HTTP
+//! run on the main thread.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -31,6 +39,7 @@ use tonic_health::ServingStatus;
 use tower::Service;
 
 use crate::endpoint::UpstreamTls;
+use crate::endpoint::connection::{enter_worker, worker_count};
 use crate::forward::{ForwardSettings, Forwarder, ProxyBody};
 use crate::load_report::LoadReporter;
 use crate::router::Router;
@@ -292,6 +301,7 @@ async fn accept_until_shutdown(
         dispatch,
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
+        workers: Workers::start(worker_count()),
     };
     loop {
         match &mut listener {
@@ -307,7 +317,7 @@ async fn accept_until_shutdown(
                     },
                 };
                 let _ = stream.set_nodelay(true);
-                server.spawn(stream, client);
+                server.spawn_tcp(stream, client);
             }
             ClientListener::Tls(incoming) => {
                 let stream: TlsStream<TcpStream> = tokio::select! {
@@ -322,13 +332,17 @@ async fn accept_until_shutdown(
                     },
                 };
                 match stream.get_ref().0.peer_addr() {
-                    Ok(client) => server.spawn(stream, client),
+                    Ok(client) => server.spawn_with(client, move || Ok(stream)),
                     Err(e) => tracing::debug!(error = %e, "a TLS client left after its handshake"),
                 }
             }
         }
     }
-    let connections = server.connections;
+    let ConnectionServer {
+        connections,
+        workers,
+        ..
+    } = server;
     drop(listener);
     connections.close();
     let in_flight = connections.len();
@@ -341,33 +355,53 @@ async fn accept_until_shutdown(
     {
         tracing::warn!(grace = ?grace, "drain grace period over; closing the remaining connections");
     }
+    workers.stop();
 }
 
-/// Serves client connections, each in a task of `connections`, until `shutdown` (then
-/// with a graceful GOAWAY).
+/// Serves client connections, each in a task on one of `workers`, tracked by
+/// `connections`, until `shutdown` (then with a graceful GOAWAY).
 struct ConnectionServer {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     dispatch: Arc<Dispatch>,
     shutdown: Shutdown,
     connections: TaskTracker,
+    workers: Workers,
 }
 
 impl ConnectionServer {
-    fn spawn<S>(&self, stream: S, client: SocketAddr)
+    /// Serves a TCP connection on a worker, whose runtime then drives its socket.
+    fn spawn_tcp(&self, stream: TcpStream, client: SocketAddr) {
+        match stream.into_std() {
+            Ok(stream) => self.spawn_with(client, move || TcpStream::from_std(stream)),
+            Err(e) => tracing::warn!(%client, error = %e, "cannot hand a connection to a worker"),
+        }
+    }
+
+    /// Serves a connection on a worker; `open` runs there and gives the stream.
+    fn spawn_with<S, F>(&self, client: SocketAddr, open: F)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        F: FnOnce() -> std::io::Result<S> + Send + 'static,
     {
         let dispatch = Arc::clone(&self.dispatch);
-        let service = hyper::service::service_fn(move |request| {
-            let dispatch = Arc::clone(&dispatch);
-            // Boxed so the task hyper spawns per stream holds a pointer, not the whole
-            // (large) future. memmove was the top symbol in a profile; the interleaved
-            // benchmark showed no measurable throughput change from this alone.
-            Box::pin(async move { Ok::<_, Infallible>(dispatch.handle(request, client).await) })
-        });
-        let connection = self.http2.serve_connection(TokioIo::new(stream), service);
+        let http2 = self.http2.clone();
         let shutdown = self.shutdown.clone();
-        self.connections.spawn(async move {
+        let (worker, load) = self.workers.least_loaded();
+        let serve = async move {
+            let stream = match open() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(%client, error = %e, "a worker could not take a connection");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |request| {
+                let dispatch = Arc::clone(&dispatch);
+                // Boxed so the task hyper spawns per stream holds a pointer, not the whole
+                // (large) future.
+                Box::pin(async move { Ok::<_, Infallible>(dispatch.handle(request, client).await) })
+            });
+            let connection = http2.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {
@@ -380,6 +414,63 @@ impl ConnectionServer {
                     let _ = connection.await;
                 }
             }
-        });
+            load.fetch_sub(1, Ordering::Relaxed);
+        };
+        worker.spawn(self.connections.track_future(serve));
+    }
+}
+
+/// The worker threads: each runs a single-threaded runtime until [`Workers::stop`], and
+/// counts the client connections it serves.
+struct Workers {
+    runtimes: Vec<(tokio::runtime::Handle, Arc<AtomicUsize>)>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    fn start(count: usize) -> Workers {
+        let mut workers = Workers {
+            runtimes: Vec::with_capacity(count),
+            stop: Vec::with_capacity(count),
+        };
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a worker runtime builds (it only needs the OS's I/O and timers)");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            workers
+                .runtimes
+                .push((runtime.handle().clone(), Arc::default()));
+            workers.stop.push(stop);
+            std::thread::Builder::new()
+                .name(format!("meridian-worker-{index}"))
+                .spawn(move || {
+                    enter_worker(index);
+                    runtime.block_on(async move {
+                        let _ = stopped.await;
+                    });
+                })
+                .expect("the OS starts a worker thread");
+        }
+        workers
+    }
+
+    /// The worker serving the fewest connections, counting one more for the caller.
+    fn least_loaded(&self) -> (&tokio::runtime::Handle, Arc<AtomicUsize>) {
+        let (handle, load) = self
+            .runtimes
+            .iter()
+            .min_by_key(|(_, load)| load.load(Ordering::Relaxed))
+            .expect("at least one worker");
+        load.fetch_add(1, Ordering::Relaxed);
+        (handle, Arc::clone(load))
+    }
+
+    /// Ends the workers' runtimes, dropping whatever they still run.
+    fn stop(self) {
+        for stop in self.stop {
+            let _ = stop.send(());
+        }
     }
 }

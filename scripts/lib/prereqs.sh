@@ -43,26 +43,53 @@ ensure_prereqs() {
     mapfile -t missing < <(missing_prereqs | sort -u)
     [ ${#missing[@]} -eq 0 ] && return 0
 
-    local install="apt-get install -y --no-install-recommends ${missing[*]}"
-    echo "meridian: installing missing packages: ${missing[*]}" >&2
+    apt_install "${missing[@]}" || return 1
+    # Debian's etcd-server package starts a system etcd on 127.0.0.1:2379; Meridian's tests
+    # start their own on random ports and do not need it.
+    check_prereqs_usable
+}
+
+# Installs the Debian packages named, saying so, with sudo when not root; fails with the
+# command to run when it cannot.
+apt_install() {
+    local install="apt-get install -y --no-install-recommends $*"
+    echo "meridian: installing missing packages: $*" >&2
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "meridian: no apt-get here; install ${missing[*]} (or their equivalents) yourself" >&2
+        echo "meridian: no apt-get here; install $* (or their equivalents) yourself" >&2
         return 1
     fi
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         command -v sudo >/dev/null 2>&1 || {
-            echo "meridian: need root to install ${missing[*]}; run as root: $install" >&2
+            echo "meridian: need root to install $*; run as root: $install" >&2
             return 1
         }
         sudo=(sudo)
     fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian's etcd-server package starts a system etcd on 127.0.0.1:2379; Meridian's tests
-    # start their own on random ports and do not need it.
-    echo "meridian: installed ${missing[*]}" >&2
-    check_prereqs_usable
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null || {
+        echo "meridian: installing $* failed; run: $install" >&2
+        return 1
+    }
+    echo "meridian: installed $*" >&2
+}
+
+# Installs what provides each missing command, given as COMMAND:DEBIAN_PACKAGE pairs
+# (the benchmark's h2load, nghttp, nginx, haproxy).
+ensure_commands() {
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    apt_install "${missing[@]}" || return 1
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || {
+            echo "meridian: ${pair%%:*} is still not on PATH after installing ${pair#*:}" >&2
+            return 1
+        }
+    done
 }
 
 # Fails, with the exact command that fixes it, when a prerequisite is still not usable.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use meridian_data_plane::{Proxy, ProxyArgs};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = ProxyArgs::parse().load_config();
     meridian_shared::process::run(

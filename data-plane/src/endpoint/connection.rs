@@ -1,14 +1,20 @@
-//! The pooled HTTP/2 connection to one endpoint. gRPC multiplexes every request to a node
-//! over one connection, so the "pool" is a single shared connection, opened on first use
-//! and reopened when it closes. The request path loads the current sender lock-free
-//! (`ArcSwapOption`) and clones it; only (re)connecting takes a lock, so concurrent
-//! requests to a node that is down open one connection attempt, not one each.
+//! The pooled HTTP/2 connections to one endpoint. gRPC multiplexes every request to a node
+//! over one connection; the proxy keeps one such connection per worker thread (see
+//! `server.rs`: each worker runs its own single-threaded runtime and serves the client
+//! connections handed to it), and a call goes over its worker's. A call, its client
+//! connection and its upstream connection then live on one thread: no lock of the h2
+//! connection is contended across cores and no wake-up crosses them. Each connection is
+//! opened on first use and reopened when it closes. The request path loads the current
+//! sender lock-free (`ArcSwapOption`) and clones it; only (re)connecting takes a lock, so
+//! concurrent requests to a node that is down open one connection attempt per worker, not
+//! one each.
 //!
 //! A connection to a node of a service with an `[[upstream_tls]]` rule does TLS (ALPN
 //! `h2`) right after the TCP connect, within the same connect timeout; whether it does is
 //! fixed when the endpoint is created (see `upstream_tls.rs`).
 
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -46,10 +52,34 @@ pub struct SendFailure {
     pub unsent: Option<http::Request<UpstreamBody>>,
 }
 
+thread_local! {
+    /// The index of the worker this thread is, 0 on threads that are not workers.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many workers serve client connections: one per CPU this process may run on.
+pub fn worker_count() -> usize {
+    static WORKERS: OnceLock<usize> = OnceLock::new();
+    *WORKERS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Marks the calling thread as worker `index` (below [`worker_count`]): its calls use that
+/// worker's connection to each node.
+pub fn enter_worker(index: usize) {
+    WORKER.set(index);
+}
+
 #[derive(Debug)]
 pub struct Connection {
     address: String,
     tls: Option<UpstreamTlsTarget>,
+    /// One connection per worker, indexed by the worker's index.
+    per_worker: Box<[WorkerConnection]>,
+}
+
+/// One worker's connection to the node.
+#[derive(Debug, Default)]
+struct WorkerConnection {
     sender: ArcSwapOption<SendRequest<UpstreamBody>>,
     connecting: tokio::sync::Mutex<()>,
 }
@@ -68,8 +98,9 @@ impl Connection {
         Connection {
             address,
             tls: None,
-            sender: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
+            per_worker: (0..worker_count())
+                .map(|_| WorkerConnection::default())
+                .collect(),
         }
     }
 
@@ -98,7 +129,8 @@ impl Connection {
         &self,
         request: http::Request<UpstreamBody>,
     ) -> Result<http::Response<Incoming>, SendFailure> {
-        let mut sender = match self.sender().await {
+        let own = self.own();
+        let mut sender = match self.sender(own).await {
             Ok(sender) => sender,
             Err(error) => {
                 return Err(SendFailure {
@@ -109,8 +141,8 @@ impl Connection {
         };
         if sender.ready().await.is_err() {
             // The connection closed between load and use: reconnect once.
-            self.sender.store(None);
-            sender = match self.sender().await {
+            own.sender.store(None);
+            sender = match self.sender(own).await {
                 Ok(sender) => sender,
                 Err(error) => {
                     return Err(SendFailure {
@@ -124,7 +156,7 @@ impl Connection {
             let unsent = e.take_message();
             if unsent.is_some() {
                 // The connection went away before this request was written.
-                self.sender.store(None);
+                own.sender.store(None);
             }
             SendFailure {
                 unsent,
@@ -136,16 +168,24 @@ impl Connection {
         })
     }
 
-    async fn sender(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
-        if let Some(sender) = self.sender.load_full().filter(|s| !s.is_closed()) {
+    /// The calling worker's connection.
+    fn own(&self) -> &WorkerConnection {
+        &self.per_worker[WORKER.get() % self.per_worker.len()]
+    }
+
+    async fn sender(
+        &self,
+        own: &WorkerConnection,
+    ) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        if let Some(sender) = own.sender.load_full().filter(|s| !s.is_closed()) {
             return Ok((*sender).clone());
         }
-        let _connecting = self.connecting.lock().await;
-        if let Some(sender) = self.sender.load_full().filter(|s| !s.is_closed()) {
+        let _connecting = own.connecting.lock().await;
+        if let Some(sender) = own.sender.load_full().filter(|s| !s.is_closed()) {
             return Ok((*sender).clone());
         }
         let sender = self.connect().await?;
-        self.sender.store(Some(Arc::new(sender.clone())));
+        own.sender.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
 

@@ -81,6 +81,12 @@ pub struct DemoNodeArgs {
     #[arg(long, env = "MERIDIAN_DEMO_UNHEALTHY")]
     pub unhealthy: bool,
 
+    /// Answer like a plain gRPC server: no `x-served-by` and no ORCA trailers. The
+    /// data-plane benchmark's backends run so, to measure proxies as the reference
+    /// harness does (its echo backend sends neither).
+    #[arg(long, env = "MERIDIAN_DEMO_PLAIN")]
+    pub plain: bool,
+
     /// gRPC URL of a control plane to register with (meridian.v1.NodeRegistry), e.g.
     /// http://127.0.0.1:7700. Needs --federation, --region and --zone.
     #[arg(

@@ -96,6 +96,8 @@ pub struct DemoNode {
     tls: Option<ServerTls>,
     addr: SocketAddr,
     served_by: HeaderValue,
+    /// `--plain`: no `x-served-by` or ORCA trailers.
+    plain: bool,
     behaviour: Arc<NodeBehaviour>,
     health: HealthReporter,
     registration: Option<SelfRegistration>,
@@ -160,6 +162,7 @@ impl DemoNode {
             tls,
             addr,
             served_by,
+            plain: args.plain,
             behaviour,
             health,
             registration,
@@ -197,7 +200,11 @@ impl DemoNode {
             .trace_fn(telemetry::grpc_request_span)
             .layer(MapResponseLayer::new({
                 let behaviour = Arc::clone(&self.behaviour);
+                let plain = self.plain;
                 move |response| {
+                    if plain {
+                        return response;
+                    }
                     let mut response = served_by::add_served_by(response, &served_by);
                     response.headers_mut().insert(
                         behaviour::ADMITTED_HEADER,

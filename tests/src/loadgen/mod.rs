@@ -42,6 +42,10 @@ pub struct LoadArgs {
     /// Total calls per second across all streams; 0 means as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// In `stream` mode, messages sent on each stream before it is closed and a new one
+    /// opened; 0 keeps each stream open until the run ends.
+    #[arg(long, default_value_t = 0)]
+    pub messages_per_stream: u64,
     /// Payload bytes per call.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,

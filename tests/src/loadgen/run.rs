@@ -44,6 +44,8 @@ struct Window {
     until: Option<Instant>,
     /// Pause between calls of one worker (rate limiting); zero for full speed.
     pace: Duration,
+    /// Messages per stream in `stream` mode; 0 for one stream per worker.
+    messages_per_stream: u64,
 }
 
 pub async fn run(args: LoadArgs, stop: Shutdown) -> Result<Report, LoadError> {
@@ -73,6 +75,7 @@ pub async fn run(args: LoadArgs, stop: Shutdown) -> Result<Report, LoadError> {
         } else {
             Duration::ZERO
         },
+        messages_per_stream: args.messages_per_stream,
     };
     let progress = Arc::new(Progress::default());
     if args.progress > 0.0 {
@@ -193,7 +196,15 @@ impl Worker {
             };
             let node = served_by(response.metadata());
             let mut replies = response.into_inner();
+            let mut sent = 0;
             while !self.done() {
+                if self.window.messages_per_stream > 0 && sent == self.window.messages_per_stream {
+                    // Close our side and wait for the server to end the stream.
+                    drop(tx);
+                    while let Ok(Some(_)) = replies.message().await {}
+                    break;
+                }
+                sent += 1;
                 let started = Instant::now();
                 let message = demo::SayRequest {
                     text: "load".into(),
