@@ -35,6 +35,36 @@ async fn every_admin_call_carries_the_bearer_token() {
 }
 
 #[tokio::test]
+async fn a_noun_without_a_verb_lists() {
+    let fake = FakeAdmin::start().await;
+    let nouns = [
+        "nodes",
+        "federations",
+        "regions",
+        "services",
+        "failover",
+        "config",
+        "scaling",
+    ];
+    for noun in nouns {
+        // The fake answers some listings UNIMPLEMENTED: what counts is the call made.
+        let _ = meridianctl(&fake, noun).await;
+    }
+    assert_eq!(
+        fake.methods(),
+        [
+            "list_nodes",
+            "list_federations",
+            "list_regions",
+            "list_services",
+            "list_failovers",
+            "get_config",
+            "list_scaling"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn without_a_token_no_authorization_is_sent() {
     let fake = FakeAdmin::start().await;
     meridianctl(&fake, "proxies").await.expect("proxies");

@@ -137,8 +137,8 @@ fn print_verdict(verdict: &pb::ValidateConfigResponse, format: Output) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::Command;
     use crate::ctl::tests::parse;
+    use crate::ctl::{Command, Noun};
 
     #[test]
     fn set_parses_assignments_and_flags() {
@@ -147,7 +147,10 @@ mod tests {
              --dry-run --expected-revision 12",
         )
         .expect("parses");
-        let Command::Config(ConfigCommand::Set(set)) = args.command else {
+        let Command::Config(Noun {
+            verb: Some(ConfigCommand::Set(set)),
+        }) = args.command
+        else {
             panic!("parsed as {:?}", args.command);
         };
         assert!(set.dry_run);

@@ -113,7 +113,7 @@ fn to_json(f: &pb::ActiveFailover) -> Value {
 mod tests {
     use clap::Parser;
 
-    use super::super::{Command, CtlArgs};
+    use super::super::{Command, CtlArgs, Noun};
     use super::*;
 
     #[test]
@@ -129,7 +129,10 @@ mod tests {
             "drill",
         ])
         .unwrap();
-        let Command::Failover(FailoverCommand::Start(start)) = args.command else {
+        let Command::Failover(Noun {
+            verb: Some(FailoverCommand::Start(start)),
+        }) = args.command
+        else {
             panic!("parsed as {:?}", args.command);
         };
         assert_eq!(

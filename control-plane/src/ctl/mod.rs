@@ -25,7 +25,7 @@ mod services;
 mod status;
 mod topology;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 pub use auth::BearerToken;
@@ -104,33 +104,41 @@ pub enum Command {
     Status,
     /// Show the whole topology: federations, regions, nodes and services.
     Topology(topology::TopologyArgs),
-    /// List, create, replace or delete federations.
-    #[command(subcommand)]
-    Federations(federations::FederationsCommand),
-    /// List, create, replace or delete regions.
-    #[command(subcommand)]
-    Regions(regions::RegionsCommand),
-    /// List, register, drain, fail, recover or deregister nodes.
-    #[command(subcommand)]
-    Nodes(nodes::NodesCommand),
-    /// List, change or delete service routing policies.
-    #[command(subcommand)]
-    Services(services::ServicesCommand),
+    /// List, create, replace or delete federations (no verb: list).
+    Federations(Noun<federations::FederationsCommand>),
+    /// List, create, replace or delete regions (no verb: list).
+    Regions(Noun<regions::RegionsCommand>),
+    /// List, register, drain, fail, recover or deregister nodes (no verb: list).
+    Nodes(Noun<nodes::NodesCommand>),
+    /// List, change or delete service routing policies (no verb: list).
+    Services(Noun<services::ServicesCommand>),
     /// List the proxies subscribed to routing tables and the versions they hold.
     Proxies,
     /// Print the event history and, with --follow, new events as they happen.
     Events(events::EventsArgs),
-    /// Show, change or validate the dynamic configuration.
-    #[command(subcommand)]
-    Config(config::ConfigCommand),
-    /// List, start or clear manual failovers of services.
-    #[command(subcommand)]
-    Failover(failover::FailoverCommand),
+    /// Show, change or validate the dynamic configuration (no verb: show).
+    Config(Noun<config::ConfigCommand>),
+    /// List, start or clear manual failovers of services (no verb: list).
+    Failover(Noun<failover::FailoverCommand>),
     /// Show the federation at a glance and each service's traffic per region.
     Metrics(metrics::MetricsArgs),
-    /// Scaling policies, decisions and recommendations; scale a service by hand.
+    /// Scaling policies, decisions and recommendations; scale a service by hand (no verb:
+    /// list).
+    Scaling(Noun<scaling::ScalingCommand>),
+}
+
+/// A noun's verb; without one, the noun lists (as `kubectl get`-style CLIs do).
+#[derive(Debug, Args)]
+pub struct Noun<C: Subcommand> {
     #[command(subcommand)]
-    Scaling(scaling::ScalingCommand),
+    verb: Option<C>,
+}
+
+impl<C: Subcommand> Noun<C> {
+    /// The verb given, else `list`.
+    fn or(self, list: C) -> C {
+        self.verb.unwrap_or(list)
+    }
 }
 
 /// Runs the parsed command, printing its result to stdout.
@@ -146,16 +154,36 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     match args.command {
         Command::Status => unreachable!("handled above: status uses grpc.health.v1, not Admin"),
         Command::Topology(cmd) => topology::run(admin, cmd, format).await,
-        Command::Federations(cmd) => federations::run(admin, cmd, format).await,
-        Command::Regions(cmd) => regions::run(admin, cmd, format).await,
-        Command::Nodes(cmd) => nodes::run(admin, cmd, format).await,
-        Command::Services(cmd) => services::run(admin, cmd, format).await,
+        Command::Federations(noun) => {
+            let cmd = noun.or(federations::FederationsCommand::List);
+            federations::run(admin, cmd, format).await
+        }
+        Command::Regions(noun) => {
+            let cmd = noun.or(regions::RegionsCommand::List { federation: None });
+            regions::run(admin, cmd, format).await
+        }
+        Command::Nodes(noun) => {
+            let cmd = noun.or(nodes::NodesCommand::List(nodes::ListArgs::default()));
+            nodes::run(admin, cmd, format).await
+        }
+        Command::Services(noun) => {
+            let cmd = noun.or(services::ServicesCommand::List { federation: None });
+            services::run(admin, cmd, format).await
+        }
         Command::Proxies => proxies::run(admin, format).await,
         Command::Events(cmd) => events::run(admin, cmd, format).await,
-        Command::Config(cmd) => config::run(admin, cmd, format).await,
-        Command::Failover(cmd) => failover::run(admin, cmd, format).await,
+        Command::Config(noun) => {
+            config::run(admin, noun.or(config::ConfigCommand::Get), format).await
+        }
+        Command::Failover(noun) => {
+            let cmd = noun.or(failover::FailoverCommand::List);
+            failover::run(admin, cmd, format).await
+        }
         Command::Metrics(cmd) => metrics::run(admin, cmd, format).await,
-        Command::Scaling(cmd) => scaling::run(admin, cmd, format).await,
+        Command::Scaling(noun) => {
+            let cmd = noun.or(scaling::ScalingCommand::List { service: None });
+            scaling::run(admin, cmd, format).await
+        }
     }
 }
 

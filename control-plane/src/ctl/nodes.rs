@@ -48,7 +48,7 @@ pub enum NodesCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct ListArgs {
     /// Only nodes of this federation.
     #[arg(long)]
@@ -231,12 +231,14 @@ pub(super) fn json(node: &pb::Node) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::Command;
     use crate::ctl::tests::parse;
+    use crate::ctl::{Command, Noun};
 
     fn nodes(command_line: &str) -> NodesCommand {
         match parse(command_line).expect("parses").command {
-            Command::Nodes(command) => command,
+            Command::Nodes(Noun {
+                verb: Some(command),
+            }) => command,
             other => panic!("parsed as {other:?}"),
         }
     }

@@ -138,8 +138,8 @@ pub(super) fn json(region: &pb::Region) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::Command;
     use crate::ctl::tests::parse;
+    use crate::ctl::{Command, Noun};
 
     #[test]
     fn set_accepts_negative_coordinates_and_a_zone_list() {
@@ -148,8 +148,10 @@ mod tests {
              --zones sa-east-a,sa-east-b",
         )
         .expect("parses");
-        let Command::Regions(RegionsCommand::Set {
-            lat, lon, zones, ..
+        let Command::Regions(Noun {
+            verb: Some(RegionsCommand::Set {
+                lat, lon, zones, ..
+            }),
         }) = args.command
         else {
             panic!("parsed as {:?}", args.command);

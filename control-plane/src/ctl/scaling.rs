@@ -520,13 +520,15 @@ fn policy_json(p: &pb::ScalingPolicy) -> Value {
 mod tests {
     use clap::Parser;
 
-    use super::super::{Command, CtlArgs};
+    use super::super::{Command, CtlArgs, Noun};
     use super::*;
 
     fn parse(argv: &[&str]) -> Result<ScalingCommand, clap::Error> {
         let args = CtlArgs::try_parse_from(["meridianctl", "scaling"].iter().chain(argv.iter()))?;
         match args.command {
-            Command::Scaling(command) => Ok(command),
+            Command::Scaling(Noun {
+                verb: Some(command),
+            }) => Ok(command),
             other => panic!("parsed as {other:?}"),
         }
     }

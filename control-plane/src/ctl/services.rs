@@ -521,12 +521,14 @@ fn health_check_json(check: Option<&pb::HealthCheckPolicy>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::Command;
     use crate::ctl::tests::parse;
+    use crate::ctl::{Command, Noun};
 
     fn set_args(command_line: &str) -> SetArgs {
         match parse(command_line).expect("parses").command {
-            Command::Services(ServicesCommand::Set(args)) => *args,
+            Command::Services(Noun {
+                verb: Some(ServicesCommand::Set(args)),
+            }) => *args,
             other => panic!("parsed as {other:?}"),
         }
     }
