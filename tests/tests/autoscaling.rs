@@ -152,14 +152,16 @@ impl Scene {
 
     async fn set_utilization(&mut self, utilization: f64) {
         self.utilization = utilization;
-        for (_, node) in &self.nodes {
+        // All at once, so that few load reports see some nodes switched and some not.
+        let switches = self.nodes.iter().map(|(_, node)| async move {
             DemoControlClient::new(node.channel().await)
                 .set_utilization(demo::SetUtilizationRequest {
                     utilization: Some(utilization),
                 })
                 .await
                 .expect("setting a node's utilisation");
-        }
+        });
+        futures::future::join_all(switches).await;
     }
 
     /// Does what the platform behind the actuator would: starts or removes nodes until
@@ -360,42 +362,56 @@ async fn rising_load_scales_up_and_falling_load_scales_down_only_after_its_windo
     let lowered = Instant::now();
     let lowered_at = SystemTime::now();
     scene.set_utilization(0.1).await;
-    let down = scene.next_decision(1, "after utilisation fell").await;
-    println!(
-        "scale-down decided {:?} after the fall: {down:#?}",
-        lowered.elapsed()
-    );
-    assert_eq!(
-        (down.current_nodes, down.desired_nodes),
-        (5, 2),
-        "{down:#?}"
-    );
+    // A load report taken while the nodes were being switched one by one can mix 90 % and
+    // 10 % nodes; such a reading recommends an intermediate count (3), which the window
+    // then holds as its highest, so the way down may pass through it before reaching 2.
+    let mut decisions = 1;
+    let down = loop {
+        let down = scene
+            .next_decision(decisions, "after utilisation fell")
+            .await;
+        decisions += 1;
+        println!(
+            "scale-down decided {:?} after the fall: {down:#?}",
+            lowered.elapsed()
+        );
+        let waited = decided_at(&down)
+            .duration_since(lowered_at)
+            .unwrap_or_default();
+        assert!(
+            waited >= Duration::from_millis(5_500),
+            "scaled down {waited:?} after the fall, inside the 6 s window: {down:#?}"
+        );
+        let after_up = decided_at(&down)
+            .duration_since(decided_at(&up))
+            .unwrap_or_default();
+        assert!(
+            after_up >= Duration::from_secs(3),
+            "inside the cooldown: {after_up:?}"
+        );
+        assert!(
+            down.desired_nodes < down.current_nodes && down.desired_nodes >= 2,
+            "{down:#?}"
+        );
+        scene.wait_asked(decisions).await;
+        scene.follow_actuator(down.desired_nodes).await;
+        if down.desired_nodes == 2 {
+            break down;
+        }
+    };
     assert_eq!(down.rule, "min", "{down:#?}");
-    let waited = decided_at(&down)
-        .duration_since(lowered_at)
-        .unwrap_or_default();
-    assert!(
-        waited >= Duration::from_millis(5_500),
-        "scaled down {waited:?} after the fall, inside the 6 s window"
-    );
-    let after_up = decided_at(&down)
-        .duration_since(decided_at(&up))
-        .unwrap_or_default();
-    assert!(
-        after_up >= Duration::from_secs(3),
-        "inside the cooldown: {after_up:?}"
-    );
-    scene.wait_asked(2).await;
-    scene.follow_actuator(2).await;
 
     // At min 2 and below target nothing more is decided; each decision was carried
     // out once, with its events.
     tokio::time::sleep(Duration::from_secs(3)).await; // six ticks
-    assert_eq!(scene.asked(), vec!["5 max auto", "2 min auto"]);
-    assert_eq!(scene.history().await.len(), 2);
+    let asked = scene.asked();
+    assert_eq!(asked.len(), decisions, "{asked:?}");
+    assert_eq!(asked.first().map(String::as_str), Some("5 max auto"));
+    assert_eq!(asked.last().map(String::as_str), Some("2 min auto"));
+    assert_eq!(scene.history().await.len(), decisions);
     let cp = &scene.cluster.cp;
-    assert_eq!(event_kinds(cp, &["scalingDecided"]).await.len(), 2);
-    assert_eq!(event_kinds(cp, &["scalingExecuted"]).await.len(), 2);
+    assert_eq!(event_kinds(cp, &["scalingDecided"]).await.len(), decisions);
+    assert_eq!(event_kinds(cp, &["scalingExecuted"]).await.len(), decisions);
     assert!(event_kinds(cp, &["scalingFailed"]).await.is_empty());
 }
 
