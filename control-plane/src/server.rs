@@ -146,11 +146,6 @@ impl ControlPlane {
             return Ok(());
         };
         let parts = Parts::start(&self.config, store, &shutdown)?;
-        tokio::spawn(mark_ready(
-            parts.state.clone(),
-            self.readiness.clone(),
-            shutdown.clone(),
-        ));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::Serving).await;
@@ -172,6 +167,11 @@ impl ControlPlane {
             },
         });
         dashboard.attach(Arc::clone(&admin));
+        tokio::spawn(mark_ready(
+            parts.state.clone(),
+            self.readiness.clone(),
+            shutdown.clone(),
+        ));
         let registry = RegistryService::new(
             parts.held.clone(),
             parts.writer.clone(),

@@ -24,33 +24,41 @@ use crate::admin::AdminService;
 use crate::auth::{Caller, Denied};
 use crate::ctl::json;
 
-/// A refusal or failure, answered as JSON with the HTTP status of its gRPC code.
+/// A refusal or failure, answered as JSON with the HTTP status of its gRPC code (or, for
+/// a body that is not the JSON a route takes, the status axum gives it: 400, 413, 415,
+/// 422).
 #[derive(Debug)]
-pub struct ApiError(Status);
+pub struct ApiError {
+    status: Status,
+    http: Option<StatusCode>,
+}
 
 impl From<Status> for ApiError {
     fn from(status: Status) -> Self {
-        ApiError(status)
+        ApiError { status, http: None }
     }
 }
 
 impl From<Denied> for ApiError {
     fn from(denied: Denied) -> Self {
-        ApiError(denied.into())
+        Status::from(denied).into()
     }
 }
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        let status = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Status::resource_exhausted(format!(
+        let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
                 "the request body is larger than {} bytes",
                 super::MAX_BODY_BYTES
-            ))
+            )
         } else {
-            Status::invalid_argument(rejection.body_text())
+            rejection.body_text()
         };
-        ApiError(status)
+        ApiError {
+            status: Status::invalid_argument(message),
+            http: Some(rejection.status()),
+        }
     }
 }
 
@@ -59,15 +67,15 @@ impl ApiError {
     pub fn to_json(&self) -> Value {
         json!({
             "type": "error",
-            "error": self.0.message(),
-            "code": format!("{:?}", self.0.code()),
+            "error": self.status.message(),
+            "code": format!("{:?}", self.status.code()),
         })
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let http = match self.0.code() {
+        let http = self.http.unwrap_or(match self.status.code() {
             Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
@@ -77,7 +85,7 @@ impl IntoResponse for ApiError {
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        });
         let mut response = (http, Json(self.to_json())).into_response();
         if http == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -95,9 +103,10 @@ impl Dashboard {
     /// The Admin service, once the control plane has opened its store.
     pub(super) fn admin(&self) -> Result<Arc<AdminService>, ApiError> {
         self.admin.get().cloned().ok_or_else(|| {
-            ApiError(Status::unavailable(
+            Status::unavailable(
                 "the control plane is still starting (opening its store); retry shortly",
-            ))
+            )
+            .into()
         })
     }
 
@@ -117,7 +126,7 @@ impl Dashboard {
         let path = format!("/meridian.v1.Admin/{method}");
         self.auth
             .admit(&path, headers, &http::Extensions::new())?
-            .ok_or_else(|| ApiError(Status::internal("every Admin method needs a role")))
+            .ok_or_else(|| Status::internal("every Admin method needs a role").into())
     }
 }
 
@@ -134,17 +143,20 @@ async fn within_timeout<T>(
 ) -> Result<T, ApiError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(answer) => Ok(answer?.into_inner()),
-        Err(_) => Err(ApiError(Status::deadline_exceeded(format!(
+        Err(_) => Err(Status::deadline_exceeded(format!(
             "the control plane did not answer within {} s; is its store reachable?",
             CALL_TIMEOUT.as_secs()
-        )))),
+        ))
+        .into()),
     }
 }
 
 /// `GET /api/v1/whoami`: the caller's name and role, if it may read the dashboard.
 pub async fn whoami(State(dashboard): State<Dashboard>, headers: HeaderMap) -> ApiResult {
     let caller = dashboard.caller(&headers, "GetTopology")?;
-    Ok(Json(json!({ "name": caller.name, "role": caller.role.name() })))
+    Ok(Json(
+        json!({ "name": caller.name, "role": caller.role.name() }),
+    ))
 }
 
 /// `GET /api/v1/overview`: what the page shows, as one document.

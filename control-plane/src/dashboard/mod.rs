@@ -70,7 +70,10 @@ impl Dashboard {
             .route("/api/v1/nodes/{id}/recover", post(api::recover_node))
             .route("/api/v1/nodes/{id}/fail", post(api::fail_node))
             .route("/api/v1/failovers", post(api::start_failover))
-            .route("/api/v1/failovers/{service}/clear", post(api::clear_failover))
+            .route(
+                "/api/v1/failovers/{service}/clear",
+                post(api::clear_failover),
+            )
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::map_response(assets::api_headers))
             .with_state(self.clone());

@@ -11,6 +11,21 @@
   const RETRY_MIN_MS = 1000;
   const RETRY_MAX_MS = 15000;
   const SVG = 'http://www.w3.org/2000/svg';
+  // Coarse coastlines (longitude, latitude), enough to place regions at a glance.
+  const LAND = [
+    [[-168, 66], [-162, 70], [-140, 70], [-125, 70], [-95, 72], [-80, 73], [-62, 66], [-55, 52], [-66, 44], [-76, 35], [-81, 25], [-82, 30], [-90, 29], [-97, 26], [-97, 20], [-88, 21], [-87, 15], [-83, 9], [-78, 8], [-86, 13], [-95, 16], [-105, 20], [-110, 23], [-115, 30], [-120, 34], [-124, 40], [-124, 48], [-133, 55], [-150, 60], [-165, 60]],
+    [[-73, 78], [-60, 82], [-30, 83], [-20, 75], [-22, 70], [-40, 65], [-44, 60], [-52, 64], [-58, 75]],
+    [[-78, 8], [-72, 12], [-62, 10], [-50, 0], [-35, -5], [-39, -15], [-48, -26], [-58, -38], [-65, -42], [-68, -52], [-75, -50], [-73, -40], [-71, -30], [-70, -18], [-76, -14], [-81, -5], [-80, 1]],
+    [[-10, 36], [-9, 43], [-2, 44], [-5, 48], [2, 51], [8, 54], [10, 57], [5, 59], [5, 62], [14, 66], [20, 70], [30, 71], [40, 68], [60, 69], [80, 73], [100, 77], [120, 73], [140, 72], [160, 70], [180, 68], [180, 62], [165, 60], [160, 53], [143, 59], [135, 54], [140, 48], [130, 42], [127, 35], [121, 31], [122, 25], [110, 20], [108, 12], [105, 9], [100, 13], [99, 7], [104, 1], [98, 8], [97, 16], [92, 21], [87, 21], [80, 15], [77, 8], [73, 17], [67, 24], [57, 25], [56, 22], [52, 17], [44, 12], [40, 16], [35, 28], [34, 31], [36, 36], [30, 36], [27, 41], [23, 38], [22, 37], [20, 40], [15, 38], [12, 44], [8, 44], [3, 43], [-1, 37]],
+    [[-17, 21], [-17, 15], [-12, 7], [-8, 4], [5, 5], [9, 4], [13, -5], [12, -17], [15, -28], [18, -34], [26, -34], [32, -28], [35, -22], [40, -15], [40, -5], [43, -1], [51, 11], [44, 11], [38, 18], [33, 28], [32, 31], [20, 32], [10, 37], [0, 36], [-6, 36], [-10, 30]],
+    [[114, -22], [114, -34], [124, -34], [131, -31], [138, -35], [146, -39], [150, -37], [153, -28], [153, -25], [146, -19], [142, -11], [136, -12], [130, -12], [123, -17]],
+    [[-5, 50], [1, 51], [0, 53], [-3, 56], [-5, 58], [-6, 56], [-5, 54], [-3, 54], [-5, 52]],
+    [[130, 31], [135, 34], [140, 36], [142, 40], [141, 45], [144, 43], [141, 41], [140, 38], [136, 35], [131, 34]],
+    [[109, 2], [117, 7], [119, 1], [116, -4], [110, -3]],
+    [[95, 5], [98, 4], [104, -2], [106, -6], [101, -3]],
+    [[172, -34], [178, -38], [175, -41], [168, -46], [172, -41]],
+    [[44, -25], [47, -25], [50, -15], [49, -12], [44, -17]],
+  ];
 
   const state = {
     token: null,
@@ -275,6 +290,9 @@
     const x = (lon) => (lon + 180) * 2;
     const y = (lat) => (90 - lat) * 2;
     const parts = [svg('rect', { class: 'ocean', x: 0, y: 0, width: 720, height: 360 })];
+    for (const outline of LAND) {
+      parts.push(svg('polygon', { class: 'land', points: outline.map(([lon, lat]) => `${x(lon)},${y(lat)}`).join(' ') }));
+    }
     for (let lon = -150; lon <= 150; lon += 30) {
       parts.push(svg('line', { class: lon === 0 ? 'meridian' : 'grid', x1: x(lon), y1: 0, x2: x(lon), y2: 360 }));
       parts.push(svg('text', { class: 'axis', x: x(lon) + 2, y: 354 }, `${lon}°`));
@@ -311,6 +329,34 @@
     $('region-grid').replaceChildren(...cards);
   }
 
+  // Rows with buttons are kept and updated in place, keyed by `key`, so a snapshot
+  // arriving between a mouse press and its release never swallows the click.
+  function syncRows(tbody, items, key, build, update, empty, columns) {
+    if (!items.length) {
+      fill(tbody, [], empty, columns);
+      return;
+    }
+    const existing = new Map([...tbody.rows].filter((r) => r.dataset.key !== undefined).map((r) => [r.dataset.key, r]));
+    for (const r of [...tbody.rows]) if (r.dataset.key === undefined) r.remove();
+    items.forEach((item, index) => {
+      const k = key(item);
+      let row = existing.get(k);
+      existing.delete(k);
+      if (!row) {
+        row = build(item);
+        row.dataset.key = k;
+      }
+      update(row, item);
+      if (tbody.rows[index] !== row) tbody.insertBefore(row, tbody.rows[index] || null);
+    });
+    for (const stale of existing.values()) stale.remove();
+  }
+
+  function setText(cell, text, title) {
+    if (cell.textContent !== text) cell.textContent = text;
+    if (title !== undefined) cell.title = title;
+  }
+
   function renderNodes(o) {
     const filter = $('node-filter').value.trim().toLowerCase();
     const matches = (n) => !filter || [n.id, n.region, n.zone, n.status, n.address, ...n.services]
@@ -320,18 +366,28 @@
     const operator = state.who && state.who.role === 'operator';
     const action = (name, label, id) => el('button', {
       type: 'button', class: `action ${name}`, 'data-action': name, 'data-node': id,
-      title: operator ? `${label} ${id}` : 'needs an operator token',
     }, label);
-    const rows = shown.map((n) => el('tr', { 'data-node': n.id, 'data-status': n.status },
-      el('td', { class: 'mono' }, n.id),
-      el('td', {}, place(n.region, n.zone)),
-      el('td', { class: 'mono' }, n.address),
-      el('td', {}, n.services.join(', ')),
-      el('td', {}, el('span', { class: `badge ${health(n.status)}` }, n.status)),
-      el('td', { class: 'reason' }, n.status_reason || '-'),
-      el('td', { title: n.status_since || '' }, age(n.status_since)),
-      el('td', { class: 'buttons' }, action('drain', 'Drain', n.id), action('recover', 'Recover', n.id), action('fail', 'Fail', n.id))));
-    fill($('nodes').tBodies[0], rows, filter ? 'no node matches the filter' : 'no nodes registered', 8);
+    const build = (n) => el('tr', { 'data-node': n.id },
+      el('td', { class: 'mono' }, n.id), el('td', {}), el('td', { class: 'mono' }), el('td', {}),
+      el('td', {}, el('span', {})), el('td', { class: 'reason' }), el('td', {}),
+      el('td', { class: 'buttons' }, action('drain', 'Drain', n.id), action('recover', 'Recover', n.id), action('fail', 'Fail', n.id)));
+    const update = (row, n) => {
+      const cells = row.cells;
+      row.dataset.status = n.status;
+      setText(cells[1], place(n.region, n.zone));
+      setText(cells[2], n.address);
+      setText(cells[3], n.services.join(', '));
+      const badge = cells[4].firstChild;
+      badge.className = `badge ${health(n.status)}`;
+      setText(badge, n.status);
+      setText(cells[5], n.status_reason || '-');
+      setText(cells[6], age(n.status_since), n.status_since || '');
+      for (const button of cells[7].children) {
+        button.title = operator ? `${button.textContent} ${n.id}` : 'needs an operator token';
+      }
+    };
+    syncRows($('nodes').tBodies[0], shown, (n) => n.id, build, update,
+      filter ? 'no node matches the filter' : 'no nodes registered', 8);
     const more = $('nodes-more');
     more.hidden = nodes.length <= shown.length;
     more.textContent = `showing ${shown.length} of ${nodes.length} nodes; filter to narrow`;
@@ -386,14 +442,17 @@
   }
 
   function renderFailovers(o) {
-    const rows = o.failovers.map((f) => el('tr', { 'data-failover': f.service },
-      el('td', { class: 'mono' }, f.service),
-      el('td', {}, f.target),
-      el('td', { class: 'reason' }, f.reason || '-'),
-      el('td', {}, f.started_by || '-'),
-      el('td', { title: f.started_at || '' }, age(f.started_at)),
-      el('td', {}, el('button', { type: 'button', class: 'action clear', 'data-action': 'clear', 'data-service': f.service }, 'Clear'))));
-    fill($('failovers').tBodies[0], rows, 'no active failover', 6);
+    const build = (f) => el('tr', { 'data-failover': f.service },
+      el('td', { class: 'mono' }, f.service), el('td', {}), el('td', { class: 'reason' }), el('td', {}), el('td', {}),
+      el('td', {}, el('button', { type: 'button', class: 'action clear', 'data-action': 'clear', 'data-service': f.service }, 'Clear')));
+    const update = (row, f) => {
+      const cells = row.cells;
+      setText(cells[1], f.target);
+      setText(cells[2], f.reason || '-');
+      setText(cells[3], f.started_by || '-');
+      setText(cells[4], age(f.started_at), f.started_at || '');
+    };
+    syncRows($('failovers').tBodies[0], o.failovers, (f) => f.service, build, update, 'no active failover', 6);
   }
 
   function renderScaling(o) {
