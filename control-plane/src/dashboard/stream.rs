@@ -3,8 +3,9 @@
 //!
 //! - `{"type":"snapshot","overview":{...}}`: what `/api/v1/overview` answers; first at
 //!   once, then after every topology change or event (coalesced over
-//!   [`SNAPSHOT_COALESCE`]) and every [`SNAPSHOT_EVERY`] (proxies and traffic change
-//!   without an event);
+//!   [`SNAPSHOT_COALESCE`], and at most one per [`SNAPSHOT_GAP`], so a busy federation
+//!   costs each stream at most one snapshot a second) and every [`SNAPSHOT_EVERY`]
+//!   (proxies and traffic change without an event);
 //! - `{"type":"event","event":{...}}`: an event from `Admin/WatchEvents`, the kept history
 //!   from `?since=SEQ` (default: all of it) and then each new one as it happens;
 //! - `{"type":"error","error":"...","code":"..."}`: the last line when the stream ends
@@ -38,6 +39,8 @@ use crate::ctl::json;
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 /// Changes within this window share one snapshot.
 pub const SNAPSHOT_COALESCE: Duration = Duration::from_millis(200);
+/// Shortest time between two snapshots of one stream.
+pub const SNAPSHOT_GAP: Duration = Duration::from_secs(1);
 
 /// Opens a stream for a caller who may watch events and read the overview.
 pub async fn open(
@@ -106,9 +109,9 @@ struct Feed {
 async fn feed(feed: Feed, mut events: <AdminService as Admin>::WatchEventsStream) {
     let mut topology = feed.admin.state.subscribe();
     let shutdown = feed.admin.shutdown.clone();
-    let mut next_snapshot = Some(Instant::now() + SNAPSHOT_EVERY);
+    let mut last_snapshot = Instant::now();
+    let mut next_snapshot = last_snapshot + SNAPSHOT_EVERY;
     loop {
-        let due = next_snapshot.unwrap_or_else(|| Instant::now() + SNAPSHOT_EVERY);
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = feed.lines.closed() => return,
@@ -117,7 +120,7 @@ async fn feed(feed: Feed, mut events: <AdminService as Admin>::WatchEventsStream
                     if !send(&feed, json!({ "type": "event", "event": json::event(&event) })).await {
                         return;
                     }
-                    next_snapshot = Some(soon(next_snapshot));
+                    next_snapshot = soon(next_snapshot, last_snapshot);
                 }
                 Some(Err(status)) => {
                     end_with(&feed, ApiError::from(status)).await;
@@ -129,9 +132,9 @@ async fn feed(feed: Feed, mut events: <AdminService as Admin>::WatchEventsStream
                 if changed.is_err() {
                     return;
                 }
-                next_snapshot = Some(soon(next_snapshot));
+                next_snapshot = soon(next_snapshot, last_snapshot);
             }
-            _ = tokio::time::sleep_until(due) => {
+            _ = tokio::time::sleep_until(next_snapshot) => {
                 match read_overview(&feed.dashboard, &feed.credential).await {
                     Ok(overview) => {
                         if !send(&feed, json!({ "type": "snapshot", "overview": overview })).await {
@@ -143,16 +146,17 @@ async fn feed(feed: Feed, mut events: <AdminService as Admin>::WatchEventsStream
                         return;
                     }
                 }
-                next_snapshot = Some(Instant::now() + SNAPSHOT_EVERY);
+                last_snapshot = Instant::now();
+                next_snapshot = last_snapshot + SNAPSHOT_EVERY;
             }
         }
     }
 }
 
-/// The earlier of the planned snapshot and one after the coalescing window.
-fn soon(planned: Option<Instant>) -> Instant {
-    let soon = Instant::now() + SNAPSHOT_COALESCE;
-    planned.map_or(soon, |planned| planned.min(soon))
+/// When to send the snapshot after a change: after the coalescing window, but not sooner
+/// than [`SNAPSHOT_GAP`] after the last one, and never later than already planned.
+fn soon(planned: Instant, last: Instant) -> Instant {
+    planned.min((Instant::now() + SNAPSHOT_COALESCE).max(last + SNAPSHOT_GAP))
 }
 
 async fn send(feed: &Feed, value: Value) -> bool {
@@ -191,6 +195,22 @@ fn since_seq(query: Option<&str>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshots_after_a_change_are_coalesced_and_spaced() {
+        let now = Instant::now();
+        let planned = now + SNAPSHOT_EVERY;
+        // Quiet for a while: the change shows after the coalescing window.
+        let long_ago = now - Duration::from_secs(10);
+        assert_eq!(soon(planned, long_ago), now + SNAPSHOT_COALESCE);
+        // Right after a snapshot: not before the gap.
+        assert_eq!(soon(planned, now), now + SNAPSHOT_GAP);
+        // Already due sooner: stays.
+        assert_eq!(
+            soon(now + Duration::from_millis(50), long_ago),
+            now + Duration::from_millis(50)
+        );
+    }
 
     #[test]
     fn since_comes_from_the_query() {
