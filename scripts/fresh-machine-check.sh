@@ -18,8 +18,9 @@ skip_tests=false
 [ "$(id -u)" -eq 0 ] || { echo "fresh-machine-check: run as root (it purges packages)" >&2; exit 2; }
 
 work=$(mktemp -d /tmp/meridian-fresh.XXXXXX)
-echo "== purging ${PREREQ_PACKAGES[*]}"
-DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "${PREREQ_PACKAGES[@]}" >/dev/null 2>&1
+purge=("${PREREQ_PACKAGES[@]}" "${TEST_PREREQ_COMMANDS[@]#*:}")
+echo "== purging ${purge[*]}"
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "${purge[@]}" >/dev/null 2>&1
 DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -qq >/dev/null 2>&1
 for tool in protoc etcd etcdctl; do
     if command -v "$tool" >/dev/null 2>&1; then

@@ -100,6 +100,7 @@ cat <<TRY
 
 Meridian is running: a control plane, 2 proxies, 4 nodes, and traffic.
   control plane   gRPC 127.0.0.1:7700   http://127.0.0.1:7701/metrics
+  dashboard       http://127.0.0.1:7701/   (sign in with the operator token below)
   proxy eu-west   gRPC 127.0.0.1:7800   http://127.0.0.1:7801/debug/table  /metrics
   proxy us-east   gRPC 127.0.0.1:7810   http://127.0.0.1:7811/debug/table  /metrics
   nodes           eu-1 :9101  eu-2 :9102 (eu-west)   us-1 :9201  us-2 :9202 (us-east)

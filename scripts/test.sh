@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Meridian's whole test suite, exactly as CI runs it (.ci/run calls this script):
-# installs missing prerequisites (protoc, etcd), then checks formatting, lints with
-# clippy (warnings are errors) and runs every test, including those that start real etcd
-# and real Meridian processes on loopback.
+# installs missing prerequisites (protoc, etcd; headless chromium for the dashboard test),
+# then checks formatting, lints with clippy (warnings are errors) and runs every test,
+# including those that start real etcd and real Meridian processes on loopback.
 #
 # Usage: scripts/test.sh [extra cargo test arguments, e.g. a test name filter]
 set -euo pipefail
@@ -13,6 +13,7 @@ if [ "${CI:-}" = "true" ]; then
     export CARGO_INCREMENTAL=0
 fi
 ensure_prereqs
+ensure_test_prereqs
 echo "== prerequisites usable (protoc resolves the well-known types, etcd --version runs)"
 check_prereqs_usable
 

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod ctl;
+pub mod dashboard;
 pub mod discovery;
 pub mod dynconfig;
 pub mod errors;

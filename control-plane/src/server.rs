@@ -1,8 +1,8 @@
 //! Running the control plane: open the store, start the follower, the table publisher,
 //! the leader election and its reconcilers, and serve gRPC (routing streams, node
-//! registry, Admin, health, reflection) and HTTP (/metrics, /live, /ready) until the
-//! shutdown signal, then stop everything gracefully. `/ready` turns true once the topology
-//! was loaded from the store.
+//! registry, Admin, health, reflection) and HTTP (/metrics, /live, /ready, and the
+//! dashboard at `/`) until the shutdown signal, then stop everything gracefully. `/ready`
+//! turns true once the topology was loaded from the store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use tonic_health::ServingStatus;
 
 use crate::admin::{AdminService, MetricsSources, ScalingContext};
 use crate::auth::{AuthError, AuthLayer, Authenticator};
+use crate::dashboard::{self, Dashboard};
 use crate::discovery::DiscoveryService;
 use crate::discovery::proxies::ProxyRegistry;
 use crate::discovery::session::SessionContext;
@@ -133,20 +134,18 @@ impl ControlPlane {
     /// Serves until `shutdown` fires, then drains both servers.
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), ServeError> {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        let auth = AuthLayer::new(self.auth, certificate_names);
+        let dashboard = Dashboard::new(auth.clone());
+        dashboard::warn_if_exposed(http_addr);
         let http = tokio::spawn(admin_http::serve(
             self.http,
-            admin_http::router(self.metrics, self.readiness.clone()),
+            admin_http::router(self.metrics, self.readiness.clone()).merge(dashboard.router()),
             shutdown.clone(),
         ));
         let Some(store) = open_store(&self.config, &shutdown).await? else {
             return Ok(());
         };
         let parts = Parts::start(&self.config, store, &shutdown)?;
-        tokio::spawn(mark_ready(
-            parts.state.clone(),
-            self.readiness.clone(),
-            shutdown.clone(),
-        ));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::Serving).await;
@@ -154,7 +153,7 @@ impl ControlPlane {
             .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let admin = AdminService {
+        let admin = Arc::new(AdminService {
             state: parts.state.clone(),
             writer: parts.writer.clone(),
             events: parts.events.clone(),
@@ -166,7 +165,13 @@ impl ControlPlane {
                 load: parts.load.view(),
                 tables: parts.tables.clone(),
             },
-        };
+        });
+        dashboard.attach(Arc::clone(&admin));
+        tokio::spawn(mark_ready(
+            parts.state.clone(),
+            self.readiness.clone(),
+            shutdown.clone(),
+        ));
         let registry = RegistryService::new(
             parts.held.clone(),
             parts.writer.clone(),
@@ -190,12 +195,14 @@ impl ControlPlane {
         );
         let router = tonic::transport::Server::builder()
             .trace_fn(telemetry::grpc_request_span)
-            .layer(AuthLayer::new(self.auth, certificate_names))
+            .layer(auth)
             .add_service(health_service)
             .add_service(reflection)
             // Tables and topology listings of a federation at its configured limits are
             // larger than gRPC's 4 MiB default; requests keep the default.
-            .add_service(AdminServer::new(admin).max_encoding_message_size(routing_message_limit()))
+            .add_service(
+                AdminServer::from_arc(admin).max_encoding_message_size(routing_message_limit()),
+            )
             .add_service(NodeRegistryServer::new(registry))
             .add_service(DiscoveryRoutes::new(discovery));
         let served = match self.tls {

@@ -12,6 +12,11 @@
 
 PREREQ_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server etcd-client)
 
+# What only the test suite needs (scripts/test.sh), as COMMAND:DEBIAN_PACKAGE pairs:
+#   chromium  (chromium)  headless, for the dashboard's end-to-end test
+#             (tests/tests/dashboard.rs drives it over the DevTools protocol)
+TEST_PREREQ_COMMANDS=(chromium:chromium)
+
 # Prints the Debian packages whose part is missing or unusable, one per line.
 missing_prereqs() {
     command -v protoc >/dev/null 2>&1 || echo protobuf-compiler
@@ -72,6 +77,11 @@ apt_install() {
         return 1
     }
     echo "meridian: installed $*" >&2
+}
+
+# Installs what the test suite needs beyond ensure_prereqs.
+ensure_test_prereqs() {
+    ensure_commands "${TEST_PREREQ_COMMANDS[@]}"
 }
 
 # Installs what provides each missing command, given as COMMAND:DEBIAN_PACKAGE pairs

@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.0 GET for tests of the admin endpoints (/metrics, /ready, /live),
-//! without pulling an HTTP client library into the tree.
+//! A minimal HTTP/1.0 client for tests of the HTTP endpoints (/metrics, /ready, /live, the
+//! dashboard's API), without pulling an HTTP client library into the tree.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -37,4 +37,99 @@ pub async fn wait_for_ok(addr: SocketAddr, path: &str, deadline: Duration) -> bo
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     false
+}
+
+/// An HTTP answer: status, header block (lower-case names) and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// Sends `method path` with `headers` (`name: value` lines) and `body` to `addr` over
+/// HTTP/1.0 and reads the whole answer.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(&request_head(addr, method, path, headers, body.len()))
+        .await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    Ok(Answer {
+        status,
+        headers: headers.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+/// Starts a GET whose answer streams (e.g. the dashboard's `/api/v1/stream`), reads only
+/// the status line and headers, and hands back the open connection with the status.
+pub async fn open_stream(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, TcpStream)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(&request_head(addr, "GET", path, headers, 0))
+        .await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, stream))
+}
+
+fn request_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body_len: usize,
+) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if body_len > 0 || method == "POST" {
+        head.push_str(&format!("Content-Length: {body_len}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
 }

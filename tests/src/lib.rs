@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod control;
 pub mod control_scale;

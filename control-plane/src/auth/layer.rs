@@ -76,8 +76,23 @@ impl AuthLayer {
         }
     }
 
-    /// The caller of a request to `path`, or why it is refused; `Ok(None)` for open paths.
-    fn admit(
+    /// The caller of a request to `path`, or why it is refused (counted in
+    /// `meridian_control_auth_refusals_total`); `Ok(None)` for open paths. The dashboard's
+    /// JSON API admits its calls here too, under the gRPC path of the Admin method each
+    /// one runs.
+    pub fn admit(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Option<Caller>, Denied> {
+        self.check(path, headers, extensions).inspect_err(|denied| {
+            metrics::counter!("meridian_control_auth_refusals_total", "reason" => reason(denied))
+                .increment(1);
+        })
+    }
+
+    fn check(
         &self,
         path: &str,
         headers: &http::HeaderMap,
@@ -149,11 +164,7 @@ where
                 }
                 Either::Left(self.inner.call(request))
             }
-            Err(denied) => {
-                metrics::counter!("meridian_control_auth_refusals_total", "reason" => reason(&denied))
-                    .increment(1);
-                Either::Right(ready(Ok(Status::from(denied).into_http())))
-            }
+            Err(denied) => Either::Right(ready(Ok(Status::from(denied).into_http()))),
         }
     }
 }

@@ -71,7 +71,7 @@ fn line(event: &pb::Event) -> String {
     text.replace(['\n', '\r'], " ")
 }
 
-fn json(event: &pb::Event) -> Value {
+pub(crate) fn json(event: &pb::Event) -> Value {
     json!({
         "seq": event.seq,
         "at": timestamp_json(event.at.as_ref()),

@@ -99,7 +99,7 @@ fn since(at: Option<&prost_types::Timestamp>) -> String {
     at.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
 }
 
-fn to_json(f: &pb::ActiveFailover) -> Value {
+pub(crate) fn to_json(f: &pb::ActiveFailover) -> Value {
     json!({
         "service": f.service,
         "target": f.target,

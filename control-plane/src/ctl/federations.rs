@@ -100,7 +100,7 @@ pub(super) fn table(federations: &[pb::Federation]) -> Table {
     table
 }
 
-pub(super) fn json(federation: &pb::Federation) -> Value {
+pub(crate) fn json(federation: &pb::Federation) -> Value {
     json!({
         "name": federation.name,
         "description": federation.description,

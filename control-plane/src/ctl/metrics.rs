@@ -98,7 +98,7 @@ fn latency_cell(has_calls: bool, ms: f64) -> String {
     }
 }
 
-fn json(m: &pb::GlobalMetrics) -> Value {
+pub(crate) fn json(m: &pb::GlobalMetrics) -> Value {
     let traffic: Vec<Value> = m
         .traffic
         .iter()

@@ -25,6 +25,20 @@ mod services;
 mod status;
 mod topology;
 
+/// The JSON documents `-o json` prints, one function per Admin message; the dashboard's
+/// API answers with the same documents, so a script written against either reads both.
+pub(crate) mod json {
+    pub(crate) use super::events::json as event;
+    pub(crate) use super::failover::to_json as failover;
+    pub(crate) use super::federations::json as federation;
+    pub(crate) use super::metrics::json as global_metrics;
+    pub(crate) use super::nodes::json as node;
+    pub(crate) use super::proxies::json as proxy;
+    pub(crate) use super::regions::json as region;
+    pub(crate) use super::scaling::service_json as service_scaling;
+    pub(crate) use super::services::json as service_policy;
+}
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 

@@ -210,7 +210,7 @@ pub(super) fn table(nodes: &[pb::Node], now: SystemTime) -> Table {
     table
 }
 
-pub(super) fn json(node: &pb::Node) -> Value {
+pub(crate) fn json(node: &pb::Node) -> Value {
     json!({
         "id": node.id,
         "address": node.address,

@@ -52,7 +52,7 @@ fn table(proxies: &[pb::ProxyStatus], now: SystemTime) -> Table {
     table
 }
 
-fn json(proxy: &pb::ProxyStatus) -> Value {
+pub(crate) fn json(proxy: &pb::ProxyStatus) -> Value {
     let last_nack = proxy.last_nack.as_ref().map_or(Value::Null, |nack| {
         json!({
             "version": nack.version,

@@ -121,7 +121,7 @@ pub(super) fn table(regions: &[pb::Region]) -> Table {
     table
 }
 
-pub(super) fn json(region: &pb::Region) -> Value {
+pub(crate) fn json(region: &pb::Region) -> Value {
     let location = region.location.map_or(
         Value::Null,
         |l| json!({ "latitude": l.latitude, "longitude": l.longitude }),

@@ -460,7 +460,7 @@ fn print_decision(decision: &pb::ScalingDecision, format: Output) -> Result<(), 
     }
 }
 
-fn service_json(s: &pb::ServiceScaling) -> Value {
+pub(crate) fn service_json(s: &pb::ServiceScaling) -> Value {
     json!({
         "service": s.service,
         "policy": policy_json(&s.policy.clone().unwrap_or_default()),

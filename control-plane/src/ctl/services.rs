@@ -428,7 +428,7 @@ fn rate_limits_cell(policy: Option<&pb::RateLimitPolicy>) -> String {
 
 /// The whole policy; absent sub-policies print as their defaults (zeros) so every
 /// service has the same shape.
-pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
+pub(crate) fn json(policy: &pb::ServicePolicy) -> Value {
     let failover = policy.failover.clone().unwrap_or_default();
     let retry = policy.retry.clone().unwrap_or_default();
     let timeout = policy.timeout.unwrap_or_default();
