@@ -230,8 +230,20 @@ impl ProxyTable {
                         .into_iter()
                         .map(|(region, endpoints)| (region, LeastConnections::new(endpoints)))
                         .collect(),
-                    all: balance::build(policy.algorithm, usable, &locality, &policy.failover),
-                    local: balance::build(policy.algorithm, local, &locality, &policy.failover),
+                    all: balance::build(
+                        policy.algorithm,
+                        usable,
+                        &locality,
+                        &policy.failover,
+                        &policy.adaptive,
+                    ),
+                    local: balance::build(
+                        policy.algorithm,
+                        local,
+                        &locality,
+                        &policy.failover,
+                        &policy.adaptive,
+                    ),
                     known_nodes: serving.len(),
                     policy,
                 };
