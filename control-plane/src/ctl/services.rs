@@ -629,7 +629,12 @@ mod tests {
             .apply(&mut policy);
         let a = policy.adaptive.clone().expect("adaptive set");
         assert_eq!(
-            (a.choices, a.hot_utilization, a.report_ttl_ms, a.ignore_node_reports),
+            (
+                a.choices,
+                a.hot_utilization,
+                a.report_ttl_ms,
+                a.ignore_node_reports
+            ),
             (3, 0.9, 500, true)
         );
         assert_eq!(json(&policy)["adaptive"]["choices"], 3);

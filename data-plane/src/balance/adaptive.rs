@@ -330,7 +330,10 @@ mod tests {
                 slow_picks += usize::from(pick.index == 2);
             }
         }
-        assert_eq!(slow_picks, 0, "slow node picked {slow_picks} of 1,600 times");
+        assert_eq!(
+            slow_picks, 0,
+            "slow node picked {slow_picks} of 1,600 times"
+        );
 
         let blind = Adaptive::new(
             balancer.endpoints().to_vec(),

@@ -109,10 +109,18 @@ mod tests {
         assert_eq!(load.projected(3, TTL), Some(0.0), "nothing learned yet");
         load.record(0.5, 2);
         assert_eq!(load.projected(2, TTL), Some(0.5));
-        assert_eq!(load.projected(4, TTL), Some(1.0), "two more calls sent since");
+        assert_eq!(
+            load.projected(4, TTL),
+            Some(1.0),
+            "two more calls sent since"
+        );
         assert_eq!(load.projected(0, TTL), Some(0.0));
         load.record(0.0, 0);
-        assert_eq!(load.projected(4, TTL), Some(1.0), "δ is kept: 0.25 per call");
+        assert_eq!(
+            load.projected(4, TTL),
+            Some(1.0),
+            "δ is kept: 0.25 per call"
+        );
         tokio::time::advance(Duration::from_millis(2_001)).await;
         assert_eq!(load.projected(1, TTL), None, "stale");
         assert_eq!(load.latest(), Some(0.0));

@@ -307,7 +307,11 @@ mod tests {
         );
         assert_eq!(cell.observe_headers(&trailers, "eu-1"), Some(0.95));
         assert_eq!(cell.take().map(|f| f.cpu_utilization), Some(0.3));
-        for bad in ["cpu_utilization=0.3", "TEXT cpu_utilization=high", "TEXT qps=3"] {
+        for bad in [
+            "cpu_utilization=0.3",
+            "TEXT cpu_utilization=high",
+            "TEXT qps=3",
+        ] {
             assert!(decode_text(bad.as_bytes()).is_err(), "{bad}");
         }
         let cpu_only = decode_text(b"TEXT cpu_utilization=0.4").unwrap();

@@ -350,6 +350,7 @@ impl ProxyTable {
                         "warmth": e.warmth(),
                         "ready": e.is_ready(),
                         "latency_estimate_ms": e.ewma.estimate().as_secs_f64() * 1e3,
+                        "reported_utilization": e.reported.latest(),
                     })).collect::<Vec<_>>(),
                 })
             })

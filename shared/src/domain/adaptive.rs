@@ -97,6 +97,9 @@ mod tests {
         assert_eq!(set.effective_choices(), 3);
         assert_eq!(set.effective_hot_utilization(), 0.9);
         assert_eq!(set.report_ttl(), Duration::from_millis(500));
-        assert_eq!(AdaptivePolicy::from(pb::AdaptivePolicy::from(set.clone())), set);
+        assert_eq!(
+            AdaptivePolicy::from(pb::AdaptivePolicy::from(set.clone())),
+            set
+        );
     }
 }

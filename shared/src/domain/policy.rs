@@ -9,8 +9,8 @@ use meridian_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdaptivePolicy, Algorithm, ConcurrencyPolicy, ConversionError, RateLimitPolicy, RequestLimits, ScalingPolicy,
-    time,
+    AdaptivePolicy, Algorithm, ConcurrencyPolicy, ConversionError, RateLimitPolicy, RequestLimits,
+    ScalingPolicy, time,
 };
 
 /// Declares field-for-field conversions both ways between a domain struct and its proto

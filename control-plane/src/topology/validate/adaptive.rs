@@ -33,8 +33,7 @@ pub fn adaptive(a: &AdaptivePolicy) -> Result<(), Invalid> {
             format!("{hot} is outside 0 to {MAX_HOT_UTILIZATION} (0: 1.5)"),
         ));
     }
-    if a.report_ttl_ms != 0 && !(MIN_REPORT_TTL_MS..=MAX_REPORT_TTL_MS).contains(&a.report_ttl_ms)
-    {
+    if a.report_ttl_ms != 0 && !(MIN_REPORT_TTL_MS..=MAX_REPORT_TTL_MS).contains(&a.report_ttl_ms) {
         return Err(invalid(
             format!("{FIELD}.report_ttl_ms"),
             format!(
