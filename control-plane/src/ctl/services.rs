@@ -93,7 +93,7 @@ pub struct SetArgs {
     no_rate_limit: bool,
     #[command(flatten)]
     concurrency: ConcurrencyArgs,
-    /// The adaptive algorithm: candidates sampled per call, 2 to 8 (0: 2).
+    /// The adaptive algorithm: candidates sampled per call, 2 to 8 (0: 3).
     #[arg(long, value_name = "N")]
     adaptive_choices: Option<u32>,
     /// The adaptive algorithm: projected utilisation above which a node is avoided while

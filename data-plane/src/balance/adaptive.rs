@@ -17,20 +17,26 @@
 //!   is the only one not re-measured, and its report ageing out gets it a call (which
 //!   measures it) without a probe's extra connection work.
 //!
-//! The choice among the `choices` sampled candidates (2 by default):
+//! The choice among the `choices` sampled candidates (3 by default; 2 is the classic
+//! power of two choices, where a pick more often has only a poor pair to choose from):
 //!
 //! 1. **Hot-cold.** A candidate is hot when its projected utilisation is above
 //!    `hot_utilization` (1.5 by default: calls queue there). While any candidate is cold,
 //!    hot ones are out, whatever their latency: a saturated node is not worth its fast
 //!    past. When all are hot, the least utilised wins.
-//! 2. **Expected latency** among the cold: `L × (1 + u)` for a node with a fresh report
+//! 2. **Expected latency** among the cold: `L × (1 + u)²` for a node with a fresh report
 //!    `u` (latency grows with the node's own saturation, which includes other proxies'
 //!    calls), `L × (in-flight + 1)` for one without (Finagle's and Linkerd's Peak-EWMA
 //!    cost, which assumes calls queue one behind another). Multiplying by in-flight
 //!    + 1 overcharges a node that serves calls in parallel: a node that answers in 2 ms
 //!    with four calls in flight on four workers looks as costly as an idle 10 ms one,
 //!    so the in-flight cost keeps sending it a share. The node's own utilisation tells
-//!    whether its calls queue; that is what takes the slow node's share to nothing.
+//!    whether its calls queue; that is what takes the slow node's share to nothing. The
+//!    square makes a node at 100 % four times as costly as an idle one of the same
+//!    measured latency: steep enough that a busy node loses to calm ones through the
+//!    noise of latency measurements (a node at 95 % costs 3.1× one at 10 %), gentle
+//!    enough that a full but not queueing fast node still beats a node 5× slower
+//!    (M/M/1's `1 / (1 − u)` would call a full node infinitely costly).
 //!
 //! Why sampling rather than the best of all: comparing a few random candidates is O(1),
 //! and it keeps proxies from stampeding the single best endpoint between updates of its
@@ -95,7 +101,7 @@ impl Adaptive {
             Some(u) if u > self.hot_utilization => Rank { hot: true, key: u },
             Some(u) => Rank {
                 hot: false,
-                key: latency * (1.0 + u),
+                key: latency * (1.0 + u) * (1.0 + u),
             },
             None => Rank {
                 hot: false,
@@ -335,9 +341,11 @@ mod tests {
             "slow node picked {slow_picks} of 1,600 times"
         );
 
+        // The algorithm before node reports: power of two choices over latency × in-flight.
         let blind = Adaptive::new(
             balancer.endpoints().to_vec(),
             &AdaptivePolicy {
+                choices: 2,
                 ignore_node_reports: true,
                 ..Default::default()
             },
@@ -391,7 +399,13 @@ mod tests {
         latencies[5] = 1;
         measure(&balancer, &latencies).await;
         assert_eq!(sequential_picks(&balancer, 100)[5], 100, "all 8 compared");
-        let two = adaptive(balancer.endpoints().to_vec());
+        let two = Adaptive::new(
+            balancer.endpoints().to_vec(),
+            &AdaptivePolicy {
+                choices: 2,
+                ..Default::default()
+            },
+        );
         let share = sequential_picks(&two, 2_000)[5];
         // With 2 of 8 sampled, node 5 is in the pair a quarter of the time.
         assert!((400..600).contains(&share), "{share}");

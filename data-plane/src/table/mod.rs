@@ -321,6 +321,7 @@ impl ProxyTable {
                 json!({
                     "name": route.name,
                     "algorithm": route.policy.algorithm.as_str(),
+                    "adaptive": route.policy.adaptive,
                     "limits": {
                         // 0: the proxy's --max-message-bytes.
                         "max_message_bytes": limits.max_message_bytes,

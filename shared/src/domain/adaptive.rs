@@ -8,8 +8,8 @@ use std::time::Duration;
 use meridian_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-/// Candidates sampled per pick when the policy says 0: power of two choices.
-pub const DEFAULT_CHOICES: u32 = 2;
+/// Candidates sampled per pick when the policy says 0.
+pub const DEFAULT_CHOICES: u32 = 3;
 /// Most candidates a pick may sample.
 pub const MAX_CHOICES: u32 = 8;
 /// Projected utilisation above which a node is hot, when the policy says 0.
@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn zeros_mean_the_defaults() {
         let policy = AdaptivePolicy::default();
-        assert_eq!(policy.effective_choices(), 2);
+        assert_eq!(policy.effective_choices(), 3);
         assert_eq!(policy.effective_hot_utilization(), 1.5);
         assert_eq!(policy.report_ttl(), Duration::from_secs(2));
         let set = AdaptivePolicy {

@@ -64,6 +64,11 @@ pub struct RoutingBenchArgs {
     /// Scenarios to run: slow, degrading, capacity, hash (default: all).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
+    /// Multiplies every node's service time (2 ms becomes 2 × this): on a loaded machine,
+    /// scheduling delays of a few milliseconds would otherwise drown the differences
+    /// between nodes that the algorithms are meant to see.
+    #[arg(long, default_value_t = 1)]
+    pub time_scale: u32,
     /// Longest the whole run may take, seconds.
     #[arg(long, default_value_t = 1_800)]
     pub deadline: u64,
@@ -90,16 +95,18 @@ struct NodeSpec {
 /// A scenario's nodes, running and registered.
 struct Fleet<'a> {
     cluster: &'a Cluster,
+    time_scale: u32,
     specs: Vec<NodeSpec>,
     names: Vec<String>,
     processes: Vec<DemoNodeProcess>,
 }
 
 impl<'a> Fleet<'a> {
-    async fn start(cluster: &'a Cluster, specs: Vec<NodeSpec>) -> Fleet<'a> {
+    async fn start(cluster: &'a Cluster, specs: Vec<NodeSpec>, time_scale: u32) -> Fleet<'a> {
         let mut processes = Vec::new();
         for spec in &specs {
-            let (latency, workers) = (spec.latency_ms.to_string(), spec.workers.to_string());
+            let latency = (spec.latency_ms * time_scale).to_string();
+            let workers = spec.workers.to_string();
             let mut args = vec!["--latency-ms", &latency];
             if spec.workers > 0 {
                 args.extend(["--workers", &workers, "--capacity", &workers]);
@@ -113,6 +120,7 @@ impl<'a> Fleet<'a> {
         let names = specs.iter().map(|s| s.id.to_owned()).collect();
         Fleet {
             cluster,
+            time_scale,
             specs,
             names,
             processes,
@@ -139,6 +147,7 @@ impl<'a> Fleet<'a> {
 
     async fn set_latency(&self, node: usize, latency_ms: u32) {
         let mut control = DemoControlClient::new(self.processes[node].channel().await);
+        let latency_ms = latency_ms * self.time_scale;
         let _ = control
             .set_latency(demo::SetLatencyRequest { latency_ms })
             .await;
@@ -165,7 +174,7 @@ pub async fn run(args: &RoutingBenchArgs) -> Result<String, BenchError> {
         out.push_str(&capacity(&cluster, args).await?);
     }
     if wanted("hash") {
-        out.push_str(&hash_movement(&cluster).await?);
+        out.push_str(&hash_movement(&cluster, args).await?);
     }
     Ok(out)
 }
@@ -236,7 +245,7 @@ async fn slow_replica(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<Stri
             oracle_weight: 1,
         },
     ];
-    let mut fleet = Fleet::start(cluster, specs).await;
+    let mut fleet = Fleet::start(cluster, specs, args.time_scale).await;
     let warmup = Duration::from_secs_f64(args.warmup);
     let total = warmup + Duration::from_secs_f64(args.seconds);
     let mut cells = Vec::new();
@@ -294,8 +303,8 @@ async fn slow_replica(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<Stri
     fleet.names.push("slow".into());
 
     let mut out = format!(
-        "### One slow replica\n\nThree replicas, 2 ms / 2 ms / 10 ms of work, 4 workers each; {} closed-loop clients; {:.0} s per algorithm after {:.0} s of warm-up.\n\n",
-        args.clients, args.seconds, args.warmup
+        "### One slow replica\n\nThree replicas, 2 ms / 2 ms / 10 ms of work (× {}), 4 workers each; {} closed-loop clients; {:.0} s per algorithm after {:.0} s of warm-up.\n\n",
+        args.time_scale, args.clients, args.seconds, args.warmup
     );
     out.push_str(&table(&cells, &fleet.names, &[2]));
     out.push('\n');
@@ -360,12 +369,12 @@ async fn degrading_replica(
             oracle_weight: 1,
         },
     ];
-    let fleet = Fleet::start(cluster, specs).await;
+    let fleet = Fleet::start(cluster, specs, args.time_scale).await;
     let at = Duration::from_secs(10);
     let after = Duration::from_secs(5);
     let mut out = format!(
-        "### One replica degrading\n\nThree replicas of 2 ms, 4 workers each; {} closed-loop clients; at t = 10 s one becomes 5× slower (10 ms). Time until its share stays below 5 % (250 ms windows), and the figures of the 5 s after.\n\n| algorithm | share before | time to < 5 % | share after | p99 after ms | p99.9 after ms | calls/s after |\n|---|---:|---:|---:|---:|---:|---:|\n",
-        args.clients
+        "### One replica degrading\n\nThree replicas of 2 ms (× {}), 4 workers each; {} closed-loop clients; at t = 10 s one becomes 5× slower (10 ms). Time until its share stays below 5 % (250 ms windows), and the figures of the 5 s after.\n\n| algorithm | share before | time to < 5 % | share after | p99 after ms | p99.9 after ms | calls/s after |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        args.time_scale, args.clients
     );
     let mut adaptive_time = None;
     for (name, algorithm) in algorithms(args) {
@@ -442,7 +451,7 @@ async fn capacity(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<String, 
             oracle_weight: 4,
         },
     ];
-    let fleet = Fleet::start(cluster, specs).await;
+    let fleet = Fleet::start(cluster, specs, args.time_scale).await;
     let clients = 14;
     let warmup = Duration::from_secs_f64(args.warmup);
     let total = warmup + Duration::from_secs_f64(args.seconds);
@@ -478,14 +487,15 @@ async fn capacity(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<String, 
     ));
     fleet.weigh(false).await;
     let mut out = format!(
-        "### Heterogeneous capacity 1:2:4\n\nThree replicas of 5 ms with 2, 4 and 8 workers; {clients} closed-loop clients (as many as workers: the ideal shares are 1/7, 2/7, 4/7 = 14 %, 29 %, 57 %).\n\n"
+        "### Heterogeneous capacity 1:2:4\n\nThree replicas of 5 ms (× {}) with 2, 4 and 8 workers; {clients} closed-loop clients (as many as workers: the ideal shares are 1/7, 2/7, 4/7 = 14 %, 29 %, 57 %).\n\n",
+        args.time_scale
     );
     out.push_str(&table(&cells, &fleet.names, &[0, 1, 2]));
     out.push('\n');
     Ok(out)
 }
 
-async fn hash_movement(cluster: &Cluster) -> Result<String, BenchError> {
+async fn hash_movement(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<String, BenchError> {
     let specs = (0..10)
         .map(|i| NodeSpec {
             id: ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9"][i],
@@ -494,7 +504,7 @@ async fn hash_movement(cluster: &Cluster) -> Result<String, BenchError> {
             oracle_weight: 1,
         })
         .collect();
-    let fleet = Fleet::start(cluster, specs).await;
+    let fleet = Fleet::start(cluster, specs, args.time_scale).await;
     cluster
         .echo_policy(pb::Algorithm::ConsistentHash, KEY_HEADER)
         .await;

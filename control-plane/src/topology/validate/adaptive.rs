@@ -20,10 +20,7 @@ pub fn adaptive(a: &AdaptivePolicy) -> Result<(), Invalid> {
     if a.choices == 1 || a.choices > MAX_CHOICES {
         return Err(invalid(
             format!("{FIELD}.choices"),
-            format!(
-                "{} is outside 2 to {MAX_CHOICES} (0: 2, power of two choices)",
-                a.choices
-            ),
+            format!("{} is outside 2 to {MAX_CHOICES} (0: 3)", a.choices),
         ));
     }
     let hot = a.hot_utilization;
