@@ -145,6 +145,14 @@ impl<'a> Fleet<'a> {
         }
     }
 
+    /// Deregisters every node and stops it, so the next scenario's proxies see only
+    /// their own nodes.
+    async fn retire(self) {
+        for id in &self.names {
+            self.cluster.deregister(id).await;
+        }
+    }
+
     async fn set_latency(&self, node: usize, latency_ms: u32) {
         let mut control = DemoControlClient::new(self.processes[node].channel().await);
         let latency_ms = latency_ms * self.time_scale;
@@ -301,6 +309,7 @@ async fn slow_replica(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<Stri
     best.shares.push(0.0);
     cells.push(best);
     fleet.names.push("slow".into());
+    fleet.weigh(false).await;
 
     let mut out = format!(
         "### One slow replica\n\nThree replicas, 2 ms / 2 ms / 10 ms of work (× {}), 4 workers each; {} closed-loop clients; {:.0} s per algorithm after {:.0} s of warm-up.\n\n",
@@ -341,7 +350,7 @@ async fn slow_replica(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<Stri
         ));
     }
     out.push('\n');
-    drop(fleet);
+    fleet.retire().await;
     Ok(out)
 }
 
@@ -427,6 +436,7 @@ async fn degrading_replica(
         ));
     }
     out.push('\n');
+    fleet.retire().await;
     Ok(out)
 }
 
@@ -492,6 +502,7 @@ async fn capacity(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<String, 
     );
     out.push_str(&table(&cells, &fleet.names, &[0, 1, 2]));
     out.push('\n');
+    fleet.retire().await;
     Ok(out)
 }
 
@@ -556,5 +567,6 @@ async fn hash_movement(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<Str
         format!("{:.1} %", 100.0 * joined),
     ));
     out.push('\n');
+    fleet.retire().await;
     Ok(out)
 }
