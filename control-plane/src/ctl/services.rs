@@ -463,7 +463,7 @@ pub(super) fn json(policy: &pb::ServicePolicy) -> Value {
     let scaling = policy.scaling.clone().unwrap_or_default();
     let limits = policy.limits.unwrap_or_default();
     let rate_limit = policy.rate_limit.clone().unwrap_or_default();
-    let adaptive = policy.adaptive.clone().unwrap_or_default();
+    let adaptive = policy.adaptive.unwrap_or_default();
     let tiers: Vec<Value> = failover
         .tiers
         .iter()
@@ -627,7 +627,7 @@ mod tests {
         .apply(&mut policy);
         set_args("services set demo.v1.Echo --federation prod --adaptive-ignore-node-reports true")
             .apply(&mut policy);
-        let a = policy.adaptive.clone().expect("adaptive set");
+        let a = policy.adaptive.expect("adaptive set");
         assert_eq!(
             (
                 a.choices,

@@ -27,8 +27,8 @@
 //! 2. **Expected latency** among the cold: `L × (1 + u)²` for a node with a fresh report
 //!    `u` (latency grows with the node's own saturation, which includes other proxies'
 //!    calls), `L × (in-flight + 1)` for one without (Finagle's and Linkerd's Peak-EWMA
-//!    cost, which assumes calls queue one behind another). Multiplying by in-flight
-//!    + 1 overcharges a node that serves calls in parallel: a node that answers in 2 ms
+//!    cost, which assumes calls queue one behind another). Multiplying by `in-flight +
+//!    1` overcharges a node that serves calls in parallel: a node that answers in 2 ms
 //!    with four calls in flight on four workers looks as costly as an idle 10 ms one,
 //!    so the in-flight cost keeps sending it a share. The node's own utilisation tells
 //!    whether its calls queue; that is what takes the slow node's share to nothing. The

@@ -24,7 +24,7 @@ pub fn adaptive(a: &AdaptivePolicy) -> Result<(), Invalid> {
         ));
     }
     let hot = a.hot_utilization;
-    if !hot.is_finite() || hot < 0.0 || hot > MAX_HOT_UTILIZATION {
+    if !(0.0..=MAX_HOT_UTILIZATION).contains(&hot) {
         return Err(invalid(
             format!("{FIELD}.hot_utilization"),
             format!("{hot} is outside 0 to {MAX_HOT_UTILIZATION} (0: 1.5)"),
