@@ -6,7 +6,9 @@
 //! difference.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::demo_control_client::DemoControlClient;
@@ -17,15 +19,20 @@ use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
 use tonic::transport::Channel;
 
-/// Calls from `workers` concurrent clients for `duration`; calls per node.
-async fn load(proxy: &Channel, workers: usize, duration: Duration) -> BTreeMap<String, usize> {
-    let deadline = Instant::now() + duration;
+/// `calls` calls from `workers` concurrent clients; calls per node. Counted, not timed,
+/// so a loaded machine only makes it slower.
+async fn load(proxy: &Channel, workers: usize, calls: usize) -> BTreeMap<String, usize> {
+    let left = Arc::new(AtomicUsize::new(calls));
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
             let mut client = EchoClient::new(proxy.clone());
+            let left = Arc::clone(&left);
             tokio::spawn(async move {
                 let mut served = Vec::new();
-                while Instant::now() < deadline {
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
                     let request = demo::SayRequest {
                         text: "hi".into(),
                         ..Default::default()
@@ -96,11 +103,9 @@ async fn a_node_reporting_95_percent_loses_traffic_to_nodes_reporting_10() {
     let via = channel(&proxy.url()).await;
 
     // Every node answers a few calls first, so each has a report and a latency estimate.
-    load(&via, 4, Duration::from_secs(1)).await;
-    let counts = load(&via, 4, Duration::from_secs(3)).await;
+    load(&via, 4, 60).await;
+    let counts = load(&via, 4, 300).await;
     eprintln!("busy reports 0.95, the others 0.1: {counts:?}");
-    let total: usize = counts.values().sum();
-    assert!(total >= 100, "too few calls to judge: {counts:?}");
     // A fair share is a third; the busy node should get well under half the share of
     // either calm one.
     for calm in ["calm-1", "calm-2"] {
@@ -116,9 +121,31 @@ async fn a_node_reporting_95_percent_loses_traffic_to_nodes_reporting_10() {
     report(&busy, 0.1).await;
     report(&calm[0], 0.95).await;
     // Reports reach the proxy with responses; a node that got no calls keeps its old
-    // report until it ages out (2 s), then is tried again.
-    load(&via, 4, Duration::from_secs(3)).await;
-    let swapped = load(&via, 4, Duration::from_secs(3)).await;
+    // report until it ages out (2 s), then is tried again. Load until the proxy holds
+    // both new reports.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        load(&via, 4, 20).await;
+        let table = proxy.debug_table().await;
+        let reported = |node: &str| {
+            table["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["name"] == ECHO)
+                .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+                .find(|e| e["node"] == node)
+                .and_then(|e| e["reported_utilization"].as_f64())
+        };
+        if reported("busy") == Some(0.1) && reported("calm-1") == Some(0.95) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy never held the swapped reports: {table:#}"
+        );
+    }
+    let swapped = load(&via, 4, 300).await;
     eprintln!("calm-1 reports 0.95, the others 0.1: {swapped:?}");
     for cool in ["busy", "calm-2"] {
         assert!(
@@ -140,7 +167,7 @@ async fn a_node_reporting_95_percent_loses_traffic_to_nodes_reporting_10() {
                 .any(|s| s["name"] == ECHO && s["adaptive"]["ignore_node_reports"] == true)
         })
         .await;
-    let blind = load(&via, 4, Duration::from_secs(3)).await;
+    let blind = load(&via, 4, 300).await;
     eprintln!("reports ignored: {blind:?}");
     assert!(
         share(&blind, "calm-1") > 0.15,
