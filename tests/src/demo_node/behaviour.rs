@@ -222,13 +222,15 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_scheduled_degradation_multiplies_the_latency_from_its_time_on() {
-        let behaviour = NodeBehaviour::new("eu-1".into(), 2, 0.0, HealthReporter::new(), false);
-        behaviour.degrade_after(Duration::from_secs(10), 5);
-        assert_eq!(behaviour.latency_ms(), 2);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(behaviour.latency_ms(), 10);
+        let node = |after: Duration| {
+            let behaviour = NodeBehaviour::new("eu-1".into(), 2, 0.0, HealthReporter::new(), false);
+            behaviour.degrade_after(after, 5);
+            behaviour.latency_ms()
+        };
+        assert_eq!(node(Duration::from_secs(3_600)), 2, "not yet degraded");
+        assert_eq!(node(Duration::ZERO), 10, "degraded: 5 × 2 ms");
     }
 
     /// Polls until the behaviour reports `expected`, for at most 5 s.

@@ -145,7 +145,8 @@ mod tests {
 
     #[test]
     fn the_share_falls_below_for_good_at_the_end_of_the_first_quiet_window() {
-        // Node 1 serves every call for 300 ms, once at 450 ms, then never again.
+        // Node 1 serves every call for 300 ms, once at 450 ms (a tenth of its window),
+        // then never again: the quiet windows start at 500 ms, the first ends at 600 ms.
         let mut samples = Vec::new();
         for ms in (0..1_000).step_by(10) {
             let on_1 = ms < 300 || ms == 450;
@@ -159,7 +160,7 @@ mod tests {
             Duration::from_secs(1),
             Duration::from_millis(100),
         );
-        assert_eq!(t, Some(Duration::from_millis(500)));
+        assert_eq!(t, Some(Duration::from_millis(600)));
         let figures = CellFigures::over("x", &samples, 2, Duration::ZERO, Duration::from_secs(1));
         assert_eq!(figures.calls, 100);
         assert!((figures.shares[1] - 0.31).abs() < 1e-9);
