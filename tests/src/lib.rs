@@ -17,6 +17,7 @@ pub mod loadgen;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod routing_bench;
 pub mod subscriber;
 
 pub use etcd::{EtcdCluster, HarnessError};

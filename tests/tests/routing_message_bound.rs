@@ -172,6 +172,12 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             tier_header: text(HEADER_NAME_BYTES, i),
             default_tier: name(0),
         }),
+        adaptive: Some(pb::AdaptivePolicy {
+            choices: max,
+            hot_utilization: f64::MAX,
+            report_ttl_ms: max,
+            ignore_node_reports: true,
+        }),
     }
 }
 

@@ -4,7 +4,7 @@
 //! `services set` edits rather than replaces: the Admin API only offers "upsert the whole
 //! policy", and most of a policy (failover tiers, outlier ejection, health checks, scaling)
 //! has no flag here (the concurrency limit has: `--concurrency static|adaptive|none` and
-//! the `--concurrency-*` / `--queue-*` flags), so the command reads the current policy, changes the fields given on
+//! the `--concurrency-*` / `--queue-*` flags, and the adaptive algorithm its `--adaptive-*` flags), so the command reads the current policy, changes the fields given on
 //! the command line and writes it back. A new service starts from the defaults.
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -93,6 +93,19 @@ pub struct SetArgs {
     no_rate_limit: bool,
     #[command(flatten)]
     concurrency: ConcurrencyArgs,
+    /// The adaptive algorithm: candidates sampled per call, 2 to 8 (0: 3).
+    #[arg(long, value_name = "N")]
+    adaptive_choices: Option<u32>,
+    /// The adaptive algorithm: projected utilisation above which a node is avoided while
+    /// a cooler candidate exists (0: 1.5).
+    #[arg(long, value_name = "FRACTION")]
+    adaptive_hot_utilization: Option<f64>,
+    /// The adaptive algorithm: how long a node's ORCA report counts, ms (0: 2000).
+    #[arg(long, value_name = "MS")]
+    adaptive_report_ttl_ms: Option<u32>,
+    /// The adaptive algorithm: ignore the load nodes report (ORCA), or heed it again.
+    #[arg(long, value_name = "BOOL")]
+    adaptive_ignore_node_reports: Option<bool>,
 }
 
 /// The concurrency limit per proxy and its queue; see `ConcurrencyPolicy` in
@@ -247,6 +260,19 @@ impl SetArgs {
             policy.rate_limit.get_or_insert_default().default_tier = tier;
         }
         self.concurrency.apply(&mut policy.concurrency);
+        let adaptive = &mut policy.adaptive;
+        if let Some(choices) = self.adaptive_choices {
+            adaptive.get_or_insert_default().choices = choices;
+        }
+        if let Some(hot) = self.adaptive_hot_utilization {
+            adaptive.get_or_insert_default().hot_utilization = hot;
+        }
+        if let Some(ttl) = self.adaptive_report_ttl_ms {
+            adaptive.get_or_insert_default().report_ttl_ms = ttl;
+        }
+        if let Some(ignore) = self.adaptive_ignore_node_reports {
+            adaptive.get_or_insert_default().ignore_node_reports = ignore;
+        }
     }
 
     fn apply_limits(&self, policy: &mut pb::ServicePolicy) {
@@ -437,6 +463,7 @@ pub(crate) fn json(policy: &pb::ServicePolicy) -> Value {
     let scaling = policy.scaling.clone().unwrap_or_default();
     let limits = policy.limits.unwrap_or_default();
     let rate_limit = policy.rate_limit.clone().unwrap_or_default();
+    let adaptive = policy.adaptive.unwrap_or_default();
     let tiers: Vec<Value> = failover
         .tiers
         .iter()
@@ -487,6 +514,12 @@ pub(crate) fn json(policy: &pb::ServicePolicy) -> Value {
             "scale_up_stabilization_ms": scaling.scale_up_stabilization_ms,
         },
         "concurrency": concurrency_json(policy.concurrency.as_ref()),
+        "adaptive": {
+            "choices": adaptive.choices,
+            "hot_utilization": adaptive.hot_utilization,
+            "report_ttl_ms": adaptive.report_ttl_ms,
+            "ignore_node_reports": adaptive.ignore_node_reports,
+        },
         "limits": {
             "max_message_bytes": limits.max_message_bytes,
             "dedup_ttl_ms": limits.dedup_ttl_ms,
@@ -582,6 +615,29 @@ mod tests {
         assert_eq!(limits.dedup_max_entries, 7, "kept");
         let value = json(&policy);
         assert_eq!(value["limits"]["max_message_bytes"], 65_536);
+    }
+
+    #[test]
+    fn set_tunes_the_adaptive_algorithm_and_keeps_what_is_not_given() {
+        let mut policy = pb::ServicePolicy::default();
+        set_args(
+            "services set demo.v1.Echo --federation prod --adaptive-choices 3 \
+             --adaptive-hot-utilization 0.9 --adaptive-report-ttl-ms 500",
+        )
+        .apply(&mut policy);
+        set_args("services set demo.v1.Echo --federation prod --adaptive-ignore-node-reports true")
+            .apply(&mut policy);
+        let a = policy.adaptive.expect("adaptive set");
+        assert_eq!(
+            (
+                a.choices,
+                a.hot_utilization,
+                a.report_ttl_ms,
+                a.ignore_node_reports
+            ),
+            (3, 0.9, 500, true)
+        );
+        assert_eq!(json(&policy)["adaptive"]["choices"], 3);
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! `node.labels: 17 labels exceed the limit of 16 (config max_labels)`. Node addresses
 //! are checked against their federation's `allowed_networks` ([`networks`]). A service's
 //! scaling policy has its own rules ([`scaling`]), and so have its concurrency policy
-//! ([`concurrency`]), its rate limits ([`rate_limit`]) and its request limits
-//! ([`request_limits`]).
+//! ([`concurrency`]), its rate limits ([`rate_limit`]), its request limits
+//! ([`request_limits`]) and its adaptive-routing tuning ([`adaptive`]).
 
+mod adaptive;
 mod concurrency;
 mod networks;
 mod rate_limit;
@@ -495,6 +496,7 @@ pub fn service(
     scaling::scaling(&p.scaling)?;
     concurrency::concurrency(&p.concurrency)?;
     rate_limit::rate_limit(&p.rate_limit)?;
+    adaptive::adaptive(&p.adaptive)?;
     request_limits::request_limits(&p.limits)
 }
 

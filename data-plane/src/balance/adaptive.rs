@@ -1,68 +1,196 @@
-//! Adaptive: power of two choices over a latency-aware cost, Peak-EWMA RTT × (in-flight
-//! requests + 1), as Finagle's and Linkerd's default balancers do.
+//! Adaptive: each call samples a few ready endpoints and takes, Prequal-style, the best
+//! by what the proxy sees (Peak-EWMA latency, its calls in flight) and what the node
+//! reports (ORCA utilisation), in lexicographic order: **cold before hot, then the lowest
+//! expected latency**.
 //!
-//! Peak-EWMA (see `endpoint::ewma`) is each endpoint's recent round-trip time: it jumps up
-//! to a slow response at once and decays back toward faster ones with a time constant
-//! (10 s by default), so one slow response is enough to steer traffic away while recovery
-//! is gradual. Multiplying by in-flight + 1 estimates how long a new request would wait
-//! there: a fast endpoint with a queue can cost more than a slower idle one, so load still
-//! spreads instead of everything going to the fastest node.
+//! The signals, all per-endpoint atomics:
 //!
-//! Why power of two choices rather than the cheapest of all: comparing two random samples
-//! is O(1), and it keeps proxies from stampeding the single cheapest endpoint between
-//! updates of its estimate; it still avoids the expensive ones (the costliest endpoint is
-//! only picked when compared with nothing cheaper, which distinct sampling rules out).
+//! - **Peak-EWMA latency** `L` (see `endpoint::ewma`): each endpoint's recent round-trip
+//!   time; it jumps up to a slow response at once and decays back toward faster ones with
+//!   a time constant (10 s), so one slow response is enough to steer traffic away while
+//!   recovery is gradual.
+//! - **Reported load** (see `endpoint::reported_load`): the utilisation in the node's
+//!   latest ORCA trailer, projected to this proxy's calls in flight now. Responses are
+//!   the probes: Prequal's pool of recent probes is, per endpoint, its latest report and
+//!   its age; a report older than the policy's `report_ttl_ms` is dropped from the pool.
+//!   No asynchronous probes are sent: with every response a probe, a node without traffic
+//!   is the only one not re-measured, and its report ageing out gets it a call (which
+//!   measures it) without a probe's extra connection work.
 //!
-//! Trade-off: reacts to slowness and queueing that static algorithms cannot see, but its
-//! shares are less predictable, and it needs traffic to measure (an idle endpoint's estimate
-//! relaxes to the default RTT). Choose it for endpoints whose speed varies: mixed hardware,
-//! noisy neighbours, garbage-collection pauses, cross-zone hops.
+//! The choice among the `choices` sampled candidates (3 by default; 2 is the classic
+//! power of two choices, where a pick more often has only a poor pair to choose from):
+//!
+//! 1. **Hot-cold.** A candidate is hot when its projected utilisation is above
+//!    `hot_utilization` (1.5 by default: calls queue there). While any candidate is cold,
+//!    hot ones are out, whatever their latency: a saturated node is not worth its fast
+//!    past. When all are hot, the least utilised wins.
+//! 2. **Expected latency** among the cold: `L × (1 + u)²` for a node with a fresh report
+//!    `u` (latency grows with the node's own saturation, which includes other proxies'
+//!    calls), `L × (in-flight + 1)` for one without (Finagle's and Linkerd's Peak-EWMA
+//!    cost, which assumes calls queue one behind another). Multiplying by `in-flight +
+//!    1` overcharges a node that serves calls in parallel: a node that answers in 2 ms
+//!    with four calls in flight on four workers looks as costly as an idle 10 ms one,
+//!    so the in-flight cost keeps sending it a share. The node's own utilisation tells
+//!    whether its calls queue; that is what takes the slow node's share to nothing. The
+//!    square makes a node at 100 % four times as costly as an idle one of the same
+//!    measured latency: steep enough that a busy node loses to calm ones through the
+//!    noise of latency measurements (a node at 95 % costs 3.1× one at 10 %), gentle
+//!    enough that a full but not queueing fast node still beats a node 5× slower
+//!    (M/M/1's `1 / (1 − u)` would call a full node infinitely costly).
+//!
+//! Why sampling rather than the best of all: comparing a few random candidates is O(1),
+//! and it keeps proxies from stampeding the single best endpoint between updates of its
+//! signals; the worst endpoint is only picked when sampled with nothing better, which
+//! distinct sampling rules out. With as many choices as endpoints, every pick compares
+//! them all.
+//!
+//! Lock-free and allocation-free: a pick loads a few atomics per candidate and keeps the
+//! candidates in a fixed array.
+//!
+//! Trade-off: reacts to slowness and saturation that static algorithms cannot see, but its
+//! shares are less predictable, and it needs traffic to measure (an idle endpoint's
+//! estimate relaxes to the default RTT). Choose it for endpoints whose speed varies:
+//! mixed hardware, noisy neighbours, garbage-collection pauses, cross-zone hops.
 
 use std::sync::Arc;
 
-use super::{Balancer, Pick, PickContext, power_of_two_choices};
+use meridian_shared::domain::AdaptivePolicy;
+use meridian_shared::domain::adaptive::MAX_CHOICES;
+
+use super::{Balancer, Pick, PickContext, first_ready};
 use crate::endpoint::Endpoint;
 
 #[derive(Debug)]
 pub struct Adaptive {
     endpoints: Vec<Arc<Endpoint>>,
+    choices: usize,
+    hot_utilization: f64,
+    /// Report lifetime, ns; `None` when reports are ignored.
+    report_ttl_ns: Option<i64>,
+}
+
+/// How a candidate ranks: cold before hot, then by `key` (expected latency when cold,
+/// utilisation when hot), lower first.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+struct Rank {
+    hot: bool,
+    key: f64,
 }
 
 // === impl Adaptive ===
 
 impl Adaptive {
-    pub fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
-        Adaptive { endpoints }
+    pub fn new(endpoints: Vec<Arc<Endpoint>>, policy: &AdaptivePolicy) -> Self {
+        let ttl = policy.report_ttl();
+        Adaptive {
+            endpoints,
+            choices: policy.effective_choices().clamp(2, MAX_CHOICES as usize),
+            hot_utilization: policy.effective_hot_utilization(),
+            report_ttl_ns: (!policy.ignore_node_reports)
+                .then(|| i64::try_from(ttl.as_nanos()).unwrap_or(i64::MAX)),
+        }
+    }
+
+    fn rank(&self, endpoint: &Endpoint) -> Rank {
+        let latency = endpoint.ewma.estimate().as_secs_f64();
+        let in_flight = endpoint.in_flight();
+        let reported = self
+            .report_ttl_ns
+            .and_then(|ttl| endpoint.reported.projected(in_flight, ttl));
+        match reported {
+            Some(u) if u > self.hot_utilization => Rank { hot: true, key: u },
+            Some(u) => Rank {
+                hot: false,
+                key: latency * (1.0 + u) * (1.0 + u),
+            },
+            None => Rank {
+                hot: false,
+                key: latency * (f64::from(in_flight) + 1.0),
+            },
+        }
+    }
+
+    /// Up to `choices` distinct endpoint indices, drawn at random (all of them, from a
+    /// random start, when there are no more than `choices`); how many were drawn.
+    fn sample(&self, drawn: &mut [usize; MAX_CHOICES as usize]) -> usize {
+        let len = self.endpoints.len();
+        if len <= self.choices {
+            let start = rand::random_range(0..len);
+            for (k, slot) in drawn.iter_mut().take(len).enumerate() {
+                *slot = (start + k) % len;
+            }
+            return len;
+        }
+        let mut count = 0;
+        while count < self.choices {
+            let i = rand::random_range(0..len);
+            if !drawn[..count].contains(&i) {
+                drawn[count] = i;
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Whether a sampled endpoint takes part: ready, and a warming one (slow start) with
+    /// probability `warmth`, so its share ramps up.
+    fn admitted(&self, i: usize) -> bool {
+        let endpoint = &self.endpoints[i];
+        endpoint.is_ready() && {
+            let w = endpoint.warmth();
+            w >= 1.0 || rand::random::<f64>() < w
+        }
     }
 }
 
 impl Balancer for Adaptive {
     fn pick(&self, _ctx: &PickContext<'_>) -> Option<Pick> {
-        let (index, compared_with) = power_of_two_choices(
-            self.endpoints.len(),
-            |i| self.endpoints[i].is_ready(),
-            |i| self.endpoints[i].warmth(),
-            |i| cost(&self.endpoints[i]),
-        )?;
+        let len = self.endpoints.len();
+        if len == 0 {
+            return None;
+        }
+        let mut drawn = [0; MAX_CHOICES as usize];
+        let count = self.sample(&mut drawn);
+        let mut best: Option<(usize, Rank)> = None;
+        let mut runner_up = None;
+        let mut admitted = 0;
+        for &i in &drawn[..count] {
+            if !self.admitted(i) {
+                continue;
+            }
+            admitted += 1;
+            let rank = self.rank(&self.endpoints[i]);
+            if best.is_none_or(|(_, best_rank)| rank < best_rank) {
+                runner_up = best.map(|(b, _)| b);
+                best = Some((i, rank));
+            } else if runner_up.is_none() {
+                runner_up = Some(i);
+            }
+        }
+        let Some((index, rank)) = best else {
+            let start = rand::random_range(0..len);
+            let index = first_ready(len, start, |i| self.endpoints[i].is_ready())?;
+            return Some(Pick {
+                index,
+                reason: "first ready endpoint (no sampled one ready)",
+                compared_with: None,
+            });
+        };
+        let reason = match (admitted, rank.hot) {
+            (1, _) => "only endpoint taking calls of those sampled",
+            (_, false) => "coolest, then lowest expected latency of those sampled",
+            (_, true) => "least utilised of those sampled, all hot",
+        };
         Some(Pick {
             index,
-            reason: if compared_with.is_some() {
-                "lower latency × in-flight of 2 sampled"
-            } else {
-                "only endpoint"
-            },
-            compared_with,
+            reason,
+            compared_with: runner_up,
         })
     }
 
     fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
     }
-}
-
-/// Expected wait for a new request: estimated RTT (seconds) × (in-flight + 1).
-fn cost(endpoint: &Endpoint) -> f64 {
-    endpoint.ewma.estimate().as_secs_f64() * (f64::from(endpoint.in_flight()) + 1.0)
 }
 
 #[cfg(test)]
@@ -72,6 +200,10 @@ mod tests {
     use super::*;
     use crate::balance::test_support::{counts, endpoints};
     use crate::endpoint::InFlight;
+
+    fn adaptive(endpoints: Vec<Arc<Endpoint>>) -> Adaptive {
+        Adaptive::new(endpoints, &AdaptivePolicy::default())
+    }
 
     /// 1,000 picks, each holding its request in flight until all are done (1,000
     /// concurrent requests); how many went to each endpoint.
@@ -88,17 +220,29 @@ mod tests {
         counts(balancer.endpoints().len(), picks)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_slow_endpoint_gets_few_picks_until_its_latency_decays() {
-        let balancer = Adaptive::new(endpoints(3));
-        let slow = &balancer.endpoints()[2];
+    fn sequential_picks(balancer: &Adaptive, n: usize) -> Vec<usize> {
+        let ctx = PickContext::default();
+        counts(
+            balancer.endpoints().len(),
+            (0..n).filter_map(|_| balancer.pick(&ctx).map(|p| p.index)),
+        )
+    }
+
+    /// Each endpoint observes the latency in `ms`, ten times over a second.
+    async fn measure(balancer: &Adaptive, ms: &[u64]) {
         for _ in 0..10 {
-            for (i, endpoint) in balancer.endpoints().iter().enumerate() {
-                let rtt = if i == 2 { 10 } else { 1 };
-                endpoint.ewma.observe(Duration::from_millis(rtt));
+            for (endpoint, &ms) in balancer.endpoints().iter().zip(ms) {
+                endpoint.ewma.observe(Duration::from_millis(ms));
             }
             tokio::time::advance(Duration::from_millis(100)).await;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_endpoint_gets_few_picks_until_its_latency_decays() {
+        let balancer = adaptive(endpoints(3));
+        let slow = &balancer.endpoints()[2];
+        measure(&balancer, &[1, 1, 10]).await;
         assert!(
             slow.ewma.estimate() > Duration::from_millis(9),
             "{:?}",
@@ -106,15 +250,12 @@ mod tests {
         );
 
         // Sequential requests: 10 ms idle never beats 1 ms idle.
-        let ctx = PickContext::default();
-        let sequential = counts(
-            3,
-            (0..1_000).filter_map(|_| balancer.pick(&ctx).map(|p| p.index)),
-        );
+        let sequential = sequential_picks(&balancer, 1_000);
         assert_eq!(sequential[2], 0, "{sequential:?}");
 
-        // Concurrent requests: the fast endpoints queue until they cost as much as the slow
-        // one, which then gets about 1 in 21 (in-flight ratio 10:10:1).
+        // Concurrent requests without reports from the nodes: the fast endpoints queue
+        // until they cost as much as the slow one, which then gets about 1 in 21
+        // (in-flight ratio 10:10:1).
         let concurrent = concurrent_picks(&balancer);
         assert!(
             concurrent[2] < 100,
@@ -143,8 +284,136 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_node_reporting_high_utilisation_loses_to_equally_fast_cool_ones() {
+        let balancer = adaptive(endpoints(3));
+        measure(&balancer, &[5, 5, 5]).await;
+        let eps = balancer.endpoints();
+        eps[0].reported.record(0.95, 0);
+        eps[1].reported.record(0.1, 0);
+        eps[2].reported.record(0.1, 0);
+        let picks = sequential_picks(&balancer, 1_000);
+        assert_eq!(picks[0], 0, "P2C always samples a cooler node: {picks:?}");
+
+        // Once its report is older than the lifetime (2 s), it is costed like a node
+        // that reports nothing, and gets calls again (which bring a fresh report).
+        tokio::time::advance(Duration::from_millis(2_100)).await;
+        eps[1].reported.record(0.1, 0);
+        eps[2].reported.record(0.1, 0);
+        let picks = sequential_picks(&balancer, 1_000);
+        assert!(picks[0] > 100, "{picks:?}");
+
+        // Unless the policy ignores reports: then all three are alike.
+        let ignoring = Adaptive::new(
+            eps.to_vec(),
+            &AdaptivePolicy {
+                ignore_node_reports: true,
+                ..Default::default()
+            },
+        );
+        eps[0].reported.record(0.95, 0);
+        let picks = sequential_picks(&ignoring, 3_000);
+        assert!(picks.iter().all(|&n| n > 700), "{picks:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parallel_fast_nodes_keep_the_slow_ones_share_at_nothing() {
+        // Two nodes answer in 2 ms with four workers each and say so (each call in flight
+        // adds 0.25 to their utilisation); one answers in 10 ms. Eight calls in flight at
+        // once fit on the fast nodes' workers, so the slow node should get none, where the
+        // latency × in-flight cost sends it a share.
+        let balancer = adaptive(endpoints(3));
+        measure(&balancer, &[2, 2, 10]).await;
+        let ctx = PickContext::default();
+        let mut slow_picks = 0;
+        for _ in 0..200 {
+            let mut held = Vec::new();
+            for _ in 0..8 {
+                let pick = balancer.pick(&ctx).unwrap();
+                let endpoint = &balancer.endpoints()[pick.index];
+                held.push(endpoint.start_request());
+                let others = endpoint.in_flight() - 1;
+                endpoint.reported.record(f64::from(others) * 0.25, others);
+                slow_picks += usize::from(pick.index == 2);
+            }
+        }
+        assert_eq!(
+            slow_picks, 0,
+            "slow node picked {slow_picks} of 1,600 times"
+        );
+
+        // The algorithm before node reports: power of two choices over latency × in-flight.
+        let blind = Adaptive::new(
+            balancer.endpoints().to_vec(),
+            &AdaptivePolicy {
+                choices: 2,
+                ignore_node_reports: true,
+                ..Default::default()
+            },
+        );
+        let mut blind_slow = 0;
+        for _ in 0..200 {
+            let held: Vec<_> = (0..8)
+                .map(|_| {
+                    let pick = blind.pick(&ctx).unwrap();
+                    blind_slow += usize::from(pick.index == 2);
+                    blind.endpoints()[pick.index].start_request()
+                })
+                .collect();
+            drop(held);
+        }
+        assert!(blind_slow > 16, "latency × in-flight alone: {blind_slow}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hot_node_loses_even_when_faster_and_the_least_hot_wins_among_hot_ones() {
+        let balancer = adaptive(endpoints(2));
+        measure(&balancer, &[1, 10]).await;
+        let eps = balancer.endpoints();
+        eps[0].reported.record(2.0, 0);
+        eps[1].reported.record(0.5, 0);
+        let picks = sequential_picks(&balancer, 200);
+        assert_eq!(picks, [0, 200], "a hot node loses to a 10× slower cold one");
+        let pick = balancer.pick(&PickContext::default()).unwrap();
+        assert_eq!(
+            pick.reason,
+            "coolest, then lowest expected latency of those sampled"
+        );
+
+        eps[1].reported.record(3.0, 0);
+        let picks = sequential_picks(&balancer, 200);
+        assert_eq!(picks, [200, 0], "all hot: the least utilised");
+        let pick = balancer.pick(&PickContext::default()).unwrap();
+        assert_eq!(pick.reason, "least utilised of those sampled, all hot");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn more_choices_compare_more_candidates() {
+        let balancer = Adaptive::new(
+            endpoints(8),
+            &AdaptivePolicy {
+                choices: 8,
+                ..Default::default()
+            },
+        );
+        let mut latencies = [10; 8];
+        latencies[5] = 1;
+        measure(&balancer, &latencies).await;
+        assert_eq!(sequential_picks(&balancer, 100)[5], 100, "all 8 compared");
+        let two = Adaptive::new(
+            balancer.endpoints().to_vec(),
+            &AdaptivePolicy {
+                choices: 2,
+                ..Default::default()
+            },
+        );
+        let share = sequential_picks(&two, 2_000)[5];
+        // With 2 of 8 sampled, node 5 is in the pair a quarter of the time.
+        assert!((400..600).contains(&share), "{share}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn compares_two_distinct_endpoints() {
-        let balancer = Adaptive::new(endpoints(2));
+        let balancer = adaptive(endpoints(2));
         let pick = balancer.pick(&PickContext::default());
         assert!(
             pick.is_some_and(|p| p.compared_with == Some(1 - p.index)),
@@ -154,9 +423,6 @@ mod tests {
 
     #[test]
     fn no_endpoints_no_pick() {
-        assert_eq!(
-            Adaptive::new(Vec::new()).pick(&PickContext::default()),
-            None
-        );
+        assert_eq!(adaptive(Vec::new()).pick(&PickContext::default()), None);
     }
 }

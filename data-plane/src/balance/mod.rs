@@ -15,7 +15,7 @@ pub mod weighted;
 
 use std::sync::Arc;
 
-use meridian_shared::domain::{Algorithm, FailoverPolicy};
+use meridian_shared::domain::{AdaptivePolicy, Algorithm, FailoverPolicy};
 
 pub use self::locality::Locality;
 use crate::endpoint::Endpoint;
@@ -80,12 +80,13 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
 }
 
 /// Builds the balancer of `algorithm` over `endpoints` (all usable), as seen from
-/// `locality`.
+/// `locality`; `adaptive` tunes the adaptive algorithm.
 pub fn build(
     algorithm: Algorithm,
     endpoints: Vec<Arc<Endpoint>>,
     locality: &Locality,
     failover: &FailoverPolicy,
+    adaptive: &AdaptivePolicy,
 ) -> Box<dyn Balancer> {
     match algorithm {
         Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(endpoints)),
@@ -94,7 +95,7 @@ pub fn build(
         Algorithm::LeastConnections => {
             Box::new(least_connections::LeastConnections::new(endpoints))
         }
-        Algorithm::Adaptive => Box::new(adaptive::Adaptive::new(endpoints)),
+        Algorithm::Adaptive => Box::new(adaptive::Adaptive::new(endpoints, adaptive)),
         Algorithm::Geographic => {
             Box::new(geographic::Geographic::new(endpoints, locality, failover))
         }
@@ -214,7 +215,13 @@ mod readiness_tests {
             let mut eps = endpoints(3);
             eps.push(endpoint("far", "us-east", "us-east-a", 1));
             open_breaker(&eps[0]);
-            let balancer = build(algorithm, eps.clone(), &locality, &Default::default());
+            let balancer = build(
+                algorithm,
+                eps.clone(),
+                &locality,
+                &Default::default(),
+                &Default::default(),
+            );
             for key in 0..300u32 {
                 let key = key.to_be_bytes();
                 let pick = balancer
@@ -255,7 +262,13 @@ mod retry_pick_tests {
         for algorithm in Algorithm::ALL {
             let mut eps = endpoints(3);
             eps.push(endpoint("far", "us-east", "us-east-a", 1));
-            let balancer = build(algorithm, eps, &locality, &Default::default());
+            let balancer = build(
+                algorithm,
+                eps,
+                &locality,
+                &Default::default(),
+                &Default::default(),
+            );
             let len = balancer.endpoints().len();
             // Every set of tried endpoints but the full one, as a bit mask.
             for mask in 0..(1u32 << len) - 1 {
@@ -290,7 +303,13 @@ mod retry_pick_tests {
         for algorithm in Algorithm::ALL {
             let eps = endpoints(3);
             open_breaker(&eps[2]);
-            let balancer = build(algorithm, eps, &locality, &Default::default());
+            let balancer = build(
+                algorithm,
+                eps,
+                &locality,
+                &Default::default(),
+                &Default::default(),
+            );
             let id = |i: usize| balancer.endpoints()[i].node.id.as_str();
             let tried_0 = |i: usize| id(i) == "node-0";
             for key in 0..100u32 {

@@ -1,5 +1,6 @@
 //! An endpoint: one node of one routing table, with the load counters the balancers read
-//! (in-flight requests, a Peak-EWMA latency estimate) and the pooled HTTP/2 connection
+//! (in-flight requests, a Peak-EWMA latency estimate, the load the node reports itself,
+//! [`reported_load`]) and the pooled HTTP/2 connection
 //! requests go over, in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]). Endpoints outlive table versions: when a new table keeps a node at
 //! the same address, the proxy reuses its endpoint, so counters and connections carry on.
 //!
@@ -8,6 +9,7 @@
 pub mod breaker;
 pub mod connection;
 pub mod ewma;
+pub mod reported_load;
 pub mod upstream_tls;
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ pub use self::breaker::{Breaker, BreakerSettings};
 const WARM_START: f64 = 0.1;
 pub use self::connection::Connection;
 pub use self::ewma::PeakEwma;
+pub use self::reported_load::ReportedLoad;
 pub use self::upstream_tls::UpstreamTls;
 
 #[derive(Debug)]
@@ -31,6 +34,8 @@ pub struct Endpoint {
     pub node: Node,
     in_flight: AtomicU32,
     pub ewma: PeakEwma,
+    /// The node's latest ORCA report, for the adaptive balancer.
+    pub reported: ReportedLoad,
     pub breaker: Breaker,
     pub connection: Connection,
     /// The node's address as a URI authority, for upstream requests; `None` when the
@@ -64,6 +69,7 @@ impl Endpoint {
             node_header: HeaderValue::from_str(&node.id).ok(),
             in_flight: AtomicU32::new(0),
             ewma: PeakEwma::default(),
+            reported: ReportedLoad::default(),
             breaker: {
                 let breaker = Breaker::with_settings(breaker);
                 let gauge = metrics::gauge!("meridian_proxy_endpoint_breaker_open", "node" => node.id.clone());
@@ -175,6 +181,13 @@ impl Drop for InFlight<'_> {
 /// An owned [`InFlight`].
 #[derive(Debug)]
 pub struct OwnedInFlight(Arc<Endpoint>);
+
+impl OwnedInFlight {
+    /// The endpoint the call is in flight on.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+}
 
 impl Drop for OwnedInFlight {
     fn drop(&mut self) {

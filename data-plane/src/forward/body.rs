@@ -70,6 +70,14 @@ pub struct Call {
 }
 
 impl Call {
+    /// Hands the node's reported utilisation to its endpoint (this call still counts as
+    /// in flight there, so it is left out of the count).
+    pub fn report_load(&self, utilization: f64) {
+        let endpoint = self._in_flight.0.endpoint();
+        let others = endpoint.in_flight().saturating_sub(1);
+        endpoint.reported.record(utilization, others);
+    }
+
     fn finish(self, code: i32) {
         self.metrics.record(code, self.started.elapsed());
     }
@@ -166,7 +174,9 @@ impl Body for ObservedBody {
                 {
                     let code =
                         code_of(trailers.get("grpc-status")).unwrap_or(tonic::Code::Unknown as i32);
-                    call.metrics.load.observe_orca_headers(trailers);
+                    if let Some(utilization) = call.metrics.load.observe_orca_headers(trailers) {
+                        call.report_load(utilization);
+                    }
                     call.finish(code);
                 }
             }

@@ -336,9 +336,12 @@ impl Attempt for ForwardAttempt<'_> {
             parts.headers.insert(SERVED_BY, node.clone());
         }
         let header_status = body::header_status(&parts.headers);
-        if header_status.is_some() {
+        if header_status.is_some()
             // A trailers-only response: its headers are the trailers.
-            metrics.load.observe_orca_headers(&parts.headers);
+            && let Some(utilization) = metrics.load.observe_orca_headers(&parts.headers)
+        {
+            let others = endpoint.in_flight().saturating_sub(1);
+            endpoint.reported.record(utilization, others);
         }
         let unavailable = header_status == Some(Code::Unavailable as i32);
         let call = Call {

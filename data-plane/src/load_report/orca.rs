@@ -1,7 +1,10 @@
 //! ORCA backend metrics: a node may attach an `xds.data.orca.v3.OrcaLoadReport` to its
 //! responses in the `endpoint-load-metrics-bin` trailer (binary metadata, so base64 on
-//! the wire). The proxy keeps the latest utilisation and rps each node reported, and how
-//! many responses carried a report, for the load report's `OrcaSummary`.
+//! the wire), or the same report in Envoy's text form, an `endpoint-load-metrics` trailer
+//! `TEXT cpu_utilization=0.3, application_utilization=0.4, rps_fractional=120`. The proxy
+//! keeps the latest utilisation and rps each node reported, and how many responses carried
+//! a report, for the load report's `OrcaSummary`; the callers also hand the utilisation
+//! ([`utilization_of`]) to the endpoint for the adaptive balancer.
 //!
 //! Only responses that carry the trailer are parsed. A report that cannot be decoded is
 //! counted (`meridian_proxy_orca_reports_malformed_total`) and otherwise ignored: it never
@@ -17,6 +20,8 @@ use tonic::metadata::MetadataMap;
 
 /// The ORCA trailer's name, made once.
 pub const ORCA_HEADER: HeaderName = HeaderName::from_static(meridian_proto::ORCA_TRAILER);
+/// The text form's trailer (Envoy's `endpoint-load-metrics`, `TEXT k=v, ...`).
+pub const ORCA_TEXT_HEADER: HeaderName = HeaderName::from_static("endpoint-load-metrics");
 
 /// What the load report carries of a node's ORCA reports over an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -36,6 +41,8 @@ pub enum MalformedOrca {
     Base64,
     #[error("the trailer is not an xds.data.orca.v3.OrcaLoadReport: {0}")]
     Protobuf(String),
+    #[error("the text trailer is not `TEXT name=number, ...`: {0}")]
+    Text(String),
 }
 
 /// The latest report of one node for one service, written by the request path with
@@ -53,32 +60,41 @@ pub struct OrcaCell {
 
 impl OrcaCell {
     /// Keeps the report in `headers` (trailers, or the headers of a trailers-only
-    /// response) if there is one. `node` names the node in the log of a malformed one.
-    pub fn observe_headers(&self, headers: &HeaderMap, node: &str) {
+    /// response) if there is one, and returns its utilisation. `node` names the node in
+    /// the log of a malformed one.
+    pub fn observe_headers(&self, headers: &HeaderMap, node: &str) -> Option<f64> {
         if let Some(value) = headers.get(&ORCA_HEADER) {
-            self.keep(decode_header(value), node);
+            return self.keep(decode_header(value), node);
         }
+        let text = headers.get(&ORCA_TEXT_HEADER)?;
+        self.keep(decode_text(text.as_bytes()), node)
     }
 
     /// Keeps the report in tonic `metadata` (a unary response's headers and trailers) if
-    /// there is one.
-    pub fn observe_metadata(&self, metadata: &MetadataMap, node: &str) {
+    /// there is one, and returns its utilisation.
+    pub fn observe_metadata(&self, metadata: &MetadataMap, node: &str) -> Option<f64> {
         if let Some(value) = metadata.get_bin(meridian_proto::ORCA_TRAILER) {
             let decoded = value
                 .to_bytes()
                 .map_err(|_| MalformedOrca::Base64)
                 .and_then(|bytes| decode(&bytes));
-            self.keep(decoded, node);
+            return self.keep(decoded, node);
         }
+        let text = metadata.get(ORCA_TEXT_HEADER.as_str())?;
+        self.keep(decode_text(text.as_bytes()), node)
     }
 
-    fn keep(&self, report: Result<OrcaLoadReport, MalformedOrca>, node: &str) {
+    fn keep(&self, report: Result<OrcaLoadReport, MalformedOrca>, node: &str) -> Option<f64> {
         match report {
-            Ok(report) => self.store(&report),
+            Ok(report) => {
+                self.store(&report);
+                Some(utilization_of(&report))
+            }
             Err(e) => {
                 metrics::counter!("meridian_proxy_orca_reports_malformed_total", "node" => node.to_owned())
                     .increment(1);
-                tracing::debug!(%node, error = %e, "ignoring a malformed ORCA trailer (endpoint-load-metrics-bin); the node's load report goes without it");
+                tracing::debug!(%node, error = %e, "ignoring a malformed ORCA trailer (endpoint-load-metrics[-bin]); the node's load report and the adaptive balancer go without it");
+                None
             }
         }
     }
@@ -141,6 +157,51 @@ pub fn decode_header(value: &http::HeaderValue) -> Result<OrcaLoadReport, Malfor
 
 fn decode(bytes: &[u8]) -> Result<OrcaLoadReport, MalformedOrca> {
     OrcaLoadReport::decode(bytes).map_err(|e| MalformedOrca::Protobuf(e.to_string()))
+}
+
+/// The utilisation a balancer should weigh, as gRPC's weighted round robin does: the
+/// application's own figure when it sends one, else the CPU's.
+pub fn utilization_of(report: &OrcaLoadReport) -> f64 {
+    if report.application_utilization > 0.0 {
+        report.application_utilization
+    } else {
+        report.cpu_utilization
+    }
+}
+
+/// Decodes the text form, `TEXT name=number, name=number`: the scalar fields by name
+/// (`cpu_utilization`, `application_utilization`, `mem_utilization`, `rps_fractional`,
+/// `eps`); `named_metrics.*`, `utilization.*` and `request_cost.*` entries are accepted and
+/// not kept (nothing here reads them).
+pub fn decode_text(value: &[u8]) -> Result<OrcaLoadReport, MalformedOrca> {
+    let text = std::str::from_utf8(value).map_err(|_| MalformedOrca::Text("not UTF-8".into()))?;
+    let body = text
+        .trim()
+        .strip_prefix("TEXT ")
+        .ok_or_else(|| MalformedOrca::Text("no TEXT prefix".into()))?;
+    let mut report = OrcaLoadReport::default();
+    for entry in body.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, number) = entry
+            .split_once('=')
+            .ok_or_else(|| MalformedOrca::Text(format!("{entry:?} has no `=`")))?;
+        let number: f64 = number
+            .trim()
+            .parse()
+            .map_err(|_| MalformedOrca::Text(format!("{entry:?} is no number")))?;
+        match name.trim() {
+            "cpu_utilization" => report.cpu_utilization = number,
+            "application_utilization" => report.application_utilization = number,
+            "mem_utilization" => report.mem_utilization = number,
+            "rps_fractional" => report.rps_fractional = number,
+            "eps" => report.eps = number,
+            other
+                if other.starts_with("named_metrics.")
+                    || other.starts_with("utilization.")
+                    || other.starts_with("request_cost.") => {}
+            other => return Err(MalformedOrca::Text(format!("unknown field {other:?}"))),
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -232,6 +293,29 @@ mod tests {
         );
         cell.observe_metadata(&metadata, "eu-1");
         assert_eq!(cell.take().map(|f| f.cpu_utilization), Some(0.6));
+    }
+
+    #[test]
+    fn the_text_form_is_read_and_the_application_figure_wins() {
+        let cell = OrcaCell::default();
+        let mut trailers = HeaderMap::new();
+        trailers.insert(
+            ORCA_TEXT_HEADER,
+            http::HeaderValue::from_static(
+                "TEXT cpu_utilization=0.3, application_utilization=0.95, named_metrics.queue=4",
+            ),
+        );
+        assert_eq!(cell.observe_headers(&trailers, "eu-1"), Some(0.95));
+        assert_eq!(cell.take().map(|f| f.cpu_utilization), Some(0.3));
+        for bad in [
+            "cpu_utilization=0.3",
+            "TEXT cpu_utilization=high",
+            "TEXT qps=3",
+        ] {
+            assert!(decode_text(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let cpu_only = decode_text(b"TEXT cpu_utilization=0.4").unwrap();
+        assert_eq!(utilization_of(&cpu_only), 0.4);
     }
 
     #[test]

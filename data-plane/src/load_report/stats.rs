@@ -116,14 +116,15 @@ impl CallLoad {
     }
 
     /// Keeps the node's ORCA report if `headers` (trailers, or the headers of a
-    /// trailers-only response) carry one.
-    pub fn observe_orca_headers(&self, headers: &http::HeaderMap) {
-        self.orca.observe_headers(headers, &self.node_id);
+    /// trailers-only response) carry one; returns its utilisation.
+    pub fn observe_orca_headers(&self, headers: &http::HeaderMap) -> Option<f64> {
+        self.orca.observe_headers(headers, &self.node_id)
     }
 
-    /// Keeps the node's ORCA report if tonic `metadata` carries one.
-    pub fn observe_orca_metadata(&self, metadata: &tonic::metadata::MetadataMap) {
-        self.orca.observe_metadata(metadata, &self.node_id);
+    /// Keeps the node's ORCA report if tonic `metadata` carries one; returns its
+    /// utilisation.
+    pub fn observe_orca_metadata(&self, metadata: &tonic::metadata::MetadataMap) -> Option<f64> {
+        self.orca.observe_metadata(metadata, &self.node_id)
     }
 
     /// Calls in flight now.

@@ -452,7 +452,9 @@ impl Attempt for RouteAttempt<'_> {
         let elapsed = started.elapsed();
         let status = match answer {
             Ok(reply) => {
-                metrics.load.observe_orca_metadata(reply.metadata());
+                if let Some(utilization) = metrics.load.observe_orca_metadata(reply.metadata()) {
+                    endpoint.reported.record(utilization, endpoint.in_flight());
+                }
                 endpoint.ewma.observe(elapsed);
                 endpoint.record_success();
                 metrics.record(0, elapsed);
@@ -460,7 +462,9 @@ impl Attempt for RouteAttempt<'_> {
             }
             Err(status) => status,
         };
-        metrics.load.observe_orca_metadata(status.metadata());
+        if let Some(utilization) = metrics.load.observe_orca_metadata(status.metadata()) {
+            endpoint.reported.record(utilization, endpoint.in_flight());
+        }
         let error = match NoAnswer::behind(&status) {
             Some(no_answer) => RequestError::Upstream {
                 node: endpoint.node.id.clone(),

@@ -230,8 +230,20 @@ impl ProxyTable {
                         .into_iter()
                         .map(|(region, endpoints)| (region, LeastConnections::new(endpoints)))
                         .collect(),
-                    all: balance::build(policy.algorithm, usable, &locality, &policy.failover),
-                    local: balance::build(policy.algorithm, local, &locality, &policy.failover),
+                    all: balance::build(
+                        policy.algorithm,
+                        usable,
+                        &locality,
+                        &policy.failover,
+                        &policy.adaptive,
+                    ),
+                    local: balance::build(
+                        policy.algorithm,
+                        local,
+                        &locality,
+                        &policy.failover,
+                        &policy.adaptive,
+                    ),
                     known_nodes: serving.len(),
                     policy,
                 };
@@ -309,6 +321,7 @@ impl ProxyTable {
                 json!({
                     "name": route.name,
                     "algorithm": route.policy.algorithm.as_str(),
+                    "adaptive": route.policy.adaptive,
                     "limits": {
                         // 0: the proxy's --max-message-bytes.
                         "max_message_bytes": limits.max_message_bytes,
@@ -338,6 +351,7 @@ impl ProxyTable {
                         "warmth": e.warmth(),
                         "ready": e.is_ready(),
                         "latency_estimate_ms": e.ewma.estimate().as_secs_f64() * 1e3,
+                        "reported_utilization": e.reported.latest(),
                     })).collect::<Vec<_>>(),
                 })
             })

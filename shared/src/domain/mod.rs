@@ -1,5 +1,5 @@
 //! Meridian's domain types: the topology (federations, regions, nodes, service policies
-//! with their rate limits),
+//! with their rate limits and adaptive-routing tuning),
 //! failovers and events, as the control plane stores them (serde JSON in etcd) and as both
 //! binaries reason about them.
 //!
@@ -8,6 +8,7 @@
 //! something the domain cannot (an unknown enum value, a missing required message).
 //! Converting domain → proto → domain is lossless; the tests check every type.
 
+pub mod adaptive;
 mod concurrency;
 mod conversion;
 mod enums;
@@ -22,6 +23,7 @@ mod scaling;
 mod time;
 mod topology;
 
+pub use adaptive::AdaptivePolicy;
 pub use concurrency::{ConcurrencyLimitKind, ConcurrencyPolicy, QueueDropStrategy};
 pub use conversion::ConversionError;
 pub use enums::{Algorithm, NodeStatus, RegistrationKind};

@@ -1,6 +1,6 @@
 //! A service's routing policy: algorithm, locality failover, retries, deadlines, passive
 //! failure handling, active health checks, hashing, scaling bounds, concurrency limits,
-//! rate limits (in [`super::rate_limit`]) and request limits; and the failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
+//! adaptive-routing tuning (in [`super::adaptive`]), rate limits (in [`super::rate_limit`]) and request limits; and the failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
 //! operator only writes what they change; the `effective_*` helpers resolve defaults.
 
 use std::time::{Duration, SystemTime};
@@ -9,8 +9,8 @@ use meridian_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Algorithm, ConcurrencyPolicy, ConversionError, RateLimitPolicy, RequestLimits, ScalingPolicy,
-    time,
+    AdaptivePolicy, Algorithm, ConcurrencyPolicy, ConversionError, RateLimitPolicy, RequestLimits,
+    ScalingPolicy, time,
 };
 
 /// Declares field-for-field conversions both ways between a domain struct and its proto
@@ -278,6 +278,9 @@ pub struct ServicePolicy {
     pub concurrency: ConcurrencyPolicy,
     pub limits: RequestLimits,
     pub rate_limit: RateLimitPolicy,
+    /// The adaptive algorithm's tuning (ignored by the others).
+    #[serde(default)]
+    pub adaptive: AdaptivePolicy,
 }
 
 impl From<ServicePolicy> for pb::ServicePolicy {
@@ -296,6 +299,7 @@ impl From<ServicePolicy> for pb::ServicePolicy {
             concurrency: Some(p.concurrency.into()),
             limits: Some(p.limits.into()),
             rate_limit: Some(p.rate_limit.into()),
+            adaptive: Some(p.adaptive.into()),
         }
     }
 }
@@ -323,6 +327,7 @@ impl TryFrom<pb::ServicePolicy> for ServicePolicy {
                 .unwrap_or_default(),
             limits: p.limits.map(Into::into).unwrap_or_default(),
             rate_limit: p.rate_limit.map(Into::into).unwrap_or_default(),
+            adaptive: p.adaptive.map(Into::into).unwrap_or_default(),
         })
     }
 }

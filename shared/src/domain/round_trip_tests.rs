@@ -177,6 +177,12 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             tier_header: "x-plan".into(),
             default_tier: "free".into(),
         },
+        adaptive: AdaptivePolicy {
+            choices: 3,
+            hot_utilization: 0.9,
+            report_ttl_ms: 1_500,
+            ignore_node_reports: true,
+        },
     }
 }
 

@@ -1,5 +1,6 @@
 //! The run-time knobs of one node (health, latency, error rate, keep-alives, the
-//! utilisation it reports, the workers that bound the calls it serves at once), shared by the services: the flags set them at start,
+//! utilisation it reports, the workers that bound the calls it serves at once, a
+//! scheduled degradation), shared by the services: the flags set them at start,
 //! `DemoControl` changes them, and every Echo and MessageHandler call passes
 //! [`NodeBehaviour::admit`] first so the knobs apply the same way to every call shape.
 
@@ -47,6 +48,8 @@ pub struct NodeBehaviour {
     admitted: AtomicU64,
     /// Payload bytes of the Echo messages received since the start.
     received_bytes: AtomicU64,
+    /// From when the latency is multiplied, and by how much.
+    degradation: OnceLock<(tokio::time::Instant, u32)>,
 }
 
 impl NodeBehaviour {
@@ -71,6 +74,25 @@ impl NodeBehaviour {
             workers: OnceLock::new(),
             admitted: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
+            degradation: OnceLock::new(),
+        }
+    }
+
+    /// Multiplies the latency by `factor` from `after` now on; set once, at start.
+    pub fn degrade_after(&self, after: Duration, factor: u32) {
+        let _ = self
+            .degradation
+            .set((tokio::time::Instant::now() + after, factor.max(1)));
+    }
+
+    /// The latency now: the set one, multiplied once the degradation has begun.
+    fn latency_ms(&self) -> u32 {
+        let latency = self.latency_ms.load(Ordering::Relaxed);
+        match self.degradation.get() {
+            Some(&(from, factor)) if tokio::time::Instant::now() >= from => {
+                latency.saturating_mul(factor)
+            }
+            _ => latency,
         }
     }
 
@@ -100,10 +122,7 @@ impl NodeBehaviour {
     /// rate. Call at the start of every application call.
     pub async fn admit(&self, extra_delay_ms: u32) -> Result<(), Status> {
         self.admitted.fetch_add(1, Ordering::Relaxed);
-        let delay = self
-            .latency_ms
-            .load(Ordering::Relaxed)
-            .saturating_add(extra_delay_ms);
+        let delay = self.latency_ms().saturating_add(extra_delay_ms);
         if delay > 0 {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             let _waiting = InFlight(&self.in_flight);
@@ -202,6 +221,17 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_scheduled_degradation_multiplies_the_latency_from_its_time_on() {
+        let node = |after: Duration| {
+            let behaviour = NodeBehaviour::new("eu-1".into(), 2, 0.0, HealthReporter::new(), false);
+            behaviour.degrade_after(after, 5);
+            behaviour.latency_ms()
+        };
+        assert_eq!(node(Duration::from_secs(3_600)), 2, "not yet degraded");
+        assert_eq!(node(Duration::ZERO), 10, "degraded: 5 × 2 ms");
+    }
 
     /// Polls until the behaviour reports `expected`, for at most 5 s.
     async fn reports(behaviour: &NodeBehaviour, expected: f64) {

@@ -77,6 +77,24 @@ pub struct DemoNodeArgs {
     #[arg(long, env = "MERIDIAN_DEMO_WORKERS", default_value_t = 0)]
     pub workers: u32,
 
+    /// Seconds after start at which the node degrades: from then on its latency is
+    /// multiplied by --degrade-factor (the routing benchmark's degrading replica).
+    #[arg(
+        long,
+        env = "MERIDIAN_DEMO_DEGRADE_AFTER_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub degrade_after_seconds: Option<f64>,
+
+    /// How many times slower the node answers once degraded.
+    #[arg(
+        long,
+        env = "MERIDIAN_DEMO_DEGRADE_FACTOR",
+        default_value_t = 5,
+        requires = "degrade_after_seconds"
+    )]
+    pub degrade_factor: u32,
+
     /// Start with grpc.health.v1 reporting NOT_SERVING (DemoControl/SetHealth changes it).
     #[arg(long, env = "MERIDIAN_DEMO_UNHEALTHY")]
     pub unhealthy: bool,

@@ -146,6 +146,12 @@ impl DemoNode {
         behaviour.set_utilization(args.utilization);
         behaviour.set_capacity(args.capacity);
         behaviour.set_workers(args.workers);
+        if let Some(after) = args.degrade_after_seconds {
+            behaviour.degrade_after(
+                std::time::Duration::from_secs_f64(after.max(0.0)),
+                args.degrade_factor,
+            );
+        }
         let registration = match &args.register_with {
             Some(url) => Some(SelfRegistration::new(
                 url,
