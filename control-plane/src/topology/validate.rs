@@ -12,6 +12,7 @@
 //! ([`request_limits`]).
 
 mod concurrency;
+mod endpoint_limits;
 mod networks;
 mod rate_limit;
 mod request_limits;
@@ -495,7 +496,8 @@ pub fn service(
     scaling::scaling(&p.scaling)?;
     concurrency::concurrency(&p.concurrency)?;
     rate_limit::rate_limit(&p.rate_limit)?;
-    request_limits::request_limits(&p.limits)
+    request_limits::request_limits(&p.limits)?;
+    endpoint_limits::endpoint_limits(&p.endpoint_limits)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 mod concurrency;
 mod conversion;
+mod endpoint_limits;
 mod enums;
 mod event;
 pub mod limits;
@@ -24,6 +25,7 @@ mod topology;
 
 pub use concurrency::{ConcurrencyLimitKind, ConcurrencyPolicy, QueueDropStrategy};
 pub use conversion::ConversionError;
+pub use endpoint_limits::EndpointLimits;
 pub use enums::{Algorithm, NodeStatus, RegistrationKind};
 pub use event::{Event, EventKind};
 pub use limits::TopologyLimits;

@@ -1,6 +1,7 @@
 //! A service's routing policy: algorithm, locality failover, retries, deadlines, passive
 //! failure handling, active health checks, hashing, scaling bounds, concurrency limits,
-//! rate limits (in [`super::rate_limit`]) and request limits; and the failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
+//! rate limits (in [`super::rate_limit`]), request limits and endpoint limits; and the
+//! failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
 //! operator only writes what they change; the `effective_*` helpers resolve defaults.
 
 use std::time::{Duration, SystemTime};
@@ -9,8 +10,8 @@ use meridian_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Algorithm, ConcurrencyPolicy, ConversionError, RateLimitPolicy, RequestLimits, ScalingPolicy,
-    time,
+    Algorithm, ConcurrencyPolicy, ConversionError, EndpointLimits, RateLimitPolicy, RequestLimits,
+    ScalingPolicy, time,
 };
 
 /// Declares field-for-field conversions both ways between a domain struct and its proto
@@ -146,9 +147,10 @@ pub struct TimeoutPolicy {
 mirror_message!(TimeoutPolicy <=> pb::TimeoutPolicy { default_timeout_ms, max_timeout_ms });
 
 impl TimeoutPolicy {
-    /// The deadline of a call whose caller sent none; `None` (no deadline) unless set.
-    pub fn effective_default_timeout(&self) -> Option<Duration> {
-        millis_if_set(self.default_timeout_ms)
+    /// The deadline of a call whose caller sent none, given the proxy's default
+    /// (`None`: no deadline).
+    pub fn effective_default_timeout(&self, proxy_default: Option<Duration>) -> Option<Duration> {
+        millis_if_set(self.default_timeout_ms).or(proxy_default)
     }
 
     /// The longest deadline a caller may ask for; `None` (any) unless set.
@@ -278,6 +280,8 @@ pub struct ServicePolicy {
     pub concurrency: ConcurrencyPolicy,
     pub limits: RequestLimits,
     pub rate_limit: RateLimitPolicy,
+    #[serde(default)]
+    pub endpoint_limits: EndpointLimits,
 }
 
 impl From<ServicePolicy> for pb::ServicePolicy {
@@ -296,6 +300,7 @@ impl From<ServicePolicy> for pb::ServicePolicy {
             concurrency: Some(p.concurrency.into()),
             limits: Some(p.limits.into()),
             rate_limit: Some(p.rate_limit.into()),
+            endpoint_limits: Some(p.endpoint_limits.into()),
         }
     }
 }
@@ -323,6 +328,7 @@ impl TryFrom<pb::ServicePolicy> for ServicePolicy {
                 .unwrap_or_default(),
             limits: p.limits.map(Into::into).unwrap_or_default(),
             rate_limit: p.rate_limit.map(Into::into).unwrap_or_default(),
+            endpoint_limits: p.endpoint_limits.map(Into::into).unwrap_or_default(),
         })
     }
 }
