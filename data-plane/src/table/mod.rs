@@ -589,6 +589,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_nodes_limit_of_calls_in_flight_follows_its_services_policy_else_the_proxys() {
+        let identity = ProxyIdentity::default();
+        let upstream = UpstreamSettings {
+            limits: UpstreamLimits {
+                max_requests_per_endpoint: 50,
+                stream_idle_timeout_ms: 0,
+                default_deadline_ms: 7_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut data = data(OutlierPolicy::default());
+        let table = ProxyTable::build(data.clone(), &identity, None, TableSource::Stream, &upstream);
+        assert_eq!(table.endpoint("n1").unwrap().max_requests(), 50);
+        let route = table.service("demo.v1.Echo").unwrap();
+        assert_eq!(route.default_deadline, Some(Duration::from_secs(7)));
+        assert_eq!(route.stream_idle_timeout, None);
+
+        let policy = data.services.get_mut("demo.v1.Echo").unwrap();
+        policy.endpoint_limits.max_requests_per_endpoint = 3;
+        policy.endpoint_limits.stream_idle_timeout_ms = 2_000;
+        policy.timeout.default_timeout_ms = 500;
+        let next = ProxyTable::build(data, &identity, Some(&table), TableSource::Stream, &upstream);
+        let endpoint = next.endpoint("n1").unwrap();
+        assert!(
+            Arc::ptr_eq(endpoint, table.endpoint("n1").unwrap()),
+            "the endpoint is reused"
+        );
+        assert_eq!(endpoint.max_requests(), 3, "the policy's limit reaches it");
+        let route = next.service("demo.v1.Echo").unwrap();
+        assert_eq!(route.default_deadline, Some(Duration::from_millis(500)));
+        assert_eq!(route.stream_idle_timeout, Some(Duration::from_secs(2)));
+        let shown = &next.debug_json()["services"][0]["endpoint_limits"];
+        assert_eq!(shown["max_requests_per_endpoint"], 3);
+        assert_eq!(shown["default_deadline_ms"], 500);
+    }
+
     #[tokio::test]
     async fn at_most_the_maximum_share_of_a_services_endpoints_is_ejected() {
         let mut data = data(OutlierPolicy::default());
