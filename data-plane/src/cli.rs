@@ -384,9 +384,16 @@ mod tests {
         assert_eq!(config.upstream.max_requests_per_endpoint, 8);
         assert_eq!(config.upstream.stream_idle_timeout_ms, 2_000);
         assert_eq!(config.upstream.default_deadline_ms, 5_000);
-        let err = args(&["--id", "p1", "--region", "eu", "--max-requests-per-endpoint", "0"])
-            .load_config()
-            .unwrap_err();
+        let err = args(&[
+            "--id",
+            "p1",
+            "--region",
+            "eu",
+            "--max-requests-per-endpoint",
+            "0",
+        ])
+        .load_config()
+        .unwrap_err();
         assert_eq!(err.field(), Some("upstream.max_requests_per_endpoint"));
     }
 

@@ -38,8 +38,8 @@ use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tower::Service;
 
-use crate::endpoint::{UpstreamSettings, UpstreamTls};
 use crate::endpoint::connection::{enter_worker, worker_count};
+use crate::endpoint::{UpstreamSettings, UpstreamTls};
 use crate::forward::{ForwardSettings, Forwarder, ProxyBody};
 use crate::load_report::LoadReporter;
 use crate::router::Router;

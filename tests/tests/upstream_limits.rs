@@ -143,7 +143,9 @@ async fn a_client_that_never_reads_three_large_responses_does_not_stall_other_ca
         let answered = tokio::time::timeout(Duration::from_secs(10), other.say(say(100, 0))).await;
         let elapsed = started.elapsed();
         let reply = answered
-            .unwrap_or_else(|_| panic!("call {i} of the other caller stalled behind the slow reader (over 10 s)"))
+            .unwrap_or_else(|_| {
+                panic!("call {i} of the other caller stalled behind the slow reader (over 10 s)")
+            })
             .expect("the other caller's call");
         assert_eq!(reply.get_ref().payload.len(), 100);
         during.push(elapsed);
@@ -165,7 +167,11 @@ async fn a_client_that_never_reads_three_large_responses_does_not_stall_other_ca
         "another caller was delayed {:?} by the slow reader (bound {OTHER_CALLER_BOUND:?})",
         max(&during)
     );
-    assert_eq!(in_flight(&proxy).await, 3, "the slow reader's calls are still held");
+    assert_eq!(
+        in_flight(&proxy).await,
+        3,
+        "the slow reader's calls are still held"
+    );
     drop(unread);
     wait_in_flight(&proxy, 0).await;
 }
@@ -215,7 +221,9 @@ async fn a_full_node_is_passed_over_and_with_every_node_full_calls_fail_fast() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("upstream overflow")
-            && status.message().contains("2 node(s) full, at most 2 call(s) each"),
+            && status
+                .message()
+                .contains("2 node(s) full, at most 2 call(s) each"),
         "{status:?}"
     );
     assert!(
@@ -302,7 +310,9 @@ async fn a_call_with_no_frame_for_the_idle_timeout_ends_and_a_lively_stream_goes
     let waited = started.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("no frame in either direction for 1000 ms")
+        status
+            .message()
+            .contains("no frame in either direction for 1000 ms")
             && status.message().contains("eu-1"),
         "{status:?}"
     );
@@ -385,7 +395,10 @@ async fn a_call_without_grpc_timeout_gets_the_default_deadline_the_services_firs
     // A caller's own timeout still wins.
     let mut request = tonic::Request::new(say(0, 0));
     request.set_timeout(Duration::from_secs(60));
-    client.say(request).await.expect("within the caller's timeout");
+    client
+        .say(request)
+        .await
+        .expect("within the caller's timeout");
 
     // The service's default wins over the proxy's.
     cluster

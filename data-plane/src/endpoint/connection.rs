@@ -427,7 +427,10 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(settings.connection_window_bytes, 655_350);
-        assert_eq!(settings.connections_per_worker, 1, "at least one per worker");
+        assert_eq!(
+            settings.connections_per_worker, 1,
+            "at least one per worker"
+        );
     }
 
     #[tokio::test]

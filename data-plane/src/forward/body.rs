@@ -116,11 +116,18 @@ impl ObservedBody {
 
 /// Ends a call idle for `timeout`: the node's stream is dropped (reset), the caller gets
 /// the one error edge's UNAVAILABLE as trailers.
-fn end_idle(inner: &mut Option<Incoming>, call: &mut Option<Call>, timeout: Duration) -> Frame<Bytes> {
+fn end_idle(
+    inner: &mut Option<Incoming>,
+    call: &mut Option<Call>,
+    timeout: Duration,
+) -> Frame<Bytes> {
     *inner = None;
     let (node, service) = match call.take() {
         Some(call) => {
-            let names = (call.metrics.node().to_owned(), call.metrics.service().to_owned());
+            let names = (
+                call.metrics.node().to_owned(),
+                call.metrics.service().to_owned(),
+            );
             call.finish(tonic::Code::Unavailable as i32);
             names
         }

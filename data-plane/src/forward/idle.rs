@@ -40,8 +40,10 @@ impl Activity {
     /// A frame passed now.
     pub fn touch(&self) {
         let elapsed = self.since.elapsed().as_nanos();
-        self.last_frame_ns
-            .store(u64::try_from(elapsed).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.last_frame_ns.store(
+            u64::try_from(elapsed).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// When the call is idle for `timeout` unless a frame passes before.

@@ -153,8 +153,7 @@ impl Forwarder {
         let shared = Arc::new(CallShared::default());
         let outgoing = if is_idempotent(&route, parts.uri.path()) {
             let budget = &self.settings.buffer_budget;
-            match replay::read_for_replay(body, frames, budget, shared.clone(), &route.name)
-                .await?
+            match replay::read_for_replay(body, frames, budget, shared.clone(), &route.name).await?
             {
                 Buffered::Replayable(buffer) => Outgoing::replayable(parts, buffer),
                 Buffered::Streamed(body, why) => {

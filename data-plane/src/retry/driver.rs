@@ -206,7 +206,9 @@ impl<'a> RetryDriver<'a> {
         let (full, limit) = endpoints
             .iter()
             .filter(|e| e.is_full() && e.breaker.is_ready())
-            .fold((0, 0), |(full, limit), e| (full + 1, limit.max(e.max_requests())));
+            .fold((0, 0), |(full, limit), e| {
+                (full + 1, limit.max(e.max_requests()))
+            });
         match full {
             0 => RequestError::NoUsableNode {
                 service: self.route.name.clone(),
@@ -646,7 +648,9 @@ mod tests {
         assert_eq!(status.code(), Code::Unavailable);
         assert!(
             status.message().contains("upstream overflow")
-                && status.message().contains("2 node(s) full, at most 1 call(s) each"),
+                && status
+                    .message()
+                    .contains("2 node(s) full, at most 1 call(s) each"),
             "{}",
             status.message()
         );

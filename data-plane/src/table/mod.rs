@@ -602,7 +602,13 @@ mod tests {
             ..Default::default()
         };
         let mut data = data(OutlierPolicy::default());
-        let table = ProxyTable::build(data.clone(), &identity, None, TableSource::Stream, &upstream);
+        let table = ProxyTable::build(
+            data.clone(),
+            &identity,
+            None,
+            TableSource::Stream,
+            &upstream,
+        );
         assert_eq!(table.endpoint("n1").unwrap().max_requests(), 50);
         let route = table.service("demo.v1.Echo").unwrap();
         assert_eq!(route.default_deadline, Some(Duration::from_secs(7)));
@@ -612,7 +618,13 @@ mod tests {
         policy.endpoint_limits.max_requests_per_endpoint = 3;
         policy.endpoint_limits.stream_idle_timeout_ms = 2_000;
         policy.timeout.default_timeout_ms = 500;
-        let next = ProxyTable::build(data, &identity, Some(&table), TableSource::Stream, &upstream);
+        let next = ProxyTable::build(
+            data,
+            &identity,
+            Some(&table),
+            TableSource::Stream,
+            &upstream,
+        );
         let endpoint = next.endpoint("n1").unwrap();
         assert!(
             Arc::ptr_eq(endpoint, table.endpoint("n1").unwrap()),

@@ -187,8 +187,8 @@ impl UpstreamLimits {
     /// The HTTP/2 window of a whole connection to a node: room for every call it may
     /// carry at its full stream window.
     pub fn connection_window_bytes(&self) -> u32 {
-        let window = u64::from(self.stream_window_bytes)
-            * u64::from(self.max_streams_per_connection);
+        let window =
+            u64::from(self.stream_window_bytes) * u64::from(self.max_streams_per_connection);
         window.min(MAX_H2_WINDOW) as u32
     }
 
@@ -243,7 +243,11 @@ impl UpstreamLimits {
                 100..=86_400_000,
             )?;
         }
-        within("default_deadline_ms", self.default_deadline_ms, 0..=86_400_000)
+        within(
+            "default_deadline_ms",
+            self.default_deadline_ms,
+            0..=86_400_000,
+        )
     }
 }
 

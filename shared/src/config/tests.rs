@@ -177,16 +177,24 @@ fn the_upstream_section_is_read_and_validated() {
         "room for every stream of a connection at its full window"
     );
     for (key, field) in [
-        ("max_requests_per_endpoint = 0", "upstream.max_requests_per_endpoint"),
-        ("stream_idle_timeout_ms = 5", "upstream.stream_idle_timeout_ms"),
+        (
+            "max_requests_per_endpoint = 0",
+            "upstream.max_requests_per_endpoint",
+        ),
+        (
+            "stream_idle_timeout_ms = 5",
+            "upstream.stream_idle_timeout_ms",
+        ),
         ("stream_window_bytes = 1000", "upstream.stream_window_bytes"),
         (
             "stream_window_bytes = 67108864\nmax_streams_per_connection = 100",
             "upstream.stream_window_bytes",
         ),
     ] {
-        let err = proxy(&format!("id = \"p1\"\nregion = \"eu-west\"\n[upstream]\n{key}"))
-            .unwrap_err();
+        let err = proxy(&format!(
+            "id = \"p1\"\nregion = \"eu-west\"\n[upstream]\n{key}"
+        ))
+        .unwrap_err();
         assert_eq!(err.field(), Some(field), "{key}: {err}");
     }
 }
