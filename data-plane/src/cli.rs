@@ -156,6 +156,40 @@ pub struct ProxyArgs {
     #[arg(long, env = "MERIDIAN_RETRY_BUFFER_TOTAL_BYTES", value_name = "BYTES")]
     pub retry_buffer_total_bytes: Option<u64>,
 
+    /// Calls in flight at once from this proxy to one node ([upstream]
+    /// max_requests_per_endpoint); a full node is skipped, and with every usable node
+    /// full a call fails fast with UNAVAILABLE. A service's
+    /// endpoint_limits.max_requests_per_endpoint wins. Default 1024.
+    #[arg(long, env = "MERIDIAN_MAX_REQUESTS_PER_ENDPOINT", value_name = "N")]
+    pub max_requests_per_endpoint: Option<u32>,
+
+    /// Calls one HTTP/2 connection to a node carries at once before the proxy opens
+    /// another connection to it. Default 100.
+    #[arg(long, env = "MERIDIAN_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
+    pub max_streams_per_connection: Option<u32>,
+
+    /// Connections to one node, spread over the worker threads (at least one each).
+    /// Default 8.
+    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS_PER_ENDPOINT", value_name = "N")]
+    pub max_connections_per_endpoint: Option<u32>,
+
+    /// HTTP/2 window of each call's response from a node, in bytes: what the proxy holds
+    /// for a client that does not read (the connection window is this times
+    /// --max-streams-per-connection). Default 1048576 (1 MiB).
+    #[arg(long, env = "MERIDIAN_STREAM_WINDOW_BYTES", value_name = "BYTES")]
+    pub stream_window_bytes: Option<u32>,
+
+    /// A forwarded call with no frame in either direction for this long ends with
+    /// UNAVAILABLE, in milliseconds; 0: never. A service's
+    /// endpoint_limits.stream_idle_timeout_ms wins. Default 300000 (5 min).
+    #[arg(long, env = "MERIDIAN_STREAM_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub stream_idle_timeout_ms: Option<u32>,
+
+    /// Deadline of calls that carry no grpc-timeout, in milliseconds; 0: none. A
+    /// service's timeout.default_timeout_ms wins. Default 0.
+    #[arg(long, env = "MERIDIAN_DEFAULT_DEADLINE_MS", value_name = "MS")]
+    pub default_deadline_ms: Option<u32>,
+
     /// Log format: human or json. Default human.
     #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -190,6 +224,7 @@ impl ProxyArgs {
             &mut config.retry_buffer_total_bytes,
             &self.retry_buffer_total_bytes,
         );
+        self.override_upstream(&mut config);
         override_with(&mut config.log.format, &self.log_format);
         override_with(&mut config.log.level, &self.log_level);
         if self.table_cache.is_some() {
@@ -201,6 +236,29 @@ impl ProxyArgs {
         self.override_tls(&mut config);
         config.validate()?;
         Ok(config)
+    }
+
+    /// The [upstream] flags, each over its key.
+    fn override_upstream(&self, config: &mut ProxyConfig) {
+        let upstream = &mut config.upstream;
+        override_with(
+            &mut upstream.max_requests_per_endpoint,
+            &self.max_requests_per_endpoint,
+        );
+        override_with(
+            &mut upstream.max_streams_per_connection,
+            &self.max_streams_per_connection,
+        );
+        override_with(
+            &mut upstream.max_connections_per_endpoint,
+            &self.max_connections_per_endpoint,
+        );
+        override_with(&mut upstream.stream_window_bytes, &self.stream_window_bytes);
+        override_with(
+            &mut upstream.stream_idle_timeout_ms,
+            &self.stream_idle_timeout_ms,
+        );
+        override_with(&mut upstream.default_deadline_ms, &self.default_deadline_ms);
     }
 
     /// The TLS flags: each group replaces its whole section, as a file section would.
@@ -305,6 +363,38 @@ mod tests {
             "/c.pem",
         ]);
         assert!(half.is_err(), "a client certificate without its key");
+    }
+
+    #[test]
+    fn upstream_flags_override_their_keys() {
+        let config = args(&[
+            "--id",
+            "p1",
+            "--region",
+            "eu-west",
+            "--max-requests-per-endpoint",
+            "8",
+            "--stream-idle-timeout-ms",
+            "2000",
+            "--default-deadline-ms",
+            "5000",
+        ])
+        .load_config()
+        .unwrap();
+        assert_eq!(config.upstream.max_requests_per_endpoint, 8);
+        assert_eq!(config.upstream.stream_idle_timeout_ms, 2_000);
+        assert_eq!(config.upstream.default_deadline_ms, 5_000);
+        let err = args(&[
+            "--id",
+            "p1",
+            "--region",
+            "eu",
+            "--max-requests-per-endpoint",
+            "0",
+        ])
+        .load_config()
+        .unwrap_err();
+        assert_eq!(err.field(), Some("upstream.max_requests_per_endpoint"));
     }
 
     #[test]

@@ -112,6 +112,30 @@ pub enum RequestError {
         known: usize,
     },
 
+    /// Every usable node had as many calls in flight as it may take (Envoy's "upstream
+    /// overflow"); the call failed fast instead of piling onto them.
+    #[error(
+        "upstream overflow: every usable node of service {service} {scope} has its maximum of calls in flight from this proxy ({full} node(s) full, at most {limit} call(s) each); retry with backoff, add nodes, or raise the service's endpoint_limits.max_requests_per_endpoint (or the proxy's --max-requests-per-endpoint)"
+    )]
+    UpstreamOverflow {
+        service: String,
+        /// Where the proxy looked ([`Scope`]).
+        scope: String,
+        full: usize,
+        limit: u32,
+    },
+
+    /// A forwarded call went too long without a frame in either direction.
+    #[error(
+        "no frame in either direction for {} ms on the call to node {node} of service {service}: the stream idle timeout ended it; send more often or raise the service's endpoint_limits.stream_idle_timeout_ms (or the proxy's --stream-idle-timeout-ms)",
+        .timeout.as_millis()
+    )]
+    StreamIdle {
+        node: String,
+        service: String,
+        timeout: std::time::Duration,
+    },
+
     #[error("node {node} has an unusable address {address:?}; re-register it with host:port")]
     UnusableAddress { node: String, address: String },
 
@@ -182,6 +206,8 @@ impl RequestError {
             RequestError::NoTable { .. }
             | RequestError::NodeNotRoutable { .. }
             | RequestError::NoUsableNode { .. }
+            | RequestError::UpstreamOverflow { .. }
+            | RequestError::StreamIdle { .. }
             | RequestError::Upstream { .. } => Code::Unavailable,
             RequestError::NotAMethodPath { .. } | RequestError::UnknownService { .. } => {
                 Code::Unimplemented
@@ -217,7 +243,8 @@ impl RequestError {
     /// The status the caller gets: the node's own for [`RequestError::Answered`] (and the
     /// first call's for [`RequestError::Deduplicated`]), else the proxy's code and message
     /// (counted in `meridian_proxy_local_errors_total`; refusals also in
-    /// `meridian_proxy_refused_total` by reason, direction and service), with a
+    /// `meridian_proxy_refused_total` by reason, service and, for message sizes,
+    /// direction), with a
     /// `grpc-retry-pushback-ms` trailer when the proxy knows when to retry.
     pub fn into_status(self) -> Status {
         if let RequestError::Answered(status) | RequestError::Deduplicated(status) = self {
@@ -234,6 +261,14 @@ impl RequestError {
                 "meridian_proxy_refused_total",
                 "reason" => "message_too_large",
                 "direction" => direction.as_str(),
+                "service" => service.clone()
+            )
+            .increment(1);
+        }
+        if let RequestError::UpstreamOverflow { service, .. } = &self {
+            metrics::counter!(
+                "meridian_proxy_refused_total",
+                "reason" => "upstream_overflow",
                 "service" => service.clone()
             )
             .increment(1);

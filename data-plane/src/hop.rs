@@ -1,12 +1,14 @@
 //! What every call the proxy passes on to a node gets, forwarded or routed
 //! (RouteMessage) alike: a deadline (the caller's `grpc-timeout` within the service's
-//! timeout policy, the remaining budget written for the next hop) and a place in the
+//! timeout policy, or the default deadline of calls without one — the service's, else the
+//! proxy's; the remaining budget written for the next hop) and a place in the
 //! caller's W3C trace (with trace export on, a proxy span continuing the caller's
 //! `traceparent` and parent of the node's; without it, the caller's context passes on
 //! untouched at no cost).
 
+use std::time::Duration;
+
 use http::{HeaderMap, HeaderName};
-use meridian_shared::domain::TimeoutPolicy;
 use meridian_shared::telemetry;
 use tokio::time::Instant;
 
@@ -19,11 +21,12 @@ const TRACE_HEADERS: [HeaderName; 2] = [
     HeaderName::from_static("tracestate"),
 ];
 
-/// When the call must end: the caller's `grpc-timeout`, capped by the policy's maximum,
-/// or the policy's default when the caller sent none; `None` for no deadline.
+/// When the call must end: the caller's `grpc-timeout`, capped by `max`, or `default`
+/// when the caller sent none; `None` for no deadline.
 pub fn deadline(
     headers: &HeaderMap,
-    policy: &TimeoutPolicy,
+    default: Option<Duration>,
+    max: Option<Duration>,
 ) -> Result<Option<Instant>, RequestError> {
     let asked = match headers.get(GRPC_TIMEOUT) {
         Some(value) => {
@@ -33,9 +36,9 @@ pub fn deadline(
                 })?,
             )
         }
-        None => policy.effective_default_timeout(),
+        None => default,
     };
-    let budget = match (asked, policy.effective_max_timeout()) {
+    let budget = match (asked, max) {
         (Some(asked), Some(max)) => Some(asked.min(max)),
         (asked, _) => asked,
     };
@@ -96,34 +99,52 @@ mod tests {
         headers
     }
 
-    fn policy(default_ms: u32, max_ms: u32) -> TimeoutPolicy {
-        TimeoutPolicy {
-            default_timeout_ms: default_ms,
-            max_timeout_ms: max_ms,
-        }
+    /// The default and maximum deadlines, in ms (0: none).
+    fn policy(default_ms: u64, max_ms: u64) -> (Option<Duration>, Option<Duration>) {
+        let ms = |ms| (ms > 0).then(|| Duration::from_millis(ms));
+        (ms(default_ms), ms(max_ms))
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_callers_timeout_holds_within_the_policys_maximum() {
         let now = Instant::now();
-        let at = |headers: &HeaderMap, policy: &TimeoutPolicy| deadline(headers, policy).unwrap();
+        let at = |headers: &HeaderMap, (default, max): (Option<Duration>, Option<Duration>)| {
+            deadline(headers, default, max).unwrap()
+        };
         assert_eq!(
-            at(&with_timeout("300m"), &policy(0, 0)),
+            at(&with_timeout("300m"), policy(0, 0)),
             Some(now + Duration::from_millis(300))
         );
         assert_eq!(
-            at(&with_timeout("10S"), &policy(0, 2_000)),
+            at(&with_timeout("10S"), policy(0, 2_000)),
             Some(now + Duration::from_secs(2)),
             "capped by max_timeout_ms"
         );
         assert_eq!(
-            at(&HeaderMap::new(), &policy(500, 0)),
+            at(&HeaderMap::new(), policy(500, 0)),
             Some(now + Duration::from_millis(500)),
             "default_timeout_ms when the caller sent none"
         );
-        assert_eq!(at(&HeaderMap::new(), &policy(0, 2_000)), None);
-        let refused = deadline(&with_timeout("soon"), &policy(0, 0)).unwrap_err();
+        assert_eq!(at(&HeaderMap::new(), policy(0, 2_000)), None);
+        let refused = deadline(&with_timeout("soon"), None, None).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_services_default_deadline_wins_over_the_proxys() {
+        use meridian_shared::domain::TimeoutPolicy;
+        let proxy = Some(Duration::from_secs(30));
+        let unset = TimeoutPolicy::default();
+        assert_eq!(unset.effective_default_timeout(proxy), proxy);
+        assert_eq!(unset.effective_default_timeout(None), None);
+        let set = TimeoutPolicy {
+            default_timeout_ms: 500,
+            max_timeout_ms: 0,
+        };
+        assert_eq!(
+            set.effective_default_timeout(proxy),
+            Some(Duration::from_millis(500))
+        );
     }
 
     #[tokio::test(start_paused = true)]

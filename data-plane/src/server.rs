@@ -38,8 +38,8 @@ use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tower::Service;
 
-use crate::endpoint::UpstreamTls;
 use crate::endpoint::connection::{enter_worker, worker_count};
+use crate::endpoint::{UpstreamSettings, UpstreamTls};
 use crate::forward::{ForwardSettings, Forwarder, ProxyBody};
 use crate::load_report::LoadReporter;
 use crate::router::Router;
@@ -158,7 +158,10 @@ impl Proxy {
             auth: self.auth.clone(),
             control_planes: self.config.control_planes.clone(),
             control_plane_tls: self.control_plane_tls.clone(),
-            upstream_tls: self.upstream_tls.clone(),
+            upstream: UpstreamSettings {
+                tls: self.upstream_tls.clone(),
+                limits: self.config.upstream.clone(),
+            },
             cache: self.config.table_cache.clone(),
             table: self.table.clone(),
             readiness: self.readiness.clone(),

@@ -161,6 +161,10 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             dedup_max_bytes: u64::MAX,
             ids_are_unique: true,
         }),
+        endpoint_limits: Some(pb::EndpointLimits {
+            max_requests_per_endpoint: max,
+            stream_idle_timeout_ms: max,
+        }),
         rate_limit: Some(pb::RateLimitPolicy {
             tiers: (0..MAX_RATE_LIMIT_TIERS)
                 .map(|t| pb::RateLimitTier {

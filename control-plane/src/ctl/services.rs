@@ -54,9 +54,20 @@ pub struct SetArgs {
     /// "pkg.Service/*". Repeat for more; replaces the current list.
     #[arg(long = "idempotent-method", value_name = "METHOD")]
     idempotent_methods: Vec<String>,
-    /// Deadline for requests that carry no grpc-timeout, in milliseconds (0: none).
+    /// Deadline for requests that carry no grpc-timeout, in milliseconds (0: the proxy's
+    /// --default-deadline-ms, none unless set).
     #[arg(long, value_name = "MS")]
     default_timeout_ms: Option<u32>,
+    /// Calls in flight at once from one proxy to one node; a full node is skipped, and
+    /// with every node full calls fail fast with UNAVAILABLE (0: the proxy's
+    /// --max-requests-per-endpoint, default 1024).
+    #[arg(long, value_name = "N")]
+    max_requests_per_endpoint: Option<u32>,
+    /// A forwarded call with no frame in either direction for this long ends with
+    /// UNAVAILABLE, in milliseconds (0: the proxy's --stream-idle-timeout-ms, default
+    /// 300000).
+    #[arg(long, value_name = "MS")]
+    stream_idle_timeout_ms: Option<u32>,
     /// Largest gRPC message (request or response) a call may carry, in bytes; larger ones
     /// end the call with RESOURCE_EXHAUSTED (0: the proxy's --max-message-bytes).
     #[arg(long, value_name = "BYTES")]
@@ -294,6 +305,18 @@ impl SetArgs {
         if let Some(unique) = self.ids_are_unique {
             set(policy, &|l| l.ids_are_unique = unique);
         }
+        if let Some(max) = self.max_requests_per_endpoint {
+            policy
+                .endpoint_limits
+                .get_or_insert_default()
+                .max_requests_per_endpoint = max;
+        }
+        if let Some(idle) = self.stream_idle_timeout_ms {
+            policy
+                .endpoint_limits
+                .get_or_insert_default()
+                .stream_idle_timeout_ms = idle;
+        }
     }
 }
 
@@ -355,12 +378,15 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
         "CONCURRENCY",
         "MAX MESSAGE",
         "DEDUP TTL",
+        "MAX PER NODE",
+        "IDLE TIMEOUT",
         "RATE LIMITS",
     ]);
     for s in services {
         let retry = s.retry.clone().unwrap_or_default();
         let timeout = s.timeout.unwrap_or_default();
         let limits = s.limits.unwrap_or_default();
+        let endpoint_limits = s.endpoint_limits.unwrap_or_default();
         table.push(vec![
             s.name.clone(),
             s.federation.clone(),
@@ -371,7 +397,7 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
                 n => n.to_string(),
             },
             match timeout.default_timeout_ms {
-                0 => "none".to_owned(),
+                0 => "proxy default".to_owned(),
                 ms => format!("{ms}ms"),
             },
             concurrency_cell(s.concurrency.as_ref()),
@@ -381,6 +407,14 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
             },
             match limits.dedup_ttl_ms {
                 0 => "off".to_owned(),
+                ms => format!("{ms}ms"),
+            },
+            match endpoint_limits.max_requests_per_endpoint {
+                0 => "proxy default".to_owned(),
+                n => n.to_string(),
+            },
+            match endpoint_limits.stream_idle_timeout_ms {
+                0 => "proxy default".to_owned(),
                 ms => format!("{ms}ms"),
             },
             rate_limits_cell(s.rate_limit.as_ref()),
@@ -462,6 +496,7 @@ pub(crate) fn json(policy: &pb::ServicePolicy) -> Value {
     let hash = policy.hash.clone().unwrap_or_default();
     let scaling = policy.scaling.clone().unwrap_or_default();
     let limits = policy.limits.unwrap_or_default();
+    let endpoint_limits = policy.endpoint_limits.unwrap_or_default();
     let rate_limit = policy.rate_limit.clone().unwrap_or_default();
     let adaptive = policy.adaptive.unwrap_or_default();
     let tiers: Vec<Value> = failover
@@ -526,6 +561,10 @@ pub(crate) fn json(policy: &pb::ServicePolicy) -> Value {
             "dedup_max_entries": limits.dedup_max_entries,
             "dedup_max_bytes": limits.dedup_max_bytes,
             "ids_are_unique": limits.ids_are_unique,
+        },
+        "endpoint_limits": {
+            "max_requests_per_endpoint": endpoint_limits.max_requests_per_endpoint,
+            "stream_idle_timeout_ms": endpoint_limits.stream_idle_timeout_ms,
         },
         "rate_limit": {
             "tiers": rate_limit.tiers.iter().map(|t| json!({
@@ -615,6 +654,27 @@ mod tests {
         assert_eq!(limits.dedup_max_entries, 7, "kept");
         let value = json(&policy);
         assert_eq!(value["limits"]["max_message_bytes"], 65_536);
+        assert_eq!(policy.endpoint_limits, None, "no endpoint limit flag given");
+    }
+
+    #[test]
+    fn set_changes_the_endpoint_limits_given() {
+        let mut policy = pb::ServicePolicy {
+            endpoint_limits: Some(pb::EndpointLimits {
+                stream_idle_timeout_ms: 9_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        set_args("services set demo.v1.Echo --federation prod --max-requests-per-endpoint 32")
+            .apply(&mut policy);
+        let limits = policy.endpoint_limits.expect("endpoint limits set");
+        assert_eq!(limits.max_requests_per_endpoint, 32);
+        assert_eq!(limits.stream_idle_timeout_ms, 9_000, "kept");
+        let value = json(&policy);
+        assert_eq!(value["endpoint_limits"]["max_requests_per_endpoint"], 32);
+        let rendered = table(std::slice::from_ref(&policy)).render();
+        assert!(rendered.contains("MAX PER NODE"), "{rendered}");
     }
 
     #[test]

@@ -9,10 +9,12 @@
 //! are checked against their federation's `allowed_networks` ([`networks`]). A service's
 //! scaling policy has its own rules ([`scaling`]), and so have its concurrency policy
 //! ([`concurrency`]), its rate limits ([`rate_limit`]), its request limits
-//! ([`request_limits`]) and its adaptive-routing tuning ([`adaptive`]).
+//! ([`request_limits`]), its per-node limits ([`endpoint_limits`]) and its adaptive-routing
+//! tuning ([`adaptive`]).
 
 mod adaptive;
 mod concurrency;
+mod endpoint_limits;
 mod networks;
 mod rate_limit;
 mod request_limits;
@@ -497,7 +499,8 @@ pub fn service(
     concurrency::concurrency(&p.concurrency)?;
     rate_limit::rate_limit(&p.rate_limit)?;
     adaptive::adaptive(&p.adaptive)?;
-    request_limits::request_limits(&p.limits)
+    request_limits::request_limits(&p.limits)?;
+    endpoint_limits::endpoint_limits(&p.endpoint_limits)
 }
 
 #[cfg(test)]

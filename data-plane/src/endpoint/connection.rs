@@ -1,19 +1,35 @@
-//! The pooled HTTP/2 connections to one endpoint. gRPC multiplexes every request to a node
-//! over one connection; the proxy keeps one such connection per worker thread (see
+//! The pooled HTTP/2 connections to one endpoint. gRPC multiplexes requests to a node over
+//! HTTP/2 connections; the proxy keeps a small pool of them per worker thread (see
 //! `server.rs`: each worker runs its own single-threaded runtime and serves the client
-//! connections handed to it), and a call goes over its worker's. A call, its client
+//! connections handed to it), and a call goes over one of its worker's. A call, its client
 //! connection and its upstream connection then live on one thread: no lock of the h2
 //! connection is contended across cores and no wake-up crosses them. Each connection is
 //! opened on first use and reopened when it closes. The request path loads the current
 //! sender lock-free (`ArcSwapOption`) and clones it; only (re)connecting takes a lock, so
-//! concurrent requests to a node that is down open one connection attempt per worker, not
+//! concurrent requests to a node that is down open one connection attempt per slot, not
 //! one each.
+//!
+//! **One slow reader must not stall the other callers.** A response's data waits in the
+//! proxy until its client reads it, and until then it holds both its stream's and its
+//! connection's HTTP/2 flow-control window. With hyper's defaults (2 MiB per stream, 5 MiB
+//! per connection) three clients that stop reading large responses used up the whole
+//! connection window, and every other call to the node over that connection stalled. So:
+//! - each stream's window is `stream_window_bytes` and the connection's is that times
+//!   `max_streams_per_connection` ([`PoolSettings`]): the calls a connection carries can
+//!   never use up its window together, whatever their clients do; what the proxy holds
+//!   for clients that do not read is at most a stream window per call;
+//! - a connection carries at most `max_streams_per_connection` calls; the next call goes
+//!   over the worker's next connection to the node, opened then (up to the pool's size;
+//!   past it, over the connection carrying the fewest). A call keeps its place on its
+//!   connection until its response ends ([`StreamSlot`], given back with
+//!   [`Connection::end_stream`]).
 //!
 //! A connection to a node of a service with an `[[upstream_tls]]` rule does TLS (ALPN
 //! `h2`) right after the TCP connect, within the same connect timeout; whether it does is
 //! fixed when the endpoint is created (see `upstream_tls.rs`).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -22,6 +38,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use meridian_shared::config::UpstreamLimits;
 use meridian_shared::tls::ClientTls;
 use tokio::net::TcpStream;
 
@@ -69,19 +86,85 @@ pub fn enter_worker(index: usize) {
     WORKER.set(index);
 }
 
+/// How the connections to one node are pooled and sized (from `[upstream]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Calls one connection carries before the next call goes over another.
+    pub max_streams_per_connection: u32,
+    /// Connections per worker.
+    pub connections_per_worker: usize,
+    /// HTTP/2 window of each call's response, bytes.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 window of a whole connection, bytes.
+    pub connection_window_bytes: u32,
+}
+
+impl PoolSettings {
+    /// The pool `limits` describe: `max_connections_per_endpoint` shared by the workers,
+    /// at least one each.
+    pub fn from_limits(limits: &UpstreamLimits) -> Self {
+        let per_worker = limits.max_connections_per_endpoint as usize / worker_count();
+        PoolSettings {
+            max_streams_per_connection: limits.max_streams_per_connection,
+            connections_per_worker: per_worker.max(1),
+            stream_window_bytes: limits.stream_window_bytes,
+            connection_window_bytes: limits.connection_window_bytes(),
+        }
+    }
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings::from_limits(&UpstreamLimits::default())
+    }
+}
+
 #[derive(Debug)]
 pub struct Connection {
     address: String,
     tls: Option<UpstreamTlsTarget>,
-    /// One connection per worker, indexed by the worker's index.
-    per_worker: Box<[WorkerConnection]>,
+    settings: PoolSettings,
+    /// Each worker's connections, indexed by the worker's index.
+    per_worker: Box<[WorkerPool]>,
 }
 
-/// One worker's connection to the node.
+/// One worker's connections to the node, filled in order.
+#[derive(Debug)]
+struct WorkerPool {
+    slots: Box<[Slot]>,
+}
+
+/// One connection of a worker's pool.
 #[derive(Debug, Default)]
-struct WorkerConnection {
+struct Slot {
     sender: ArcSwapOption<SendRequest<UpstreamBody>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Calls over this connection whose response has not ended.
+    streams: AtomicU32,
+}
+
+/// The connection a call went over; given back with [`Connection::end_stream`] when the
+/// call's response ends, so the connection can take another call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a stream slot must be given back with Connection::end_stream"]
+pub struct StreamSlot {
+    worker: u32,
+    slot: u32,
+}
+
+/// A call's place on a connection while its request is being sent; given back if the
+/// send fails or is abandoned (its future dropped at the deadline).
+struct Claim<'a> {
+    slot: &'a Slot,
+    kept: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.slot.streams.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// TLS towards a node: the configuration, and the host its certificate must name (unless
@@ -93,27 +176,61 @@ struct UpstreamTlsTarget {
 }
 
 impl Connection {
-    /// A connection in h2c.
-    pub fn new(address: String) -> Self {
+    /// Connections in h2c, pooled as `settings` say.
+    pub fn new(address: String, settings: PoolSettings) -> Self {
         Connection {
             address,
             tls: None,
+            settings,
             per_worker: (0..worker_count())
-                .map(|_| WorkerConnection::default())
+                .map(|_| WorkerPool {
+                    slots: (0..settings.connections_per_worker)
+                        .map(|_| Slot::default())
+                        .collect(),
+                })
                 .collect(),
         }
     }
 
-    /// A connection doing TLS with `tls`; the node's certificate must name `host` (the
+    /// Connections doing TLS with `tls`; the node's certificate must name `host` (the
     /// host of its address) unless `tls` names another server.
-    pub fn with_tls(address: String, host: &str, tls: ClientTls) -> Self {
+    pub fn with_tls(address: String, host: &str, tls: ClientTls, settings: PoolSettings) -> Self {
         Connection {
             tls: Some(UpstreamTlsTarget {
                 tls,
                 host: host.to_owned(),
             }),
-            ..Connection::new(address)
+            ..Connection::new(address, settings)
         }
+    }
+
+    pub fn settings(&self) -> PoolSettings {
+        self.settings
+    }
+
+    /// Connections open now, all workers together.
+    pub fn open_connections(&self) -> usize {
+        self.slots()
+            .filter(|slot| slot.sender.load().as_ref().is_some_and(|s| !s.is_closed()))
+            .count()
+    }
+
+    /// Calls whose response has not ended, all connections together.
+    pub fn open_streams(&self) -> u32 {
+        self.slots()
+            .map(|slot| slot.streams.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.per_worker.iter().flat_map(|pool| pool.slots.iter())
+    }
+
+    /// Gives back the place of a call whose response ended.
+    pub fn end_stream(&self, stream: StreamSlot) {
+        self.per_worker[stream.worker as usize].slots[stream.slot as usize]
+            .streams
+            .fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn address(&self) -> &str {
@@ -124,12 +241,36 @@ impl Connection {
         self.tls.is_some()
     }
 
-    /// Sends `request` to the node and returns its response head (the body streams).
+    /// Sends `request` to the node and returns its response head (the body streams) and
+    /// the connection's place the call holds until its response ends.
     pub async fn send(
         &self,
         request: http::Request<UpstreamBody>,
+    ) -> Result<(http::Response<Incoming>, StreamSlot), SendFailure> {
+        let worker = WORKER.get() % self.per_worker.len();
+        let pool = &self.per_worker[worker];
+        let index = pool.choose(self.settings.max_streams_per_connection);
+        let own = &pool.slots[index];
+        own.streams.fetch_add(1, Ordering::Relaxed);
+        let mut claim = Claim {
+            slot: own,
+            kept: false,
+        };
+        let response = self.send_on(own, request).await?;
+        claim.kept = true;
+        let stream = StreamSlot {
+            worker: worker as u32,
+            slot: index as u32,
+        };
+        Ok((response, stream))
+    }
+
+    /// Sends `request` over the connection in `own`, (re)connecting it if needed.
+    async fn send_on(
+        &self,
+        own: &Slot,
+        request: http::Request<UpstreamBody>,
     ) -> Result<http::Response<Incoming>, SendFailure> {
-        let own = self.own();
         let mut sender = match self.sender(own).await {
             Ok(sender) => sender,
             Err(error) => {
@@ -168,15 +309,7 @@ impl Connection {
         })
     }
 
-    /// The calling worker's connection.
-    fn own(&self) -> &WorkerConnection {
-        &self.per_worker[WORKER.get() % self.per_worker.len()]
-    }
-
-    async fn sender(
-        &self,
-        own: &WorkerConnection,
-    ) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    async fn sender(&self, own: &Slot) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
         if let Some(sender) = own.sender.load_full().filter(|s| !s.is_closed()) {
             return Ok((*sender).clone());
         }
@@ -201,29 +334,54 @@ impl Connection {
             .map_err(timed_out)?
             .map_err(|e| not_sent(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        let settings = &self.settings;
         let handshaken = match &self.tls {
-            None => handshake(TokioIo::new(stream), &self.address).await,
+            None => handshake(TokioIo::new(stream), &self.address, settings).await,
             Some(target) => {
                 let stream =
                     tokio::time::timeout_at(deadline, target.tls.connect(stream, &target.host))
                         .await
                         .map_err(timed_out)?
                         .map_err(|e| not_sent(format!("TLS handshake failed: {e}")))?;
-                handshake(TokioIo::new(stream), &self.address).await
+                handshake(TokioIo::new(stream), &self.address, settings).await
             }
         };
         handshaken.map_err(|e| not_sent(e.to_string()))
     }
 }
 
-/// The HTTP/2 handshake on a connected (and, for TLS, handshaken) stream; spawns the task
-/// that drives the connection.
-async fn handshake<T>(io: T, address: &str) -> hyper::Result<SendRequest<UpstreamBody>>
+impl WorkerPool {
+    /// The connection for the next call: the first carrying fewer than `max_streams`
+    /// calls (opened on use if it is not open), else the one carrying the fewest.
+    fn choose(&self, max_streams: u32) -> usize {
+        let mut fewest = (0, u32::MAX);
+        for (index, slot) in self.slots.iter().enumerate() {
+            let streams = slot.streams.load(Ordering::Relaxed);
+            if streams < max_streams {
+                return index;
+            }
+            if streams < fewest.1 {
+                fewest = (index, streams);
+            }
+        }
+        fewest.0
+    }
+}
+
+/// The HTTP/2 handshake on a connected (and, for TLS, handshaken) stream, with the pool's
+/// windows; spawns the task that drives the connection.
+async fn handshake<T>(
+    io: T,
+    address: &str,
+    settings: &PoolSettings,
+) -> hyper::Result<SendRequest<UpstreamBody>>
 where
     T: Read + Write + Unpin + Send + 'static,
 {
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
+        .initial_stream_window_size(settings.stream_window_bytes)
+        .initial_connection_window_size(settings.connection_window_bytes)
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .handshake(io)
@@ -235,4 +393,52 @@ where
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(slots: usize) -> WorkerPool {
+        WorkerPool {
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    #[test]
+    fn calls_fill_one_connection_then_go_over_the_next() {
+        let pool = pool(3);
+        assert_eq!(pool.choose(2), 0);
+        pool.slots[0].streams.store(2, Ordering::Relaxed);
+        assert_eq!(pool.choose(2), 1, "the first connection is full");
+        pool.slots[1].streams.store(2, Ordering::Relaxed);
+        pool.slots[2].streams.store(3, Ordering::Relaxed);
+        assert_eq!(pool.choose(2), 0, "all full: the one carrying the fewest");
+        pool.slots[0].streams.store(1, Ordering::Relaxed);
+        assert_eq!(pool.choose(2), 0, "a call ended: the first has room again");
+    }
+
+    #[test]
+    fn the_connection_window_has_room_for_every_stream_at_its_full_window() {
+        let settings = PoolSettings::from_limits(&UpstreamLimits {
+            max_streams_per_connection: 10,
+            stream_window_bytes: 65_535,
+            max_connections_per_endpoint: 1,
+            ..Default::default()
+        });
+        assert_eq!(settings.connection_window_bytes, 655_350);
+        assert_eq!(
+            settings.connections_per_worker, 1,
+            "at least one per worker"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_gives_its_place_back() {
+        // Nothing listens on port 1.
+        let connection = Connection::new("127.0.0.1:1".into(), PoolSettings::default());
+        let request = http::Request::new(UpstreamBody::default());
+        assert!(connection.send(request).await.is_err());
+        assert_eq!(connection.open_streams(), 0);
+    }
 }

@@ -1,8 +1,16 @@
 //! An endpoint: one node of one routing table, with the load counters the balancers read
 //! (in-flight requests, a Peak-EWMA latency estimate, the load the node reports itself,
-//! [`reported_load`]) and the pooled HTTP/2 connection
-//! requests go over, in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]). Endpoints outlive table versions: when a new table keeps a node at
+//! [`reported_load`]) and the pooled HTTP/2 connections requests go over ([`connection`]),
+//! in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]). Endpoints outlive
+//! table versions: when a new table keeps a node at
 //! the same address, the proxy reuses its endpoint, so counters and connections carry on.
+//!
+//! An endpoint takes at most `max_requests` calls in flight (Envoy's circuit-breaker
+//! `max_requests`, from `[upstream]` or the node's services' `endpoint_limits`): a full
+//! endpoint is not ready, so the balancers skip it as they skip one whose breaker is open,
+//! and a call that finds every endpoint full fails fast. The check and the count are two
+//! atomics, not one step, so calls picking at the same instant on different workers may
+//! overshoot the limit by at most one call per worker.
 //!
 //! Everything a request touches here is an atomic; nothing on the request path locks.
 
@@ -17,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
+use meridian_shared::config::UpstreamLimits;
 use meridian_shared::domain::Node;
 use meridian_shared::tls::ClientTls;
 
@@ -24,7 +33,7 @@ pub use self::breaker::{Breaker, BreakerSettings};
 
 /// Share of its full load a warming endpoint starts with.
 const WARM_START: f64 = 0.1;
-pub use self::connection::Connection;
+pub use self::connection::{Connection, PoolSettings, StreamSlot};
 pub use self::ewma::PeakEwma;
 pub use self::reported_load::ReportedLoad;
 pub use self::upstream_tls::UpstreamTls;
@@ -33,6 +42,8 @@ pub use self::upstream_tls::UpstreamTls;
 pub struct Endpoint {
     pub node: Node,
     in_flight: AtomicU32,
+    /// Calls in flight at which the endpoint is full (set by each table version).
+    max_requests: AtomicU32,
     pub ewma: PeakEwma,
     /// The node's latest ORCA report, for the adaptive balancer.
     pub reported: ReportedLoad,
@@ -60,7 +71,13 @@ impl Endpoint {
 
     /// An endpoint whose breaker follows `breaker` (the service's outlier policy).
     pub fn with_breaker(node: Node, breaker: BreakerSettings) -> Self {
-        let connection = Connection::new(node.address.clone());
+        Endpoint::with_pool(node, breaker, PoolSettings::default())
+    }
+
+    /// An endpoint whose breaker follows `breaker` and whose connections are pooled as
+    /// `pool` says.
+    pub fn with_pool(node: Node, breaker: BreakerSettings, pool: PoolSettings) -> Self {
+        let connection = Connection::new(node.address.clone(), pool);
         let in_flight_gauge =
             metrics::gauge!("meridian_proxy_endpoint_in_flight", "node" => node.id.clone());
         Endpoint {
@@ -68,6 +85,7 @@ impl Endpoint {
             scheme: Scheme::HTTP,
             node_header: HeaderValue::from_str(&node.id).ok(),
             in_flight: AtomicU32::new(0),
+            max_requests: AtomicU32::new(UpstreamLimits::default().max_requests_per_endpoint),
             ewma: PeakEwma::default(),
             reported: ReportedLoad::default(),
             breaker: {
@@ -91,7 +109,10 @@ impl Endpoint {
         self.breaker.start_call();
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.in_flight_gauge.increment(1.0);
-        OwnedInFlight(Arc::clone(self))
+        OwnedInFlight {
+            endpoint: Arc::clone(self),
+            stream: None,
+        }
     }
 
     /// Reaches the node over TLS with `tls` from now on (call before first use); its
@@ -101,7 +122,8 @@ impl Endpoint {
             Some(authority) => authority.host().to_owned(),
             None => self.node.address.clone(),
         };
-        self.connection = Connection::with_tls(self.node.address.clone(), &host, tls);
+        let pool = self.connection.settings();
+        self.connection = Connection::with_tls(self.node.address.clone(), &host, tls, pool);
         self.scheme = Scheme::HTTPS;
     }
 
@@ -114,9 +136,25 @@ impl Endpoint {
         http::Uri::from_parts(parts).unwrap_or_default()
     }
 
-    /// Whether the balancers may pick this endpoint now (its breaker allows a call).
+    /// Whether the balancers may pick this endpoint now: it is not full and its breaker
+    /// allows a call.
     pub fn is_ready(&self) -> bool {
-        self.breaker.is_ready()
+        !self.is_full() && self.breaker.is_ready()
+    }
+
+    /// Whether the endpoint has as many calls in flight as it may take.
+    pub fn is_full(&self) -> bool {
+        self.in_flight() >= self.max_requests()
+    }
+
+    /// The calls in flight at which the endpoint is full.
+    pub fn max_requests(&self) -> u32 {
+        self.max_requests.load(Ordering::Relaxed)
+    }
+
+    /// Sets the calls in flight at which the endpoint is full (at least 1).
+    pub fn set_max_requests(&self, max: u32) {
+        self.max_requests.store(max.max(1), Ordering::Relaxed);
     }
 
     /// Sets how long this endpoint ramps up whenever it becomes usable again.
@@ -178,19 +216,71 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// An owned [`InFlight`].
+/// An owned [`InFlight`], which also gives back the call's place on its connection
+/// ([`OwnedInFlight::hold_stream`]) when it drops.
 #[derive(Debug)]
-pub struct OwnedInFlight(Arc<Endpoint>);
+pub struct OwnedInFlight {
+    endpoint: Arc<Endpoint>,
+    stream: Option<StreamSlot>,
+}
+
+impl OwnedInFlight {
+    /// Keeps the call's place on the connection it went over until the guard drops.
+    pub fn hold_stream(&mut self, stream: StreamSlot) {
+        self.stream = Some(stream);
+    }
+}
 
 impl OwnedInFlight {
     /// The endpoint the call is in flight on.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.0
+        &self.endpoint
     }
 }
 
 impl Drop for OwnedInFlight {
     fn drop(&mut self) {
-        self.0.finish_request();
+        if let Some(stream) = self.stream.take() {
+            self.endpoint.connection.end_stream(stream);
+        }
+        self.endpoint.finish_request();
+    }
+}
+
+/// The settings every endpoint of the proxy is built with: which nodes are reached over
+/// TLS, and the `[upstream]` limits.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamSettings {
+    pub tls: UpstreamTls,
+    pub limits: UpstreamLimits,
+}
+
+impl UpstreamSettings {
+    /// The pool of connections each endpoint keeps.
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings::from_limits(&self.limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_endpoint_is_not_ready_until_a_call_ends() {
+        let endpoint = Arc::new(Endpoint::new(Node {
+            id: "n1".into(),
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        }));
+        endpoint.set_max_requests(2);
+        let first = endpoint.start_owned_request();
+        assert!(endpoint.is_ready());
+        let second = endpoint.start_request();
+        assert!(endpoint.is_full() && !endpoint.is_ready());
+        drop(first);
+        assert!(endpoint.is_ready(), "one call ended");
+        drop(second);
+        assert_eq!(endpoint.in_flight(), 0);
     }
 }

@@ -6,19 +6,22 @@
 //! and ORCA load report (the node's `endpoint-load-metrics-bin` trailer, passed on to the
 //! client untouched), gives back its slot under the service's concurrency limit
 //! ([`crate::admission`]), enforces the caller's deadline mid-stream by ending the stream with
-//! `DEADLINE_EXCEEDED` trailers, and the message size limit by ending it with
+//! `DEADLINE_EXCEEDED` trailers, the stream idle timeout ([`super::idle`]) by ending it
+//! with `UNAVAILABLE` trailers, and the message size limit by ending it with
 //! `RESOURCE_EXHAUSTED` trailers (dropping the node's stream, which resets it).
 //!
 //! The request body ([`LimitedBody`]) follows the message prefixes of what the client
 //! sends ([`MessageFrames`]) and fails before passing on the frame where a message over
 //! the limit begins: the HTTP/2 client then resets the stream to the node, so none of
-//! that message's payload reaches it. Both bodies of a call share its [`Oversize`], so
-//! whichever direction went over, the caller gets `RESOURCE_EXHAUSTED` and both streams
-//! end.
+//! that message's payload reaches it. Both bodies of a call share its [`CallShared`]: its
+//! [`Oversize`], so whichever direction went over, the caller gets `RESOURCE_EXHAUSTED`
+//! and both streams end; and its [`Activity`], which every frame either way stamps for
+//! the idle timeout.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
@@ -27,6 +30,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::framing::{Direction, MessageFrames, Oversize, TooLarge};
+use super::idle::{self, Activity};
 use super::status::code_of;
 use crate::admission::concurrency::ConcurrencyPermit;
 use crate::endpoint::OwnedInFlight;
@@ -34,15 +38,27 @@ use crate::error::RequestError;
 use crate::load_report::LoadInFlight;
 use crate::table::RouteMetrics;
 
+/// What one call's request and response bodies share.
+#[derive(Debug, Default)]
+pub struct CallShared {
+    /// The oversized message that ended the call, if any.
+    pub oversize: Oversize,
+    /// When a frame last passed, either way.
+    pub activity: Activity,
+}
+
 pin_project_lite::pin_project! {
     pub struct ObservedBody {
         // `None` once the proxy ended the call itself: dropping the node's stream resets it.
         inner: Option<Incoming>,
+        // Wakes at the earlier of the deadline and the idle time.
         #[pin]
-        deadline: Option<Sleep>,
+        timer: Option<Sleep>,
+        deadline: Option<Instant>,
+        idle: Option<Duration>,
         call: Option<Call>,
         frames: MessageFrames,
-        oversize: Arc<Oversize>,
+        shared: Arc<CallShared>,
     }
 
     impl PinnedDrop for ObservedBody {
@@ -84,23 +100,58 @@ impl Call {
 }
 
 impl ObservedBody {
-    /// The node's response body; its messages may be at most `max_message_bytes`, and
-    /// `oversize` is shared with the call's request body.
+    /// The node's response body, ending by `deadline` and after `idle` without a frame;
+    /// its messages may be at most `max_message_bytes`, and `shared` is shared with the
+    /// call's request body.
     pub fn new(
         inner: Incoming,
-        deadline: Option<Instant>,
+        (deadline, idle): (Option<Instant>, Option<Duration>),
         call: Call,
         max_message_bytes: u32,
-        oversize: Arc<Oversize>,
+        shared: Arc<CallShared>,
     ) -> Self {
         ObservedBody {
             inner: Some(inner),
-            deadline: deadline.map(tokio::time::sleep_until),
+            timer: idle::next_wake(deadline, &shared.activity, idle).map(tokio::time::sleep_until),
+            deadline,
+            idle,
             call: Some(call),
             frames: MessageFrames::new(Direction::Response, max_message_bytes),
-            oversize,
+            shared,
         }
     }
+}
+
+/// Ends a call idle for `timeout`: the node's stream is dropped (reset), the caller gets
+/// the one error edge's UNAVAILABLE as trailers.
+fn end_idle(
+    inner: &mut Option<Incoming>,
+    call: &mut Option<Call>,
+    timeout: Duration,
+) -> Frame<Bytes> {
+    *inner = None;
+    let (node, service) = match call.take() {
+        Some(call) => {
+            let names = (
+                call.metrics.node().to_owned(),
+                call.metrics.service().to_owned(),
+            );
+            call.finish(tonic::Code::Unavailable as i32);
+            names
+        }
+        None => Default::default(),
+    };
+    let status = RequestError::StreamIdle {
+        node,
+        service,
+        timeout,
+    }
+    .into_status();
+    let mut trailers = HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        trailers.insert("grpc-status", HeaderValue::from_static("14"));
+    }
+    Frame::trailers(trailers)
 }
 
 /// Ends the call for an oversized message: the node's stream is dropped (reset), the
@@ -140,22 +191,36 @@ impl Body for ObservedBody {
             return Poll::Ready(None);
         }
         // The request went over the limit (and was cut) while the response streamed.
-        if let Some(too_large) = this.oversize.get() {
+        if let Some(too_large) = this.shared.oversize.get() {
             return Poll::Ready(Some(Ok(end_oversized(this.inner, this.call, too_large))));
         }
-        if let Some(deadline) = this.deadline.as_mut().as_pin_mut()
-            && deadline.poll(cx).is_ready()
+        if let Some(mut timer) = this.timer.as_mut().as_pin_mut()
+            && timer.as_mut().poll(cx).is_ready()
         {
-            if let Some(call) = this.call.take() {
-                call.finish(tonic::Code::DeadlineExceeded as i32);
+            let now = Instant::now();
+            if this.deadline.is_some_and(|d| d <= now) {
+                if let Some(call) = this.call.take() {
+                    call.finish(tonic::Code::DeadlineExceeded as i32);
+                }
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("4"));
+                trailers.insert(
+                    "grpc-message",
+                    HeaderValue::from_static("deadline exceeded while streaming the response"),
+                );
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
-            let mut trailers = HeaderMap::new();
-            trailers.insert("grpc-status", HeaderValue::from_static("4"));
-            trailers.insert(
-                "grpc-message",
-                HeaderValue::from_static("deadline exceeded while streaming the response"),
-            );
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            if let Some(idle) = *this.idle {
+                if this.shared.activity.is_idle(idle, now) {
+                    return Poll::Ready(Some(Ok(end_idle(this.inner, this.call, idle))));
+                }
+                // A frame passed since the timer was set: sleep until the new idle time.
+                let at = idle::next_wake(*this.deadline, &this.shared.activity, Some(idle));
+                if let Some(at) = at {
+                    timer.as_mut().reset(at);
+                    let _ = timer.poll(cx);
+                }
+            }
         }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
@@ -163,10 +228,13 @@ impl Body for ObservedBody {
         let frame = ready!(Pin::new(inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
+                if this.idle.is_some() {
+                    this.shared.activity.touch();
+                }
                 if let Some(data) = frame.data_ref()
                     && let Err(too_large) = this.frames.observe(data)
                 {
-                    this.oversize.record(too_large);
+                    this.shared.oversize.record(too_large);
                     return Poll::Ready(Some(Ok(end_oversized(this.inner, this.call, too_large))));
                 }
                 if let Some(trailers) = frame.trailers_ref()
@@ -208,23 +276,24 @@ impl Body for ObservedBody {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body on its way to a node, its messages held to the limit.
+    /// A request body on its way to a node, its messages held to the limit, each frame
+    /// stamping the call's activity.
     pub struct LimitedBody<B> {
         #[pin]
         inner: B,
         frames: MessageFrames,
-        oversize: Arc<Oversize>,
+        shared: Arc<CallShared>,
     }
 }
 
 impl<B> LimitedBody<B> {
     /// `inner`'s frames from here on, following messages from `frames` (fresh for a whole
     /// body, or where buffering left off).
-    pub fn new(inner: B, frames: MessageFrames, oversize: Arc<Oversize>) -> Self {
+    pub fn new(inner: B, frames: MessageFrames, shared: Arc<CallShared>) -> Self {
         LimitedBody {
             inner,
             frames,
-            oversize,
+            shared,
         }
     }
 }
@@ -243,17 +312,20 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         // The response went over the limit: the request stream ends too.
-        if let Some(too_large) = this.oversize.get() {
+        if let Some(too_large) = this.shared.oversize.get() {
             return Poll::Ready(Some(Err(too_large.into())));
         }
         let frame = ready!(this.inner.poll_frame(cx)).map(|f| f.map_err(Into::into));
+        if frame.is_some() {
+            this.shared.activity.touch();
+        }
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
             && let Err(too_large) = this.frames.observe(data)
         {
             // Failing here, before the frame is passed on, makes the HTTP/2 client reset
             // the stream to the node: the oversized message's payload never leaves.
-            this.oversize.record(too_large);
+            this.shared.oversize.record(too_large);
             return Poll::Ready(Some(Err(too_large.into())));
         }
         Poll::Ready(frame)

@@ -10,6 +10,10 @@
 //! endpoints and expired deadlines become trailers-only responses through the one error
 //! edge ([`crate::error`]).
 //!
+//! A call with no frame either way for the stream idle timeout ends with `UNAVAILABLE`
+//! ([`idle`]), whether it waits for the node's answer or streams; a call without
+//! `grpc-timeout` gets the default deadline (the service's, else the proxy's).
+//!
 //! Messages over the service's size limit end the call with `RESOURCE_EXHAUSTED` in
 //! either direction, found from their length prefixes as frames stream ([`framing`],
 //! [`body`]). The bodies of calls to idempotent methods are kept for replays within the
@@ -18,6 +22,7 @@
 
 pub mod body;
 pub mod framing;
+pub mod idle;
 pub mod replay;
 pub mod status;
 pub mod timeout;
@@ -34,8 +39,8 @@ use meridian_shared::domain::Algorithm;
 use tokio::time::Instant;
 use tonic::Code;
 
-use self::body::{BoxError, Call, LimitedBody, ObservedBody};
-use self::framing::{Direction, MessageFrames, Oversize};
+use self::body::{BoxError, Call, CallShared, LimitedBody, ObservedBody};
+use self::framing::{Direction, MessageFrames};
 use self::replay::{Buffered, ReplayBuffer};
 use crate::admission::concurrency::{self, ConcurrencyPermit};
 use crate::admission::priority::Priority;
@@ -127,7 +132,7 @@ impl Forwarder {
         let started = Instant::now();
         let route = self.route_of(request.uri())?;
         route.rate_limit.admit(request.headers())?;
-        let deadline = hop::deadline(request.headers(), &route.policy.timeout)?;
+        let deadline = route.deadline(request.headers())?;
         let admission =
             concurrency::admit(&route, Priority::of_call(request.headers())?, deadline).await?;
         let (mut parts, body) = request.into_parts();
@@ -145,11 +150,10 @@ impl Forwarder {
             .effective_max_message_bytes(self.settings.max_message_bytes);
         let frames = MessageFrames::new(Direction::Request, max_message_bytes);
         // Shared by the call's request and response bodies (see `body`).
-        let oversize = Arc::new(Oversize::default());
+        let shared = Arc::new(CallShared::default());
         let outgoing = if is_idempotent(&route, parts.uri.path()) {
             let budget = &self.settings.buffer_budget;
-            match replay::read_for_replay(body, frames, budget, oversize.clone(), &route.name)
-                .await?
+            match replay::read_for_replay(body, frames, budget, shared.clone(), &route.name).await?
             {
                 Buffered::Replayable(buffer) => Outgoing::replayable(parts, buffer),
                 Buffered::Streamed(body, why) => {
@@ -163,7 +167,7 @@ impl Forwarder {
                 }
             }
         } else {
-            let body = LimitedBody::new(body, frames, oversize.clone());
+            let body = LimitedBody::new(body, frames, shared.clone());
             Outgoing::once(Request::from_parts(parts, ProxyBody::new(body)))
         };
         let candidates = Candidates::Balanced {
@@ -180,7 +184,7 @@ impl Forwarder {
             started,
             admission,
             max_message_bytes,
-            oversize,
+            shared,
         };
         let driver = RetryDriver {
             route: &route,
@@ -264,7 +268,7 @@ struct ForwardAttempt<'a> {
     /// goes back to the client.
     admission: Option<ConcurrencyPermit>,
     max_message_bytes: u32,
-    oversize: Arc<Oversize>,
+    shared: Arc<CallShared>,
 }
 
 impl Attempt for ForwardAttempt<'_> {
@@ -296,12 +300,31 @@ impl Attempt for ForwardAttempt<'_> {
         };
         set_authority(request.uri_mut(), endpoint.scheme.clone(), authority);
         let metrics = route.metrics_of(&endpoint.node.id);
-        let in_flight = (endpoint.start_owned_request(), metrics.load.start());
+        let mut in_flight = (endpoint.start_owned_request(), metrics.load.start());
         let sent_at = Instant::now();
-        let response = match endpoint.connection.send(request).await {
-            Ok(response) => response,
+        let activity = &self.shared.activity;
+        activity.touch();
+        let sent = idle::within_idle(
+            activity,
+            route.stream_idle_timeout,
+            endpoint.connection.send(request),
+        );
+        let Ok(sent) = sent.await else {
+            // A node that never answers, or a client that went silent while streaming.
+            metrics.record(Code::Unavailable as i32, self.started.elapsed());
+            return Err(not_sent(RequestError::StreamIdle {
+                node: endpoint.node.id.clone(),
+                service: route.name.clone(),
+                timeout: route.stream_idle_timeout.unwrap_or_default(),
+            }));
+        };
+        let response = match sent {
+            Ok((response, stream)) => {
+                in_flight.0.hold_stream(stream);
+                response
+            }
             Err(failure) => {
-                if let Some(too_large) = self.oversize.get() {
+                if let Some(too_large) = self.shared.oversize.get() {
                     // The proxy cut the request itself: the node is not at fault, and the
                     // call must not go elsewhere.
                     metrics.record(Code::ResourceExhausted as i32, self.started.elapsed());
@@ -359,10 +382,10 @@ impl Attempt for ForwardAttempt<'_> {
             parts,
             ProxyBody::new(ObservedBody::new(
                 body,
-                self.deadline,
+                (self.deadline, route.stream_idle_timeout),
                 call,
                 self.max_message_bytes,
-                Arc::clone(&self.oversize),
+                Arc::clone(&self.shared),
             )),
         );
         // A node answering UNAVAILABLE itself is failing as much as one refusing
@@ -437,7 +460,7 @@ mod tests {
     use meridian_shared::domain::Node;
 
     use super::*;
-    use crate::endpoint::UpstreamTls;
+    use crate::endpoint::UpstreamSettings;
     use crate::table::{ProxyTable, TableData, TableSource};
 
     fn call(path: &str, timeout: Option<&'static str>) -> Request<Full<Bytes>> {
@@ -478,7 +501,7 @@ mod tests {
             &identity(),
             None,
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         );
         let handle = TableHandle::default();
         handle.store(table);

@@ -26,8 +26,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::body::{BoxError, LimitedBody};
-use super::framing::{MessageFrames, Oversize};
+use super::body::{BoxError, CallShared, LimitedBody};
+use super::framing::MessageFrames;
 use crate::error::RequestError;
 use crate::retry::{BufferBudget, OverCap, Reservation};
 
@@ -84,7 +84,7 @@ pub async fn read_for_replay<B>(
     mut body: B,
     mut frames: MessageFrames,
     budget: &Arc<BufferBudget>,
-    oversize: Arc<Oversize>,
+    shared: Arc<CallShared>,
     service: &str,
 ) -> Result<Buffered<B>, RequestError>
 where
@@ -131,7 +131,7 @@ where
             }
         };
         frames.observe(&data).map_err(|too_large| {
-            oversize.record(too_large);
+            shared.oversize.record(too_large);
             RequestError::message_too_large(service.to_owned(), too_large)
         })?;
         let over_cap = reservation.grow(data.len() as u64);
@@ -143,7 +143,7 @@ where
             break NotKept::Stream;
         }
     };
-    let rest = LimitedBody::new(body, frames, oversize);
+    let rest = LimitedBody::new(body, frames, shared);
     Ok(Buffered::Streamed(
         PrefixedBody {
             prefix: chunks.into_iter(),
@@ -320,19 +320,19 @@ mod tests {
     async fn an_oversized_message_is_refused_before_anything_is_kept() {
         let budget = BufferBudget::new(1 << 30, 1 << 30);
         let frames = MessageFrames::new(Direction::Request, 64);
-        let oversize = Arc::new(Oversize::default());
+        let shared = Arc::new(CallShared::default());
         let refused = read_for_replay(
             Full::new(message(65)),
             frames,
             &budget,
-            Arc::clone(&oversize),
+            Arc::clone(&shared),
             "demo.v1.Echo",
         )
         .await
         .err()
         .expect("over the limit");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(oversize.get().map(|o| o.length), Some(65));
+        assert_eq!(shared.oversize.get().map(|o| o.length), Some(65));
         assert_eq!(budget.in_use(), 0);
     }
 }

@@ -189,7 +189,7 @@ pub(super) mod tests {
     use meridian_shared::domain::{Node, NodeStatus};
 
     use super::*;
-    use crate::endpoint::UpstreamTls;
+    use crate::endpoint::UpstreamSettings;
     use crate::table::{TableData, TableSource};
 
     pub(in crate::load_report) const ECHO: &str = "demo.v1.Echo";
@@ -236,7 +236,7 @@ pub(super) mod tests {
             &identity(),
             previous,
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         )
     }
 
@@ -308,7 +308,7 @@ pub(super) mod tests {
             &identity(),
             None,
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         );
         let limiter = &table.service(ECHO).unwrap().rate_limit;
         let free = http::HeaderMap::new();

@@ -1,7 +1,9 @@
 //! The one retry driver, for forwarded calls and RouteMessage alike. It owns a call's
 //! attempts: it picks each endpoint (the balancer's choice among ready endpoints the call
 //! has not tried yet, so a node that just failed gets no second attempt while its breaker
-//! is still closed), bounds every attempt by the call's deadline, and after a failure
+//! is still closed; a node with its maximum of calls in flight is not ready either, and a
+//! call that finds every node full fails fast with an "upstream overflow"), bounds every
+//! attempt by the call's deadline, and after a failure
 //! decides whether another attempt follows — only when the failure says a retry is safe,
 //! attempts are left (the policy's `max_attempts`), the deadline has not passed and the
 //! service's [`RetryBudget`](super::RetryBudget) pays for it — pausing a jittered,
@@ -168,6 +170,14 @@ impl<'a> RetryDriver<'a> {
         RequestError,
     > {
         let (balancer, ctx, scope) = match candidates {
+            Candidates::Named(endpoint) if endpoint.is_full() => {
+                return Err(RequestError::UpstreamOverflow {
+                    service: self.route.name.clone(),
+                    scope: format!("(the named node {})", endpoint.node.id),
+                    full: 1,
+                    limit: endpoint.max_requests(),
+                });
+            }
             Candidates::Named(endpoint) => {
                 return Ok((0, endpoint, "the message named this node", None));
             }
@@ -181,17 +191,37 @@ impl<'a> RetryDriver<'a> {
         let pick = balancer
             .pick_excluding(ctx, &|i| tried.contains(i))
             .or_else(|| balancer.pick(ctx))
-            .ok_or_else(|| RequestError::NoUsableNode {
-                service: self.route.name.clone(),
-                scope: scope.to_string(),
-                known: self.route.known_nodes,
-            })?;
+            .ok_or_else(|| self.no_pick(balancer.endpoints(), scope))?;
         let endpoints = balancer.endpoints();
         let passed_over = pick
             .compared_with
             .filter(|&i| i != pick.index)
             .and_then(|i| endpoints.get(i));
         Ok((pick.index, &endpoints[pick.index], pick.reason, passed_over))
+    }
+
+    /// Why no endpoint was picked: an upstream overflow when some were left out only for
+    /// being full, else no usable node.
+    fn no_pick(&self, endpoints: &[Arc<Endpoint>], scope: &Scope<'_>) -> RequestError {
+        let (full, limit) = endpoints
+            .iter()
+            .filter(|e| e.is_full() && e.breaker.is_ready())
+            .fold((0, 0), |(full, limit), e| {
+                (full + 1, limit.max(e.max_requests()))
+            });
+        match full {
+            0 => RequestError::NoUsableNode {
+                service: self.route.name.clone(),
+                scope: scope.to_string(),
+                known: self.route.known_nodes,
+            },
+            _ => RequestError::UpstreamOverflow {
+                service: self.route.name.clone(),
+                scope: scope.to_string(),
+                full,
+                limit,
+            },
+        }
     }
 
     /// The call ran out of time waiting for `endpoint`, counted in its metrics.
@@ -224,7 +254,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::endpoint::UpstreamTls;
+    use crate::endpoint::UpstreamSettings;
     use crate::table::{ProxyIdentity, ProxyTable, TableData, TableSource};
 
     const SERVICE: &str = "demo.v1.Echo";
@@ -332,7 +362,7 @@ mod tests {
             &identity,
             None,
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         )
     }
 
@@ -582,6 +612,48 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(script.nodes_seen(), ["a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_node_is_passed_over_and_with_every_node_full_the_call_fails_fast() {
+        let table = table(&["a", "b"], RetryPolicy::default());
+        let route = route(&table);
+        let endpoints = route.all.endpoints();
+        for endpoint in endpoints {
+            endpoint.set_max_requests(1);
+        }
+        let a = endpoints.iter().find(|e| e.node.id == "a").unwrap();
+        let _a_busy = a.start_request();
+        let driver = RetryDriver {
+            route,
+            deadline: None,
+        };
+        for _ in 0..20 {
+            let mut script = Scripted::new(&[
+                ("a", Step::Answer(Duration::ZERO)),
+                ("b", Step::Answer(Duration::ZERO)),
+            ]);
+            let delivered = driver.run(everywhere(route), &mut script).await.unwrap();
+            assert_eq!(delivered.answer, "b", "a is full");
+        }
+        let b = endpoints.iter().find(|e| e.node.id == "b").unwrap();
+        let _b_busy = b.start_request();
+        let mut script = Scripted::new(&[("a", Step::Refuse), ("b", Step::Refuse)]);
+        let status = driver
+            .run(everywhere(route), &mut script)
+            .await
+            .unwrap_err()
+            .into_status();
+        assert!(script.seen.is_empty(), "a full node was called");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().contains("upstream overflow")
+                && status
+                    .message()
+                    .contains("2 node(s) full, at most 1 call(s) each"),
+            "{}",
+            status.message()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -132,7 +132,7 @@ impl Router {
                     version: table.version(),
                 })?;
         route.rate_limit.admit(&incoming)?;
-        let deadline = hop::deadline(&incoming, &route.policy.timeout)?;
+        let deadline = route.deadline(&incoming)?;
         let limit = route
             .policy
             .limits
@@ -501,7 +501,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::endpoint::UpstreamTls;
+    use crate::endpoint::UpstreamSettings;
     use crate::table::{TableData, TableSource};
 
     const SERVICE: &str = "demo.v1.Echo";
@@ -612,7 +612,7 @@ mod tests {
             &identity,
             None,
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         );
         let handle = TableHandle::default();
         handle.store(table);

@@ -1,5 +1,6 @@
-//! A tonic client transport over an endpoint's pooled connection, so RouteMessage calls
-//! share the connection (and its accounting) with transparent traffic. A call the node
+//! A tonic client transport over an endpoint's pooled connections, so RouteMessage calls
+//! share them (and their accounting) with transparent traffic; a call keeps its place on
+//! its connection until its response body is dropped ([`AnswerBody`]). A call the node
 //! never answered fails with [`NoAnswer`], which tonic keeps as the status's source, so
 //! the router tells it from a status the node sent by its type, not its text.
 
@@ -8,10 +9,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::endpoint::Endpoint;
 use crate::endpoint::connection::UpstreamBody;
+use crate::endpoint::{Endpoint, StreamSlot};
 
 #[derive(Debug, Clone)]
 pub struct EndpointChannel(pub Arc<Endpoint>);
@@ -29,8 +32,42 @@ impl NoAnswer {
     }
 }
 
+/// A node's answer, holding its call's place on the connection until dropped.
+#[derive(Debug)]
+pub struct AnswerBody {
+    inner: Incoming,
+    endpoint: Arc<Endpoint>,
+    stream: StreamSlot,
+}
+
+impl Drop for AnswerBody {
+    fn drop(&mut self) {
+        self.endpoint.connection.end_stream(self.stream);
+    }
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl tower::Service<http::Request<UpstreamBody>> for EndpointChannel {
-    type Response = http::Response<Incoming>;
+    type Response = http::Response<AnswerBody>;
     type Error = NoAnswer;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -41,11 +78,16 @@ impl tower::Service<http::Request<UpstreamBody>> for EndpointChannel {
     fn call(&mut self, request: http::Request<UpstreamBody>) -> Self::Future {
         let endpoint = Arc::clone(&self.0);
         Box::pin(async move {
-            endpoint
+            let (response, stream) = endpoint
                 .connection
                 .send(request)
                 .await
-                .map_err(|failure| NoAnswer(failure.error.to_string()))
+                .map_err(|failure| NoAnswer(failure.error.to_string()))?;
+            Ok(response.map(|inner| AnswerBody {
+                inner,
+                endpoint,
+                stream,
+            }))
         })
     }
 }

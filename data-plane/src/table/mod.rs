@@ -11,10 +11,11 @@ pub mod subscription;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwapOption, Guard};
 use meridian_proto::v1 as pb;
+use meridian_shared::config::UpstreamLimits;
 use meridian_shared::domain::ServicePolicy;
 use serde_json::json;
 
@@ -24,7 +25,8 @@ use crate::admission::concurrency::ConcurrencyLimiter;
 use crate::admission::rate::{FederationProxies, RateLimiter};
 use crate::balance::least_connections::LeastConnections;
 use crate::balance::{self, Balancer, Locality};
-use crate::endpoint::{BreakerSettings, Endpoint, UpstreamTls};
+use crate::endpoint::{BreakerSettings, Endpoint, UpstreamSettings};
+use crate::error::RequestError;
 use crate::load_report::CallLoad;
 use crate::retry::RetryBudget;
 use crate::router::dedup::{DedupCache, DedupSettings};
@@ -71,6 +73,12 @@ pub struct ServiceRoute {
     pub dedup: Arc<DedupCache<pb::RouteMessageResponse>>,
     /// Its rate limits per client tier (admits everything without tiers).
     pub rate_limit: Arc<RateLimiter>,
+    /// The deadline of calls that carry no `grpc-timeout`: the policy's, else the
+    /// proxy's `[upstream] default_deadline_ms`; `None`: none.
+    pub default_deadline: Option<Duration>,
+    /// How long a forwarded call may go without a frame either way: the policy's, else
+    /// the proxy's `[upstream] stream_idle_timeout_ms`; `None`: for ever.
+    pub stream_idle_timeout: Option<Duration>,
 }
 
 impl ServiceRoute {
@@ -83,6 +91,18 @@ impl ServiceRoute {
         let ejected = endpoints.iter().filter(|e| e.breaker.is_open()).count();
         let may_open = (ejected + 1) * 100 <= max_percent * endpoints.len().max(1);
         endpoint.breaker.record_failure_unless_capped(may_open);
+    }
+
+    /// When a call with these request headers must end (see [`crate::hop::deadline`]).
+    pub fn deadline(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<tokio::time::Instant>, RequestError> {
+        crate::hop::deadline(
+            headers,
+            self.default_deadline,
+            self.policy.timeout.effective_max_timeout(),
+        )
     }
 
     /// The metrics of calls to `node_id`.
@@ -102,6 +122,8 @@ pub struct ProxyTable {
     pub applied_at: SystemTime,
     services: HashMap<String, Arc<ServiceRoute>>,
     endpoints: HashMap<String, Arc<Endpoint>>,
+    /// The proxy's `[upstream]` limits, which services' policies override.
+    upstream: UpstreamLimits,
     /// How many proxies share the federation's rate limits (carried over).
     federation_proxies: Arc<FederationProxies>,
 }
@@ -109,13 +131,15 @@ pub struct ProxyTable {
 impl ProxyTable {
     /// Builds the request-path view of `data`, reusing the endpoints (counters and
     /// connections) of `previous` for nodes that did not change. New endpoints reach
-    /// their node over TLS when `upstream_tls` says so.
+    /// their node over TLS when `upstream.tls` says so, and pool their connections as
+    /// `upstream.limits` says; every endpoint takes the calls in flight its services'
+    /// policies (or the proxy's limits) allow.
     pub fn build(
         data: TableData,
         identity: &ProxyIdentity,
         previous: Option<&ProxyTable>,
         source: TableSource,
-        upstream_tls: &UpstreamTls,
+        upstream: &UpstreamSettings,
     ) -> Self {
         let federation_proxies = previous
             .map(|p| Arc::clone(&p.federation_proxies))
@@ -132,8 +156,8 @@ impl ProxyTable {
                     .filter(|e| e.node == *node && e.breaker.settings() == breaker)
                     .cloned();
                 let endpoint = reused.unwrap_or_else(|| {
-                    let mut endpoint = Endpoint::with_breaker(node.clone(), breaker);
-                    if let Some(tls) = upstream_tls.for_node(node) {
+                    let mut endpoint = Endpoint::with_pool(node.clone(), breaker, upstream.pool());
+                    if let Some(tls) = upstream.tls.for_node(node) {
                         endpoint.use_tls(tls.clone());
                     }
                     endpoint.set_slow_start(slow_start(&data, node));
@@ -145,6 +169,7 @@ impl ProxyTable {
                     }
                     Arc::new(endpoint)
                 });
+                endpoint.set_max_requests(max_requests(&data, node, &upstream.limits));
                 (node.id.clone(), endpoint)
             })
             .collect();
@@ -220,6 +245,12 @@ impl ProxyTable {
                     &federation_proxies,
                 );
                 let route = ServiceRoute {
+                    default_deadline: policy
+                        .timeout
+                        .effective_default_timeout(upstream.limits.default_deadline()),
+                    stream_idle_timeout: policy
+                        .endpoint_limits
+                        .effective_stream_idle_timeout(upstream.limits.stream_idle_timeout()),
                     rate_limit,
                     concurrency,
                     dedup,
@@ -257,6 +288,7 @@ impl ProxyTable {
             applied_at: SystemTime::now(),
             services,
             endpoints,
+            upstream: upstream.limits.clone(),
             federation_proxies,
         }
     }
@@ -333,6 +365,13 @@ impl ProxyTable {
                         "dedup_kept_bytes": kept_bytes,
                         "dedup_in_flight": in_flight,
                     },
+                    // In force, the proxy's [upstream] settings filled in.
+                    "endpoint_limits": {
+                        "max_requests_per_endpoint": route.policy.endpoint_limits
+                            .effective_max_requests(self.upstream.max_requests_per_endpoint),
+                        "stream_idle_timeout_ms": route.stream_idle_timeout.map(|t| t.as_millis() as u64),
+                        "default_deadline_ms": route.default_deadline.map(|t| t.as_millis() as u64),
+                    },
                     "has_policy": self.data.services.contains_key(&route.name),
                     "usable_endpoints": route.all.endpoints().len(),
                     "concurrency": route.concurrency.as_ref().map(|c| c.debug_json()),
@@ -347,6 +386,9 @@ impl ProxyTable {
                         "status": e.node.status.as_str(),
                         "usable": e.node.status.is_routable(),
                         "in_flight": e.in_flight(),
+                        "max_requests": e.max_requests(),
+                        "full": e.is_full(),
+                        "connections": e.connection.open_connections(),
                         "breaker_open": e.breaker.is_open(),
                         "warmth": e.warmth(),
                         "ready": e.is_ready(),
@@ -394,6 +436,24 @@ fn slow_start(data: &TableData, node: &meridian_shared::domain::Node) -> std::ti
         .unwrap_or_else(|| {
             meridian_shared::domain::FailoverPolicy::default().effective_slow_start()
         })
+}
+
+/// The calls in flight a node may take: the `endpoint_limits.max_requests_per_endpoint`
+/// of the first of its services (by name) whose policy sets one; the proxy's otherwise. (A
+/// node has one count of calls in flight, shared by all the services it serves.)
+fn max_requests(
+    data: &TableData,
+    node: &meridian_shared::domain::Node,
+    proxy: &UpstreamLimits,
+) -> u32 {
+    let mut services: Vec<&String> = node.services.iter().collect();
+    services.sort();
+    services
+        .into_iter()
+        .filter_map(|s| data.services.get(s))
+        .map(|p| p.endpoint_limits.max_requests_per_endpoint)
+        .find(|&max| max > 0)
+        .unwrap_or(proxy.max_requests_per_endpoint)
 }
 
 /// A node's breaker follows the outlier policy of the first of its services (by name) whose
@@ -510,7 +570,7 @@ mod tests {
             &identity,
             None,
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         );
         assert_eq!(
             table.endpoint("n1").unwrap().breaker.settings(),
@@ -528,7 +588,7 @@ mod tests {
             &identity,
             Some(&table),
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         );
         let settings = next.endpoint("n1").unwrap().breaker.settings();
         assert_eq!(
@@ -541,6 +601,56 @@ mod tests {
             },
             "a policy change must reach the breaker"
         );
+    }
+
+    #[test]
+    fn a_nodes_limit_of_calls_in_flight_follows_its_services_policy_else_the_proxys() {
+        let identity = ProxyIdentity::default();
+        let upstream = UpstreamSettings {
+            limits: UpstreamLimits {
+                max_requests_per_endpoint: 50,
+                stream_idle_timeout_ms: 0,
+                default_deadline_ms: 7_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut data = data(OutlierPolicy::default());
+        let table = ProxyTable::build(
+            data.clone(),
+            &identity,
+            None,
+            TableSource::Stream,
+            &upstream,
+        );
+        assert_eq!(table.endpoint("n1").unwrap().max_requests(), 50);
+        let route = table.service("demo.v1.Echo").unwrap();
+        assert_eq!(route.default_deadline, Some(Duration::from_secs(7)));
+        assert_eq!(route.stream_idle_timeout, None);
+
+        let policy = data.services.get_mut("demo.v1.Echo").unwrap();
+        policy.endpoint_limits.max_requests_per_endpoint = 3;
+        policy.endpoint_limits.stream_idle_timeout_ms = 2_000;
+        policy.timeout.default_timeout_ms = 500;
+        let next = ProxyTable::build(
+            data,
+            &identity,
+            Some(&table),
+            TableSource::Stream,
+            &upstream,
+        );
+        let endpoint = next.endpoint("n1").unwrap();
+        assert!(
+            Arc::ptr_eq(endpoint, table.endpoint("n1").unwrap()),
+            "the endpoint is reused"
+        );
+        assert_eq!(endpoint.max_requests(), 3, "the policy's limit reaches it");
+        let route = next.service("demo.v1.Echo").unwrap();
+        assert_eq!(route.default_deadline, Some(Duration::from_millis(500)));
+        assert_eq!(route.stream_idle_timeout, Some(Duration::from_secs(2)));
+        let shown = &next.debug_json()["services"][0]["endpoint_limits"];
+        assert_eq!(shown["max_requests_per_endpoint"], 3);
+        assert_eq!(shown["default_deadline_ms"], 500);
     }
 
     #[tokio::test]
@@ -556,7 +666,7 @@ mod tests {
             &ProxyIdentity::default(),
             None,
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         );
         let route = table.service("demo.v1.Echo").unwrap();
         for endpoint in route.all.endpoints() {
@@ -582,7 +692,7 @@ mod tests {
             &identity,
             None,
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         );
         assert_eq!(
             table.endpoint("n1").unwrap().warmth(),
@@ -599,7 +709,7 @@ mod tests {
             &identity,
             Some(&table),
             TableSource::Stream,
-            &UpstreamTls::default(),
+            &UpstreamSettings::default(),
         );
         assert_eq!(next.endpoint("n1").unwrap().warmth(), 1.0);
         assert!(

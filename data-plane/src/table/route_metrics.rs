@@ -43,6 +43,11 @@ impl RouteMetrics {
         &self.service
     }
 
+    /// The node that serves them.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Records a finished call.
     pub fn record(&self, code: i32, latency: Duration) {
         self.load.record(code, latency);

@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::cache_file::{self, CacheWriter};
 use super::data::TableData;
 use super::{ProxyIdentity, ProxyTable, TableHandle, TableSource};
-use crate::endpoint::UpstreamTls;
+use crate::endpoint::UpstreamSettings;
 
 pub struct Subscription {
     pub identity: ProxyIdentity,
@@ -34,8 +34,8 @@ pub struct Subscription {
     pub control_planes: Vec<String>,
     /// TLS for `https://` control planes (`http://` ones are dialled in plaintext).
     pub control_plane_tls: Option<ClientTls>,
-    /// Which nodes the tables' endpoints reach over TLS.
-    pub upstream_tls: UpstreamTls,
+    /// Which nodes the tables' endpoints reach over TLS, and the limits towards them.
+    pub upstream: UpstreamSettings,
     pub cache: Option<PathBuf>,
     pub table: TableHandle,
     pub readiness: Readiness,
@@ -188,7 +188,7 @@ impl Subscription {
             &self.identity,
             previous.as_deref(),
             source,
-            &self.upstream_tls,
+            &self.upstream,
         );
         tracing::debug!(
             version = table.version(),
@@ -262,7 +262,7 @@ mod tests {
             auth: BearerAuth::default(),
             control_planes: vec![],
             control_plane_tls: None,
-            upstream_tls: UpstreamTls::default(),
+            upstream: UpstreamSettings::default(),
             cache: None,
             table: TableHandle::default(),
             readiness: Readiness::default(),

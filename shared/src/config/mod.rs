@@ -20,7 +20,7 @@ pub use control_plane::{
 pub use error::ConfigError;
 pub use listener_tls::ListenerTlsConfig;
 pub use load::load_file;
-pub use proxy::{ProxyConfig, ProxyListen, UpstreamTlsRule};
+pub use proxy::{ProxyConfig, ProxyListen, UpstreamLimits, UpstreamTlsRule};
 
 /// Replaces `target` with the flag or environment value when one was given.
 pub fn override_with<T: Clone>(target: &mut T, value: &Option<T>) {

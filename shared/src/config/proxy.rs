@@ -23,6 +23,13 @@
 //! ca = "/etc/meridian/tls/ca.pem"
 //! cert = "/etc/meridian/tls/proxy.pem"   # optional, with key: mTLS
 //! key = "/etc/meridian/tls/proxy.key"
+//! [upstream]                 # limits towards the nodes (a service's endpoint_limits wins)
+//! max_requests_per_endpoint = 1024       # calls in flight per node; full nodes are skipped
+//! max_streams_per_connection = 100       # then another connection to the node is opened
+//! max_connections_per_endpoint = 8       # connections per node (at least one per worker)
+//! stream_window_bytes = 1048576          # HTTP/2 window of each call from a node
+//! stream_idle_timeout_ms = 300000        # no frame either way for this long ends a call
+//! default_deadline_ms = 0                # deadline of calls without grpc-timeout; 0: none
 //! [[upstream_tls]]           # nodes of these services are reached over TLS
 //! services = ["demo.v1.Echo"]            # or ["*"]: every service
 //! ca = "/etc/meridian/tls/nodes-ca.pem"
@@ -67,6 +74,9 @@ pub struct ProxyConfig {
     /// would go over is forwarded as it streams, without retries.
     pub retry_buffer_total_bytes: u64,
     pub listen: ProxyListen,
+    /// Limits towards the nodes: calls in flight, connections and their windows,
+    /// timeouts.
+    pub upstream: UpstreamLimits,
     /// TLS on the client gRPC listener; `None` serves h2c (loopback, development).
     pub listen_tls: Option<ListenerTlsConfig>,
     /// TLS towards the control planes; needed for `https://` URLs, ignored for `http://`.
@@ -93,6 +103,7 @@ impl Default for ProxyConfig {
             retry_buffer_call_bytes: 4 * 1024 * 1024,
             retry_buffer_total_bytes: 64 * 1024 * 1024,
             listen: ProxyListen::default(),
+            upstream: UpstreamLimits::default(),
             listen_tls: None,
             control_plane_tls: None,
             upstream_tls: Vec::new(),
@@ -115,6 +126,133 @@ impl Default for ProxyListen {
             admin: SocketAddr::from(([127, 0, 0, 1], 7801)),
         }
     }
+}
+
+/// The `[upstream]` section: what the proxy asks of one node at once, how it spreads calls
+/// over connections to it, and how long calls may go on. A service's `endpoint_limits`
+/// (max requests, idle timeout) and `timeout.default_timeout_ms` override the matching
+/// setting for that service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamLimits {
+    /// Calls in flight at once to one node (Envoy's circuit-breaker `max_requests`): a
+    /// full node is skipped by the balancers; with every usable node full a call fails
+    /// fast with UNAVAILABLE.
+    pub max_requests_per_endpoint: u32,
+    /// Calls carried at once by one HTTP/2 connection to a node; past it the proxy opens
+    /// another connection to the node (up to `max_connections_per_endpoint`).
+    pub max_streams_per_connection: u32,
+    /// Connections to one node, spread over the worker threads (at least one each).
+    pub max_connections_per_endpoint: u32,
+    /// The HTTP/2 flow-control window of each call's response from a node, bytes: what
+    /// the proxy buffers for a client that does not read. The connection's window is
+    /// this times `max_streams_per_connection`, so calls whose clients stop reading can
+    /// never use up the connection's window and stall the other calls on it.
+    pub stream_window_bytes: u32,
+    /// A forwarded call with no frame in either direction for this long ends with
+    /// UNAVAILABLE; 0: never.
+    pub stream_idle_timeout_ms: u32,
+    /// The deadline of calls that carry no `grpc-timeout` (and whose service sets no
+    /// `timeout.default_timeout_ms`); 0: none.
+    pub default_deadline_ms: u32,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> Self {
+        UpstreamLimits {
+            max_requests_per_endpoint: 1024,
+            max_streams_per_connection: 100,
+            max_connections_per_endpoint: 8,
+            stream_window_bytes: 1024 * 1024,
+            stream_idle_timeout_ms: 300_000,
+            default_deadline_ms: 0,
+        }
+    }
+}
+
+/// The largest HTTP/2 flow-control window (RFC 9113, 6.9.1).
+const MAX_H2_WINDOW: u64 = (1 << 31) - 1;
+
+impl UpstreamLimits {
+    /// The stream idle timeout; `None`: never.
+    pub fn stream_idle_timeout(&self) -> Option<std::time::Duration> {
+        millis_if_set(self.stream_idle_timeout_ms)
+    }
+
+    /// The deadline of calls without `grpc-timeout`; `None`: none.
+    pub fn default_deadline(&self) -> Option<std::time::Duration> {
+        millis_if_set(self.default_deadline_ms)
+    }
+
+    /// The HTTP/2 window of a whole connection to a node: room for every call it may
+    /// carry at its full stream window.
+    pub fn connection_window_bytes(&self) -> u32 {
+        let window =
+            u64::from(self.stream_window_bytes) * u64::from(self.max_streams_per_connection);
+        window.min(MAX_H2_WINDOW) as u32
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let within = |field: &str, value: u32, range: std::ops::RangeInclusive<u32>| {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    format!("upstream.{field}"),
+                    value,
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ))
+            }
+        };
+        within(
+            "max_requests_per_endpoint",
+            self.max_requests_per_endpoint,
+            1..=1_000_000,
+        )?;
+        within(
+            "max_streams_per_connection",
+            self.max_streams_per_connection,
+            1..=10_000,
+        )?;
+        within(
+            "max_connections_per_endpoint",
+            self.max_connections_per_endpoint,
+            1..=1_024,
+        )?;
+        within(
+            "stream_window_bytes",
+            self.stream_window_bytes,
+            65_535..=MAX_H2_WINDOW as u32,
+        )?;
+        if u64::from(self.stream_window_bytes) * u64::from(self.max_streams_per_connection)
+            > MAX_H2_WINDOW
+        {
+            return Err(ConfigError::invalid(
+                "upstream.stream_window_bytes",
+                self.stream_window_bytes,
+                format!(
+                    "times max_streams_per_connection ({}) must fit an HTTP/2 connection window (2147483647 bytes)",
+                    self.max_streams_per_connection
+                ),
+            ));
+        }
+        if self.stream_idle_timeout_ms != 0 {
+            within(
+                "stream_idle_timeout_ms",
+                self.stream_idle_timeout_ms,
+                100..=86_400_000,
+            )?;
+        }
+        within(
+            "default_deadline_ms",
+            self.default_deadline_ms,
+            0..=86_400_000,
+        )
+    }
+}
+
+fn millis_if_set(ms: u32) -> Option<std::time::Duration> {
+    (ms > 0).then(|| std::time::Duration::from_millis(u64::from(ms)))
 }
 
 /// One `[[upstream_tls]]` rule: the nodes serving any of `services` are reached over TLS,
@@ -239,6 +377,7 @@ impl Validate for ProxyConfig {
                 ),
             ));
         }
+        self.upstream.validate()?;
         self.log.validate()
     }
 }

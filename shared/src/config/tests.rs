@@ -156,6 +156,50 @@ fn proxy_files_are_validated() {
 }
 
 #[test]
+fn the_upstream_section_is_read_and_validated() {
+    let config = proxy(
+        "id = \"p1\"\nregion = \"eu-west\"\n[upstream]\nmax_requests_per_endpoint = 16\nstream_idle_timeout_ms = 0\ndefault_deadline_ms = 30000",
+    )
+    .unwrap();
+    assert_eq!(config.upstream.max_requests_per_endpoint, 16);
+    assert_eq!(config.upstream.stream_idle_timeout(), None);
+    assert_eq!(
+        config.upstream.default_deadline(),
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(
+        config.upstream.max_streams_per_connection, 100,
+        "unset keys keep their defaults"
+    );
+    assert_eq!(
+        ProxyConfig::default().upstream.connection_window_bytes(),
+        100 * 1024 * 1024,
+        "room for every stream of a connection at its full window"
+    );
+    for (key, field) in [
+        (
+            "max_requests_per_endpoint = 0",
+            "upstream.max_requests_per_endpoint",
+        ),
+        (
+            "stream_idle_timeout_ms = 5",
+            "upstream.stream_idle_timeout_ms",
+        ),
+        ("stream_window_bytes = 1000", "upstream.stream_window_bytes"),
+        (
+            "stream_window_bytes = 67108864\nmax_streams_per_connection = 100",
+            "upstream.stream_window_bytes",
+        ),
+    ] {
+        let err = proxy(&format!(
+            "id = \"p1\"\nregion = \"eu-west\"\n[upstream]\n{key}"
+        ))
+        .unwrap_err();
+        assert_eq!(err.field(), Some(field), "{key}: {err}");
+    }
+}
+
+#[test]
 fn load_file_reads_from_disk_and_reports_a_missing_file() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     writeln!(

@@ -123,13 +123,14 @@ impl TopologyLimits {
         let retry = field(u64::from(self.max_idempotent_methods) * method + NUMBER * 5);
         let health_check = field(field(SERVICE_NAME_BYTES) + NUMBER * 5);
         let hash = field(field(HEADER_NAME_BYTES));
-        // timeout, outlier, scaling, request limits, concurrency, adaptive
+        // timeout, outlier, scaling, request limits, concurrency, adaptive, endpoint limits
         let numbers_only = field(NUMBER * 2)
             + field(NUMBER * 7)
             + field(NUMBER * 6)
             + field(NUMBER * 5)
             + field(NUMBER * 10)
-            + field(NUMBER * 4);
+            + field(NUMBER * 4)
+            + field(NUMBER * 2);
         let rate_tier = field(field(NAME_BYTES) + NUMBER * 2);
         let rate_limit = field(
             MAX_RATE_LIMIT_TIERS as u64 * rate_tier + field(HEADER_NAME_BYTES) + field(NAME_BYTES),

@@ -11,6 +11,7 @@
 pub mod adaptive;
 mod concurrency;
 mod conversion;
+mod endpoint_limits;
 mod enums;
 mod event;
 pub mod limits;
@@ -26,6 +27,7 @@ mod topology;
 pub use adaptive::AdaptivePolicy;
 pub use concurrency::{ConcurrencyLimitKind, ConcurrencyPolicy, QueueDropStrategy};
 pub use conversion::ConversionError;
+pub use endpoint_limits::EndpointLimits;
 pub use enums::{Algorithm, NodeStatus, RegistrationKind};
 pub use event::{Event, EventKind};
 pub use limits::TopologyLimits;

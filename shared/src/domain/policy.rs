@@ -1,6 +1,8 @@
 //! A service's routing policy: algorithm, locality failover, retries, deadlines, passive
 //! failure handling, active health checks, hashing, scaling bounds, concurrency limits,
-//! adaptive-routing tuning (in [`super::adaptive`]), rate limits (in [`super::rate_limit`]) and request limits; and the failovers in force. Numeric fields at 0 mean "the documented default" (see topology.proto), so an
+//! adaptive-routing tuning (in [`super::adaptive`]), rate limits (in [`super::rate_limit`]),
+//! request limits and endpoint limits; and the failovers in force. Numeric fields at 0 mean
+//! "the documented default" (see topology.proto), so an
 //! operator only writes what they change; the `effective_*` helpers resolve defaults.
 
 use std::time::{Duration, SystemTime};
@@ -9,7 +11,8 @@ use meridian_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdaptivePolicy, Algorithm, ConcurrencyPolicy, ConversionError, RateLimitPolicy, RequestLimits,
+    AdaptivePolicy, Algorithm, ConcurrencyPolicy, ConversionError, EndpointLimits, RateLimitPolicy,
+    RequestLimits,
     ScalingPolicy, time,
 };
 
@@ -146,9 +149,10 @@ pub struct TimeoutPolicy {
 mirror_message!(TimeoutPolicy <=> pb::TimeoutPolicy { default_timeout_ms, max_timeout_ms });
 
 impl TimeoutPolicy {
-    /// The deadline of a call whose caller sent none; `None` (no deadline) unless set.
-    pub fn effective_default_timeout(&self) -> Option<Duration> {
-        millis_if_set(self.default_timeout_ms)
+    /// The deadline of a call whose caller sent none, given the proxy's default
+    /// (`None`: no deadline).
+    pub fn effective_default_timeout(&self, proxy_default: Option<Duration>) -> Option<Duration> {
+        millis_if_set(self.default_timeout_ms).or(proxy_default)
     }
 
     /// The longest deadline a caller may ask for; `None` (any) unless set.
@@ -281,6 +285,8 @@ pub struct ServicePolicy {
     /// The adaptive algorithm's tuning (ignored by the others).
     #[serde(default)]
     pub adaptive: AdaptivePolicy,
+    #[serde(default)]
+    pub endpoint_limits: EndpointLimits,
 }
 
 impl From<ServicePolicy> for pb::ServicePolicy {
@@ -300,6 +306,7 @@ impl From<ServicePolicy> for pb::ServicePolicy {
             limits: Some(p.limits.into()),
             rate_limit: Some(p.rate_limit.into()),
             adaptive: Some(p.adaptive.into()),
+            endpoint_limits: Some(p.endpoint_limits.into()),
         }
     }
 }
@@ -328,6 +335,7 @@ impl TryFrom<pb::ServicePolicy> for ServicePolicy {
             limits: p.limits.map(Into::into).unwrap_or_default(),
             rate_limit: p.rate_limit.map(Into::into).unwrap_or_default(),
             adaptive: p.adaptive.map(Into::into).unwrap_or_default(),
+            endpoint_limits: p.endpoint_limits.map(Into::into).unwrap_or_default(),
         })
     }
 }

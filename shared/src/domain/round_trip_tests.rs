@@ -161,6 +161,10 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             dedup_max_bytes: 8 << 20,
             ids_are_unique: true,
         },
+        endpoint_limits: EndpointLimits {
+            max_requests_per_endpoint: 64,
+            stream_idle_timeout_ms: 15_000,
+        },
         rate_limit: RateLimitPolicy {
             tiers: vec![
                 RateLimitTier {

@@ -300,6 +300,21 @@ fn policy_bounds_are_enforced() {
     );
 
     let mut p = echo();
+    p.endpoint_limits.max_requests_per_endpoint = 1_000_001;
+    refused(
+        service(&p, Some(&fed()), &regions, &L),
+        "service_policy.endpoint_limits.max_requests_per_endpoint",
+    );
+    p.endpoint_limits.max_requests_per_endpoint = 64;
+    p.endpoint_limits.stream_idle_timeout_ms = 50;
+    refused(
+        service(&p, Some(&fed()), &regions, &L),
+        "service_policy.endpoint_limits.stream_idle_timeout_ms",
+    );
+    p.endpoint_limits.stream_idle_timeout_ms = 30_000;
+    service(&p, Some(&fed()), &regions, &L).expect("64 calls and 30 s are limits");
+
+    let mut p = echo();
     p.hash.header = "bad header".into();
     refused(
         service(&p, Some(&fed()), &regions, &L),
