@@ -2,12 +2,14 @@
 //! the leader election and its reconcilers, and serve gRPC (routing streams, node
 //! registry, Admin, health, reflection) and HTTP (/metrics, /live, /ready) until the
 //! shutdown signal, then stop everything gracefully. `/ready` turns true once the topology
-//! was loaded from the store.
+//! was loaded from the store, and false again (503) from the shutdown signal on.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use meridian_proto::v1::admin_server::AdminServer;
 use meridian_proto::v1::node_registry_server::NodeRegistryServer;
 use meridian_shared::admin_http::{self, BindError, Readiness};
@@ -21,7 +23,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::admin::{AdminService, MetricsSources, ScalingContext};
-use crate::auth::{AuthError, AuthLayer, Authenticator};
+use crate::auth::{AuthError, AuthLayer, Authenticator, SharedAuthenticator};
 use crate::discovery::DiscoveryService;
 use crate::discovery::proxies::ProxyRegistry;
 use crate::discovery::session::SessionContext;
@@ -31,6 +33,7 @@ use crate::keys::Keys;
 use crate::leader::{LeaderElection, LeaderHandle, reconcilers};
 use crate::registry::RegistryService;
 use crate::registry::held::HeldNodes;
+use crate::reload::{ConfigReloader, LoadConfig};
 use crate::replica_lease::ReplicaLease;
 use crate::routing::TablePublisher;
 use crate::scaling::actuator::{Actuators, Allowlist, Execution};
@@ -63,6 +66,8 @@ pub enum ServeError {
     EtcdRefused(#[from] EtcdConnectError),
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen for SIGHUP (configuration reload): {0}")]
+    Signal(std::io::Error),
     #[error("the gRPC server on {addr} failed: {source}")]
     Grpc {
         addr: SocketAddr,
@@ -79,7 +84,10 @@ pub enum ServeError {
 /// when configured with port 0) and that is ready to serve.
 pub struct ControlPlane {
     config: ControlPlaneConfig,
-    auth: Authenticator,
+    /// The credentials in force; a configuration reload replaces them.
+    auth: SharedAuthenticator,
+    /// Reloads the configuration on SIGHUP or a file change, once enabled.
+    reloader: Option<ConfigReloader>,
     /// TLS of the gRPC listener, when configured.
     tls: Option<ServerTls>,
     grpc: TcpListener,
@@ -109,13 +117,27 @@ impl ControlPlane {
         let http = admin_http::bind(config.listen.http, "listen.http (--http-addr)").await?;
         Ok(ControlPlane {
             config,
-            auth,
+            auth: Arc::new(ArcSwap::from_pointee(auth)),
+            reloader: None,
             tls,
             grpc,
             http,
             metrics,
             readiness: Readiness::default(),
         })
+    }
+
+    /// Reloads the configuration with `load` on SIGHUP or when `config_file` or the
+    /// tokens file changes (see [`crate::reload`]). SIGHUP no longer ends the process.
+    pub fn reload_with(
+        mut self,
+        load: LoadConfig,
+        config_file: Option<PathBuf>,
+    ) -> Result<Self, ServeError> {
+        let reloader = ConfigReloader::new(load, config_file, &self.config, self.auth.clone())
+            .map_err(ServeError::Signal)?;
+        self.reloader = Some(reloader);
+        Ok(self)
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -133,15 +155,22 @@ impl ControlPlane {
     /// Serves until `shutdown` fires, then drains both servers.
     pub async fn serve(self, shutdown: Shutdown) -> Result<(), ServeError> {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        // The HTTP endpoints outlive the gRPC drain, so `/ready` can say 503 while it runs.
+        self.readiness.drain_on(&shutdown);
+        let http_stop = Shutdown::new();
         let http = tokio::spawn(admin_http::serve(
             self.http,
             admin_http::router(self.metrics, self.readiness.clone()),
-            shutdown.clone(),
+            http_stop.clone(),
         ));
         let Some(store) = open_store(&self.config, &shutdown).await? else {
+            http_stop.trigger();
             return Ok(());
         };
         let parts = Parts::start(&self.config, store, &shutdown)?;
+        if let Some(reloader) = self.reloader {
+            tokio::spawn(reloader.run(parts.events.clone(), shutdown.clone()));
+        }
         tokio::spawn(mark_ready(
             parts.state.clone(),
             self.readiness.clone(),
@@ -150,10 +179,14 @@ impl ControlPlane {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::Serving).await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // v1 and v1alpha: grpcurl builds before 1.8.8 (and other older clients) ask v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let (reflection, reflection_v1alpha) =
+            (reflection().build_v1()?, reflection().build_v1alpha()?);
         let admin = AdminService {
             state: parts.state.clone(),
             writer: parts.writer.clone(),
@@ -193,6 +226,7 @@ impl ControlPlane {
             .layer(AuthLayer::new(self.auth, certificate_names))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             // Tables and topology listings of a federation at its configured limits are
             // larger than gRPC's 4 MiB default; requests keep the default.
             .add_service(AdminServer::new(admin).max_encoding_message_size(routing_message_limit()))
@@ -213,6 +247,7 @@ impl ControlPlane {
                     .await
             }
         };
+        http_stop.trigger();
         served.map_err(|source| ServeError::Grpc {
             addr: grpc_addr,
             source,
