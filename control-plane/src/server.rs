@@ -102,6 +102,7 @@ impl ControlPlane {
         config: ControlPlaneConfig,
         metrics: PrometheusHandle,
     ) -> Result<Self, ServeError> {
+        initial_metrics();
         let auth = Authenticator::load(&config.auth)?;
         if auth.is_empty() {
             tracing::warn!(
@@ -450,6 +451,19 @@ async fn connect_etcd(
     let etcd = EtcdStore::connect_with(&store.etcd_endpoints, timeout, access).await?;
     etcd.check_access(&store.prefix).await?;
     Ok(etcd)
+}
+
+/// Series the alert rules and dashboard (deploy/observability/) read, at 0 from the start
+/// so that `rate()` and the rules see a value before the first event, not nothing.
+fn initial_metrics() {
+    metrics::counter!("meridian_control_acks_total").absolute(0);
+    metrics::counter!("meridian_control_nacks_total").absolute(0);
+    metrics::gauge!("meridian_control_leader").set(0.0);
+    metrics::gauge!("meridian_control_connected_proxies").set(0.0);
+    for result in ["applied", "refused"] {
+        metrics::counter!("meridian_control_config_reloads_total", "result" => result).absolute(0);
+    }
+    metrics::gauge!("meridian_control_config_last_reload_successful").set(1.0);
 }
 
 async fn mark_ready(state: StateHandle, readiness: Readiness, shutdown: Shutdown) {

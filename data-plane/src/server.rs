@@ -102,6 +102,7 @@ impl Proxy {
     /// Reads the control-plane credential and the TLS files, and binds the listeners named
     /// in `config`.
     pub async fn bind(config: ProxyConfig, metrics: PrometheusHandle) -> Result<Self, ServeError> {
+        initial_metrics();
         let auth = BearerAuth::from_file_or_env(config.token_file.as_deref())?;
         if !auth.is_some() {
             tracing::warn!(
@@ -256,6 +257,21 @@ impl Proxy {
         tracing::info!("proxy stopped");
         Ok(())
     }
+}
+
+/// Series the alert rules and dashboard (deploy/observability/) read, at 0 from the start
+/// so that `rate()` and the rules see a value before the first event, not nothing.
+fn initial_metrics() {
+    for result in ["applied", "refused"] {
+        metrics::counter!("meridian_proxy_table_updates_total", "result" => result).absolute(0);
+        metrics::counter!("meridian_proxy_config_reloads_total", "result" => result).absolute(0);
+    }
+    for to in ["open", "closed"] {
+        metrics::counter!("meridian_proxy_breaker_transitions_total", "to" => to).absolute(0);
+    }
+    metrics::counter!("meridian_proxy_retries_total").absolute(0);
+    metrics::counter!("meridian_proxy_retries_refused_total").absolute(0);
+    metrics::gauge!("meridian_proxy_config_last_reload_successful").set(1.0);
 }
 
 /// Routes a call to the proxy's own services or to the forwarder.

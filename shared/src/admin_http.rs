@@ -113,3 +113,33 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.wait_owned())
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_turns_503_when_draining_starts_and_stays_so() {
+        let readiness = Readiness::default();
+        let shutdown = Shutdown::new();
+        readiness.drain_on(&shutdown);
+        readiness.set(true);
+        let answer = |r: Readiness| async move {
+            let (status, body) = ready(State(AdminState {
+                metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .build_recorder()
+                    .handle(),
+                readiness: r,
+            }))
+            .await;
+            (status.as_u16(), body.trim())
+        };
+        assert_eq!(answer(readiness.clone()).await, (200, "ready"));
+        shutdown.trigger();
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(answer(readiness.clone()).await, (503, "draining"));
+        readiness.set(true);
+        assert_eq!(answer(readiness).await, (503, "draining"));
+    }
+}

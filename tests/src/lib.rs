@@ -15,6 +15,7 @@ pub mod http;
 pub mod loadgen;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod subscriber;
 
