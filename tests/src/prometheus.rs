@@ -10,12 +10,23 @@ use std::collections::BTreeMap;
 pub struct Buckets(pub BTreeMap<OrderedBound, f64>);
 
 /// An `le` bound that can key a map (no NaN in exposition bounds).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy)]
 pub struct OrderedBound(pub f64);
+
+impl PartialEq for OrderedBound {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
 
 impl Eq for OrderedBound {}
 
-#[allow(clippy::derive_ord_xor_partial_ord)]
+impl PartialOrd for OrderedBound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl Ord for OrderedBound {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)

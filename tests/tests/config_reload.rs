@@ -153,25 +153,33 @@ async fn a_broken_control_plane_config_leaves_the_old_one_serving_and_names_the_
         cp.metric("meridian_control_config_last_reload_successful").await,
         0.0
     );
-    let (status, stdout, stderr) = run_to_completion(
-        "meridianctl",
-        &[
-            "--control-plane",
-            &cp.url(),
-            "--token",
-            OPERATOR_TOKEN,
-            "-o",
-            "json",
-            "events",
-            "--kind",
-            "configReloadFailed",
-        ],
-    );
-    assert!(status.success(), "{stderr}");
-    assert!(
-        stdout.contains("store.dial_timeout_ms") && stdout.contains("replica/cp-reload"),
-        "no configReloadFailed event naming the field: {stdout}"
-    );
+    // The event is stored right after the log line: poll for it.
+    let started = tokio::time::Instant::now();
+    loop {
+        let (status, stdout, stderr) = run_to_completion(
+            "meridianctl",
+            &[
+                "--control-plane",
+                &cp.url(),
+                "--token",
+                OPERATOR_TOKEN,
+                "-o",
+                "json",
+                "events",
+                "--kind",
+                "configReloadFailed",
+            ],
+        );
+        assert!(status.success(), "{stderr}");
+        if stdout.contains("store.dial_timeout_ms") && stdout.contains("replica/cp-reload") {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no configReloadFailed event naming the field: {stdout}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Fixed: applies, and a setting that takes a restart is named.
     std::fs::write(&config, "[store]\ndial_timeout_ms = 3000\n").unwrap();

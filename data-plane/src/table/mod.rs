@@ -454,6 +454,7 @@ impl TableHandle {
             "federation" => table.data.federation.clone()
         )
         .set(table.version() as f64);
+        metrics::gauge!("meridian_proxy_table_age_seconds").set(0.0);
         self.0.store(Some(Arc::new(table)));
     }
 }
