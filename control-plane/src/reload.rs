@@ -219,13 +219,18 @@ mod tests {
             Ok(config)
         });
         let config = load().unwrap();
-        let auth: SharedAuthenticator =
-            Arc::new(ArcSwap::from_pointee(Authenticator::load(&config.auth).unwrap()));
+        let auth: SharedAuthenticator = Arc::new(ArcSwap::from_pointee(
+            Authenticator::load(&config.auth).unwrap(),
+        ));
         let mut reloader =
             ConfigReloader::new(load, Some(config_path.clone()), &config, auth.clone()).unwrap();
         assert!(knows(&auth, OLD) && !knows(&auth, NEW));
 
-        std::fs::write(&tokens_path, token_entry(OLD) + &token_entry(NEW).replace("\"op\"", "\"op2\"")).unwrap();
+        std::fs::write(
+            &tokens_path,
+            token_entry(OLD) + &token_entry(NEW).replace("\"op\"", "\"op2\""),
+        )
+        .unwrap();
         let applied = reloader.reload().unwrap();
         assert_eq!(applied.tokens, 2);
         assert!(knows(&auth, OLD) && knows(&auth, NEW));
@@ -236,15 +241,37 @@ mod tests {
         assert!(knows(&auth, NEW), "a refused reload changed the tokens");
 
         std::fs::write(&tokens_path, token_entry(NEW)).unwrap();
-        std::fs::write(&config_path, config_text.clone() + "[election]\nlease_ttl_seconds = 1\n").unwrap();
+        std::fs::write(
+            &config_path,
+            config_text.clone() + "[election]\nlease_ttl_seconds = 1\n",
+        )
+        .unwrap();
         let refused = reloader.reload().unwrap_err();
-        assert_eq!(refused.field(), Some("election.lease_ttl_seconds"), "{refused}");
-        assert!(knows(&auth, OLD), "a refused config file let the tokens file through");
+        assert_eq!(
+            refused.field(),
+            Some("election.lease_ttl_seconds"),
+            "{refused}"
+        );
+        assert!(
+            knows(&auth, OLD),
+            "a refused config file let the tokens file through"
+        );
 
-        std::fs::write(&config_path, config_text + "[listen]\ngrpc = \"127.0.0.1:7710\"\nhttp = \"127.0.0.1:7711\"\n").unwrap();
+        std::fs::write(
+            &config_path,
+            config_text + "[listen]\ngrpc = \"127.0.0.1:7710\"\nhttp = \"127.0.0.1:7711\"\n",
+        )
+        .unwrap();
         let applied = reloader.reload().unwrap();
         assert!(knows(&auth, NEW) && !knows(&auth, OLD));
-        assert_eq!(applied.needs_restart.len(), 2, "{:?}", applied.needs_restart);
-        assert!(applied.needs_restart[0].starts_with("listen.grpc: 127.0.0.1:7700 → 127.0.0.1:7710"));
+        assert_eq!(
+            applied.needs_restart.len(),
+            2,
+            "{:?}",
+            applied.needs_restart
+        );
+        assert!(
+            applied.needs_restart[0].starts_with("listen.grpc: 127.0.0.1:7700 → 127.0.0.1:7710")
+        );
     }
 }

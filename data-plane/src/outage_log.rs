@@ -105,8 +105,11 @@ mod tests {
         let mut warnings = 0;
         // Two minutes of failures every 100 ms.
         for _ in 0..1_200 {
-            if log.failed("http://cp:7700", "connection refused", Duration::from_millis(100))
-                != Logged::Quiet
+            if log.failed(
+                "http://cp:7700",
+                "connection refused",
+                Duration::from_millis(100),
+            ) != Logged::Quiet
             {
                 warnings += 1;
             }

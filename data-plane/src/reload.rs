@@ -123,8 +123,11 @@ impl ProxyReloader {
             let result = if succeeded { "applied" } else { "refused" };
             metrics::counter!("meridian_proxy_config_reloads_total", "result" => result)
                 .increment(1);
-            metrics::gauge!("meridian_proxy_config_last_reload_successful")
-                .set(if succeeded { 1.0 } else { 0.0 });
+            metrics::gauge!("meridian_proxy_config_last_reload_successful").set(if succeeded {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
 
@@ -187,17 +190,31 @@ mod tests {
 
         std::fs::write(&token_path, "second-token-0123456789\n").unwrap();
         assert!(reloader.reload().unwrap().token_changed);
-        assert!(client.same_token(&second), "the clients still hold the old token");
+        assert!(
+            client.same_token(&second),
+            "the clients still hold the old token"
+        );
         assert!(!reloader.reload().unwrap().token_changed);
 
         std::fs::write(&token_path, "third-token-0123456789\n").unwrap();
-        std::fs::write(&config_path, config_text.clone() + "drain_grace_seconds = 0\n").unwrap();
+        std::fs::write(
+            &config_path,
+            config_text.clone() + "drain_grace_seconds = 0\n",
+        )
+        .unwrap();
         let refused = reloader.reload().unwrap_err();
         assert_eq!(refused.field(), Some("drain_grace_seconds"), "{refused}");
         assert!(refused.to_string().contains('0'), "{refused}");
-        assert!(client.same_token(&second), "a refused reload changed the token");
+        assert!(
+            client.same_token(&second),
+            "a refused reload changed the token"
+        );
 
-        std::fs::write(&config_path, config_text + "[listen]\nadmin = \"127.0.0.1:9901\"\n").unwrap();
+        std::fs::write(
+            &config_path,
+            config_text + "[listen]\nadmin = \"127.0.0.1:9901\"\n",
+        )
+        .unwrap();
         let applied = reloader.reload().unwrap();
         assert!(applied.token_changed);
         assert_eq!(

@@ -38,11 +38,7 @@ pub struct BearerAuth {
 
 impl std::fmt::Debug for BearerAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = if self.is_some() {
-            "<redacted>"
-        } else {
-            "none"
-        };
+        let state = if self.is_some() { "<redacted>" } else { "none" };
         write!(f, "BearerAuth({state})")
     }
 }

@@ -83,7 +83,10 @@ impl Buckets {
 
     /// Observations counted (the `+Inf` bucket).
     pub fn total(&self) -> f64 {
-        self.0.get(&OrderedBound(f64::INFINITY)).copied().unwrap_or(0.0)
+        self.0
+            .get(&OrderedBound(f64::INFINITY))
+            .copied()
+            .unwrap_or(0.0)
     }
 
     /// `histogram_quantile(q, ...)` as Prometheus computes it (promql/quantile.go,

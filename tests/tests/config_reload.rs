@@ -148,9 +148,14 @@ async fn a_broken_control_plane_config_leaves_the_old_one_serving_and_names_the_
         Err(tonic::Code::Unauthenticated),
         "a refused reload applied the tokens file"
     );
-    assert_eq!(list_nodes(&cp, OPERATOR_TOKEN).await, Ok(()), "the old tokens stopped working");
     assert_eq!(
-        cp.metric("meridian_control_config_last_reload_successful").await,
+        list_nodes(&cp, OPERATOR_TOKEN).await,
+        Ok(()),
+        "the old tokens stopped working"
+    );
+    assert_eq!(
+        cp.metric("meridian_control_config_last_reload_successful")
+            .await,
         0.0
     );
     // The event is stored right after the log line: poll for it.
@@ -186,12 +191,16 @@ async fn a_broken_control_plane_config_leaves_the_old_one_serving_and_names_the_
     wait_for_answer(&cp, ADDED_TOKEN, Ok(())).await;
     wait_for_log(
         &cp.process,
-        &["take effect after a restart", "store.dial_timeout_ms: 2000 → 3000"],
+        &[
+            "take effect after a restart",
+            "store.dial_timeout_ms: 2000 → 3000",
+        ],
         1,
     )
     .await;
     assert_eq!(
-        cp.metric("meridian_control_config_last_reload_successful").await,
+        cp.metric("meridian_control_config_last_reload_successful")
+            .await,
         1.0
     );
 }
@@ -204,7 +213,12 @@ async fn a_broken_proxy_config_leaves_the_proxy_serving_and_names_the_field() {
     std::fs::write(&config, "max_message_bytes = 4194304\n").unwrap();
     let config_arg = config.display().to_string();
     let proxy = cluster
-        .proxy_with_args("proxy-reload", "eu-west", "eu-west-a", &["--config", &config_arg])
+        .proxy_with_args(
+            "proxy-reload",
+            "eu-west",
+            "eu-west-a",
+            &["--config", &config_arg],
+        )
         .await;
     wait_usable(&proxy, 1).await;
     let mut echo = EchoClient::new(channel(&proxy.url()).await);
@@ -232,7 +246,9 @@ async fn a_broken_proxy_config_leaves_the_proxy_serving_and_names_the_field() {
         1.0
     );
     assert_eq!(
-        proxy.metric("meridian_proxy_config_last_reload_successful").await,
+        proxy
+            .metric("meridian_proxy_config_last_reload_successful")
+            .await,
         0.0
     );
 
@@ -248,7 +264,9 @@ async fn a_broken_proxy_config_leaves_the_proxy_serving_and_names_the_field() {
     )
     .await;
     assert_eq!(
-        proxy.metric("meridian_proxy_config_last_reload_successful").await,
+        proxy
+            .metric("meridian_proxy_config_last_reload_successful")
+            .await,
         1.0
     );
     echo.say(say()).await.expect("a call after the reload");

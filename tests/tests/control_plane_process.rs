@@ -78,10 +78,10 @@ async fn reflected_services(grpc: SocketAddr) -> Vec<String> {
 
 /// The services listed through reflection v1alpha, what grpcurl before 1.8.8 asks.
 async fn reflected_services_v1alpha(grpc: SocketAddr) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()

@@ -108,7 +108,11 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
         })
         .await
         .expect_err("a 5 MiB message is over the 4 MiB default");
-    assert_eq!(too_large.code(), tonic::Code::ResourceExhausted, "{too_large}");
+    assert_eq!(
+        too_large.code(),
+        tonic::Code::ResourceExhausted,
+        "{too_large}"
+    );
 
     let mut exported = BTreeSet::new();
     for (addr, what) in [(cluster.cp.http, "control plane"), (proxy.admin, "proxy")] {

@@ -27,7 +27,8 @@ fn json_lines(output: &str) -> Vec<serde_json::Value> {
     output
         .lines()
         .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
         })
         .collect()
 }
@@ -67,7 +68,10 @@ async fn json_logs_carry_the_fields_and_a_down_control_plane_is_warned_once_then
         .find(|l| l["message"] == "proxy serving")
         .expect("a `proxy serving` line");
     assert_eq!(serving["level"], "INFO", "{serving}");
-    assert_eq!(serving["target"], "meridian_data_plane::server", "{serving}");
+    assert_eq!(
+        serving["target"], "meridian_data_plane::server",
+        "{serving}"
+    );
     assert_eq!(serving["proxy"], "proxy-json", "{serving}");
     assert_eq!(serving["region"], "eu-west", "{serving}");
     assert_eq!(serving["grpc"], proxy.grpc.to_string(), "{serving}");

@@ -15,7 +15,13 @@ use meridian_tests::http;
 async fn ready_answers_503_from_the_moment_draining_starts() {
     let cluster = Cluster::start().await;
     let _node = cluster
-        .node("eu-1", "eu-west", "eu-west-a", 100, &["--latency-ms", "1500"])
+        .node(
+            "eu-1",
+            "eu-west",
+            "eu-west-a",
+            100,
+            &["--latency-ms", "1500"],
+        )
         .await;
     let mut proxy = cluster.proxy("proxy-drain", "eu-west", "eu-west-a").await;
     wait_usable(&proxy, 1).await;

@@ -239,7 +239,10 @@ impl ControlPlaneConfig {
             ("tls", format!("{:?}", self.tls)),
             ("insecure", self.insecure.to_string()),
             ("store.backend", format!("{:?}", store.backend)),
-            ("store.etcd_endpoints", format!("{:?}", store.etcd_endpoints)),
+            (
+                "store.etcd_endpoints",
+                format!("{:?}", store.etcd_endpoints),
+            ),
             ("store.prefix", store.prefix.clone()),
             ("store.embedded_file", format!("{:?}", store.embedded_file)),
             ("store.dial_timeout_ms", store.dial_timeout_ms.to_string()),

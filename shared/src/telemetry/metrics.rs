@@ -15,8 +15,8 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 /// together around the usual gRPC latencies (1–100 ms) that `histogram_quantile`, which
 /// interpolates linearly inside a bucket, lands within a few percent of the true value.
 pub const LATENCY_BUCKETS: [f64; 26] = [
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04,
-    0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+    0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// Bucket bounds of the histograms that count things rather than time them.
@@ -87,7 +87,13 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("quantile="), "{text}");
-        for (le, count) in [("0.001", 1), ("0.005", 2), ("0.02", 2), ("0.025", 4), ("+Inf", 4)] {
+        for (le, count) in [
+            ("0.001", 1),
+            ("0.005", 2),
+            ("0.02", 2),
+            ("0.025", 4),
+            ("+Inf", 4),
+        ] {
             let line = format!(
                 "meridian_proxy_request_duration_seconds_bucket{{service=\"s\",node=\"n\",le=\"{le}\"}} {count}"
             );
