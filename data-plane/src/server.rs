@@ -63,8 +63,6 @@ pub enum ServeError {
     },
     #[error("building the reflection service failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("cannot listen for SIGHUP (configuration reload): {0}")]
-    Signal(std::io::Error),
     #[error("the admin HTTP server on {addr} failed: {source}")]
     Admin {
         addr: SocketAddr,
@@ -142,14 +140,14 @@ impl Proxy {
     }
 
     /// Reloads the configuration with `load` on SIGHUP or when `config_file` or the token
-    /// file changes (see [`crate::reload`]). SIGHUP no longer ends the process.
+    /// file changes (see [`crate::reload`]). SIGHUP no longer ends the process. Fails only
+    /// when SIGHUP cannot be listened for.
     pub fn reload_with(
         mut self,
         load: LoadConfig,
         config_file: Option<PathBuf>,
-    ) -> Result<Self, ServeError> {
-        let reloader = ProxyReloader::new(load, config_file, &self.config, self.auth.clone())
-            .map_err(ServeError::Signal)?;
+    ) -> std::io::Result<Self> {
+        let reloader = ProxyReloader::new(load, config_file, &self.config, self.auth.clone())?;
         self.reloader = Some(reloader);
         Ok(self)
     }
