@@ -302,11 +302,12 @@ impl ControlArgs {
             return Vec::new();
         }
         let mut generated = Vec::new();
-        for (name, role, given) in [
+        let roles: [_; DEV_ROLES] = [
             ("dev", Role::Operator, &self.dev_token),
             ("dev-node", Role::Node, &self.dev_node_token),
             ("dev-proxy", Role::Proxy, &self.dev_proxy_token),
-        ] {
+        ];
+        for (name, role, given) in roles {
             let token = given.clone().unwrap_or_else(|| {
                 let bytes: [u8; 16] = rand::random();
                 let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -324,6 +325,22 @@ impl ControlArgs {
         generated
     }
 }
+
+impl ControlArgs {
+    /// The tokens [`ControlArgs::add_dev_credentials`] added to `config` (none outside dev
+    /// mode), to add again when the configuration is reloaded.
+    pub fn dev_tokens(&self, config: &ControlPlaneConfig) -> Vec<TokenConfig> {
+        if !self.dev {
+            return Vec::new();
+        }
+        // add_dev_credentials appends one token per role, after the configured ones.
+        let tokens = &config.auth.tokens;
+        tokens[tokens.len().saturating_sub(DEV_ROLES)..].to_vec()
+    }
+}
+
+/// Roles dev mode adds a token for: operator, node, proxy.
+const DEV_ROLES: usize = 3;
 
 /// A token dev mode made up, to be shown to the user once.
 pub struct DevCredential {
@@ -382,6 +399,7 @@ mod tests {
         let generated = fixed.add_dev_credentials(&mut config);
         assert_eq!(generated.len(), 2, "a given token is not shown again");
         assert_eq!(config.auth.tokens[0].token, "fixed-token-0123456789");
+        assert_eq!(fixed.dev_tokens(&config).len(), 3);
         assert!(args(&[]).add_dev_credentials(&mut config).is_empty());
     }
 

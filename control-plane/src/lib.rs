@@ -19,6 +19,7 @@ pub mod keys;
 pub mod leader;
 pub mod rate_shares;
 pub mod registry;
+pub mod reload;
 pub mod replica_lease;
 pub mod routing;
 pub mod scaling;

@@ -2,12 +2,15 @@
 //! the leader election and its reconcilers, and serve gRPC (routing streams, node
 //! registry, Admin, health, reflection) and HTTP (/metrics, /live, /ready, and the
 //! dashboard at `/`) until the shutdown signal, then stop everything gracefully. `/ready`
-//! turns true once the topology was loaded from the store.
+//! turns true once the topology was loaded from the store, and false again (503) from the
+//! shutdown signal on.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use meridian_proto::v1::admin_server::AdminServer;
 use meridian_proto::v1::node_registry_server::NodeRegistryServer;
 use meridian_shared::admin_http::{self, BindError, Readiness};
@@ -21,7 +24,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::admin::{AdminService, MetricsSources, ScalingContext};
-use crate::auth::{AuthError, AuthLayer, Authenticator};
+use crate::auth::{AuthError, AuthLayer, Authenticator, SharedAuthenticator};
 use crate::dashboard::{self, Dashboard};
 use crate::discovery::DiscoveryService;
 use crate::discovery::proxies::ProxyRegistry;
@@ -32,6 +35,7 @@ use crate::keys::Keys;
 use crate::leader::{LeaderElection, LeaderHandle, reconcilers};
 use crate::registry::RegistryService;
 use crate::registry::held::HeldNodes;
+use crate::reload::{ConfigReloader, LoadConfig};
 use crate::replica_lease::ReplicaLease;
 use crate::routing::TablePublisher;
 use crate::scaling::actuator::{Actuators, Allowlist, Execution};
@@ -80,7 +84,10 @@ pub enum ServeError {
 /// when configured with port 0) and that is ready to serve.
 pub struct ControlPlane {
     config: ControlPlaneConfig,
-    auth: Authenticator,
+    /// The credentials in force; a configuration reload replaces them.
+    auth: SharedAuthenticator,
+    /// Reloads the configuration on SIGHUP or a file change, once enabled.
+    reloader: Option<ConfigReloader>,
     /// TLS of the gRPC listener, when configured.
     tls: Option<ServerTls>,
     grpc: TcpListener,
@@ -95,6 +102,7 @@ impl ControlPlane {
         config: ControlPlaneConfig,
         metrics: PrometheusHandle,
     ) -> Result<Self, ServeError> {
+        initial_metrics();
         let auth = Authenticator::load(&config.auth)?;
         if auth.is_empty() {
             tracing::warn!(
@@ -110,13 +118,27 @@ impl ControlPlane {
         let http = admin_http::bind(config.listen.http, "listen.http (--http-addr)").await?;
         Ok(ControlPlane {
             config,
-            auth,
+            auth: Arc::new(ArcSwap::from_pointee(auth)),
+            reloader: None,
             tls,
             grpc,
             http,
             metrics,
             readiness: Readiness::default(),
         })
+    }
+
+    /// Reloads the configuration with `load` on SIGHUP or when `config_file` or the
+    /// tokens file changes (see [`crate::reload`]). SIGHUP no longer ends the process.
+    /// Fails only when SIGHUP cannot be listened for.
+    pub fn reload_with(
+        mut self,
+        load: LoadConfig,
+        config_file: Option<PathBuf>,
+    ) -> std::io::Result<Self> {
+        let reloader = ConfigReloader::new(load, config_file, &self.config, self.auth.clone())?;
+        self.reloader = Some(reloader);
+        Ok(self)
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -137,22 +159,32 @@ impl ControlPlane {
         let auth = AuthLayer::new(self.auth, certificate_names);
         let dashboard = Dashboard::new(auth.clone());
         dashboard::warn_if_exposed(http_addr);
+        // The HTTP endpoints outlive the gRPC drain, so `/ready` can say 503 while it runs.
+        self.readiness.drain_on(&shutdown);
+        let http_stop = Shutdown::new();
         let http = tokio::spawn(admin_http::serve(
             self.http,
             admin_http::router(self.metrics, self.readiness.clone()).merge(dashboard.router()),
-            shutdown.clone(),
+            http_stop.clone(),
         ));
         let Some(store) = open_store(&self.config, &shutdown).await? else {
+            http_stop.trigger();
             return Ok(());
         };
         let parts = Parts::start(&self.config, store, &shutdown)?;
-
+        if let Some(reloader) = self.reloader {
+            tokio::spawn(reloader.run(parts.events.clone(), shutdown.clone()));
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::Serving).await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // v1 and v1alpha: grpcurl builds before 1.8.8 (and other older clients) ask v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let (reflection, reflection_v1alpha) =
+            (reflection().build_v1()?, reflection().build_v1alpha()?);
         let admin = Arc::new(AdminService {
             state: parts.state.clone(),
             writer: parts.writer.clone(),
@@ -198,6 +230,7 @@ impl ControlPlane {
             .layer(auth)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             // Tables and topology listings of a federation at its configured limits are
             // larger than gRPC's 4 MiB default; requests keep the default.
             .add_service(
@@ -220,6 +253,7 @@ impl ControlPlane {
                     .await
             }
         };
+        http_stop.trigger();
         served.map_err(|source| ServeError::Grpc {
             addr: grpc_addr,
             source,
@@ -422,6 +456,19 @@ async fn connect_etcd(
     let etcd = EtcdStore::connect_with(&store.etcd_endpoints, timeout, access).await?;
     etcd.check_access(&store.prefix).await?;
     Ok(etcd)
+}
+
+/// Series the alert rules and dashboard (deploy/observability/) read, at 0 from the start
+/// so that `rate()` and the rules see a value before the first event, not nothing.
+fn initial_metrics() {
+    metrics::counter!("meridian_control_acks_total").absolute(0);
+    metrics::counter!("meridian_control_nacks_total").absolute(0);
+    metrics::gauge!("meridian_control_leader").set(0.0);
+    metrics::gauge!("meridian_control_connected_proxies").set(0.0);
+    for result in ["applied", "refused"] {
+        metrics::counter!("meridian_control_config_reloads_total", "result" => result).absolute(0);
+    }
+    metrics::gauge!("meridian_control_config_last_reload_successful").set(1.0);
 }
 
 async fn mark_ready(state: StateHandle, readiness: Readiness, shutdown: Shutdown) {

@@ -16,6 +16,8 @@ pub mod error;
 pub mod forward;
 pub mod hop;
 pub mod load_report;
+pub mod outage_log;
+pub mod reload;
 pub mod retry;
 pub mod router;
 pub mod server;

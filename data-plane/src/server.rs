@@ -3,7 +3,8 @@
 //! the admin endpoints (`/metrics`, `/ready`, `/live`, `/debug/table`). Calls to the
 //! proxy's own services (RouteMessage, health, reflection) are answered here; every other
 //! gRPC call is forwarded. On SIGTERM the proxy stops accepting, sends GOAWAY on every
-//! connection, and lets in-flight calls finish within the drain grace period.
+//! connection, and lets in-flight calls finish within the drain grace period; `/ready`
+//! answers 503 from the signal on, and the admin endpoints answer until the drain ends.
 //!
 //! Client connections are served by workers, one thread per CPU, each with its own
 //! single-threaded runtime ([`Workers`]); the listener hands each accepted connection to
@@ -15,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -42,6 +44,7 @@ use crate::endpoint::connection::{enter_worker, worker_count};
 use crate::endpoint::{UpstreamSettings, UpstreamTls};
 use crate::forward::{ForwardSettings, Forwarder, ProxyBody};
 use crate::load_report::LoadReporter;
+use crate::reload::{LoadConfig, ProxyReloader};
 use crate::router::Router;
 use crate::table::subscription::{Subscription, report_table_age};
 use crate::table::{ProxyIdentity, TableHandle};
@@ -89,12 +92,15 @@ pub struct Proxy {
     metrics: PrometheusHandle,
     readiness: Readiness,
     table: TableHandle,
+    /// Reloads the configuration on SIGHUP or a file change, once enabled.
+    reloader: Option<ProxyReloader>,
 }
 
 impl Proxy {
     /// Reads the control-plane credential and the TLS files, and binds the listeners named
     /// in `config`.
     pub async fn bind(config: ProxyConfig, metrics: PrometheusHandle) -> Result<Self, ServeError> {
+        initial_metrics();
         let auth = BearerAuth::from_file_or_env(config.token_file.as_deref())?;
         if !auth.is_some() {
             tracing::warn!(
@@ -129,7 +135,21 @@ impl Proxy {
             metrics,
             readiness: Readiness::default(),
             table: TableHandle::default(),
+            reloader: None,
         })
+    }
+
+    /// Reloads the configuration with `load` on SIGHUP or when `config_file` or the token
+    /// file changes (see [`crate::reload`]). SIGHUP no longer ends the process. Fails only
+    /// when SIGHUP cannot be listened for.
+    pub fn reload_with(
+        mut self,
+        load: LoadConfig,
+        config_file: Option<PathBuf>,
+    ) -> std::io::Result<Self> {
+        let reloader = ProxyReloader::new(load, config_file, &self.config, self.auth.clone())?;
+        self.reloader = Some(reloader);
+        Ok(self)
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -177,6 +197,9 @@ impl Proxy {
         };
         tokio::spawn(reporter.run(shutdown.clone()));
         tokio::spawn(report_table_age(self.table.clone(), shutdown.clone()));
+        if let Some(reloader) = self.reloader {
+            tokio::spawn(reloader.run(shutdown.clone()));
+        }
 
         let admin_router = admin_http::router(self.metrics, self.readiness.clone()).route(
             "/debug/table",
@@ -189,10 +212,13 @@ impl Proxy {
                 }
             }),
         );
+        // The admin endpoints outlive the drain, so `/ready` can say 503 while it runs.
+        self.readiness.drain_on(&shutdown);
+        let admin_stop = Shutdown::new();
         let admin = tokio::spawn(admin_http::serve(
             self.admin,
             admin_router,
-            shutdown.clone(),
+            admin_stop.clone(),
         ));
 
         let dispatch = Arc::new(Dispatch {
@@ -220,6 +246,7 @@ impl Proxy {
             None => ClientListener::Plain(self.grpc),
         };
         accept_until_shutdown(listener, dispatch, &shutdown, grace).await;
+        admin_stop.trigger();
         admin
             .await
             .ok()
@@ -231,6 +258,21 @@ impl Proxy {
         tracing::info!("proxy stopped");
         Ok(())
     }
+}
+
+/// Series the alert rules and dashboard (deploy/observability/) read, at 0 from the start
+/// so that `rate()` and the rules see a value before the first event, not nothing.
+fn initial_metrics() {
+    for result in ["applied", "refused"] {
+        metrics::counter!("meridian_proxy_table_updates_total", "result" => result).absolute(0);
+        metrics::counter!("meridian_proxy_config_reloads_total", "result" => result).absolute(0);
+    }
+    for to in ["open", "closed"] {
+        metrics::counter!("meridian_proxy_breaker_transitions_total", "to" => to).absolute(0);
+    }
+    metrics::counter!("meridian_proxy_retries_total").absolute(0);
+    metrics::counter!("meridian_proxy_retries_refused_total").absolute(0);
+    metrics::gauge!("meridian_proxy_config_last_reload_successful").set(1.0);
 }
 
 /// Routes a call to the proxy's own services or to the forwarder.
@@ -263,10 +305,14 @@ async fn local_services(
     health
         .set_service_status("meridian.v1.MessageRouter", ServingStatus::Serving)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // v1 and v1alpha: grpcurl builds before 1.8.8 (and other older clients) ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
     let router = MessageRouterServer::new(Router::new(
         table.clone(),
         Arc::clone(identity),
@@ -276,6 +322,7 @@ async fn local_services(
     Ok(tonic::service::Routes::new(router)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .prepare())
 }
 

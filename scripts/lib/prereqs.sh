@@ -6,11 +6,12 @@
 #   etcd      (etcd-server)        the store, for tests and production-like runs
 #   etcdctl   (etcd-client)        inspecting the store by hand
 #   curl      (curl)               scripts/run.sh waits on the HTTP ports with it
+#   promtool  (prometheus)         checks deploy/observability/alerts.yml (a test runs it)
 # Sourced by scripts/test.sh and scripts/run.sh. Debian/Ubuntu only; elsewhere it says
 # what to install. scripts/fresh-machine-check.sh purges PREREQ_PACKAGES to prove this works
 # on a machine that has only Rust, git, curl and Python.
 
-PREREQ_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server etcd-client)
+PREREQ_PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server etcd-client prometheus)
 
 # What only the test suite needs (scripts/test.sh), as COMMAND:DEBIAN_PACKAGE pairs:
 #   chromium  (chromium)  headless, for the dashboard's end-to-end test
@@ -24,6 +25,7 @@ missing_prereqs() {
     { command -v etcd >/dev/null 2>&1 && etcd --version >/dev/null 2>&1; } || echo etcd-server
     command -v etcdctl >/dev/null 2>&1 || echo etcd-client
     command -v curl >/dev/null 2>&1 || echo curl
+    command -v promtool >/dev/null 2>&1 || echo prometheus
 }
 
 # True when protoc can compile a file importing google/protobuf/timestamp.proto, as
@@ -115,6 +117,7 @@ check_prereqs_usable() {
             etcd-server) echo "meridian: \`etcd --version\` does not run" >&2 ;;
             etcd-client) echo "meridian: etcdctl is not on PATH" >&2 ;;
             curl) echo "meridian: curl is not on PATH" >&2 ;;
+            prometheus) echo "meridian: promtool is not on PATH" >&2 ;;
         esac
     done
     echo "meridian: fix with: apt-get install -y --no-install-recommends ${still[*]}" >&2

@@ -1,7 +1,11 @@
 //! The HTTP endpoints every Meridian process serves beside its gRPC port: `/metrics`
 //! (Prometheus text), `/live` (the process runs) and `/ready` (it can do its job: the
-//! control plane reached its store, the proxy holds a routing table). Each binary may add
-//! routes of its own (e.g. the proxy's `/debug/table`).
+//! control plane reached its store, the proxy holds a routing table, and neither is
+//! draining). Each binary may add routes of its own (e.g. the proxy's `/debug/table`).
+//!
+//! `/ready` answers 503 from the moment a process starts draining (SIGTERM), and the
+//! endpoints keep answering while it drains, so a load balancer or Kubernetes takes it out
+//! of rotation before its listeners close rather than after.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,17 +19,36 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::Shutdown;
 
-/// Whether the process is ready; flipped by the component that knows.
+/// Whether the process is ready; flipped by the component that knows, and off for good
+/// once it drains.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Not ready from now on, whatever [`Readiness::set`] says later.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Calls [`Readiness::drain`] as soon as `shutdown` fires.
+    pub fn drain_on(&self, shutdown: &Shutdown) {
+        let readiness = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            readiness.drain();
+        });
     }
 }
 
@@ -51,6 +74,8 @@ async fn render_metrics(State(state): State<AdminState>) -> String {
 async fn ready(State(state): State<AdminState>) -> (StatusCode, &'static str) {
     if state.readiness.is_ready() {
         (StatusCode::OK, "ready\n")
+    } else if state.readiness.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
@@ -77,7 +102,8 @@ pub async fn bind(
         .map_err(|source| BindError { addr, what, source })
 }
 
-/// Serves `router` on `listener` until `shutdown` fires.
+/// Serves `router` on `listener` until `shutdown` fires. To keep answering while the
+/// process drains, give it a signal fired after the drain (e.g. a [`Shutdown`] of its own).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -86,4 +112,34 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.wait_owned())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_turns_503_when_draining_starts_and_stays_so() {
+        let readiness = Readiness::default();
+        let shutdown = Shutdown::new();
+        readiness.drain_on(&shutdown);
+        readiness.set(true);
+        let answer = |r: Readiness| async move {
+            let (status, body) = ready(State(AdminState {
+                metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .build_recorder()
+                    .handle(),
+                readiness: r,
+            }))
+            .await;
+            (status.as_u16(), body.trim())
+        };
+        assert_eq!(answer(readiness.clone()).await, (200, "ready"));
+        shutdown.trigger();
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(answer(readiness.clone()).await, (503, "draining"));
+        readiness.set(true);
+        assert_eq!(answer(readiness).await, (503, "draining"));
+    }
 }

@@ -2,10 +2,14 @@
 //! interceptor to every call as `authorization: Bearer <token>`. Proxies, self-registering
 //! nodes and `meridianctl` take it from a file (`--token-file`, as a Kubernetes Secret is
 //! mounted) or the `MERIDIAN_TOKEN` environment variable, never from a command-line value
-//! that `ps` would show. The token is never printed: `Debug` is redacted.
+//! that `ps` would show. The token is never printed: `Debug` is redacted. A proxy whose
+//! token file changes swaps the new token in ([`BearerAuth::replace_with`]); every clone
+//! sees it from its next call.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 
@@ -25,19 +29,16 @@ pub enum CredentialError {
     NotAHeader { origin: String },
 }
 
-/// Adds `authorization: Bearer <token>` to each request, when there is a token.
+/// Adds `authorization: Bearer <token>` to each request, when there is a token. Clones
+/// share the token, so a replaced token reaches every client built from one.
 #[derive(Clone, Default)]
 pub struct BearerAuth {
-    header: Option<AsciiMetadataValue>,
+    header: Arc<ArcSwapOption<AsciiMetadataValue>>,
 }
 
 impl std::fmt::Debug for BearerAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = if self.header.is_some() {
-            "<redacted>"
-        } else {
-            "none"
-        };
+        let state = if self.is_some() { "<redacted>" } else { "none" };
         write!(f, "BearerAuth({state})")
     }
 }
@@ -56,7 +57,7 @@ impl BearerAuth {
         })?;
         value.set_sensitive(true);
         Ok(BearerAuth {
-            header: Some(value),
+            header: Arc::new(ArcSwapOption::from_pointee(value)),
         })
     }
 
@@ -79,7 +80,17 @@ impl BearerAuth {
     }
 
     pub fn is_some(&self) -> bool {
-        self.header.is_some()
+        self.header.load().is_some()
+    }
+
+    /// Presents `other`'s token (or none) from now on, here and in every clone.
+    pub fn replace_with(&self, other: &BearerAuth) {
+        self.header.store(other.header.load_full());
+    }
+
+    /// Whether `other` holds the same token (or both none).
+    pub fn same_token(&self, other: &BearerAuth) -> bool {
+        *self.header.load() == *other.header.load()
     }
 }
 
@@ -88,7 +99,7 @@ impl Interceptor for BearerAuth {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(header) = &self.header {
+        if let Some(header) = self.header.load().as_deref() {
             request
                 .metadata_mut()
                 .insert("authorization", header.clone());
@@ -132,5 +143,21 @@ mod tests {
         assert!(!err.to_string().contains("bad"), "{err}");
         let missing = BearerAuth::from_file_or_env(Some(&dir.path().join("nope"))).unwrap_err();
         assert!(missing.to_string().contains("nope"), "{missing}");
+    }
+
+    #[test]
+    fn a_replaced_token_reaches_every_clone() {
+        let auth = BearerAuth::new("old-token-0123456789", "test").unwrap();
+        let mut client = auth.clone();
+        let new = BearerAuth::new("new-token-0123456789", "test").unwrap();
+        assert!(!auth.same_token(&new));
+        auth.replace_with(&new);
+        assert!(auth.same_token(&new));
+        assert_eq!(
+            header_of(&mut client).as_deref(),
+            Some("Bearer new-token-0123456789")
+        );
+        auth.replace_with(&BearerAuth::default());
+        assert_eq!(header_of(&mut client), None);
     }
 }

@@ -1,6 +1,6 @@
 //! What both Meridian binaries share: the domain types and their proto conversions,
 //! configuration loading and validation, the load reports' latency histogram, telemetry (logs, traces, metrics, W3C context),
-//! backoff, the naming rule, and the shutdown signal.
+//! backoff, the naming rule, the shutdown signal, and when to reload configuration.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,7 @@ pub mod domain;
 pub mod latency_histogram;
 pub mod names;
 pub mod process;
+pub mod reload;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -16,6 +16,7 @@ pub mod http;
 pub mod loadgen;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod routing_bench;
 pub mod subscriber;

@@ -1,6 +1,6 @@
 //! The real `meridian-control` binary, as an operator meets it: it comes up ready in dev
-//! mode, answers health checks (through the real `meridianctl`) and reflection (what
-//! grpcurl uses), serves Prometheus metrics, stops cleanly on SIGTERM, and refuses bad
+//! mode, answers health checks (through the real `meridianctl`) and reflection v1 and
+//! v1alpha (what grpcurl uses, new and old builds), serves Prometheus metrics, stops cleanly on SIGTERM, and refuses bad
 //! configuration or a taken port with a message naming what is wrong.
 
 use std::net::SocketAddr;
@@ -76,6 +76,34 @@ async fn reflected_services(grpc: SocketAddr) -> Vec<String> {
     }
 }
 
+/// The services listed through reflection v1alpha, what grpcurl before 1.8.8 asks.
+async fn reflected_services_v1alpha(grpc: SocketAddr) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection v1alpha is served")
+        .into_inner();
+    match responses.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn dev_control_plane_serves_health_reflection_and_metrics_then_stops_on_sigterm() {
     let mut cp = start_dev_control_plane().await;
@@ -100,6 +128,12 @@ async fn dev_control_plane_serves_health_reflection_and_metrics_then_stops_on_si
             "{wanted} not in {services:?}"
         );
     }
+
+    let services = reflected_services_v1alpha(cp.grpc).await;
+    assert!(
+        services.iter().any(|s| s == "meridian.v1.Admin"),
+        "meridian.v1.Admin not in {services:?} (v1alpha)"
+    );
 
     let (code, body) = http::get(cp.http, "/metrics").await.unwrap();
     assert_eq!(code, 200);

@@ -1,7 +1,10 @@
-//! What `meridianctl metrics` shows under real load: two proxies, each driven by the load
-//! generator at a fixed rate, forward to two demo nodes answering in 20 ms; the control
-//! plane's figures, built from the proxies' load reports, match what the load generator
-//! measured (calls/s within 10 %, p99 within 20 %).
+//! What operators see under real load: two proxies, each driven by the load generator at
+//! a fixed rate, forward to two demo nodes answering in 20 ms. The control plane's
+//! figures (`meridianctl metrics`), built from the proxies' load reports, match what the
+//! load generator measured (calls/s within 10 %, p99 within 20 %); so does the p99 an
+//! operator's Prometheus computes from the proxies' exported buckets,
+//! `histogram_quantile(0.99, sum by (le) (rate(meridian_proxy_request_duration_seconds_bucket[...])))`
+//! over the run (within 20 %).
 
 use std::time::Duration;
 
@@ -10,8 +13,11 @@ use meridian_proto::v1 as pb;
 use meridian_shared::Shutdown;
 use meridian_tests::cluster::{Cluster, ECHO, wait_usable};
 use meridian_tests::control::VIEWER_TOKEN;
+use meridian_tests::http;
 use meridian_tests::loadgen::{self, LoadArgs, Report};
 use meridian_tests::process::run_to_completion;
+use meridian_tests::prometheus::Buckets;
+use meridian_tests::proxy::ProxyProcess;
 
 /// Calls per second each proxy's load generator sends.
 const RATE_PER_PROXY: f64 = 100.0;
@@ -39,6 +45,23 @@ async fn load(target: String) -> Report {
         .expect("the load generator ran")
 }
 
+/// The Echo latency buckets of every proxy, summed (`sum by (le)`).
+async fn echo_latency_buckets(proxies: &[&ProxyProcess]) -> Buckets {
+    let mut sum = Buckets::default();
+    for proxy in proxies {
+        let (code, text) = http::get(proxy.admin, "/metrics")
+            .await
+            .expect("GET /metrics");
+        assert_eq!(code, 200, "{text}");
+        sum.add(&Buckets::scrape(
+            &text,
+            "meridian_proxy_request_duration_seconds",
+            &[("service", ECHO)],
+        ));
+    }
+    sum
+}
+
 fn within(value: f64, expected: f64, share: f64) -> bool {
     (value - expected).abs() <= expected * share
 }
@@ -64,6 +87,7 @@ async fn meridianctl_metrics_shows_the_rate_and_p99_the_load_generator_measured(
     wait_usable(&a, 2).await;
     wait_usable(&b, 2).await;
 
+    let before = echo_latency_buckets(&[&a, &b]).await;
     let loads = tokio::spawn(async move {
         let (mut first, second) = tokio::join!(load(a.url()), load(b.url()));
         first.merge(&second);
@@ -85,7 +109,9 @@ async fn meridianctl_metrics_shows_the_rate_and_p99_the_load_generator_measured(
         ],
     );
     assert!(status.success(), "meridianctl metrics failed: {stderr}");
-    let (measured, _a, _b) = loads.await.expect("the load ran");
+    let (measured, a, b) = loads.await.expect("the load ran");
+    // The increase over the run: what rate(...[run]) × its length holds.
+    let scraped = echo_latency_buckets(&[&a, &b]).await.since(&before);
     let printed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON output");
     let traffic = printed["traffic"]
         .as_array()
@@ -102,6 +128,21 @@ async fn meridianctl_metrics_shows_the_rate_and_p99_the_load_generator_measured(
         measured.errors
     );
     assert_eq!(measured.errors, 0, "the load itself failed");
+    let sent_calls = measured.calls() as f64;
+    let prometheus_p99 = scraped.quantile(0.99).expect("latency buckets") * 1_000.0;
+    println!(
+        "Prometheus: histogram_quantile(0.99) over both proxies' buckets = {prometheus_p99:.1} ms from {} calls",
+        scraped.total()
+    );
+    assert!(
+        within(scraped.total(), sent_calls, 0.10),
+        "the buckets counted {} calls, the load generator sent {sent_calls:.0}: {scraped:?}",
+        scraped.total()
+    );
+    assert!(
+        within(prometheus_p99, measured_p99, 0.20),
+        "histogram_quantile gives p99 {prometheus_p99:.1} ms, the load generator measured {measured_p99:.1} ms: {scraped:?}"
+    );
     assert!(
         within(calls, sent, 0.10),
         "metrics shows {calls:.1} calls/s, the load generator sent {sent:.1}: {stdout}"

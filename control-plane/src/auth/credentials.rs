@@ -74,6 +74,11 @@ impl Authenticator {
         self.tokens.is_empty() && self.certificates.is_empty()
     }
 
+    /// How many tokens and certificate identities are accepted.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.tokens.len(), self.certificates.len())
+    }
+
     /// Who presents `authorization` (the header's value, if any) or, without one, a client
     /// certificate with `certificate_identities` (its URI SANs, DNS SANs and CN, in that
     /// order of preference).

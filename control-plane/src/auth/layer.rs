@@ -11,11 +11,14 @@
 //! | anything else | operator (deny by default) |
 //!
 //! Operators may call everything. A refusal is a trailers-only gRPC response written
-//! before the request body is read, so a refused call never reaches a handler.
+//! before the request body is read, so a refused call never reaches a handler. The
+//! credentials are read anew for each call from a [`SharedAuthenticator`], which a
+//! configuration reload replaces whole: a call sees the old set or the new one.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use futures::future::{Either, Ready, ready};
 use meridian_shared::config::Role;
 use tonic::Status;
@@ -58,22 +61,22 @@ pub fn required_role(path: &str) -> Option<Role> {
     }
 }
 
+/// The credentials in force, replaced whole when the tokens file or config is reloaded.
+pub type SharedAuthenticator = Arc<ArcSwap<Authenticator>>;
+
 /// Source of the client certificate's identities for a request (its URI SANs, DNS SANs
 /// and CN), when the connection is mTLS.
 pub type CertificateIdentities = fn(&http::Extensions) -> Vec<String>;
 
 #[derive(Clone)]
 pub struct AuthLayer {
-    auth: Arc<Authenticator>,
+    auth: SharedAuthenticator,
     identities: CertificateIdentities,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Authenticator, identities: CertificateIdentities) -> Self {
-        AuthLayer {
-            auth: Arc::new(auth),
-            identities,
-        }
+    pub fn new(auth: SharedAuthenticator, identities: CertificateIdentities) -> Self {
+        AuthLayer { auth, identities }
     }
 
     /// The caller of a request to `path`, or why it is refused (counted in
@@ -109,7 +112,7 @@ impl AuthLayer {
         } else {
             Vec::new()
         };
-        let caller = self.auth.authenticate(authorization, &certificate)?;
+        let caller = self.auth.load().authenticate(authorization, &certificate)?;
         if !role_allows(caller.role, needed) {
             return Err(Denied::PermissionDenied(format!(
                 "credential {:?} has the {} role; {} needs the {} role",

@@ -17,7 +17,7 @@ use meridian_shared::domain::Node;
 use tonic::{Request, Status};
 
 pub use credentials::{AuthError, Authenticator};
-pub use layer::AuthLayer;
+pub use layer::{AuthLayer, SharedAuthenticator};
 
 /// Who is calling, with what role and scope.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use meridian_control_plane::reload::LoadConfig;
 use meridian_control_plane::{ControlArgs, ControlPlane};
 
 #[tokio::main]
@@ -28,8 +29,18 @@ async fn main() -> ExitCode {
         config,
         |config| &config.log,
         |config, metrics, shutdown| async move {
+            let config_file = args.config.clone();
+            // A reload reads the file, variables and flags again, and keeps this run's
+            // dev-mode tokens (random ones could not be told to anyone again).
+            let dev_tokens = args.dev_tokens(&config);
+            let load: LoadConfig = Box::new(move || {
+                let mut config = args.load_config()?;
+                config.auth.tokens.extend(dev_tokens.iter().cloned());
+                Ok(config)
+            });
             ControlPlane::bind(config, metrics)
                 .await?
+                .reload_with(load, config_file)?
                 .serve(shutdown)
                 .await?;
             Ok(())

@@ -189,6 +189,10 @@ impl TablePublisher {
                 "publishing routing tables"
             );
             metrics::counter!("meridian_control_table_publications_total").increment(1);
+            for (federation, table) in &next.tables {
+                metrics::gauge!("meridian_control_table_version", "federation" => federation.clone())
+                    .set(table.version as f64);
+            }
             self.tx.send_replace(Arc::new(next));
         } else {
             // Nothing a proxy routes with changed; remember how far the state has been

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::report::Undelivered;
+use crate::outage_log::OutageLog;
 use crate::table::subscription::error_chain;
 use crate::table::{ProxyIdentity, TableHandle};
 
@@ -63,14 +64,18 @@ impl LoadReporter {
         };
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut replica = 0usize;
+        let mut outage = OutageLog::new(
+            "load report stream",
+            "the figures are kept for the next report",
+        );
         loop {
             let url = &self.control_planes[replica % self.control_planes.len()];
             let ended = tokio::select! {
                 _ = shutdown.wait() => return,
-                ended = self.stream(url, &mut state, &mut backoff) => ended,
+                ended = self.stream(url, &mut state, &mut backoff, &mut outage) => ended,
             };
             let delay = backoff.next_delay();
-            tracing::warn!(control_plane = %url, error = %ended, retry_in = ?delay, "load report stream lost; the figures are kept for the next report");
+            outage.failed(url, &ended, delay);
             replica += 1;
             tokio::select! {
                 _ = shutdown.wait() => return,
@@ -80,7 +85,13 @@ impl LoadReporter {
     }
 
     /// One stream: reports until it breaks, and returns why.
-    async fn stream(&self, url: &str, state: &mut ReportState, backoff: &mut Backoff) -> String {
+    async fn stream(
+        &self,
+        url: &str,
+        state: &mut ReportState,
+        backoff: &mut Backoff,
+        outage: &mut OutageLog,
+    ) -> String {
         let channel = meridian_shared::tls::connect(url, self.control_plane_tls.as_ref(), |e| {
             e.connect_timeout(Duration::from_secs(2))
         })
@@ -100,6 +111,7 @@ impl LoadReporter {
             }
         };
         tracing::info!(control_plane = %url, interval = ?state.interval, "reporting load");
+        outage.recovered(url);
         let mut next = Instant::now();
         loop {
             tokio::time::sleep_until(next).await;

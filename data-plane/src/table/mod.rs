@@ -523,7 +523,12 @@ impl TableHandle {
     }
 
     pub fn store(&self, table: ProxyTable) {
-        metrics::gauge!("meridian_proxy_table_version").set(table.version() as f64);
+        metrics::gauge!(
+            "meridian_proxy_table_version",
+            "federation" => table.data.federation.clone()
+        )
+        .set(table.version() as f64);
+        metrics::gauge!("meridian_proxy_table_age_seconds").set(0.0);
         self.0.store(Some(Arc::new(table)));
     }
 }

@@ -5,8 +5,9 @@
 //! decoded, the proxy refuses what it must never serve: a table for another federation
 //! than its own, or a version older than the one it holds (see [`TableData`] for why the
 //! version held itself is accepted). When the stream breaks, reconnect with jittered
-//! exponential backoff to the next replica and resume from the version held. The table is
-//! never evicted for being old: without a control plane, the proxy routes with what it has.
+//! exponential backoff to the next replica and resume from the version held (logged once,
+//! then summarised: [`OutageLog`]). The table is never evicted for being old: without a
+//! control plane, the proxy routes with what it has.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -26,6 +27,7 @@ use super::cache_file::{self, CacheWriter};
 use super::data::TableData;
 use super::{ProxyIdentity, ProxyTable, TableHandle, TableSource};
 use crate::endpoint::UpstreamSettings;
+use crate::outage_log::OutageLog;
 
 pub struct Subscription {
     pub identity: ProxyIdentity,
@@ -74,21 +76,17 @@ impl Subscription {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut replica = 0usize;
         let cache = self.cache.clone().map(CacheWriter::new);
+        let mut outage = OutageLog::new("routing stream", "keeping the current table");
         metrics::gauge!("meridian_proxy_control_plane_connected").set(0.0);
         loop {
             let url = &self.control_planes[replica % self.control_planes.len()];
             let result = tokio::select! {
                 _ = shutdown.wait() => return,
-                result = self.follow(url, &mut backoff, cache.as_ref()) => result,
+                result = self.follow(url, &mut backoff, &mut outage, cache.as_ref()) => result,
             };
             metrics::gauge!("meridian_proxy_control_plane_connected").set(0.0);
             let delay = backoff.next_delay();
-            let held = self
-                .table
-                .current()
-                .map(|t| t.version())
-                .unwrap_or_default();
-            tracing::warn!(control_plane = %url, error = %result, retry_in = ?delay, held_version = held, "routing stream lost; keeping the current table and reconnecting");
+            outage.failed(url, &result, delay);
             replica += 1;
             tokio::select! {
                 _ = shutdown.wait() => return,
@@ -102,6 +100,7 @@ impl Subscription {
         &self,
         url: &str,
         backoff: &mut Backoff,
+        outage: &mut OutageLog,
         cache: Option<&CacheWriter>,
     ) -> String {
         let channel = meridian_shared::tls::connect(url, self.control_plane_tls.as_ref(), |e| {
@@ -137,6 +136,7 @@ impl Subscription {
         };
         metrics::gauge!("meridian_proxy_control_plane_connected").set(1.0);
         tracing::info!(control_plane = %url, held_version, "subscribed to routing tables");
+        outage.recovered(url);
         backoff.reset();
         loop {
             let response = match inbound.message().await {

@@ -42,6 +42,7 @@ use serde::Deserialize;
 
 use super::{AuthConfig, ConfigError, ListenerTlsConfig, Validate};
 use crate::names::name_problem;
+use crate::reload::FixedSettings;
 use crate::telemetry::LogConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +223,42 @@ impl Default for ElectionConfig {
         ElectionConfig {
             lease_ttl_seconds: 10,
         }
+    }
+}
+
+impl ControlPlaneConfig {
+    /// The settings a running control plane keeps until restarted (`reloads: no` in
+    /// docs/configuration.md). The rest reloads on SIGHUP or a file change: `log.level`
+    /// and the whole `[auth]` section, tokens file included.
+    pub fn fixed_settings(&self) -> FixedSettings {
+        let store = &self.store;
+        vec![
+            ("replica_id", self.replica_id.clone()),
+            ("listen.grpc", self.listen.grpc.to_string()),
+            ("listen.http", self.listen.http.to_string()),
+            ("tls", format!("{:?}", self.tls)),
+            ("insecure", self.insecure.to_string()),
+            ("store.backend", format!("{:?}", store.backend)),
+            (
+                "store.etcd_endpoints",
+                format!("{:?}", store.etcd_endpoints),
+            ),
+            ("store.prefix", store.prefix.clone()),
+            ("store.embedded_file", format!("{:?}", store.embedded_file)),
+            ("store.dial_timeout_ms", store.dial_timeout_ms.to_string()),
+            ("store.etcd_tls", format!("{:?}", store.etcd_tls)),
+            ("store.etcd_user", format!("{:?}", store.etcd_user)),
+            (
+                "store.etcd_password_file",
+                format!("{:?}", store.etcd_password_file),
+            ),
+            (
+                "election.lease_ttl_seconds",
+                self.election.lease_ttl_seconds.to_string(),
+            ),
+            ("log.format", format!("{:?}", self.log.format)),
+            ("scaling", format!("{:?}", self.scaling)),
+        ]
     }
 }
 

@@ -45,6 +45,7 @@ use serde::Deserialize;
 use super::control_plane::valid_endpoint_url;
 use super::{ClientTlsConfig, ConfigError, ListenerTlsConfig, Validate};
 use crate::names::name_problem;
+use crate::reload::FixedSettings;
 use crate::telemetry::LogConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -383,6 +384,38 @@ impl Validate for ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// The settings a running proxy keeps until restarted (`reloads: no` in
+    /// docs/configuration.md). The rest reloads on SIGHUP or a file change: `log.level`
+    /// and `token_file` (its path and the token in it; used from the next connection to a
+    /// control plane).
+    pub fn fixed_settings(&self) -> FixedSettings {
+        vec![
+            ("id", self.id.clone()),
+            ("federation", self.federation.clone()),
+            ("region", self.region.clone()),
+            ("zone", self.zone.clone()),
+            ("control_planes", format!("{:?}", self.control_planes)),
+            ("table_cache", format!("{:?}", self.table_cache)),
+            ("drain_grace_seconds", self.drain_grace_seconds.to_string()),
+            ("max_message_bytes", self.max_message_bytes.to_string()),
+            (
+                "retry_buffer_call_bytes",
+                self.retry_buffer_call_bytes.to_string(),
+            ),
+            (
+                "retry_buffer_total_bytes",
+                self.retry_buffer_total_bytes.to_string(),
+            ),
+            ("listen.grpc", self.listen.grpc.to_string()),
+            ("listen.admin", self.listen.admin.to_string()),
+            ("listen_tls", format!("{:?}", self.listen_tls)),
+            ("control_plane_tls", format!("{:?}", self.control_plane_tls)),
+            ("upstream_tls", format!("{:?}", self.upstream_tls)),
+            ("upstream", format!("{:?}", self.upstream)),
+            ("log.format", format!("{:?}", self.log.format)),
+        ]
+    }
+
     fn validate_tls(&self) -> Result<(), ConfigError> {
         match &self.control_plane_tls {
             Some(tls) => tls.validate("control_plane_tls")?,

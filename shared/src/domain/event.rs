@@ -29,10 +29,14 @@ pub enum EventKind {
     ConfigUpdated,
     LeaderElected,
     ProxyNack,
+    /// A replica re-read its configuration file and tokens file and applied them.
+    ConfigReloaded,
+    /// A replica's configuration or tokens file was refused on reload; the old one serves.
+    ConfigReloadFailed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::NodeRegistered,
         EventKind::NodeDeregistered,
         EventKind::NodeLost,
@@ -50,6 +54,8 @@ impl EventKind {
         EventKind::ConfigUpdated,
         EventKind::LeaderElected,
         EventKind::ProxyNack,
+        EventKind::ConfigReloaded,
+        EventKind::ConfigReloadFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +77,8 @@ impl EventKind {
             EventKind::ConfigUpdated => "configUpdated",
             EventKind::LeaderElected => "leaderElected",
             EventKind::ProxyNack => "proxyNack",
+            EventKind::ConfigReloaded => "configReloaded",
+            EventKind::ConfigReloadFailed => "configReloadFailed",
         }
     }
 }

@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AdaptivePolicy, Algorithm, ConcurrencyPolicy, ConversionError, EndpointLimits, RateLimitPolicy,
-    RequestLimits,
-    ScalingPolicy, time,
+    RequestLimits, ScalingPolicy, time,
 };
 
 /// Declares field-for-field conversions both ways between a domain struct and its proto

@@ -1,8 +1,13 @@
 //! Log output: format, level, and the filter that chooses between `RUST_LOG` and the
-//! configured level.
+//! configured level. The filter sits behind a reload handle so a configuration reload can
+//! change `log.level` without a restart; the format is fixed at start.
+
+use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use serde::Deserialize;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::reload::Handle;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use super::TelemetryError;
 use crate::config::{ConfigError, Validate};
@@ -57,12 +62,52 @@ pub(super) fn filter(config: &LogConfig) -> Result<EnvFilter, TelemetryError> {
     })
 }
 
+/// The handle of the installed filter, set once by `telemetry::init`.
+static FILTER: OnceLock<Handle<EnvFilter, Registry>> = OnceLock::new();
+
+pub(super) fn keep_filter_handle(handle: Handle<EnvFilter, Registry>) {
+    let _ = FILTER.set(handle);
+}
+
+/// What [`set_log_level`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogLevelChange {
+    /// The filter in force is now `level`.
+    Applied,
+    /// `RUST_LOG` is set and wins over `log.level`: nothing changed.
+    OverriddenByRustLog,
+    /// No subscriber was installed by this module (tests, embedded use).
+    NotInstalled,
+}
+
+/// Makes `config.level` the filter in force, unless `RUST_LOG` is set (it wins, as at
+/// start). The level must have been validated ([`LogConfig`]'s `validate`).
+pub fn set_log_level(config: &LogConfig) -> Result<LogLevelChange, TelemetryError> {
+    if std::env::var("RUST_LOG").is_ok_and(|value| !value.is_empty()) {
+        return Ok(LogLevelChange::OverriddenByRustLog);
+    }
+    let Some(handle) = FILTER.get() else {
+        return Ok(LogLevelChange::NotInstalled);
+    };
+    let filter = filter(config)?;
+    handle
+        .reload(filter)
+        .map_err(|e| TelemetryError::BadFilter {
+            filter: config.level.clone(),
+            source_name: "log.level",
+            message: e.to_string(),
+        })?;
+    Ok(LogLevelChange::Applied)
+}
+
 pub(super) fn human_layer<S>() -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
+    // Colour codes only on a terminal: in a file, a pipe or a log collector they are noise.
     tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
 }
 

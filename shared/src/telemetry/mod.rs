@@ -8,7 +8,7 @@ mod metrics;
 mod propagation;
 mod traces;
 
-pub use logging::{LogConfig, LogFormat};
+pub use logging::{LogConfig, LogFormat, LogLevelChange, set_log_level};
 pub use metrics::{MetricsError, install_prometheus};
 pub use metrics_exporter_prometheus::PrometheusHandle;
 pub use propagation::{continue_trace, extract_context, grpc_request_span, inject_context};
@@ -61,6 +61,7 @@ pub fn exporting_traces() -> bool {
 /// exporter needs it).
 pub fn init(service_name: &str, config: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
     let filter = logging::filter(config)?;
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
     let traces = TraceExport::from_env(service_name)?;
     let otel_layer = traces
         .as_ref()
@@ -71,6 +72,7 @@ pub fn init(service_name: &str, config: &LogConfig) -> Result<TelemetryGuard, Te
         LogFormat::Json => registry.with(logging::json_layer()).try_init(),
     };
     result.map_err(|_| TelemetryError::AlreadyInstalled)?;
+    logging::keep_filter_handle(filter_handle);
     propagation::install_w3c_propagator();
     if let Some(t) = &traces {
         EXPORTING_TRACES.store(true, Ordering::Relaxed);
