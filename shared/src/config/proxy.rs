@@ -15,6 +15,9 @@
 //! [listen]
 //! grpc = "127.0.0.1:7800"    # client traffic (h2c, or TLS with [listen_tls])
 //! admin = "127.0.0.1:7801"   # /metrics, /ready, /live, /debug/table
+//! [listener_limits]          # connections, timeouts, streams (see config/listener_limits.rs)
+//! max_connections = 10000
+//! idle_timeout_seconds = 300
 //! [listen_tls]               # optional: clients connect with TLS
 //! cert = "/etc/meridian/tls/proxy-server.pem"
 //! key = "/etc/meridian/tls/proxy-server.key"
@@ -36,7 +39,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::control_plane::valid_endpoint_url;
-use super::{ClientTlsConfig, ConfigError, ListenerTlsConfig, Validate};
+use super::{ClientTlsConfig, ConfigError, ListenerLimits, ListenerTlsConfig, Validate};
 use crate::names::name_problem;
 use crate::telemetry::LogConfig;
 
@@ -67,6 +70,8 @@ pub struct ProxyConfig {
     /// would go over is forwarded as it streams, without retries.
     pub retry_buffer_total_bytes: u64,
     pub listen: ProxyListen,
+    /// Limits of the client gRPC listener.
+    pub listener_limits: ListenerLimits,
     /// TLS on the client gRPC listener; `None` serves h2c (loopback, development).
     pub listen_tls: Option<ListenerTlsConfig>,
     /// TLS towards the control planes; needed for `https://` URLs, ignored for `http://`.
@@ -93,6 +98,7 @@ impl Default for ProxyConfig {
             retry_buffer_call_bytes: 4 * 1024 * 1024,
             retry_buffer_total_bytes: 64 * 1024 * 1024,
             listen: ProxyListen::default(),
+            listener_limits: ListenerLimits::default(),
             listen_tls: None,
             control_plane_tls: None,
             upstream_tls: Vec::new(),
@@ -208,6 +214,7 @@ impl Validate for ProxyConfig {
                 "must differ from listen.grpc",
             ));
         }
+        self.listener_limits.validate("listener_limits")?;
         if !(1..=3_600).contains(&self.drain_grace_seconds) {
             return Err(ConfigError::invalid(
                 "drain_grace_seconds",
