@@ -152,3 +152,67 @@ mod tests {
         assert_eq!(err.field(), Some("listener_limits.handshake_timeout_ms"));
     }
 }
+
+/// The `[listener_limits]` flags, each with its `MERIDIAN_*` variable; both binaries
+/// flatten it into their command line, so the names are the same for both.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ListenerLimitsArgs {
+    /// Client connections held at once; over it a new connection is closed at once.
+    /// Default 10000.
+    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS", value_name = "COUNT")]
+    pub max_connections: Option<u32>,
+
+    /// Milliseconds a new connection may take for its TLS handshake and HTTP/2 preface.
+    /// Default 10000.
+    #[arg(long, env = "MERIDIAN_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+    pub handshake_timeout_ms: Option<u32>,
+
+    /// Seconds a connection may stay with no call open before it is closed (GOAWAY).
+    /// Default 300.
+    #[arg(long, env = "MERIDIAN_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub idle_timeout: Option<u32>,
+
+    /// Calls in flight on one connection (HTTP/2 max concurrent streams). Default 1024.
+    #[arg(long, env = "MERIDIAN_MAX_CONCURRENT_STREAMS", value_name = "COUNT")]
+    pub max_concurrent_streams: Option<u32>,
+
+    /// Largest request header block (metadata) of one call, bytes. Default 16384.
+    #[arg(long, env = "MERIDIAN_MAX_HEADER_LIST_BYTES", value_name = "BYTES")]
+    pub max_header_list_bytes: Option<u32>,
+
+    /// Seconds between HTTP/2 PINGs to a connection. Default 30.
+    #[arg(long, env = "MERIDIAN_KEEPALIVE_INTERVAL", value_name = "SECONDS")]
+    pub keepalive_interval: Option<u32>,
+
+    /// Seconds a client may take to answer a PING before its connection is closed.
+    /// Default 10.
+    #[arg(long, env = "MERIDIAN_KEEPALIVE_TIMEOUT", value_name = "SECONDS")]
+    pub keepalive_timeout: Option<u32>,
+
+    /// Calls a connection may cancel before their answer began; past it, when they are at
+    /// least half of its calls, the connection is closed (HTTP/2 rapid-reset defence).
+    /// Default 100.
+    #[arg(long, env = "MERIDIAN_MAX_PREMATURE_RESETS", value_name = "COUNT")]
+    pub max_premature_resets: Option<u32>,
+}
+
+impl ListenerLimitsArgs {
+    /// Puts the given flags over `limits`.
+    pub fn apply(&self, limits: &mut ListenerLimits) {
+        use super::override_with;
+        override_with(&mut limits.max_connections, &self.max_connections);
+        override_with(&mut limits.handshake_timeout_ms, &self.handshake_timeout_ms);
+        override_with(&mut limits.idle_timeout_seconds, &self.idle_timeout);
+        override_with(
+            &mut limits.max_concurrent_streams,
+            &self.max_concurrent_streams,
+        );
+        override_with(&mut limits.max_header_list_bytes, &self.max_header_list_bytes);
+        override_with(
+            &mut limits.keepalive_interval_seconds,
+            &self.keepalive_interval,
+        );
+        override_with(&mut limits.keepalive_timeout_seconds, &self.keepalive_timeout);
+        override_with(&mut limits.max_premature_resets, &self.max_premature_resets);
+    }
+}

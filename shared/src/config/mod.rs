@@ -19,7 +19,7 @@ pub use control_plane::{
     ScalingConfig, StoreBackend, StoreConfig,
 };
 pub use error::ConfigError;
-pub use listener_limits::ListenerLimits;
+pub use listener_limits::{ListenerLimits, ListenerLimitsArgs};
 pub use listener_tls::ListenerTlsConfig;
 pub use load::load_file;
 pub use proxy::{ProxyConfig, ProxyListen, UpstreamTlsRule};

@@ -301,6 +301,8 @@ impl<S, B, R> tower::Service<Request<B>> for CallTracking<S>
 where
     S: tower::Service<Request<B>, Response = Response<R>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
 {
     type Response = TrackedResponse<R>;
     type Error = S::Error;
