@@ -138,6 +138,7 @@ impl ControlPlane {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let http = tokio::spawn(admin_http::serve(
             self.http,
+            "meridian_control_http",
             admin_http::router(self.metrics, self.readiness.clone()),
             shutdown.clone(),
         ));
@@ -211,11 +212,10 @@ impl ControlPlane {
         let what = "listen.grpc";
         let served = match self.tls {
             Some(tls) => {
-                let incoming =
-                    LimitedIncoming::new(self.grpc, what, limits, metrics, move |tcp| {
-                        let tls = tls.clone();
-                        async move { tls.accept(tcp).await }
-                    });
+                let incoming = LimitedIncoming::new(self.grpc, what, limits, metrics, move |tcp| {
+                    let tls = tls.clone();
+                    async move { tls.accept(tcp).await }
+                });
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown.wait_owned())
                     .await

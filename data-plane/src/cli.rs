@@ -329,10 +329,21 @@ mod tests {
         assert_eq!(config.listener_limits.max_connections, 5);
         assert_eq!(config.listener_limits.idle_timeout_seconds, 2);
         assert_eq!(config.listener_limits.max_concurrent_streams, 1024);
-        let err = args(&["--id", "p1", "--region", "eu-west", "--max-connections", "0"])
-            .load_config()
-            .unwrap_err();
-        assert_eq!(err.field(), Some("listener_limits.max_connections"), "{err}");
+        let err = args(&[
+            "--id",
+            "p1",
+            "--region",
+            "eu-west",
+            "--max-connections",
+            "0",
+        ])
+        .load_config()
+        .unwrap_err();
+        assert_eq!(
+            err.field(),
+            Some("listener_limits.max_connections"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -37,11 +37,11 @@ use meridian_shared::Shutdown;
 use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::{ListenerLimits, ProxyConfig};
 use meridian_shared::credentials::{BearerAuth, CredentialError};
-use meridian_shared::telemetry::PrometheusHandle;
 use meridian_shared::listener::{
     BackoffAcceptor, ConnectionActivity, ConnectionCap, ConnectionPermit, ListenerMetrics,
-    PrefacedIo, StreamGuard, TrackedBody, Tracked, read_preface,
+    PrefacedIo, StreamGuard, Tracked, TrackedBody, read_preface,
 };
+use meridian_shared::telemetry::PrometheusHandle;
 use meridian_shared::tls::{ClientTls, ServerTls, TlsConfigError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
@@ -198,6 +198,7 @@ impl Proxy {
         );
         let admin = tokio::spawn(admin_http::serve(
             self.admin,
+            "meridian_proxy_admin",
             admin_router,
             shutdown.clone(),
         ));
@@ -414,7 +415,9 @@ impl ConnectionServer {
             let _permit = permit;
             match TcpStream::from_std(stream) {
                 Ok(tcp) => settings.open_and_serve(tcp, connection).await,
-                Err(e) => tracing::warn!(%client, error = %e, "a worker could not take a connection"),
+                Err(e) => {
+                    tracing::warn!(%client, error = %e, "a worker could not take a connection")
+                }
             }
             load.fetch_sub(1, Ordering::Relaxed);
         };
@@ -441,9 +444,11 @@ impl ConnectionSettings {
         let client = connection.client;
         match self.tls.clone() {
             Some(tls) => {
-                let opened = self.handshake(client, async move {
-                    read_preface(tls.accept(tcp).await?).await
-                });
+                let opened =
+                    self.handshake(
+                        client,
+                        async move { read_preface(tls.accept(tcp).await?).await },
+                    );
                 if let Some(io) = opened.await {
                     self.serve(io, connection).await;
                 }

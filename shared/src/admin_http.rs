@@ -1,7 +1,8 @@
 //! The HTTP endpoints every Meridian process serves beside its gRPC port: `/metrics`
 //! (Prometheus text), `/live` (the process runs) and `/ready` (it can do its job: the
 //! control plane reached its store, the proxy holds a routing table). Each binary may add
-//! routes of its own (e.g. the proxy's `/debug/table`).
+//! routes of its own (e.g. the proxy's `/debug/table`). The listener is capped and closes
+//! stalled connections ([`AdminListener`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::Shutdown;
+use crate::listener::AdminListener;
 
 /// Whether the process is ready; flipped by the component that knows.
 #[derive(Debug, Clone, Default)]
@@ -77,12 +79,15 @@ pub async fn bind(
         .map_err(|source| BindError { addr, what, source })
 }
 
-/// Serves `router` on `listener` until `shutdown` fires.
+/// Serves `router` on `listener` until `shutdown` fires, within the admin listener's
+/// limits ([`AdminListener`]); its counters are named `{metrics_prefix}_connections_*`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    metrics_prefix: &str,
     router: Router,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    let listener = AdminListener::new(listener, "admin HTTP", metrics_prefix)?;
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.wait_owned())
         .await

@@ -82,7 +82,12 @@ impl ListenerLimits {
     pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
         let checks: [(&str, u32, u32, u32); 8] = [
             ("max_connections", self.max_connections, 1, 1_000_000),
-            ("handshake_timeout_ms", self.handshake_timeout_ms, 100, 120_000),
+            (
+                "handshake_timeout_ms",
+                self.handshake_timeout_ms,
+                100,
+                120_000,
+            ),
             ("idle_timeout_seconds", self.idle_timeout_seconds, 1, 86_400),
             (
                 "max_concurrent_streams",
@@ -108,7 +113,12 @@ impl ListenerLimits {
                 1,
                 600,
             ),
-            ("max_premature_resets", self.max_premature_resets, 1, 1_000_000),
+            (
+                "max_premature_resets",
+                self.max_premature_resets,
+                1,
+                1_000_000,
+            ),
         ];
         for (key, value, min, max) in checks {
             if !(min..=max).contains(&value) {
@@ -207,12 +217,18 @@ impl ListenerLimitsArgs {
             &mut limits.max_concurrent_streams,
             &self.max_concurrent_streams,
         );
-        override_with(&mut limits.max_header_list_bytes, &self.max_header_list_bytes);
+        override_with(
+            &mut limits.max_header_list_bytes,
+            &self.max_header_list_bytes,
+        );
         override_with(
             &mut limits.keepalive_interval_seconds,
             &self.keepalive_interval,
         );
-        override_with(&mut limits.keepalive_timeout_seconds, &self.keepalive_timeout);
+        override_with(
+            &mut limits.keepalive_timeout_seconds,
+            &self.keepalive_timeout,
+        );
         override_with(&mut limits.max_premature_resets, &self.max_premature_resets);
     }
 }

@@ -10,10 +10,12 @@
 //! | `activity.rs` | [`ConnectionActivity`]: calls open and calls reset early, for the idle timeout and the rapid-reset defence |
 //! | `body.rs` | [`TrackedBody`]: a response body that keeps its call counted until it ends |
 //! | `metrics.rs` | [`ListenerMetrics`]: refusals, closes by reason, accept errors, open connections |
+//! | `admin.rs` | [`AdminListener`]: a small cap and an inactivity timeout for the admin HTTP port |
 //! | `tonic_incoming.rs` | [`LimitedIncoming`] and [`CallTrackingLayer`]: all of it for a tonic server |
 
 mod accept;
 mod activity;
+mod admin;
 mod body;
 mod cap;
 mod metrics;
@@ -22,6 +24,7 @@ mod tonic_incoming;
 
 pub use accept::BackoffAcceptor;
 pub use activity::{ConnectionActivity, StreamGuard, Tracked};
+pub use admin::{ADMIN_IDLE_TIMEOUT, ADMIN_MAX_CONNECTIONS, AdminIo, AdminListener};
 pub use body::TrackedBody;
 pub use cap::{ConnectionCap, ConnectionPermit};
 pub use metrics::ListenerMetrics;

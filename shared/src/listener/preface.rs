@@ -87,9 +87,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PrefacedIo<S> {
     }
 }
 
-impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
-    for PrefacedIo<S>
-{
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for PrefacedIo<S> {
     type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
