@@ -52,23 +52,21 @@ impl axum::serve::Listener for AdminListener {
     type Io = AdminIo;
     type Addr = SocketAddr;
 
-    fn accept(&mut self) -> impl Future<Output = (AdminIo, SocketAddr)> + Send {
-        async {
-            loop {
-                let (tcp, peer) = self.acceptor.accept().await;
-                match self.cap.try_acquire() {
-                    Some(permit) => {
-                        let io = AdminIo {
-                            tcp,
-                            _permit: permit,
-                            idle: Box::pin(tokio::time::sleep(ADMIN_IDLE_TIMEOUT)),
-                        };
-                        return (io, peer);
-                    }
-                    None => {
-                        self.metrics.refused_over_limit.increment(1);
-                        tracing::debug!(%peer, "admin connection refused: {ADMIN_MAX_CONNECTIONS} are open");
-                    }
+    async fn accept(&mut self) -> (AdminIo, SocketAddr) {
+        loop {
+            let (tcp, peer) = self.acceptor.accept().await;
+            match self.cap.try_acquire() {
+                Some(permit) => {
+                    let io = AdminIo {
+                        tcp,
+                        _permit: permit,
+                        idle: Box::pin(tokio::time::sleep(ADMIN_IDLE_TIMEOUT)),
+                    };
+                    return (io, peer);
+                }
+                None => {
+                    self.metrics.refused_over_limit.increment(1);
+                    tracing::debug!(%peer, "admin connection refused: {ADMIN_MAX_CONNECTIONS} are open");
                 }
             }
         }
