@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use meridian_shared::config::{
-    ConfigError, ControlPlaneConfig, ListenerTlsConfig, Role, StoreBackend, TokenConfig, Validate,
-    load_file, override_with,
+    ConfigError, ControlPlaneConfig, ListenerLimitsArgs, ListenerTlsConfig, Role, StoreBackend,
+    TokenConfig, Validate, load_file, override_with,
 };
 use meridian_shared::telemetry::LogFormat;
 
@@ -194,6 +194,10 @@ pub struct ControlArgs {
     #[arg(long, env = "MERIDIAN_SCALING_WEBHOOK_CA", value_name = "FILE")]
     pub scaling_webhook_ca: Option<PathBuf>,
 
+    /// Limits of the gRPC listener ([listener_limits]).
+    #[command(flatten)]
+    pub listener_limits: ListenerLimitsArgs,
+
     /// Log format: human or json. Default human.
     #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -234,6 +238,7 @@ impl ControlArgs {
         override_with(&mut config.store.etcd_endpoints, &self.etcd_endpoints);
         override_with(&mut config.store.prefix, &self.store_prefix);
         override_with(&mut config.election.lease_ttl_seconds, &self.election_ttl);
+        self.listener_limits.apply(&mut config.listener_limits);
         override_with(&mut config.log.format, &self.log_format);
         override_with(&mut config.log.level, &self.log_level);
         if self.embedded_file.is_some() {
@@ -368,9 +373,17 @@ mod tests {
         )
         .unwrap();
         let path = file.path().to_str().unwrap();
-        let config = args(&["--config", path, "--grpc-addr", "127.0.0.1:9200"])
-            .load_config()
-            .unwrap();
+        let config = args(&[
+            "--config",
+            path,
+            "--grpc-addr",
+            "127.0.0.1:9200",
+            "--max-connections",
+            "7",
+        ])
+        .load_config()
+        .unwrap();
+        assert_eq!(config.listener_limits.max_connections, 7);
         assert_eq!(
             config.listen.grpc.port(),
             9200,

@@ -3,7 +3,10 @@
 //! registry, Admin, health, reflection) and HTTP (/metrics, /live, /ready, and the
 //! dashboard at `/`) until the shutdown signal, then stop everything gracefully. `/ready`
 //! turns true once the topology was loaded from the store, and false again (503) from the
-//! shutdown signal on.
+//! shutdown signal on. The gRPC listener holds `[listener_limits]`: tonic's HTTP/2
+//! settings for streams, header list and keep-alive, and `meridian_shared::listener`'s
+//! incoming stream for the connection cap, the handshake and idle timeouts and the
+//! rapid-reset defence.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,11 +19,11 @@ use meridian_proto::v1::node_registry_server::NodeRegistryServer;
 use meridian_shared::admin_http::{self, BindError, Readiness};
 use meridian_shared::config::{ControlPlaneConfig, StoreBackend, StoreConfig};
 use meridian_shared::domain::limits::routing_message_limit;
+use meridian_shared::listener::{CallTrackingLayer, LimitedIncoming, ListenerMetrics};
 use meridian_shared::telemetry::{self, PrometheusHandle};
 use meridian_shared::tls::{ClientTls, ClientTlsFiles, PeerIdentity, ServerTls, TlsConfigError};
 use meridian_shared::{Backoff, Shutdown};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::admin::{AdminService, MetricsSources, ScalingContext};
@@ -164,6 +167,7 @@ impl ControlPlane {
         let http_stop = Shutdown::new();
         let http = tokio::spawn(admin_http::serve(
             self.http,
+            "meridian_control_http",
             admin_http::router(self.metrics, self.readiness.clone()).merge(dashboard.router()),
             http_stop.clone(),
         ));
@@ -225,8 +229,14 @@ impl ControlPlane {
             prefix = %self.config.store.prefix,
             "control plane serving"
         );
+        let limits = &self.config.listener_limits;
         let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_header_list_size(limits.max_header_list_bytes)
+            .http2_keepalive_interval(Some(limits.keepalive_interval()))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
             .trace_fn(telemetry::grpc_request_span)
+            .layer(CallTrackingLayer)
             .layer(auth)
             .add_service(health_service)
             .add_service(reflection)
@@ -238,18 +248,24 @@ impl ControlPlane {
             )
             .add_service(NodeRegistryServer::new(registry))
             .add_service(DiscoveryRoutes::new(discovery));
+        let metrics = ListenerMetrics::new("meridian_control");
+        let what = "listen.grpc";
         let served = match self.tls {
             Some(tls) => {
+                let incoming = LimitedIncoming::new(self.grpc, what, limits, metrics, move |tcp| {
+                    let tls = tls.clone();
+                    async move { tls.accept(tcp).await }
+                });
                 router
-                    .serve_with_incoming_shutdown(tls.incoming(self.grpc), shutdown.wait_owned())
+                    .serve_with_incoming_shutdown(incoming, shutdown.wait_owned())
                     .await
             }
             None => {
+                let incoming = LimitedIncoming::new(self.grpc, what, limits, metrics, |tcp| {
+                    std::future::ready(Ok(tcp))
+                });
                 router
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(self.grpc),
-                        shutdown.wait_owned(),
-                    )
+                    .serve_with_incoming_shutdown(incoming, shutdown.wait_owned())
                     .await
             }
         };

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use meridian_shared::config::{
-    ClientTlsConfig, ConfigError, ListenerTlsConfig, ProxyConfig, UpstreamTlsRule, Validate,
-    load_file, override_with,
+    ClientTlsConfig, ConfigError, ListenerLimitsArgs, ListenerTlsConfig, ProxyConfig,
+    UpstreamTlsRule, Validate, load_file, override_with,
 };
 use meridian_shared::telemetry::LogFormat;
 
@@ -189,6 +189,9 @@ pub struct ProxyArgs {
     /// service's timeout.default_timeout_ms wins. Default 0.
     #[arg(long, env = "MERIDIAN_DEFAULT_DEADLINE_MS", value_name = "MS")]
     pub default_deadline_ms: Option<u32>,
+    /// Limits of the client gRPC listener ([listener_limits]).
+    #[command(flatten)]
+    pub listener_limits: ListenerLimitsArgs,
 
     /// Log format: human or json. Default human.
     #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_name = "FORMAT")]
@@ -225,6 +228,7 @@ impl ProxyArgs {
             &self.retry_buffer_total_bytes,
         );
         self.override_upstream(&mut config);
+        self.listener_limits.apply(&mut config.listener_limits);
         override_with(&mut config.log.format, &self.log_format);
         override_with(&mut config.log.level, &self.log_level);
         if self.table_cache.is_some() {
@@ -395,6 +399,40 @@ mod tests {
         .load_config()
         .unwrap_err();
         assert_eq!(err.field(), Some("upstream.max_requests_per_endpoint"));
+    }
+
+    #[test]
+    fn listener_limit_flags_override_and_are_validated() {
+        let config = args(&[
+            "--id",
+            "p1",
+            "--region",
+            "eu-west",
+            "--max-connections",
+            "5",
+            "--idle-timeout",
+            "2",
+        ])
+        .load_config()
+        .unwrap();
+        assert_eq!(config.listener_limits.max_connections, 5);
+        assert_eq!(config.listener_limits.idle_timeout_seconds, 2);
+        assert_eq!(config.listener_limits.max_concurrent_streams, 1024);
+        let err = args(&[
+            "--id",
+            "p1",
+            "--region",
+            "eu-west",
+            "--max-connections",
+            "0",
+        ])
+        .load_config()
+        .unwrap_err();
+        assert_eq!(
+            err.field(),
+            Some("listener_limits.max_connections"),
+            "{err}"
+        );
     }
 
     #[test]

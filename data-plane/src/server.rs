@@ -13,8 +13,16 @@
 //! runtime moved tasks between cores and shared each node's connection between them; a
 //! thread per core does neither. The control-plane streams, load reports and admin HTTP
 //! run on the main thread.
+//!
+//! The listener holds `[listener_limits]` (`meridian_shared::listener`): a connection over
+//! `max_connections` (one count for all workers) is closed as soon as it is accepted;
+//! `accept` failures back off instead of spinning; each connection must finish its TLS
+//! handshake and send the HTTP/2 preface within the handshake timeout; a connection with
+//! no call open for the idle timeout gets a GOAWAY; one that cancels too many calls before
+//! their answer (HTTP/2 rapid reset) is closed at once.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,13 +37,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_proto::v1::message_router_server::MessageRouterServer;
 use meridian_shared::Shutdown;
 use meridian_shared::admin_http::{self, BindError, Readiness};
-use meridian_shared::config::ProxyConfig;
+use meridian_shared::config::{ListenerLimits, ProxyConfig};
 use meridian_shared::credentials::{BearerAuth, CredentialError};
+use meridian_shared::listener::{
+    BackoffAcceptor, ConnectionActivity, ConnectionCap, ConnectionPermit, ListenerMetrics,
+    PrefacedIo, StreamGuard, Tracked, TrackedBody, read_preface,
+};
 use meridian_shared::telemetry::PrometheusHandle;
-use meridian_shared::tls::{ClientTls, ServerTls, TlsConfigError, TlsIncoming};
+use meridian_shared::tls::{ClientTls, ServerTls, TlsConfigError};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
-use tokio_stream::StreamExt;
 use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tower::Service;
@@ -217,6 +227,7 @@ impl Proxy {
         let admin_stop = Shutdown::new();
         let admin = tokio::spawn(admin_http::serve(
             self.admin,
+            "meridian_proxy_admin",
             admin_router,
             admin_stop.clone(),
         ));
@@ -241,9 +252,10 @@ impl Proxy {
             "proxy serving"
         );
         let grace = Duration::from_secs(u64::from(self.config.drain_grace_seconds));
-        let listener = match self.listen_tls {
-            Some(tls) => ClientListener::Tls(tls.incoming(self.grpc)),
-            None => ClientListener::Plain(self.grpc),
+        let listener = ClientListener {
+            tcp: self.grpc,
+            tls: self.listen_tls,
+            limits: self.config.listener_limits.clone(),
         };
         accept_until_shutdown(listener, dispatch, &shutdown, grace).await;
         admin_stop.trigger();
@@ -326,74 +338,64 @@ async fn local_services(
         .prepare())
 }
 
-/// The client gRPC listener: TCP connections served in h2c, or TLS connections yielded
-/// once their handshake (run concurrently, off this loop) is done.
-enum ClientListener {
-    Plain(TcpListener),
-    Tls(TlsIncoming),
+/// The client gRPC listener and what it may hold.
+struct ClientListener {
+    tcp: TcpListener,
+    /// TLS on every connection; `None` serves h2c.
+    tls: Option<ServerTls>,
+    limits: ListenerLimits,
 }
 
-/// Accepts connections until `shutdown`, then drains them for at most `grace`.
+/// Accepts connections until `shutdown`, then drains them for at most `grace`. A
+/// connection over `max_connections` is closed at once, before any handshake; the others
+/// are handed to a worker, which runs their TLS handshake and reads their HTTP/2 preface
+/// under the handshake deadline, then serves them.
 async fn accept_until_shutdown(
-    mut listener: ClientListener,
+    listener: ClientListener,
     dispatch: Arc<Dispatch>,
     shutdown: &Shutdown,
     grace: Duration,
 ) {
+    let limits = &listener.limits;
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_bytes)
+        .keep_alive_interval(limits.keepalive_interval())
+        .keep_alive_timeout(limits.keepalive_timeout());
+    let metrics = ListenerMetrics::new("meridian_proxy");
     let server = ConnectionServer {
         http2,
         dispatch,
+        tls: listener.tls,
+        limits: limits.clone(),
+        metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
         workers: Workers::start(worker_count()),
     };
+    let cap = ConnectionCap::new(limits.max_connections as usize);
+    let mut acceptor = BackoffAcceptor::new(listener.tcp, "listen.grpc", metrics.clone());
     loop {
-        match &mut listener {
-            ClientListener::Plain(tcp) => {
-                let (stream, client) = tokio::select! {
-                    _ = shutdown.wait() => break,
-                    accepted = tcp.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accepting a connection failed");
-                            continue;
-                        }
-                    },
-                };
-                let _ = stream.set_nodelay(true);
-                server.spawn_tcp(stream, client);
-            }
-            ClientListener::Tls(incoming) => {
-                let stream: TlsStream<TcpStream> = tokio::select! {
-                    _ = shutdown.wait() => break,
-                    next = incoming.next() => match next {
-                        Some(Ok(stream)) => stream,
-                        Some(Err(never)) => match never {},
-                        None => {
-                            tracing::error!("the TLS listener stopped accepting");
-                            break;
-                        }
-                    },
-                };
-                match stream.get_ref().0.peer_addr() {
-                    Ok(client) => server.spawn_with(client, move || Ok(stream)),
-                    Err(e) => tracing::debug!(error = %e, "a TLS client left after its handshake"),
-                }
-            }
-        }
+        let (stream, client) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = acceptor.accept() => accepted,
+        };
+        let Some(permit) = cap.try_acquire() else {
+            metrics.refused_over_limit.increment(1);
+            tracing::debug!(%client, "connection refused: listener_limits.max_connections are open");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        server.spawn(stream, client, permit);
     }
     let ConnectionServer {
         connections,
         workers,
         ..
     } = server;
-    drop(listener);
+    drop(acceptor);
     connections.close();
     let in_flight = connections.len();
     if in_flight > 0 {
@@ -413,60 +415,166 @@ async fn accept_until_shutdown(
 struct ConnectionServer {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     dispatch: Arc<Dispatch>,
+    tls: Option<ServerTls>,
+    limits: ListenerLimits,
+    metrics: ListenerMetrics,
     shutdown: Shutdown,
     connections: TaskTracker,
     workers: Workers,
 }
 
+/// One client connection: what its calls need, and their count.
+struct ClientConnection {
+    dispatch: Arc<Dispatch>,
+    client: SocketAddr,
+    activity: ConnectionActivity,
+}
+
+impl Tracked for ClientConnection {
+    fn activity(&self) -> &ConnectionActivity {
+        &self.activity
+    }
+}
+
 impl ConnectionServer {
     /// Serves a TCP connection on a worker, whose runtime then drives its socket.
-    fn spawn_tcp(&self, stream: TcpStream, client: SocketAddr) {
-        match stream.into_std() {
-            Ok(stream) => self.spawn_with(client, move || TcpStream::from_std(stream)),
-            Err(e) => tracing::warn!(%client, error = %e, "cannot hand a connection to a worker"),
-        }
-    }
-
-    /// Serves a connection on a worker; `open` runs there and gives the stream.
-    fn spawn_with<S, F>(&self, client: SocketAddr, open: F)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        F: FnOnce() -> std::io::Result<S> + Send + 'static,
-    {
-        let dispatch = Arc::clone(&self.dispatch);
-        let http2 = self.http2.clone();
-        let shutdown = self.shutdown.clone();
+    fn spawn(&self, stream: TcpStream, client: SocketAddr, permit: ConnectionPermit) {
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%client, error = %e, "cannot hand a connection to a worker");
+                return;
+            }
+        };
+        let connection = Arc::new(ClientConnection {
+            dispatch: Arc::clone(&self.dispatch),
+            client,
+            activity: ConnectionActivity::new(self.limits.max_premature_resets),
+        });
+        let settings = ConnectionSettings {
+            http2: self.http2.clone(),
+            tls: self.tls.clone(),
+            handshake_timeout: self.limits.handshake_timeout(),
+            idle_timeout: self.limits.idle_timeout(),
+            close_timeout: self.limits.keepalive_timeout(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        };
         let (worker, load) = self.workers.least_loaded();
         let serve = async move {
-            let stream = match open() {
-                Ok(stream) => stream,
+            let _permit = permit;
+            match TcpStream::from_std(stream) {
+                Ok(tcp) => settings.open_and_serve(tcp, connection).await,
                 Err(e) => {
-                    tracing::warn!(%client, error = %e, "a worker could not take a connection");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(move |request| {
-                let dispatch = Arc::clone(&dispatch);
-                // Boxed so the task hyper spawns per stream holds a pointer, not the whole
-                // (large) future.
-                Box::pin(async move { Ok::<_, Infallible>(dispatch.handle(request, client).await) })
-            });
-            let connection = http2.serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%client, error = %e, "client connection ended with an error");
-                    }
-                }
-                _ = shutdown.wait() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+                    tracing::warn!(%client, error = %e, "a worker could not take a connection")
                 }
             }
             load.fetch_sub(1, Ordering::Relaxed);
         };
         worker.spawn(self.connections.track_future(serve));
+    }
+}
+
+/// What serving one connection needs, moved to its worker.
+struct ConnectionSettings {
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    tls: Option<ServerTls>,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    /// How long a GOAWAY'd idle connection may take to close.
+    close_timeout: Duration,
+    metrics: ListenerMetrics,
+    shutdown: Shutdown,
+}
+
+impl ConnectionSettings {
+    /// The TLS handshake (if any) and the HTTP/2 preface under the handshake deadline,
+    /// then the connection's calls.
+    async fn open_and_serve(self, tcp: TcpStream, connection: Arc<ClientConnection>) {
+        let client = connection.client;
+        match self.tls.clone() {
+            Some(tls) => {
+                let opened =
+                    self.handshake(
+                        client,
+                        async move { read_preface(tls.accept(tcp).await?).await },
+                    );
+                if let Some(io) = opened.await {
+                    self.serve(io, connection).await;
+                }
+            }
+            None => {
+                if let Some(io) = self.handshake(client, read_preface(tcp)).await {
+                    self.serve(io, connection).await;
+                }
+            }
+        }
+    }
+
+    async fn handshake<S>(
+        &self,
+        client: SocketAddr,
+        opening: impl Future<Output = std::io::Result<PrefacedIo<S>>>,
+    ) -> Option<PrefacedIo<S>> {
+        match tokio::time::timeout(self.handshake_timeout, opening).await {
+            Ok(Ok(io)) => Some(io),
+            Ok(Err(e)) => {
+                self.metrics.closed_handshake_failed.increment(1);
+                tracing::debug!(%client, error = %e, "client connection closed: its handshake failed");
+                None
+            }
+            Err(_) => {
+                self.metrics.closed_handshake_timeout.increment(1);
+                tracing::debug!(%client, timeout = ?self.handshake_timeout, "client connection closed: no TLS handshake and HTTP/2 preface within listener_limits.handshake_timeout_ms");
+                None
+            }
+        }
+    }
+
+    /// Serves the calls of one connection until it ends, the proxy shuts down (GOAWAY),
+    /// it idles past the idle timeout (GOAWAY) or resets too many calls (closed at once).
+    async fn serve<S>(self, io: PrefacedIo<S>, connection: Arc<ClientConnection>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let watched = Arc::clone(&connection);
+        let client = connection.client;
+        let service = hyper::service::service_fn(move |request| {
+            let mut call = StreamGuard::start(Arc::clone(&connection));
+            // Boxed so the task hyper spawns per stream holds a pointer, not the whole
+            // (large) future.
+            Box::pin(async move {
+                let conn = call.connection();
+                let response = conn.dispatch.handle(request, conn.client).await;
+                call.answered();
+                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, Some(call))))
+            })
+        });
+        self.metrics.open.increment(1.0);
+        let connection = self.http2.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%client, error = %e, "client connection ended with an error");
+                }
+            }
+            _ = self.shutdown.wait() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+            () = watched.activity.idle_for(self.idle_timeout) => {
+                self.metrics.closed_idle.increment(1);
+                tracing::debug!(%client, "client connection closed: no call for listener_limits.idle_timeout_seconds");
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(self.close_timeout, connection).await;
+            }
+            () = watched.activity.too_many_resets() => {
+                self.metrics.closed_premature_resets.increment(1);
+                tracing::warn!(%client, resets = watched.activity.premature_resets(), "client connection closed: it cancelled too many calls before their answer (HTTP/2 rapid reset?); see listener_limits.max_premature_resets");
+            }
+        }
+        self.metrics.open.decrement(1.0);
     }
 }
 

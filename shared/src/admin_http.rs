@@ -5,7 +5,8 @@
 //!
 //! `/ready` answers 503 from the moment a process starts draining (SIGTERM), and the
 //! endpoints keep answering while it drains, so a load balancer or Kubernetes takes it out
-//! of rotation before its listeners close rather than after.
+//! of rotation before its listeners close rather than after. The listener is capped and
+//! closes stalled connections ([`AdminListener`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::Shutdown;
+use crate::listener::AdminListener;
 
 /// Whether the process is ready; flipped by the component that knows, and off for good
 /// once it drains.
@@ -102,13 +104,17 @@ pub async fn bind(
         .map_err(|source| BindError { addr, what, source })
 }
 
-/// Serves `router` on `listener` until `shutdown` fires. To keep answering while the
-/// process drains, give it a signal fired after the drain (e.g. a [`Shutdown`] of its own).
+/// Serves `router` on `listener` until `shutdown` fires, within the admin listener's
+/// limits ([`AdminListener`]); its counters are named `{metrics_prefix}_connections_*`.
+/// To keep answering while the process drains, give it a signal fired after the drain
+/// (e.g. a [`Shutdown`] of its own).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    metrics_prefix: &str,
     router: Router,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    let listener = AdminListener::new(listener, "admin HTTP", metrics_prefix)?;
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.wait_owned())
         .await

@@ -16,6 +16,11 @@ fn the_example_control_plane_config_is_valid() {
     let config: ControlPlaneConfig = load_file(&deploy("control-plane.toml")).unwrap();
     config.validate().unwrap();
     assert_eq!(config.listen.grpc.to_string(), "127.0.0.1:7700");
+    assert_eq!(
+        config.listener_limits,
+        Default::default(),
+        "the example shows the defaults"
+    );
 }
 
 #[test]
@@ -23,6 +28,11 @@ fn the_example_proxy_config_is_valid() {
     let config: ProxyConfig = load_file(&deploy("proxy.toml")).unwrap();
     config.validate().unwrap();
     assert_eq!(config.region, "eu-west");
+    assert_eq!(
+        config.listener_limits,
+        Default::default(),
+        "the example shows the defaults"
+    );
 }
 
 /// The TLS sections of deploy/proxy.toml are commented out (their files do not exist on

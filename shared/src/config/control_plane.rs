@@ -5,6 +5,8 @@
 //! [listen]
 //! grpc = "127.0.0.1:7700"   # RoutingDiscovery, NodeRegistry, Admin, health, reflection
 //! http = "127.0.0.1:7701"   # /metrics, /ready, /live
+//! [listener_limits]         # of the gRPC listener (see config/listener_limits.rs)
+//! max_connections = 10000
 //! [tls]                     # optional; required off loopback unless insecure = true
 //! cert = "/etc/meridian/tls/control.pem"
 //! key = "/etc/meridian/tls/control.key"
@@ -40,7 +42,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{AuthConfig, ConfigError, ListenerTlsConfig, Validate};
+use super::{AuthConfig, ConfigError, ListenerLimits, ListenerTlsConfig, Validate};
 use crate::names::name_problem;
 use crate::reload::FixedSettings;
 use crate::telemetry::LogConfig;
@@ -51,6 +53,8 @@ pub struct ControlPlaneConfig {
     /// This replica's name in leader election, events and `meridianctl proxies`.
     pub replica_id: String,
     pub listen: ControlPlaneListen,
+    /// Limits of the gRPC listener.
+    pub listener_limits: ListenerLimits,
     /// TLS on the gRPC listener; `None` serves plaintext (loopback, or with `insecure`).
     pub tls: Option<ListenerTlsConfig>,
     /// Allow plaintext gRPC on a non-loopback address (tokens and tables in the clear).
@@ -67,6 +71,7 @@ impl Default for ControlPlaneConfig {
         ControlPlaneConfig {
             replica_id: format!("cp-{}", std::process::id()),
             listen: ControlPlaneListen::default(),
+            listener_limits: ListenerLimits::default(),
             tls: None,
             insecure: false,
             store: StoreConfig::default(),
@@ -258,6 +263,7 @@ impl ControlPlaneConfig {
             ),
             ("log.format", format!("{:?}", self.log.format)),
             ("scaling", format!("{:?}", self.scaling)),
+            ("listener_limits", format!("{:?}", self.listener_limits)),
         ]
     }
 }
@@ -286,6 +292,7 @@ impl Validate for ControlPlaneConfig {
                 "must differ from listen.grpc",
             ));
         }
+        self.listener_limits.validate("listener_limits")?;
         let store = &self.store;
         if store.backend == StoreBackend::Etcd {
             if store.etcd_endpoints.is_empty() {

@@ -7,6 +7,7 @@ mod auth;
 mod client_tls;
 mod control_plane;
 mod error;
+mod listener_limits;
 mod listener_tls;
 mod load;
 mod proxy;
@@ -18,6 +19,7 @@ pub use control_plane::{
     ScalingConfig, StoreBackend, StoreConfig,
 };
 pub use error::ConfigError;
+pub use listener_limits::{ListenerLimits, ListenerLimitsArgs};
 pub use listener_tls::ListenerTlsConfig;
 pub use load::load_file;
 pub use proxy::{ProxyConfig, ProxyListen, UpstreamLimits, UpstreamTlsRule};

@@ -15,6 +15,9 @@
 //! [listen]
 //! grpc = "127.0.0.1:7800"    # client traffic (h2c, or TLS with [listen_tls])
 //! admin = "127.0.0.1:7801"   # /metrics, /ready, /live, /debug/table
+//! [listener_limits]          # connections, timeouts, streams (see config/listener_limits.rs)
+//! max_connections = 10000
+//! idle_timeout_seconds = 300
 //! [listen_tls]               # optional: clients connect with TLS
 //! cert = "/etc/meridian/tls/proxy-server.pem"
 //! key = "/etc/meridian/tls/proxy-server.key"
@@ -43,7 +46,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::control_plane::valid_endpoint_url;
-use super::{ClientTlsConfig, ConfigError, ListenerTlsConfig, Validate};
+use super::{ClientTlsConfig, ConfigError, ListenerLimits, ListenerTlsConfig, Validate};
 use crate::names::name_problem;
 use crate::reload::FixedSettings;
 use crate::telemetry::LogConfig;
@@ -78,6 +81,8 @@ pub struct ProxyConfig {
     /// Limits towards the nodes: calls in flight, connections and their windows,
     /// timeouts.
     pub upstream: UpstreamLimits,
+    /// Limits of the client gRPC listener.
+    pub listener_limits: ListenerLimits,
     /// TLS on the client gRPC listener; `None` serves h2c (loopback, development).
     pub listen_tls: Option<ListenerTlsConfig>,
     /// TLS towards the control planes; needed for `https://` URLs, ignored for `http://`.
@@ -105,6 +110,7 @@ impl Default for ProxyConfig {
             retry_buffer_total_bytes: 64 * 1024 * 1024,
             listen: ProxyListen::default(),
             upstream: UpstreamLimits::default(),
+            listener_limits: ListenerLimits::default(),
             listen_tls: None,
             control_plane_tls: None,
             upstream_tls: Vec::new(),
@@ -347,6 +353,7 @@ impl Validate for ProxyConfig {
                 "must differ from listen.grpc",
             ));
         }
+        self.listener_limits.validate("listener_limits")?;
         if !(1..=3_600).contains(&self.drain_grace_seconds) {
             return Err(ConfigError::invalid(
                 "drain_grace_seconds",
@@ -412,6 +419,7 @@ impl ProxyConfig {
             ("control_plane_tls", format!("{:?}", self.control_plane_tls)),
             ("upstream_tls", format!("{:?}", self.upstream_tls)),
             ("upstream", format!("{:?}", self.upstream)),
+            ("listener_limits", format!("{:?}", self.listener_limits)),
             ("log.format", format!("{:?}", self.log.format)),
         ]
     }
