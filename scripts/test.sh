@@ -24,8 +24,8 @@ for crate in tonic prost hyper h2 tower rustls; do
         exit 1
     fi
 done
-echo "== Kubernetes manifests render (kubectl kustomize) and validate against the API schemas"
-scripts/kubernetes-check.sh
+echo "== deploy/: Kubernetes manifests render and validate against the API schemas; the compose file validates"
+scripts/deploy-check.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -1,5 +1,5 @@
 """What Meridian's Kubernetes manifests promise beyond the API schemas, checked on the
-rendered output of `kubectl kustomize` (scripts/kubernetes-check.sh):
+rendered output of `kubectl kustomize` (scripts/deploy-check.sh):
 
 - every workload's pods run as non-root, without privilege escalation or capabilities,
   with CPU and memory requests and a memory limit;

