@@ -77,7 +77,11 @@ fn the_kubernetes_and_compose_control_plane_configs_are_valid() {
             load_file(&deploy(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(config.listen.http.to_string(), "0.0.0.0:7701", "{file}");
-        assert_eq!(config.store.etcd_endpoints.len(), 3, "{file}: a 3-member etcd");
+        assert_eq!(
+            config.store.etcd_endpoints.len(),
+            3,
+            "{file}: a 3-member etcd"
+        );
     }
 }
 
