@@ -46,7 +46,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
 service=meridian-control
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -subj "/CN=$service.$namespace.svc" -keyout tls.key -out "$work/tls.csr" 2>/dev/null
-printf 'subjectAltName=DNS:%s,DNS:%s.%s,DNS:%s.%s.svc,DNS:%s.%s.svc.cluster.local\nextendedKeyUsage=serverAuth\n' \
+# localhost too: meridianctl through `kubectl port-forward` (docs/kubernetes.md).
+printf 'subjectAltName=DNS:%s,DNS:%s.%s,DNS:%s.%s.svc,DNS:%s.%s.svc.cluster.local,DNS:localhost\nextendedKeyUsage=serverAuth\n' \
     "$service" "$service" "$namespace" "$service" "$namespace" "$service" "$namespace" >"$work/ext"
 openssl x509 -req -in "$work/tls.csr" -CA ca.crt -CAkey "$work/ca.key" -CAserial "$work/ca.srl" -CAcreateserial \
     -days 365 -extfile "$work/ext" -out tls.crt 2>/dev/null
