@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Meridian's whole test suite, exactly as CI runs it (.ci/run calls this script):
-# installs missing prerequisites (protoc, etcd), then checks formatting, lints with
+# installs missing prerequisites (protoc, etcd), checks deploy/ (scripts/deploy-check.sh),
+# then checks formatting, lints with
 # clippy (warnings are errors) and runs every test, including those that start real etcd
 # and real Meridian processes on loopback.
 #
