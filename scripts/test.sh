@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Meridian's whole test suite, exactly as CI runs it (.ci/run calls this script):
-# installs missing prerequisites (protoc, etcd), checks deploy/ (scripts/deploy-check.sh),
-# then checks formatting, lints with
-# clippy (warnings are errors) and runs every test, including those that start real etcd
-# and real Meridian processes on loopback.
+# installs missing prerequisites (protoc, etcd), checks deploy/ (scripts/deploy-check.sh:
+# Kubernetes manifests and the compose file), then checks formatting, lints with clippy
+# (warnings are errors) and runs every test, including those that start real etcd and
+# real Meridian processes on loopback.
 #
 # Usage: scripts/test.sh [extra cargo test arguments, e.g. a test name filter]
 set -euo pipefail
