@@ -24,14 +24,26 @@ work=$(mktemp -d)
 etcd_pid=
 containers=()
 cleanup() {
-    local status=$?
+    local status=$? c
+    set +e
     for c in "${containers[@]}"; do
-        [ $status -ne 0 ] && { echo "--- logs of $c"; podman logs --tail 30 "$c" 2>&1 || true; }
-        podman rm --force --time 5 "$c" >/dev/null 2>&1 || true
+        if [ $status -ne 0 ]; then
+            echo "--- last log lines of $c"
+            podman logs --tail 30 "$c" 2>&1
+        fi
+        podman rm --force --time 5 "$c" >/dev/null 2>&1
     done
-    [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+    if [ -n "$etcd_pid" ]; then
+        kill "$etcd_pid" 2>/dev/null
+        wait "$etcd_pid" 2>/dev/null
+    fi
     rm -rf "$work"
-    [ $status -eq 0 ] && echo "image check passed: $MERIDIAN_IMAGE" || echo "image check FAILED: $MERIDIAN_IMAGE" >&2
+    if [ $status -eq 0 ]; then
+        echo "image check passed: $MERIDIAN_IMAGE"
+    else
+        echo "image check FAILED: $MERIDIAN_IMAGE" >&2
+    fi
+    exit $status
 }
 trap cleanup EXIT
 
@@ -57,8 +69,8 @@ container() { # name, podman run arguments...
     podman run "${PODMAN_OPTS[@]}" --detach --name "$name" --network host "$@" >/dev/null
 }
 ctl() { # meridianctl from the image, as the operator
-    podman run "${PODMAN_OPTS[@]}" --rm --network host -e MERIDIAN_TOKEN="$operator_token" \
-        "$MERIDIAN_IMAGE" meridianctl --control-plane "http://127.0.0.1:$cp_grpc" "$@"
+    MERIDIAN_TOKEN=$operator_token podman run "${PODMAN_OPTS[@]}" --rm --network host \
+        -e MERIDIAN_TOKEN "$MERIDIAN_IMAGE" meridianctl --control-plane "http://127.0.0.1:$cp_grpc" "$@"
 }
 
 echo "== the image runs as a non-root user"
@@ -102,7 +114,7 @@ chmod 0640 "$work/auth/tokens.toml"
 cp_grpc=$(free_port) cp_http=$(free_port)
 container control -v "$work/auth:/etc/meridian/auth:ro" "$MERIDIAN_IMAGE" \
     meridian-control --replica-id image-check --etcd-endpoints "http://127.0.0.1:$etcd_client" \
-    --store-prefix "/$run_id/" --tokens-file /etc/meridian/auth/tokens.toml \
+    --tokens-file /etc/meridian/auth/tokens.toml \
     --grpc-addr "127.0.0.1:$cp_grpc" --http-addr "127.0.0.1:$cp_http"
 wait_for "the control plane's /ready answering 200" curl -fsS "http://127.0.0.1:$cp_http/ready"
 ctl status
