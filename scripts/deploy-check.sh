@@ -28,6 +28,11 @@ for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*; do
         continue
     fi
     count=$(grep -c '^kind:' "$rendered" || true)
+    if [ "$count" -eq 0 ]; then
+        echo "FAIL $dir: renders no object"
+        failed=1
+        continue
+    fi
     # kubernetes-validate exits 0 on a kind it has no schema for (a WARN line): count it.
     if ! "$KUBERNETES_VALIDATE" --strict --quiet "$rendered" >"$out/validate" 2>&1 \
         || grep -q . "$out/validate"; then
