@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Meridian's whole test suite, exactly as CI runs it (.ci/run calls this script):
-# installs missing prerequisites (protoc, etcd; headless chromium for the dashboard test),
-# then checks formatting, lints with clippy (warnings are errors) and runs every test,
-# including those that start real etcd and real Meridian processes on loopback.
+# installs missing prerequisites (protoc, etcd; headless chromium for the dashboard test;
+# the deploy/ check's tools), checks deploy/ (scripts/deploy-check.sh: Kubernetes manifests
+# and the compose file), then checks formatting, lints with clippy (warnings are errors)
+# and runs every test, including those that start real etcd and real Meridian processes
+# on loopback.
 #
 # Usage: scripts/test.sh [extra cargo test arguments, e.g. a test name filter]
 set -euo pipefail
@@ -25,6 +27,8 @@ for crate in tonic prost hyper h2 tower rustls; do
         exit 1
     fi
 done
+echo "== deploy/: Kubernetes manifests render and validate against the API schemas; the compose file validates"
+scripts/deploy-check.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

