@@ -172,6 +172,10 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             tier_header: text(HEADER_NAME_BYTES, i),
             default_tier: name(0),
         }),
+        fallback_services: (0..meridian_shared::domain::MAX_FALLBACK_SERVICES)
+            .map(|f| text(SERVICE_NAME_BYTES, i + f + 1))
+            .collect(),
+        global_routing: true,
     }
 }
 

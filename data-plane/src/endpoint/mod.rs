@@ -1,7 +1,13 @@
 //! An endpoint: one node of one routing table, with the load counters the balancers read
 //! (in-flight requests, a Peak-EWMA latency estimate) and the pooled HTTP/2 connection
-//! requests go over, in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]). Endpoints outlive table versions: when a new table keeps a node at
-//! the same address, the proxy reuses its endpoint, so counters and connections carry on.
+//! requests go over, in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]).
+//!
+//! An endpoint's live state outlives table versions: while a node keeps its address and
+//! TLS settings, a new table reuses its endpoint unchanged, or — when other fields of the
+//! node changed (a health verdict, a label, its weight or zone) — makes an endpoint with
+//! the new fields over the same connection, in-flight count, latency estimate, breaker
+//! and warm-up ([`Endpoint::updated`]). A health write or a label therefore drops no
+//! connection, readmits no ejected node and forgets no latency.
 //!
 //! Everything a request touches here is an atomic; nothing on the request path locks.
 
@@ -11,7 +17,7 @@ pub mod ewma;
 pub mod upstream_tls;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
@@ -28,11 +34,14 @@ pub use self::upstream_tls::UpstreamTls;
 
 #[derive(Debug)]
 pub struct Endpoint {
+    /// The node as this table version has it.
     pub node: Node,
-    in_flight: AtomicU32,
-    pub ewma: PeakEwma,
-    pub breaker: Breaker,
-    pub connection: Connection,
+    // The live state below is shared with the endpoints of the node in other table
+    // versions (see the module doc).
+    in_flight: Arc<AtomicU32>,
+    pub ewma: Arc<PeakEwma>,
+    pub breaker: Arc<Breaker>,
+    pub connection: Arc<Connection>,
     /// The node's address as a URI authority, for upstream requests; `None` when the
     /// address is not one (the table validated it, so only for hand-made tables).
     pub authority: Option<Authority>,
@@ -43,7 +52,7 @@ pub struct Endpoint {
     in_flight_gauge: metrics::Gauge,
     /// When the endpoint last became usable (ns since the breaker clock's epoch);
     /// `i64::MIN` for endpoints that need no warm-up.
-    ready_since: std::sync::atomic::AtomicI64,
+    ready_since: Arc<AtomicI64>,
     /// How long a returning endpoint ramps from a tenth of its share to all of it.
     slow_start_ns: i64,
 }
@@ -62,20 +71,40 @@ impl Endpoint {
             authority: node.address.parse().ok(),
             scheme: Scheme::HTTP,
             node_header: HeaderValue::from_str(&node.id).ok(),
-            in_flight: AtomicU32::new(0),
-            ewma: PeakEwma::default(),
-            breaker: {
-                let breaker = Breaker::with_settings(breaker);
-                let gauge = metrics::gauge!("meridian_proxy_endpoint_breaker_open", "node" => node.id.clone());
-                gauge.set(0.0);
-                breaker.export_state(gauge);
-                breaker
-            },
-            connection,
+            in_flight: Arc::default(),
+            ewma: Arc::default(),
+            breaker: Arc::new(exported_breaker(&node.id, breaker)),
+            connection: Arc::new(connection),
             in_flight_gauge,
-            ready_since: std::sync::atomic::AtomicI64::new(i64::MIN),
+            ready_since: Arc::new(AtomicI64::new(i64::MIN)),
             slow_start_ns: 0,
             node,
+        }
+    }
+
+    /// This endpoint as a newer table has its node: `node`'s fields (status, weight, zone,
+    /// labels...) over the same connection, in-flight count, latency estimate, warm-up and
+    /// breaker — a fresh breaker only when the outlier policy changed its `breaker`
+    /// settings. Only for the same node id at the same address and TLS settings (the
+    /// connection is kept as it is).
+    pub fn updated(&self, node: Node, breaker: BreakerSettings) -> Endpoint {
+        let breaker = if self.breaker.settings() == breaker {
+            Arc::clone(&self.breaker)
+        } else {
+            Arc::new(exported_breaker(&node.id, breaker))
+        };
+        Endpoint {
+            node,
+            in_flight: Arc::clone(&self.in_flight),
+            ewma: Arc::clone(&self.ewma),
+            breaker,
+            connection: Arc::clone(&self.connection),
+            authority: self.authority.clone(),
+            scheme: self.scheme.clone(),
+            node_header: self.node_header.clone(),
+            in_flight_gauge: self.in_flight_gauge.clone(),
+            ready_since: Arc::clone(&self.ready_since),
+            slow_start_ns: self.slow_start_ns,
         }
     }
 
@@ -95,7 +124,7 @@ impl Endpoint {
             Some(authority) => authority.host().to_owned(),
             None => self.node.address.clone(),
         };
-        self.connection = Connection::with_tls(self.node.address.clone(), &host, tls);
+        self.connection = Arc::new(Connection::with_tls(self.node.address.clone(), &host, tls));
         self.scheme = Scheme::HTTPS;
     }
 
@@ -118,10 +147,15 @@ impl Endpoint {
         self.slow_start_ns = breaker::nanos(window);
     }
 
+    /// How long this endpoint ramps up whenever it becomes usable again.
+    pub fn slow_start(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(u64::try_from(self.slow_start_ns).unwrap_or(0))
+    }
+
     /// Makes this endpoint ramp up starting now (it has just become usable: a node added
     /// or recovered).
     pub fn start_warming(&mut self) {
-        *self.ready_since.get_mut() = breaker::now_ns();
+        self.ready_since.store(breaker::now_ns(), Ordering::Relaxed);
     }
 
     /// The share of its full load the endpoint should take now: from 0.1 right after it
@@ -159,6 +193,17 @@ impl Endpoint {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.in_flight_gauge.decrement(1.0);
     }
+}
+
+/// A breaker with `settings` whose state `meridian_proxy_endpoint_breaker_open{node}`
+/// shows.
+fn exported_breaker(node_id: &str, settings: BreakerSettings) -> Breaker {
+    let breaker = Breaker::with_settings(settings);
+    let gauge =
+        metrics::gauge!("meridian_proxy_endpoint_breaker_open", "node" => node_id.to_owned());
+    gauge.set(0.0);
+    breaker.export_state(gauge);
+    breaker
 }
 
 /// A request in flight on an endpoint; finishing it (dropping the guard) decrements the

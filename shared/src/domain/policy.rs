@@ -278,7 +278,18 @@ pub struct ServicePolicy {
     pub concurrency: ConcurrencyPolicy,
     pub limits: RequestLimits,
     pub rate_limit: RateLimitPolicy,
+    /// Services that take its calls, in order, when it has no usable node or a call
+    /// still fails retryably after its attempts; at most [`MAX_FALLBACK_SERVICES`].
+    #[serde(default)]
+    pub fallback_services: Vec<String>,
+    /// Forwarded calls go to any region's nodes instead of staying in the proxy's region
+    /// while it has usable capacity.
+    #[serde(default)]
+    pub global_routing: bool,
 }
+
+/// Most fallback services one policy names.
+pub const MAX_FALLBACK_SERVICES: usize = 4;
 
 impl From<ServicePolicy> for pb::ServicePolicy {
     fn from(p: ServicePolicy) -> Self {
@@ -296,6 +307,8 @@ impl From<ServicePolicy> for pb::ServicePolicy {
             concurrency: Some(p.concurrency.into()),
             limits: Some(p.limits.into()),
             rate_limit: Some(p.rate_limit.into()),
+            fallback_services: p.fallback_services,
+            global_routing: p.global_routing,
         }
     }
 }
@@ -323,6 +336,8 @@ impl TryFrom<pb::ServicePolicy> for ServicePolicy {
                 .unwrap_or_default(),
             limits: p.limits.map(Into::into).unwrap_or_default(),
             rate_limit: p.rate_limit.map(Into::into).unwrap_or_default(),
+            fallback_services: p.fallback_services,
+            global_routing: p.global_routing,
         })
     }
 }

@@ -177,6 +177,8 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             tier_header: "x-plan".into(),
             default_tier: "free".into(),
         },
+        fallback_services: vec!["demo.v1.EchoBackup".into(), "demo.v2.Echo".into()],
+        global_routing: true,
     }
 }
 
