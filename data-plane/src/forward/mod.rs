@@ -4,8 +4,8 @@
 //! trailers — streams back untouched but for an `x-meridian-node` header naming the node
 //! that served (and `x-meridian-fallback-service` naming the service when a fallback
 //! service of the called one's chain answered: the call goes on to the same method of it,
-//! `/<fallback>/<Method>`). A call over its client tier's rate is refused first, then the service's
-//! concurrency limit admits it ([`crate::admission`]; priority from `x-meridian-priority`)
+//! `/<fallback>/<Method>`). A call over its client tier's rate is refused first, then the
+//! service's concurrency limit admits it ([`crate::admission`]; priority from `x-meridian-priority`)
 //! and the call keeps its slot until the response body ends. Deadline and trace are
 //! handled as for every hop ([`crate::hop`]), the
 //! attempts by the one retry driver ([`crate::retry`]); unknown services, missing

@@ -20,7 +20,7 @@
 //! When the target service has no usable node where the message may go, or its attempts
 //! end on a retryable failure, the message goes on to the fallback services of its policy
 //! in order (unchanged: the node of a fallback service gets the message as sent), and the
-//! decision names the service that served (`served_service`, `fallback_depth`).
+//! decision names the fallback service that served (`fallback_service`, `fallback_depth`).
 
 pub mod dedup;
 mod upstream;
@@ -320,7 +320,12 @@ impl Router {
             alternatives,
             table_version: table.version(),
             proxy_id: self.identity.id.clone(),
-            served_service: delivered.route.name.clone(),
+            // Named only when a fallback served: the usual call allocates nothing for it.
+            fallback_service: if delivered.fallback_depth > 0 {
+                delivered.route.name.clone()
+            } else {
+                String::new()
+            },
             fallback_depth: delivered.fallback_depth,
         };
         Ok(pb::RouteMessageResponse {
