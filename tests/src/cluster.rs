@@ -189,10 +189,9 @@ pub async fn wait_usable(proxy: &ProxyProcess, count: usize) {
 /// Waits until the proxy's table lists `count` Echo endpoints, all healthy and warm: the
 /// state a measurement of balancing or failure handling must start from. A node starts
 /// with status unknown, and the control plane's first health verdict (seconds after it
-/// registers) changes the node in the table; the proxy then builds a fresh endpoint for
-/// it (closed breaker, nothing in flight, no latency estimate, and a fresh retry budget
-/// for the service). And a node that reached the proxy after its first table ramps up
-/// over the slow-start window (10 s).
+/// registers) changes the node in the table (its endpoint's connection, breaker and
+/// latency estimate carry on, but the service gets a fresh retry budget). And a node that
+/// reached the proxy after its first table ramps up over the slow-start window (10 s).
 pub async fn wait_steady(proxy: &ProxyProcess, count: usize) {
     proxy
         .wait_table(

@@ -182,6 +182,10 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             report_ttl_ms: max,
             ignore_node_reports: true,
         }),
+        fallback_services: (0..meridian_shared::domain::MAX_FALLBACK_SERVICES)
+            .map(|f| text(SERVICE_NAME_BYTES, i + f + 1))
+            .collect(),
+        global_routing: true,
     }
 }
 

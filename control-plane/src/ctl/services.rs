@@ -102,6 +102,20 @@ pub struct SetArgs {
     /// Remove the service's rate limits.
     #[arg(long, conflicts_with_all = ["rate_limit_tiers", "rate_limit_header", "rate_limit_default_tier"])]
     no_rate_limit: bool,
+    /// A fallback service, e.g. demo.v1.EchoBackup: calls go to it when this service has
+    /// no usable node or a call still fails retryably after its attempts (forwarded calls
+    /// to the same method of it). Repeat for a chain, tried in order (at most 4); replaces
+    /// the current chain.
+    #[arg(long = "fallback", value_name = "SERVICE")]
+    fallback_services: Vec<String>,
+    /// Remove the service's fallback chain.
+    #[arg(long, conflicts_with = "fallback_services")]
+    no_fallback: bool,
+    /// Whether forwarded calls may go to every region's nodes as the algorithm picks them
+    /// (true), or stay in the proxy's region while it has usable capacity (false, the
+    /// default).
+    #[arg(long, value_name = "BOOL")]
+    global_routing: Option<bool>,
     #[command(flatten)]
     concurrency: ConcurrencyArgs,
     /// The adaptive algorithm: candidates sampled per call, 2 to 8 (0: 3).
@@ -270,6 +284,15 @@ impl SetArgs {
         if let Some(tier) = self.rate_limit_default_tier {
             policy.rate_limit.get_or_insert_default().default_tier = tier;
         }
+        if self.no_fallback {
+            policy.fallback_services.clear();
+        }
+        if !self.fallback_services.is_empty() {
+            policy.fallback_services = self.fallback_services;
+        }
+        if let Some(global) = self.global_routing {
+            policy.global_routing = global;
+        }
         self.concurrency.apply(&mut policy.concurrency);
         let adaptive = &mut policy.adaptive;
         if let Some(choices) = self.adaptive_choices {
@@ -381,6 +404,7 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
         "MAX PER NODE",
         "IDLE TIMEOUT",
         "RATE LIMITS",
+        "FALLBACK",
     ]);
     for s in services {
         let retry = s.retry.clone().unwrap_or_default();
@@ -418,6 +442,10 @@ pub(super) fn table(services: &[pb::ServicePolicy]) -> Table {
                 ms => format!("{ms}ms"),
             },
             rate_limits_cell(s.rate_limit.as_ref()),
+            match s.fallback_services.as_slice() {
+                [] => "none".to_owned(),
+                chain => chain.join(" > "),
+            },
         ]);
     }
     table
@@ -566,6 +594,8 @@ pub(crate) fn json(policy: &pb::ServicePolicy) -> Value {
             "max_requests_per_endpoint": endpoint_limits.max_requests_per_endpoint,
             "stream_idle_timeout_ms": endpoint_limits.stream_idle_timeout_ms,
         },
+        "fallback_services": policy.fallback_services,
+        "global_routing": policy.global_routing,
         "rate_limit": {
             "tiers": rate_limit.tiers.iter().map(|t| json!({
                 "name": t.name,
@@ -631,6 +661,27 @@ mod tests {
         assert_eq!(retry.idempotent_methods, ["/demo.v1.Echo/Get"]);
         assert_eq!(policy.timeout, None);
         assert_eq!(policy.limits, None, "no limit flag given");
+    }
+
+    #[test]
+    fn set_takes_a_fallback_chain_and_can_remove_it() {
+        let mut policy = pb::ServicePolicy::default();
+        set_args(
+            "services set demo.v1.Echo --federation prod --fallback demo.v1.EchoBackup \
+             --fallback demo.v2.Echo --global-routing true",
+        )
+        .apply(&mut policy);
+        assert_eq!(
+            policy.fallback_services,
+            ["demo.v1.EchoBackup", "demo.v2.Echo"]
+        );
+        assert!(policy.global_routing);
+        assert_eq!(json(&policy)["fallback_services"][1], "demo.v2.Echo");
+        set_args("services set demo.v1.Echo --federation prod --max-attempts 2").apply(&mut policy);
+        assert_eq!(policy.fallback_services.len(), 2, "kept");
+        set_args("services set demo.v1.Echo --federation prod --no-fallback").apply(&mut policy);
+        assert!(policy.fallback_services.is_empty());
+        assert!(policy.global_routing, "kept");
     }
 
     #[test]

@@ -24,7 +24,9 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use meridian_shared::domain::limits::{HEADER_NAME_BYTES, METHOD_NAME_BYTES};
-use meridian_shared::domain::{Federation, Node, Region, ServicePolicy, TopologyLimits};
+use meridian_shared::domain::{
+    Federation, MAX_FALLBACK_SERVICES, Node, Region, ServicePolicy, TopologyLimits,
+};
 use meridian_shared::names::name_problem;
 
 pub use networks::{Cidr, check_node_address};
@@ -495,12 +497,42 @@ pub fn service(
             format!("{:?} is not a header name", p.hash.header),
         ));
     }
+    fallback_services(p)?;
     scaling::scaling(&p.scaling)?;
     concurrency::concurrency(&p.concurrency)?;
     rate_limit::rate_limit(&p.rate_limit)?;
     adaptive::adaptive(&p.adaptive)?;
     request_limits::request_limits(&p.limits)?;
     endpoint_limits::endpoint_limits(&p.endpoint_limits)
+}
+
+/// A fallback chain: at most [`MAX_FALLBACK_SERVICES`] gRPC service names, neither the
+/// service itself nor any of them twice (either would send a failing call round again).
+fn fallback_services(p: &ServicePolicy) -> Result<(), Invalid> {
+    let chain = &p.fallback_services;
+    if chain.len() > MAX_FALLBACK_SERVICES {
+        return Err(invalid(
+            "service_policy.fallback_services",
+            format!(
+                "{} services exceed the limit of {MAX_FALLBACK_SERVICES}",
+                chain.len()
+            ),
+        ));
+    }
+    for (i, fallback) in chain.iter().enumerate() {
+        let field = format!("service_policy.fallback_services[{i}]");
+        service_name(&field, fallback)?;
+        if *fallback == p.name {
+            return Err(invalid(
+                field,
+                format!("{fallback:?} is the service itself; name other services"),
+            ));
+        }
+        if chain[..i].contains(fallback) {
+            return Err(invalid(field, format!("{fallback:?} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

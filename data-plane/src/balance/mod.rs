@@ -10,6 +10,7 @@ pub mod geographic;
 pub mod least_connections;
 pub mod locality;
 pub mod random;
+pub mod regional;
 pub mod round_robin;
 pub mod weighted;
 
@@ -101,6 +102,31 @@ pub fn build(
         }
         Algorithm::ConsistentHash => Box::new(consistent_hash::ConsistentHash::new(endpoints)),
     }
+}
+
+/// The balancer of `algorithm` over `endpoints` (all usable) for calls that may leave the
+/// proxy's region: locality first ([`regional`]: the proxy's region while it has usable
+/// capacity, then the nearest others) unless `global_routing` asks for the algorithm over
+/// every region. `geographic` has its own tiers; endpoints all in one region need none.
+pub fn build_for_locality(
+    algorithm: Algorithm,
+    endpoints: Vec<Arc<Endpoint>>,
+    locality: &Locality,
+    failover: &FailoverPolicy,
+    adaptive: &AdaptivePolicy,
+    global_routing: bool,
+) -> Box<dyn Balancer> {
+    let one_region = endpoints.iter().all(|e| {
+        endpoints
+            .first()
+            .is_some_and(|f| f.node.region == e.node.region)
+    });
+    if global_routing || one_region || algorithm == Algorithm::Geographic {
+        return build(algorithm, endpoints, locality, failover, adaptive);
+    }
+    Box::new(regional::RegionTiers::new(
+        algorithm, endpoints, locality, failover, adaptive,
+    ))
 }
 
 /// Power of two choices among the ready endpoints: sample two distinct endpoints and

@@ -1,9 +1,14 @@
 //! An endpoint: one node of one routing table, with the load counters the balancers read
 //! (in-flight requests, a Peak-EWMA latency estimate, the load the node reports itself,
 //! [`reported_load`]) and the pooled HTTP/2 connections requests go over ([`connection`]),
-//! in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]). Endpoints outlive
-//! table versions: when a new table keeps a node at
-//! the same address, the proxy reuses its endpoint, so counters and connections carry on.
+//! in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]).
+//!
+//! An endpoint's live state outlives table versions: while a node keeps its address and
+//! TLS settings, a new table reuses its endpoint unchanged, or — when other fields of the
+//! node changed (a health verdict, a label, its weight or zone) — makes an endpoint with
+//! the new fields over the same connections, in-flight count, latency estimate, reported
+//! load, breaker and warm-up ([`Endpoint::updated`]). A health write or a label therefore
+//! drops no connection, readmits no ejected node and forgets no latency.
 //!
 //! An endpoint takes at most `max_requests` calls in flight (Envoy's circuit-breaker
 //! `max_requests`, from `[upstream]` or the node's services' `endpoint_limits`): a full
@@ -21,7 +26,7 @@ pub mod reported_load;
 pub mod upstream_tls;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
@@ -40,15 +45,18 @@ pub use self::upstream_tls::UpstreamTls;
 
 #[derive(Debug)]
 pub struct Endpoint {
+    /// The node as this table version has it.
     pub node: Node,
-    in_flight: AtomicU32,
+    // The live state below is shared with the endpoints of the node in other table
+    // versions (see the module doc).
+    in_flight: Arc<AtomicU32>,
     /// Calls in flight at which the endpoint is full (set by each table version).
     max_requests: AtomicU32,
-    pub ewma: PeakEwma,
+    pub ewma: Arc<PeakEwma>,
     /// The node's latest ORCA report, for the adaptive balancer.
-    pub reported: ReportedLoad,
-    pub breaker: Breaker,
-    pub connection: Connection,
+    pub reported: Arc<ReportedLoad>,
+    pub breaker: Arc<Breaker>,
+    pub connection: Arc<Connection>,
     /// The node's address as a URI authority, for upstream requests; `None` when the
     /// address is not one (the table validated it, so only for hand-made tables).
     pub authority: Option<Authority>,
@@ -59,7 +67,7 @@ pub struct Endpoint {
     in_flight_gauge: metrics::Gauge,
     /// When the endpoint last became usable (ns since the breaker clock's epoch);
     /// `i64::MIN` for endpoints that need no warm-up.
-    ready_since: std::sync::atomic::AtomicI64,
+    ready_since: Arc<AtomicI64>,
     /// How long a returning endpoint ramps from a tenth of its share to all of it.
     slow_start_ns: i64,
 }
@@ -84,22 +92,44 @@ impl Endpoint {
             authority: node.address.parse().ok(),
             scheme: Scheme::HTTP,
             node_header: HeaderValue::from_str(&node.id).ok(),
-            in_flight: AtomicU32::new(0),
+            in_flight: Arc::default(),
             max_requests: AtomicU32::new(UpstreamLimits::default().max_requests_per_endpoint),
-            ewma: PeakEwma::default(),
-            reported: ReportedLoad::default(),
-            breaker: {
-                let breaker = Breaker::with_settings(breaker);
-                let gauge = metrics::gauge!("meridian_proxy_endpoint_breaker_open", "node" => node.id.clone());
-                gauge.set(0.0);
-                breaker.export_state(gauge);
-                breaker
-            },
-            connection,
+            ewma: Arc::default(),
+            reported: Arc::default(),
+            breaker: Arc::new(exported_breaker(&node.id, breaker)),
+            connection: Arc::new(connection),
             in_flight_gauge,
-            ready_since: std::sync::atomic::AtomicI64::new(i64::MIN),
+            ready_since: Arc::new(AtomicI64::new(i64::MIN)),
             slow_start_ns: 0,
             node,
+        }
+    }
+
+    /// This endpoint as a newer table has its node: `node`'s fields (status, weight, zone,
+    /// labels...) over the same connection, in-flight count, latency estimate, warm-up and
+    /// breaker — a fresh breaker only when the outlier policy changed its `breaker`
+    /// settings. Only for the same node id at the same address and TLS settings (the
+    /// connection is kept as it is).
+    pub fn updated(&self, node: Node, breaker: BreakerSettings) -> Endpoint {
+        let breaker = if self.breaker.settings() == breaker {
+            Arc::clone(&self.breaker)
+        } else {
+            Arc::new(exported_breaker(&node.id, breaker))
+        };
+        Endpoint {
+            node,
+            in_flight: Arc::clone(&self.in_flight),
+            max_requests: AtomicU32::new(self.max_requests()),
+            ewma: Arc::clone(&self.ewma),
+            reported: Arc::clone(&self.reported),
+            breaker,
+            connection: Arc::clone(&self.connection),
+            authority: self.authority.clone(),
+            scheme: self.scheme.clone(),
+            node_header: self.node_header.clone(),
+            in_flight_gauge: self.in_flight_gauge.clone(),
+            ready_since: Arc::clone(&self.ready_since),
+            slow_start_ns: self.slow_start_ns,
         }
     }
 
@@ -123,7 +153,12 @@ impl Endpoint {
             None => self.node.address.clone(),
         };
         let pool = self.connection.settings();
-        self.connection = Connection::with_tls(self.node.address.clone(), &host, tls, pool);
+        self.connection = Arc::new(Connection::with_tls(
+            self.node.address.clone(),
+            &host,
+            tls,
+            pool,
+        ));
         self.scheme = Scheme::HTTPS;
     }
 
@@ -162,10 +197,15 @@ impl Endpoint {
         self.slow_start_ns = breaker::nanos(window);
     }
 
+    /// How long this endpoint ramps up whenever it becomes usable again.
+    pub fn slow_start(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(u64::try_from(self.slow_start_ns).unwrap_or(0))
+    }
+
     /// Makes this endpoint ramp up starting now (it has just become usable: a node added
     /// or recovered).
     pub fn start_warming(&mut self) {
-        *self.ready_since.get_mut() = breaker::now_ns();
+        self.ready_since.store(breaker::now_ns(), Ordering::Relaxed);
     }
 
     /// The share of its full load the endpoint should take now: from 0.1 right after it
@@ -203,6 +243,17 @@ impl Endpoint {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.in_flight_gauge.decrement(1.0);
     }
+}
+
+/// A breaker with `settings` whose state `meridian_proxy_endpoint_breaker_open{node}`
+/// shows.
+fn exported_breaker(node_id: &str, settings: BreakerSettings) -> Breaker {
+    let breaker = Breaker::with_settings(settings);
+    let gauge =
+        metrics::gauge!("meridian_proxy_endpoint_breaker_open", "node" => node_id.to_owned());
+    gauge.set(0.0);
+    breaker.export_state(gauge);
+    breaker
 }
 
 /// A request in flight on an endpoint; finishing it (dropping the guard) decrements the

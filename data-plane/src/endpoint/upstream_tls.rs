@@ -7,8 +7,8 @@
 //! The choice is made once per endpoint, when a routing table creates it; the request
 //! path only sees a connection that already knows whether it does TLS. The rules are
 //! fixed for the life of the process (their certificate files reload on their own), so an
-//! endpoint reused across tables keeps the right choice: reuse requires an unchanged node,
-//! services included.
+//! endpoint reused across tables keeps the right choice: its connection is kept only while
+//! the node's address and the rule that applies to it ([`UpstreamTls::same_for`]) stay.
 
 use std::sync::Arc;
 
@@ -46,6 +46,16 @@ impl UpstreamTls {
     /// The TLS configuration to reach `node` with; `None` for h2c.
     pub fn for_node(&self, node: &Node) -> Option<&ClientTls> {
         self.rule_for(node).map(|loaded| &loaded.tls)
+    }
+
+    /// Whether `a` and `b` are reached with the same TLS configuration (the same rule, or
+    /// h2c for both): what lets an endpoint keep its connection when its node changes.
+    pub fn same_for(&self, a: &Node, b: &Node) -> bool {
+        match (self.rule_for(a), self.rule_for(b)) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
     }
 
     fn rule_for(&self, node: &Node) -> Option<&LoadedRule> {

@@ -2,8 +2,10 @@
 //! routing table goes to an endpoint of that service chosen by the service's balancer,
 //! over that endpoint's pooled HTTP/2 connection; the response — headers, body frames,
 //! trailers — streams back untouched but for an `x-meridian-node` header naming the node
-//! that served. A call over its client tier's rate is refused first, then the service's
-//! concurrency limit admits it ([`crate::admission`]; priority from `x-meridian-priority`)
+//! that served (and `x-meridian-fallback-service` naming the service when a fallback
+//! service of the called one's chain answered: the call goes on to the same method of it,
+//! `/<fallback>/<Method>`). A call over its client tier's rate is refused first, then the
+//! service's concurrency limit admits it ([`crate::admission`]; priority from `x-meridian-priority`)
 //! and the call keeps its slot until the response body ends. Deadline and trace are
 //! handled as for every hop ([`crate::hop`]), the
 //! attempts by the one retry driver ([`crate::retry`]); unknown services, missing
@@ -28,12 +30,12 @@ pub mod status;
 pub mod timeout;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderName, Request, Response, Uri};
+use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use meridian_shared::config::ProxyConfig;
 use meridian_shared::domain::Algorithm;
 use tokio::time::Instant;
@@ -48,13 +50,15 @@ use crate::balance::PickContext;
 use crate::endpoint::Endpoint;
 use crate::error::{RequestError, Scope};
 use crate::hop;
-use crate::retry::{Attempt, BufferBudget, Candidates, Failure, RetryDriver};
-use crate::table::{ProxyIdentity, ServiceRoute, TableHandle};
+use crate::retry::{Attempt, BufferBudget, Candidates, Failure, FallbackChain, RetryDriver};
+use crate::table::{ProxyIdentity, ProxyTable, ServiceRoute, TableHandle};
 
 /// The body of every response the proxy sends.
 pub type ProxyBody = tonic::body::Body;
 
 const SERVED_BY: HeaderName = HeaderName::from_static("x-meridian-node");
+/// On a call a fallback service answered: which one.
+const FALLBACK_SERVICE: HeaderName = HeaderName::from_static("x-meridian-fallback-service");
 
 /// The proxy-wide settings of forwarding.
 #[derive(Debug, Clone)]
@@ -139,7 +143,6 @@ impl Forwarder {
         // The span lasts until the response head is back (it is dropped with this call).
         let span = hop::span("forward", &route.name, &parts.headers);
         hop::pass_span(span.as_ref(), &mut parts.headers);
-        hop::pass_deadline(deadline, &mut parts.headers);
         // Only consistent hashing reads the key; the others must not pay for building it.
         let affinity_key = (route.policy.algorithm == Algorithm::ConsistentHash)
             .then(|| affinity_of(&parts.headers, &route, client))
@@ -190,7 +193,23 @@ impl Forwarder {
             route: &route,
             deadline,
         };
-        Ok(driver.run(candidates, attempt).await?.answer)
+        let fallbacks = ForwardFallbacks {
+            table: &self.table,
+            loaded: OnceLock::new(),
+            affinity: affinity_key.as_deref(),
+        };
+        let chain = (!route.policy.fallback_services.is_empty())
+            .then_some(&fallbacks as &dyn FallbackChain<'_>);
+        let delivered = driver
+            .run_with_fallbacks(candidates, attempt, chain)
+            .await?;
+        let mut answer = delivered.answer;
+        if delivered.fallback_depth > 0
+            && let Ok(service) = HeaderValue::from_str(&delivered.route.name)
+        {
+            answer.headers_mut().insert(FALLBACK_SERVICE, service);
+        }
+        Ok(answer)
     }
 
     /// The route of the service `uri` names, out of the table in force (released at once:
@@ -212,6 +231,29 @@ impl Forwarder {
                 version: table.version(),
             })?;
         Ok(Arc::clone(route))
+    }
+}
+
+/// The fallback services of a forwarded call: routes of the table in force when the call
+/// first needs one (loaded then, and kept for the rest of the call), any region's nodes.
+struct ForwardFallbacks<'a> {
+    table: &'a TableHandle,
+    loaded: OnceLock<Option<Arc<ProxyTable>>>,
+    affinity: Option<&'a [u8]>,
+}
+
+impl<'a> FallbackChain<'a> for ForwardFallbacks<'a> {
+    fn link(&'a self, service: &str) -> Option<(&'a ServiceRoute, Candidates<'a>)> {
+        let table = self.loaded.get_or_init(|| self.table.current()).as_ref()?;
+        let route = table.service(service)?;
+        let candidates = Candidates::Balanced {
+            balancer: &*route.all,
+            ctx: PickContext {
+                affinity: self.affinity,
+            },
+            scope: Scope::Federation,
+        };
+        Some((route, candidates))
     }
 }
 
@@ -260,6 +302,7 @@ impl Outgoing {
 
 /// The attempts of one forwarded call: send to the endpoint, account, wrap the response.
 struct ForwardAttempt<'a> {
+    /// The service called (a fallback service's attempts come with its own route).
     route: &'a ServiceRoute,
     outgoing: Outgoing,
     deadline: Option<Instant>,
@@ -276,10 +319,11 @@ impl Attempt for ForwardAttempt<'_> {
 
     async fn send(
         &mut self,
+        route: &ServiceRoute,
         endpoint: &Arc<Endpoint>,
         number: u32,
     ) -> Result<Response<ProxyBody>, Failure<Response<ProxyBody>>> {
-        let route = self.route;
+        let fallback = !std::ptr::eq(route, self.route);
         let outgoing = &mut self.outgoing;
         let not_sent = |error| Failure {
             error,
@@ -298,7 +342,12 @@ impl Attempt for ForwardAttempt<'_> {
                 "the call cannot be sent again".into(),
             )));
         };
+        if fallback {
+            to_fallback_service(request.uri_mut(), &route.name);
+        }
         set_authority(request.uri_mut(), endpoint.scheme.clone(), authority);
+        // Written per attempt: a retry's node gets what is left after the earlier ones.
+        hop::pass_deadline(self.deadline, request.headers_mut());
         let metrics = route.metrics_of(&endpoint.node.id);
         let mut in_flight = (endpoint.start_owned_request(), metrics.load.start());
         let sent_at = Instant::now();
@@ -417,6 +466,16 @@ fn is_idempotent(route: &ServiceRoute, path: &str) -> bool {
             None => entry == method,
         }
     })
+}
+
+/// `/<service>/<Method>` for a call to `/<called service>/<Method>` going on to fallback
+/// `service` (a valid service name, checked by the control plane).
+fn to_fallback_service(uri: &mut Uri, service: &str) {
+    let method = uri.path().rsplit_once('/').map_or("", |(_, method)| method);
+    let path = PathAndQuery::try_from(format!("/{service}/{method}")).ok();
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = path;
+    *uri = Uri::from_parts(parts).unwrap_or_default();
 }
 
 fn set_authority(uri: &mut Uri, scheme: Scheme, authority: http::uri::Authority) {

@@ -7,8 +7,11 @@
 //! decides whether another attempt follows — only when the failure says a retry is safe,
 //! attempts are left (the policy's `max_attempts`), the deadline has not passed and the
 //! service's [`RetryBudget`](super::RetryBudget) pays for it — pausing a jittered,
-//! doubling backoff first. What one attempt does (the HTTP/2 exchange, accounting) is the
-//! caller's [`Attempt`], which is also how tests script endpoints.
+//! doubling backoff first. When the service has no usable node, or its attempts end on
+//! such a retryable failure, the call goes on to the next service of its policy's
+//! fallback chain ([`FallbackChain`]: free when nothing was sent, else a retry like any
+//! other), with that service's own attempts. What one attempt does (the HTTP/2 exchange,
+//! accounting) is the caller's [`Attempt`], which is also how tests script endpoints.
 
 use std::sync::Arc;
 
@@ -41,12 +44,22 @@ pub trait Attempt {
     /// What a node answered.
     type Answer: Send;
 
-    /// Attempt number `number` (from 1) on `endpoint`.
+    /// Attempt number `number` (from 1) on `endpoint`, a node of `route`: the service
+    /// called, or a fallback service of its chain.
     fn send(
         &mut self,
+        route: &ServiceRoute,
         endpoint: &Arc<Endpoint>,
         number: u32,
     ) -> impl Future<Output = Result<Self::Answer, Failure<Self::Answer>>> + Send;
+}
+
+/// Where the fallback services of a call come from: the routes of the proxy's table and
+/// where their endpoints are looked for (as for the service called).
+pub trait FallbackChain<'a>: Sync {
+    /// The route of fallback `service` and its candidates; `None` when the proxy's table
+    /// does not hold it (the chain then goes on to the next one).
+    fn link(&'a self, service: &str) -> Option<(&'a ServiceRoute, Candidates<'a>)>;
 }
 
 /// A failed attempt.
@@ -71,6 +84,11 @@ pub struct Delivered<'a, T> {
     pub passed_over: Option<&'a Arc<Endpoint>>,
     /// Attempts made, the first included.
     pub attempts: u32,
+    /// The service whose node answered: the one called, or a fallback service.
+    pub route: &'a ServiceRoute,
+    /// Which link of the fallback chain answered: 0 for the service called, 1 for its
+    /// first fallback service, and so on.
+    pub fallback_depth: u32,
 }
 
 /// Runs the attempts of one call to `route` that must end by `deadline`.
@@ -79,35 +97,71 @@ pub struct RetryDriver<'a> {
     pub deadline: Option<Instant>,
 }
 
+/// One service of a call's fallback chain and where its endpoints come from.
+struct Link<'a> {
+    route: &'a ServiceRoute,
+    candidates: Candidates<'a>,
+    /// 0 for the service called, then 1, 2... along the policy's fallback services.
+    depth: usize,
+}
+
 impl<'a> RetryDriver<'a> {
     /// Attempts the call on endpoints from `candidates` until one answers or no retry is
     /// allowed.
     pub async fn run<A: Attempt>(
         &self,
         candidates: Candidates<'a>,
+        attempt: A,
+    ) -> Result<Delivered<'a, A::Answer>, RequestError> {
+        self.run_with_fallbacks(candidates, attempt, None).await
+    }
+
+    /// Like [`RetryDriver::run`], going on along the route's fallback chain (its policy's
+    /// `fallback_services`, resolved by `fallbacks`): to the next service when one has no
+    /// usable node (free: nothing was sent), or when a failure another node may retry
+    /// ends its attempts (a retry, paid from the failed service's budget). A call to a
+    /// named node never falls back.
+    pub async fn run_with_fallbacks<A: Attempt>(
+        &self,
+        candidates: Candidates<'a>,
         mut attempt: A,
+        fallbacks: Option<&'a dyn FallbackChain<'a>>,
     ) -> Result<Delivered<'a, A::Answer>, RequestError> {
         let started = Instant::now();
-        let route = self.route;
-        let policy = &route.policy.retry;
-        route.retry_budget.deposit();
-        let max_attempts = match candidates {
-            Candidates::Balanced { .. } => policy.effective_max_attempts(),
-            Candidates::Named(_) => 1,
-        };
+        self.route.retry_budget.deposit();
+        let policy = &self.route.policy.retry;
         let mut backoff = Backoff::new(
             policy.effective_backoff_base(),
             policy.effective_backoff_max(),
         );
+        let mut link = Link {
+            route: self.route,
+            candidates,
+            depth: 0,
+        };
         let mut tried = TriedEndpoints::default();
+        let mut on_link = 0;
         let mut number = 1;
+        // The last failure, when the call went on to a fallback service.
+        let mut fell_back_from: Option<RequestError> = None;
         loop {
-            let (index, endpoint, reason, passed_over) = self.pick(&candidates, &tried)?;
+            let (index, endpoint, reason, passed_over) = match self.pick(&link, &tried) {
+                Ok(picked) => picked,
+                Err(no_node) => match self.link_after(&link, fallbacks) {
+                    Some(next) => {
+                        (link, tried, on_link) = (next, TriedEndpoints::default(), 0);
+                        continue;
+                    }
+                    None => return Err(fell_back_from.unwrap_or(no_node)),
+                },
+            };
+            on_link += 1;
+            let send = attempt.send(link.route, endpoint, number);
             let answered = match self.deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, attempt.send(endpoint, number))
+                Some(deadline) => tokio::time::timeout_at(deadline, send)
                     .await
-                    .map_err(|_| self.deadline_exceeded(endpoint, number, started))?,
-                None => attempt.send(endpoint, number).await,
+                    .map_err(|_| self.deadline_exceeded(link.route, endpoint, number, started))?,
+                None => send.await,
             };
             let failure = match answered {
                 Ok(answer) => {
@@ -117,15 +171,19 @@ impl<'a> RetryDriver<'a> {
                         reason,
                         passed_over,
                         attempts: number,
+                        route: link.route,
+                        fallback_depth: link.depth as u32,
                     });
                 }
                 Err(failure) => failure,
             };
-            let retry = failure.retry_safe
-                && number < max_attempts
-                && self.deadline.is_none_or(|d| Instant::now() < d)
-                && route.retry_budget.try_withdraw();
-            if !retry {
+            let may_go_on = failure.retry_safe && self.deadline.is_none_or(|d| Instant::now() < d);
+            let retry_here = may_go_on && on_link < max_attempts(&link);
+            let next = (may_go_on && !retry_here)
+                .then(|| self.link_after(&link, fallbacks))
+                .flatten();
+            let go_on = (retry_here || next.is_some()) && link.route.retry_budget.try_withdraw();
+            if !go_on {
                 return match failure.answer {
                     Some(answer) => Ok(Delivered {
                         answer,
@@ -133,19 +191,31 @@ impl<'a> RetryDriver<'a> {
                         reason,
                         passed_over,
                         attempts: number,
+                        route: link.route,
+                        fallback_depth: link.depth as u32,
                     }),
                     None => Err(failure.error),
                 };
             }
-            tracing::debug!(node = %endpoint.node.id, error = %failure.error, attempt = number, "retrying on another node");
+            let Failure { error, answer, .. } = failure;
             // Its answer, if any, ends here: the node's in-flight count drops before the pause.
-            drop(failure);
-            tried.insert(index);
+            drop(answer);
+            match next {
+                Some(next) => {
+                    tracing::debug!(node = %endpoint.node.id, %error, attempt = number, fallback = %next.route.name, "falling back to the next service of the chain");
+                    fell_back_from = Some(error);
+                    (link, tried, on_link) = (next, TriedEndpoints::default(), 0);
+                }
+                None => {
+                    tracing::debug!(node = %endpoint.node.id, %error, attempt = number, "retrying on another node");
+                    tried.insert(index);
+                }
+            }
             let pause = Instant::now() + backoff.next_delay();
             match self.deadline {
                 Some(deadline) if deadline <= pause => {
                     tokio::time::sleep_until(deadline).await;
-                    return Err(self.deadline_exceeded(endpoint, number, started));
+                    return Err(self.deadline_exceeded(link.route, endpoint, number, started));
                 }
                 _ => tokio::time::sleep_until(pause).await,
             }
@@ -153,12 +223,34 @@ impl<'a> RetryDriver<'a> {
         }
     }
 
+    /// The next service of the chain after `link` that the proxy's table holds; `None`
+    /// at the end of the chain, or for a call to a named node.
+    fn link_after(
+        &self,
+        link: &Link<'a>,
+        fallbacks: Option<&'a dyn FallbackChain<'a>>,
+    ) -> Option<Link<'a>> {
+        if matches!(link.candidates, Candidates::Named(_)) {
+            return None;
+        }
+        let fallbacks = fallbacks?;
+        let chain = &self.route.policy.fallback_services;
+        (link.depth + 1..=chain.len()).find_map(|depth| {
+            let (route, candidates) = fallbacks.link(&chain[depth - 1])?;
+            Some(Link {
+                route,
+                candidates,
+                depth,
+            })
+        })
+    }
+
     /// The endpoint for the next attempt: its index among the candidates, the endpoint,
     /// why, and the endpoint passed over.
     #[allow(clippy::type_complexity)]
     fn pick(
         &self,
-        candidates: &Candidates<'a>,
+        link: &Link<'a>,
         tried: &TriedEndpoints,
     ) -> Result<
         (
@@ -169,10 +261,10 @@ impl<'a> RetryDriver<'a> {
         ),
         RequestError,
     > {
-        let (balancer, ctx, scope) = match candidates {
+        let (balancer, ctx, scope) = match &link.candidates {
             Candidates::Named(endpoint) if endpoint.is_full() => {
                 return Err(RequestError::UpstreamOverflow {
-                    service: self.route.name.clone(),
+                    service: link.route.name.clone(),
                     scope: format!("(the named node {})", endpoint.node.id),
                     full: 1,
                     limit: endpoint.max_requests(),
@@ -191,7 +283,7 @@ impl<'a> RetryDriver<'a> {
         let pick = balancer
             .pick_excluding(ctx, &|i| tried.contains(i))
             .or_else(|| balancer.pick(ctx))
-            .ok_or_else(|| self.no_pick(balancer.endpoints(), scope))?;
+            .ok_or_else(|| no_pick(link.route, balancer.endpoints(), scope))?;
         let endpoints = balancer.endpoints();
         let passed_over = pick
             .compared_with
@@ -200,38 +292,15 @@ impl<'a> RetryDriver<'a> {
         Ok((pick.index, &endpoints[pick.index], pick.reason, passed_over))
     }
 
-    /// Why no endpoint was picked: an upstream overflow when some were left out only for
-    /// being full, else no usable node.
-    fn no_pick(&self, endpoints: &[Arc<Endpoint>], scope: &Scope<'_>) -> RequestError {
-        let (full, limit) = endpoints
-            .iter()
-            .filter(|e| e.is_full() && e.breaker.is_ready())
-            .fold((0, 0), |(full, limit), e| {
-                (full + 1, limit.max(e.max_requests()))
-            });
-        match full {
-            0 => RequestError::NoUsableNode {
-                service: self.route.name.clone(),
-                scope: scope.to_string(),
-                known: self.route.known_nodes,
-            },
-            _ => RequestError::UpstreamOverflow {
-                service: self.route.name.clone(),
-                scope: scope.to_string(),
-                full,
-                limit,
-            },
-        }
-    }
-
-    /// The call ran out of time waiting for `endpoint`, counted in its metrics.
+    /// The call ran out of time waiting for `endpoint` of `route`, counted in its metrics.
     fn deadline_exceeded(
         &self,
+        route: &ServiceRoute,
         endpoint: &Endpoint,
         attempts: u32,
         started: Instant,
     ) -> RequestError {
-        self.route
+        route
             .metrics_of(&endpoint.node.id)
             .record(tonic::Code::DeadlineExceeded as i32, started.elapsed());
         RequestError::DeadlineExceeded {
@@ -239,6 +308,38 @@ impl<'a> RetryDriver<'a> {
             service: self.route.name.clone(),
             attempts,
         }
+    }
+}
+
+/// Attempts a link may take: its policy's `max_attempts`, or 1 for a named node.
+fn max_attempts(link: &Link<'_>) -> u32 {
+    match link.candidates {
+        Candidates::Balanced { .. } => link.route.policy.retry.effective_max_attempts(),
+        Candidates::Named(_) => 1,
+    }
+}
+
+/// Why no endpoint of `route` was picked: an upstream overflow when some were left out
+/// only for being full, else no usable node.
+fn no_pick(route: &ServiceRoute, endpoints: &[Arc<Endpoint>], scope: &Scope<'_>) -> RequestError {
+    let (full, limit) = endpoints
+        .iter()
+        .filter(|e| e.is_full() && e.breaker.is_ready())
+        .fold((0, 0), |(full, limit), e| {
+            (full + 1, limit.max(e.max_requests()))
+        });
+    match full {
+        0 => RequestError::NoUsableNode {
+            service: route.name.clone(),
+            scope: scope.to_string(),
+            known: route.known_nodes,
+        },
+        _ => RequestError::UpstreamOverflow {
+            service: route.name.clone(),
+            scope: scope.to_string(),
+            full,
+            limit,
+        },
     }
 }
 
@@ -298,6 +399,7 @@ mod tests {
 
         async fn send(
             &mut self,
+            _route: &ServiceRoute,
             endpoint: &Arc<Endpoint>,
             number: u32,
         ) -> Result<String, Failure<String>> {
@@ -685,5 +787,134 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    const BACKUP: &str = "demo.v1.EchoBackup";
+
+    /// A table where SERVICE (on `nodes`) falls back to BACKUP (on `backups`), each with
+    /// `max_attempts`; the nodes' breakers never open during a test.
+    fn chained_table(nodes: &[&str], backups: &[&str], max_attempts: u32) -> ProxyTable {
+        let mut data = TableData {
+            version: 1,
+            federation: "prod".into(),
+            ..Default::default()
+        };
+        let all = nodes
+            .iter()
+            .map(|n| (n, SERVICE))
+            .chain(backups.iter().map(|n| (n, BACKUP)));
+        for (i, (id, service)) in all.enumerate() {
+            let node = Node {
+                id: (*id).to_owned(),
+                address: format!("127.0.0.1:{}", 1 + i),
+                region: "eu-west".into(),
+                zone: "eu-west-a".into(),
+                services: vec![service.into()],
+                ..Default::default()
+            };
+            data.nodes.insert((*id).to_owned(), node);
+        }
+        for (name, chain) in [(SERVICE, vec![BACKUP.to_owned()]), (BACKUP, Vec::new())] {
+            let policy = ServicePolicy {
+                name: name.into(),
+                retry: RetryPolicy {
+                    max_attempts,
+                    ..Default::default()
+                },
+                fallback_services: chain,
+                ..Default::default()
+            };
+            data.services.insert(name.into(), policy);
+        }
+        ProxyTable::build(
+            data,
+            &ProxyIdentity::default(),
+            None,
+            TableSource::Stream,
+            &UpstreamSettings::default(),
+        )
+    }
+
+    /// Fallback services out of one table, any node.
+    struct TableChain<'a>(&'a ProxyTable);
+
+    impl<'a> FallbackChain<'a> for TableChain<'a> {
+        fn link(&'a self, service: &str) -> Option<(&'a ServiceRoute, Candidates<'a>)> {
+            let route = self.0.service(service)?;
+            Some((route, everywhere(route)))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_without_a_usable_node_falls_back_to_the_next_of_its_chain() {
+        let table = chained_table(&["a"], &["backup-1"], 2);
+        let route = route(&table);
+        for _ in 0..crate::endpoint::BreakerSettings::default().threshold {
+            route.all.endpoints()[0].breaker.record_failure();
+        }
+        let chain = TableChain(&table);
+        let driver = RetryDriver {
+            route,
+            deadline: None,
+        };
+        let mut script = Scripted::new(&[
+            ("a", Step::Answer(Duration::ZERO)),
+            ("backup-1", Step::Answer(Duration::ZERO)),
+        ]);
+        let delivered = driver
+            .run_with_fallbacks(everywhere(route), &mut script, Some(&chain))
+            .await
+            .unwrap();
+        assert_eq!(delivered.answer, "backup-1");
+        assert_eq!(delivered.route.name, BACKUP);
+        assert_eq!(delivered.fallback_depth, 1);
+        assert_eq!(delivered.attempts, 1, "nothing was sent to the primary");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_failing_retryably_after_its_attempts_falls_back_and_one_that_cannot_does_not() {
+        let table = chained_table(&["a", "b"], &["backup-1"], 2);
+        let route = route(&table);
+        let chain = TableChain(&table);
+        let driver = RetryDriver {
+            route,
+            deadline: None,
+        };
+        let mut script = Scripted::new(&[
+            ("a", Step::Refuse),
+            ("b", Step::Refuse),
+            ("backup-1", Step::Answer(Duration::ZERO)),
+        ]);
+        let delivered = driver
+            .run_with_fallbacks(everywhere(route), &mut script, Some(&chain))
+            .await
+            .unwrap();
+        assert_eq!(delivered.answer, "backup-1");
+        assert_eq!(
+            delivered.attempts, 3,
+            "two on the primary, then the fallback"
+        );
+        assert_eq!(delivered.fallback_depth, 1);
+
+        // A node that answered a call that cannot be replayed ends it: no fallback.
+        let mut script = Scripted::new(&[
+            ("a", Step::Unavailable { retry_safe: false }),
+            ("b", Step::Unavailable { retry_safe: false }),
+            ("backup-1", Step::Answer(Duration::ZERO)),
+        ]);
+        let delivered = driver
+            .run_with_fallbacks(everywhere(route), &mut script, Some(&chain))
+            .await
+            .unwrap();
+        assert_ne!(delivered.answer, "backup-1");
+        assert_eq!(delivered.fallback_depth, 0);
+        assert_eq!(script.seen.len(), 1);
+
+        // Without a chain the attempts end on the primary.
+        let mut script = Scripted::new(&[("a", Step::Refuse), ("b", Step::Refuse)]);
+        driver
+            .run(everywhere(route), &mut script)
+            .await
+            .expect_err("no fallback without a chain");
     }
 }

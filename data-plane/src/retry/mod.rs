@@ -4,7 +4,10 @@
 //! when a node answers UNAVAILABLE. One [`RetryDriver`] runs the attempts of every call;
 //! every retry is paid from a [`RetryBudget`], so a failing federation sees a bounded
 //! share of extra traffic instead of a retry storm. The bodies kept to replay idempotent
-//! calls are bounded per call and proxy-wide by a [`BufferBudget`].
+//! calls are bounded per call and proxy-wide by a [`BufferBudget`]. A call whose service
+//! has no usable node, or still fails retryably after its attempts, goes on to the
+//! service's fallback services in order ([`FallbackChain`]), within the same budget and
+//! deadline.
 
 pub mod budget;
 pub mod buffer_budget;
@@ -12,7 +15,7 @@ pub mod driver;
 
 pub use self::budget::RetryBudget;
 pub use self::buffer_budget::{BufferBudget, OverCap, Reservation};
-pub use self::driver::{Attempt, Candidates, Delivered, Failure, RetryDriver};
+pub use self::driver::{Attempt, Candidates, Delivered, Failure, FallbackChain, RetryDriver};
 
 /// The endpoints (indices into one balancer's endpoints) a call has already tried, so its
 /// retries go elsewhere. Kept inline: the request path allocates nothing for it. Holds up

@@ -16,12 +16,17 @@
 //! A message is held to its service's message size limit both ways, and a message with
 //! an idempotency key reaches a node once however often it is sent at once, its answer
 //! replayed to retries for the service's dedup TTL ([`dedup`]).
+//!
+//! When the target service has no usable node where the message may go, or its attempts
+//! end on a retryable failure, the message goes on to the fallback services of its policy
+//! in order (unchanged: the node of a fallback service gets the message as sent), and the
+//! decision names the fallback service that served (`fallback_service`, `fallback_depth`).
 
 pub mod dedup;
 mod upstream;
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::HeaderMap;
 use meridian_proto::v1 as pb;
@@ -38,11 +43,12 @@ use self::upstream::{EndpointChannel, NoAnswer};
 use crate::admission::concurrency;
 use crate::admission::priority::Priority;
 use crate::balance::PickContext;
+use crate::balance::least_connections::LeastConnections;
 use crate::endpoint::Endpoint;
 use crate::error::{RequestError, Scope};
 use crate::forward::framing::{Direction, TooLarge};
 use crate::hop;
-use crate::retry::{Attempt, Candidates, Failure, RetryDriver};
+use crate::retry::{Attempt, Candidates, Failure, FallbackChain, RetryDriver};
 use crate::table::{ProxyIdentity, ProxyTable, ServiceRoute, TableHandle};
 
 /// Longest idempotency key.
@@ -83,7 +89,6 @@ impl MessageRouter for Router {
 
 /// The attempts of one RouteMessage call.
 struct RouteAttempt<'a> {
-    route: &'a ServiceRoute,
     message: &'a pb::FederationMessage,
     /// This proxy's id.
     routed_by: &'a str,
@@ -263,7 +268,6 @@ impl Router {
         };
         let candidates = self.candidates(table, route, message, affinity)?;
         let attempt = RouteAttempt {
-            route,
             message,
             routed_by: &self.identity.id,
             incoming,
@@ -272,7 +276,17 @@ impl Router {
             max_message_bytes,
         };
         let driver = RetryDriver { route, deadline };
-        let delivered = driver.run(candidates, attempt).await?;
+        let fallbacks = RouteFallbacks {
+            router: self,
+            table,
+            message,
+            affinity,
+        };
+        let chain = (!route.policy.fallback_services.is_empty())
+            .then_some(&fallbacks as &dyn FallbackChain<'_>);
+        let delivered = driver
+            .run_with_fallbacks(candidates, attempt, chain)
+            .await?;
         let endpoint = delivered.endpoint;
         let alternatives = delivered
             .passed_over
@@ -306,6 +320,13 @@ impl Router {
             alternatives,
             table_version: table.version(),
             proxy_id: self.identity.id.clone(),
+            // Named only when a fallback served: the usual call allocates nothing for it.
+            fallback_service: if delivered.fallback_depth > 0 {
+                delivered.route.name.clone()
+            } else {
+                String::new()
+            },
+            fallback_depth: delivered.fallback_depth,
         };
         Ok(pb::RouteMessageResponse {
             reply: Some(delivered.answer),
@@ -355,23 +376,32 @@ impl Router {
                 });
             }
             self.check_region(region, message)?;
-            let scope = Scope::TargetRegion(region);
-            let balancer =
-                route
-                    .by_region
-                    .get(region)
-                    .ok_or_else(|| RequestError::NoUsableNode {
-                        service: route.name.clone(),
-                        scope: scope.to_string(),
-                        known: route.known_nodes,
-                    })?;
-            return Ok(Candidates::Balanced {
-                balancer,
-                ctx,
-                scope,
-            });
         }
-        Ok(if message.global_routing {
+        Ok(self.balanced(route, message, ctx))
+    }
+
+    /// The ready endpoints of `route` the message may go to: in its requested region
+    /// (checked), or the service's (in the proxy's region unless the message allows
+    /// global routing), through a balancer.
+    fn balanced<'a>(
+        &'a self,
+        route: &'a ServiceRoute,
+        message: &'a pb::FederationMessage,
+        ctx: PickContext<'a>,
+    ) -> Candidates<'a> {
+        if !message.target_region.is_empty() {
+            let region = message.target_region.as_str();
+            // A region without a usable node has no balancer: the driver finds none and
+            // says so, or falls back.
+            static NONE_USABLE: LazyLock<LeastConnections> =
+                LazyLock::new(|| LeastConnections::new(Vec::new()));
+            return Candidates::Balanced {
+                balancer: route.by_region.get(region).unwrap_or(&NONE_USABLE),
+                ctx,
+                scope: Scope::TargetRegion(region),
+            };
+        }
+        if message.global_routing {
             Candidates::Balanced {
                 balancer: &*route.all,
                 ctx,
@@ -383,7 +413,7 @@ impl Router {
                 ctx,
                 scope: Scope::HomeRegion(&self.identity.region),
             }
-        })
+        }
     }
 
     fn check_region(
@@ -398,6 +428,27 @@ impl Router {
             });
         }
         Ok(())
+    }
+}
+
+/// The fallback services of a message: routes of the table it was routed with, their
+/// nodes looked for where the message allows (its target region, the proxy's region, or
+/// anywhere).
+struct RouteFallbacks<'a> {
+    router: &'a Router,
+    table: &'a ProxyTable,
+    message: &'a pb::FederationMessage,
+    affinity: Option<&'a [u8]>,
+}
+
+impl<'a> FallbackChain<'a> for RouteFallbacks<'a> {
+    fn link(&'a self, service: &str) -> Option<(&'a ServiceRoute, Candidates<'a>)> {
+        let route = self.table.service(service)?;
+        let ctx = PickContext {
+            affinity: self.affinity,
+        };
+        let candidates = self.router.balanced(route, self.message, ctx);
+        Some((route, candidates))
     }
 }
 
@@ -421,6 +472,7 @@ impl Attempt for RouteAttempt<'_> {
     /// One attempt: the node's HandleMessage over the endpoint's connection, accounted.
     async fn send(
         &mut self,
+        route: &ServiceRoute,
         endpoint: &Arc<Endpoint>,
         number: u32,
     ) -> Result<pb::HandleMessageResponse, Failure<pb::HandleMessageResponse>> {
@@ -442,7 +494,6 @@ impl Attempt for RouteAttempt<'_> {
                 attempt: number,
             },
         );
-        let route = hop.route;
         let metrics = route.metrics_of(&endpoint.node.id);
         let started = Instant::now();
         let answer = {

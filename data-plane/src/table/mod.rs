@@ -52,7 +52,8 @@ pub struct ProxyIdentity {
 pub struct ServiceRoute {
     pub name: String,
     pub policy: ServicePolicy,
-    /// Usable endpoints anywhere in the federation.
+    /// Usable endpoints anywhere in the federation, the proxy's region first unless the
+    /// policy sets `global_routing` ([`balance::build_for_locality`]).
     pub all: Box<dyn Balancer>,
     /// Usable endpoints in the proxy's region.
     pub local: Box<dyn Balancer>,
@@ -150,25 +151,8 @@ impl ProxyTable {
             .nodes
             .values()
             .map(|node| {
-                let breaker = breaker_settings(&data, node);
                 let before = previous.and_then(|p| p.endpoints.get(&node.id));
-                let reused = before
-                    .filter(|e| e.node == *node && e.breaker.settings() == breaker)
-                    .cloned();
-                let endpoint = reused.unwrap_or_else(|| {
-                    let mut endpoint = Endpoint::with_pool(node.clone(), breaker, upstream.pool());
-                    if let Some(tls) = upstream.tls.for_node(node) {
-                        endpoint.use_tls(tls.clone());
-                    }
-                    endpoint.set_slow_start(slow_start(&data, node));
-                    // A node that becomes usable after the first table (added, recovered,
-                    // undrained) ramps up; the first table's nodes take full load at once.
-                    let was_usable = before.is_some_and(|e| e.node.status.is_routable());
-                    if previous.is_some() && node.status.is_routable() && !was_usable {
-                        endpoint.start_warming();
-                    }
-                    Arc::new(endpoint)
-                });
+                let endpoint = endpoint_for(&data, node, before, previous.is_some(), upstream);
                 endpoint.set_max_requests(max_requests(&data, node, &upstream.limits));
                 (node.id.clone(), endpoint)
             })
@@ -261,12 +245,13 @@ impl ProxyTable {
                         .into_iter()
                         .map(|(region, endpoints)| (region, LeastConnections::new(endpoints)))
                         .collect(),
-                    all: balance::build(
+                    all: balance::build_for_locality(
                         policy.algorithm,
                         usable,
                         &locality,
                         &policy.failover,
                         &policy.adaptive,
+                        policy.global_routing,
                     ),
                     local: balance::build(
                         policy.algorithm,
@@ -373,6 +358,8 @@ impl ProxyTable {
                         "default_deadline_ms": route.default_deadline.map(|t| t.as_millis() as u64),
                     },
                     "has_policy": self.data.services.contains_key(&route.name),
+                    "global_routing": route.policy.global_routing,
+                    "fallback_services": route.policy.fallback_services,
                     "usable_endpoints": route.all.endpoints().len(),
                     "concurrency": route.concurrency.as_ref().map(|c| c.debug_json()),
                     "rate_limit": route.rate_limit.debug_json(),
@@ -412,6 +399,50 @@ impl ProxyTable {
             "services": services,
         })
     }
+}
+
+/// The endpoint of `node` in a new table. `before` is its endpoint in the previous table
+/// (`had_table`), if any: reused as it is when nothing about the node changed; when only
+/// fields other than its address and TLS settings changed (status, weight, zone, labels),
+/// the node's new fields over the same live state (connection, counters, latency
+/// estimate, breaker, warm-up); otherwise a new endpoint. A node that becomes usable after
+/// the first table (added, recovered, undrained) ramps up; the first table's nodes take
+/// full load at once.
+fn endpoint_for(
+    data: &TableData,
+    node: &meridian_shared::domain::Node,
+    before: Option<&Arc<Endpoint>>,
+    had_table: bool,
+    upstream: &UpstreamSettings,
+) -> Arc<Endpoint> {
+    let breaker = breaker_settings(data, node);
+    let slow_start = slow_start(data, node);
+    let was_usable = before.is_some_and(|e| e.node.status.is_routable());
+    let same_connection =
+        |e: &&Arc<Endpoint>| e.node.address == node.address && upstream.tls.same_for(&e.node, node);
+    let Some(before) = before.filter(same_connection) else {
+        let mut endpoint = Endpoint::with_pool(node.clone(), breaker, upstream.pool());
+        if let Some(tls) = upstream.tls.for_node(node) {
+            endpoint.use_tls(tls.clone());
+        }
+        endpoint.set_slow_start(slow_start);
+        if had_table && node.status.is_routable() && !was_usable {
+            endpoint.start_warming();
+        }
+        return Arc::new(endpoint);
+    };
+    if before.node == *node
+        && before.breaker.settings() == breaker
+        && before.slow_start() == slow_start
+    {
+        return Arc::clone(before);
+    }
+    let mut endpoint = before.updated(node.clone(), breaker);
+    endpoint.set_slow_start(slow_start);
+    if node.status.is_routable() && !was_usable {
+        endpoint.start_warming();
+    }
+    Arc::new(endpoint)
 }
 
 /// How RouteMessage deduplication of the service keeps answers.
@@ -686,6 +717,101 @@ mod tests {
             .filter(|e| e.breaker.is_open())
             .count();
         assert_eq!(ejected, 2, "the default cap is half of the 4 endpoints");
+    }
+
+    /// The next table after `table`, whose data `change` edits.
+    fn next(table: &ProxyTable, change: impl FnOnce(&mut TableData)) -> ProxyTable {
+        let mut data = table.data.clone();
+        data.version += 1;
+        change(&mut data);
+        ProxyTable::build(
+            data,
+            &ProxyIdentity::default(),
+            Some(table),
+            TableSource::Stream,
+            &UpstreamSettings::default(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoints_state_survives_changes_to_its_node_but_its_address() {
+        let first = ProxyTable::build(
+            data(OutlierPolicy::default()),
+            &ProxyIdentity::default(),
+            None,
+            TableSource::Stream,
+            &UpstreamSettings::default(),
+        );
+        let endpoint = Arc::clone(first.endpoint("n1").unwrap());
+        for _ in 0..BreakerSettings::default().threshold {
+            endpoint.breaker.record_failure();
+        }
+        endpoint.ewma.observe(Duration::from_millis(250));
+        let latency = endpoint.ewma.estimate();
+        let _call = endpoint.start_request();
+
+        // A health verdict, a label, a new weight and zone: the same live state.
+        let changed = next(&first, |d| {
+            let node = d.nodes.get_mut("n1").unwrap();
+            node.status = meridian_shared::domain::NodeStatus::Healthy;
+            node.labels.insert("tier".into(), "gold".into());
+            node.weight = 300;
+            node.zone = "eu-west-b".into();
+        });
+        let kept = changed.endpoint("n1").unwrap();
+        assert_eq!(kept.node.weight, 300, "the node's new fields are in force");
+        assert_eq!(kept.node.zone, "eu-west-b");
+        assert!(kept.breaker.is_open(), "an ejected node stays ejected");
+        assert_eq!(kept.in_flight(), 1, "calls in flight are still counted");
+        assert_eq!(
+            kept.ewma.estimate(),
+            latency,
+            "the latency estimate is kept"
+        );
+        assert!(Arc::ptr_eq(&kept.connection, &endpoint.connection));
+        assert_eq!(
+            kept.warmth(),
+            1.0,
+            "a node usable before does not warm up again"
+        );
+        let route = changed.service("demo.v1.Echo").unwrap();
+        assert_eq!(route.all.endpoints()[0].node.weight, 300);
+
+        // Nothing changed: the very endpoint.
+        let same = next(&changed, |_| {});
+        assert!(Arc::ptr_eq(
+            same.endpoint("n1").unwrap(),
+            changed.endpoint("n1").unwrap()
+        ));
+
+        // A new address: a new connection and a fresh state.
+        let moved = next(&same, |d| {
+            d.nodes.get_mut("n1").unwrap().address = "127.0.0.1:10".into()
+        });
+        let fresh = moved.endpoint("n1").unwrap();
+        assert!(!Arc::ptr_eq(&fresh.connection, &endpoint.connection));
+        assert!(!fresh.breaker.is_open());
+        assert_eq!(fresh.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_recovered_node_warms_up_over_its_kept_state() {
+        let mut failed = data(OutlierPolicy::default());
+        failed.nodes.get_mut("n1").unwrap().status = meridian_shared::domain::NodeStatus::Failed;
+        let first = ProxyTable::build(
+            failed,
+            &ProxyIdentity::default(),
+            None,
+            TableSource::Stream,
+            &UpstreamSettings::default(),
+        );
+        let before = Arc::clone(first.endpoint("n1").unwrap());
+        let recovered = next(&first, |d| {
+            d.nodes.get_mut("n1").unwrap().status = meridian_shared::domain::NodeStatus::Healthy
+        });
+        let endpoint = recovered.endpoint("n1").unwrap();
+        assert!(Arc::ptr_eq(&endpoint.connection, &before.connection));
+        assert!(endpoint.warmth() < 0.2, "a node usable again ramps up");
     }
 
     #[tokio::test]

@@ -135,9 +135,11 @@ impl TopologyLimits {
         let rate_limit = field(
             MAX_RATE_LIMIT_TIERS as u64 * rate_tier + field(HEADER_NAME_BYTES) + field(NAME_BYTES),
         );
+        let fallbacks = super::policy::MAX_FALLBACK_SERVICES as u64 * field(SERVICE_NAME_BYTES);
         field(SERVICE_NAME_BYTES)
             + field(NAME_BYTES)
-            + NUMBER
+            + NUMBER * 2 // algorithm, global_routing
+            + fallbacks
             + failover
             + retry
             + health_check

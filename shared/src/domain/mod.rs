@@ -34,8 +34,8 @@ pub use limits::TopologyLimits;
 pub use locality::{Federation, GeoPoint, Region};
 pub use node::Node;
 pub use policy::{
-    ActiveFailover, FailoverPolicy, FailoverTier, HashPolicy, HealthCheckPolicy, OutlierPolicy,
-    RetryPolicy, ServicePolicy, TimeoutPolicy,
+    ActiveFailover, FailoverPolicy, FailoverTier, HashPolicy, HealthCheckPolicy,
+    MAX_FALLBACK_SERVICES, OutlierPolicy, RetryPolicy, ServicePolicy, TimeoutPolicy,
 };
 pub use rate_limit::{RateLimitPolicy, RateLimitTier};
 pub use request_limits::RequestLimits;

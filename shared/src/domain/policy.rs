@@ -286,7 +286,18 @@ pub struct ServicePolicy {
     pub adaptive: AdaptivePolicy,
     #[serde(default)]
     pub endpoint_limits: EndpointLimits,
+    /// Services that take its calls, in order, when it has no usable node or a call
+    /// still fails retryably after its attempts; at most [`MAX_FALLBACK_SERVICES`].
+    #[serde(default)]
+    pub fallback_services: Vec<String>,
+    /// Forwarded calls go to any region's nodes instead of staying in the proxy's region
+    /// while it has usable capacity.
+    #[serde(default)]
+    pub global_routing: bool,
 }
+
+/// Most fallback services one policy names.
+pub const MAX_FALLBACK_SERVICES: usize = 4;
 
 impl From<ServicePolicy> for pb::ServicePolicy {
     fn from(p: ServicePolicy) -> Self {
@@ -306,6 +317,8 @@ impl From<ServicePolicy> for pb::ServicePolicy {
             rate_limit: Some(p.rate_limit.into()),
             adaptive: Some(p.adaptive.into()),
             endpoint_limits: Some(p.endpoint_limits.into()),
+            fallback_services: p.fallback_services,
+            global_routing: p.global_routing,
         }
     }
 }
@@ -335,6 +348,8 @@ impl TryFrom<pb::ServicePolicy> for ServicePolicy {
             rate_limit: p.rate_limit.map(Into::into).unwrap_or_default(),
             adaptive: p.adaptive.map(Into::into).unwrap_or_default(),
             endpoint_limits: p.endpoint_limits.map(Into::into).unwrap_or_default(),
+            fallback_services: p.fallback_services,
+            global_routing: p.global_routing,
         })
     }
 }

@@ -187,6 +187,8 @@ fn service(algorithm: Algorithm) -> ServicePolicy {
             report_ttl_ms: 1_500,
             ignore_node_reports: true,
         },
+        fallback_services: vec!["demo.v1.EchoBackup".into(), "demo.v2.Echo".into()],
+        global_routing: true,
     }
 }
 

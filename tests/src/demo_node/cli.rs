@@ -170,6 +170,17 @@ pub struct DemoNodeArgs {
     )]
     pub services: Vec<String>,
 
+    /// Also answer demo.v1.Echo's methods under this service name (e.g. demo.v1.EchoBackup
+    /// for calls to /demo.v1.EchoBackup/Say), as a node of a fallback service would.
+    /// Repeatable, or comma-separated.
+    #[arg(
+        long = "echo-alias",
+        env = "MERIDIAN_DEMO_ECHO_ALIASES",
+        value_name = "SERVICE",
+        value_delimiter = ','
+    )]
+    pub echo_aliases: Vec<String>,
+
     /// Weight for weighted routing, 1 to 10000; 0 lets the control plane use its default.
     #[arg(long, env = "MERIDIAN_DEMO_WEIGHT", default_value_t = 0)]
     pub weight: u32,

@@ -18,6 +18,9 @@ use super::behaviour::NodeBehaviour;
 pub const ECHO_PREFIX: &str = "x-echo-";
 /// The trailer (a header when the code is OK) that carries FailRequest.trailer.
 pub const DEMO_TRAILER: &str = "x-demo-trailer";
+/// The response header holding the `grpc-timeout` the call arrived with, if any, so a
+/// test can see the deadline a proxy passed on.
+pub const RECEIVED_TIMEOUT_HEADER: &str = "x-node-grpc-timeout";
 
 type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -167,9 +170,32 @@ fn requested_code(code: u32) -> Result<Code, Status> {
     }
 }
 
-/// The request metadata whose keys start with [`ECHO_PREFIX`], ASCII and binary alike.
+/// `/demo.v1.Echo/<Method>` for a call to `/<alias>/<Method>` of one of `aliases`; other
+/// calls as they are.
+pub fn unalias(
+    mut request: http::Request<tonic::body::Body>,
+    aliases: &[String],
+) -> http::Request<tonic::body::Body> {
+    let path = request.uri().path();
+    let aliased = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .filter(|(service, _)| aliases.iter().any(|a| a == service));
+    if let Some((_, method)) = aliased
+        && let Ok(uri) = format!("/{}/{method}", demo::echo_server::SERVICE_NAME).parse()
+    {
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
+/// The request metadata whose keys start with [`ECHO_PREFIX`], ASCII and binary alike, and
+/// the call's `grpc-timeout` as [`RECEIVED_TIMEOUT_HEADER`].
 pub fn echoed_metadata(request: &MetadataMap) -> MetadataMap {
     let mut echoed = MetadataMap::new();
+    if let Some(timeout) = request.get("grpc-timeout") {
+        echoed.insert(RECEIVED_TIMEOUT_HEADER, timeout.clone());
+    }
     for entry in request.iter() {
         match entry {
             KeyAndValueRef::Ascii(key, value) if key.as_str().starts_with(ECHO_PREFIX) => {

@@ -35,7 +35,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
-use tower::util::MapResponseLayer;
+use tower::util::{MapRequestLayer, MapResponseLayer};
 
 pub use behaviour::NodeBehaviour;
 pub use cli::DemoNodeArgs;
@@ -101,6 +101,8 @@ pub struct DemoNode {
     behaviour: Arc<NodeBehaviour>,
     health: HealthReporter,
     registration: Option<SelfRegistration>,
+    /// Other service names Echo answers under (`--echo-alias`).
+    echo_aliases: Arc<[String]>,
 }
 
 impl DemoNode {
@@ -172,6 +174,7 @@ impl DemoNode {
             behaviour,
             health,
             registration,
+            echo_aliases: args.echo_aliases.into(),
         })
     }
 
@@ -202,8 +205,12 @@ impl DemoNode {
             "demo node serving"
         );
         let (addr, stop) = (self.addr, shutdown.wait_owned());
+        let echo_aliases = Arc::clone(&self.echo_aliases);
         let router = tonic::transport::Server::builder()
             .trace_fn(telemetry::grpc_request_span)
+            .layer(MapRequestLayer::new(move |request| {
+                echo::unalias(request, &echo_aliases)
+            }))
             .layer(MapResponseLayer::new({
                 let behaviour = Arc::clone(&self.behaviour);
                 let plain = self.plain;

@@ -1082,3 +1082,32 @@ fn webhook_actuators_need_an_http_url_and_bounded_retries() {
         "above 10",
     );
 }
+
+#[test]
+fn a_fallback_chain_names_other_services_once_within_its_bound() {
+    let check = |chain: &[&str]| {
+        let p = ServicePolicy {
+            fallback_services: chain.iter().map(|s| s.to_string()).collect(),
+            ..echo()
+        };
+        service(&p, Some(&fed()), &HashSet::new(), &L)
+    };
+    check(&["demo.v1.EchoBackup", "demo.v2.Echo"]).unwrap();
+    refused(
+        check(&["demo.v1.Echo"]),
+        "service_policy.fallback_services[0]",
+    );
+    refused(
+        check(&["demo.v1.EchoBackup", "demo.v1.EchoBackup"]),
+        "service_policy.fallback_services[1]",
+    );
+    refused(
+        check(&["demo.v1.EchoBackup", "not a service"]),
+        "service_policy.fallback_services[1]",
+    );
+    let too_many: Vec<String> = (0..=MAX_FALLBACK_SERVICES)
+        .map(|i| format!("demo.v1.Backup{i}"))
+        .collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    refused(check(&too_many), "service_policy.fallback_services");
+}
