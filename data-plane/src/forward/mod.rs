@@ -148,16 +148,8 @@ impl Forwarder {
         let oversize = Arc::new(Oversize::default());
         let outgoing = if is_idempotent(&route, parts.uri.path()) {
             let budget = &self.settings.buffer_budget;
-            // Boxed: only idempotent calls buffer, and the state of reading a body would
-            // otherwise be part of every call's future.
-            match Box::pin(replay::read_for_replay(
-                body,
-                frames,
-                budget,
-                oversize.clone(),
-                &route.name,
-            ))
-            .await?
+            match replay::read_for_replay(body, frames, budget, oversize.clone(), &route.name)
+                .await?
             {
                 Buffered::Replayable(buffer) => Outgoing::replayable(parts, buffer),
                 Buffered::Streamed(body, why) => {

@@ -140,14 +140,12 @@ impl<'a> RetryDriver<'a> {
             drop(failure);
             tried.insert(index);
             let pause = Instant::now() + backoff.next_delay();
-            // The timer is boxed: only retries pause, and every call's future would
-            // otherwise carry it.
             match self.deadline {
                 Some(deadline) if deadline <= pause => {
-                    Box::pin(tokio::time::sleep_until(deadline)).await;
+                    tokio::time::sleep_until(deadline).await;
                     return Err(self.deadline_exceeded(endpoint, number, started));
                 }
-                _ => Box::pin(tokio::time::sleep_until(pause)).await,
+                _ => tokio::time::sleep_until(pause).await,
             }
             number += 1;
         }
