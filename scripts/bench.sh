@@ -4,6 +4,7 @@
 #   direct      the first node itself (the limit),
 #   meridian    meridian-proxy (least_connections over the three nodes),
 #   meridian-b  a second meridian-proxy binary, when PROXY_B is set (A/B of two builds),
+#   meridian-c  a third one, when PROXY_C is set,
 #   nginx       nginx grpc_pass (least_conn),
 #   haproxy     HAProxy, proto h2 (leastconn),
 # round after round, every target once per round and shape before the next (interleaved),
@@ -28,7 +29,7 @@
 #
 # Usage: scripts/bench.sh [SECONDS_PER_RUN (10)] [ROUNDS (3)]
 # Knobs (environment): MODES ("shared pinned"), LEVELS ("1x1 4x64 route:4x16 chat:4x16"),
-#   TARGETS (default: all), WARM (2 s), PROXY_A / PROXY_B (meridian-proxy binaries; A
+#   TARGETS (default: all), WARM (2 s), PROXY_A / PROXY_B / PROXY_C (meridian-proxy binaries; A
 #   defaults to this checkout's release build), SKIP_BUILD=1, OUT (results directory),
 #   QUIET_PCT (15) / QUIET_MAX (20 s) / FOREIGN_MAX (25 % of a core) / RETRIES (1).
 # Every load run is bounded (h2load -D / loadgen --duration, under `timeout`); everything
@@ -60,8 +61,9 @@ fi
 bin=${CARGO_TARGET_DIR:-$ROOT/target}/release
 PROXY_A=${PROXY_A:-$bin/meridian-proxy}
 PROXY_B=${PROXY_B:-}
-declare -A PORT=([direct]=19101 [meridian]=18000 [meridian-b]=18010 [nginx]=18100 [haproxy]=18200)
-TARGETS=${TARGETS:-"direct meridian ${PROXY_B:+meridian-b }nginx haproxy"}
+PROXY_C=${PROXY_C:-}
+declare -A PORT=([direct]=19101 [meridian]=18000 [meridian-b]=18010 [meridian-c]=18020 [nginx]=18100 [haproxy]=18200)
+TARGETS=${TARGETS:-"direct meridian ${PROXY_B:+meridian-b }${PROXY_C:+meridian-c }nginx haproxy"}
 NODES=(19101 19102 19103)
 mkdir -p "$OUT"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/bench.log" >&2; }
@@ -153,9 +155,10 @@ start_targets() { # MODE
     for t in $TARGETS; do
         case $t in
             direct) TARGET_PIDS[$t]="" ;;
-            meridian | meridian-b)
+            meridian | meridian-b | meridian-c)
                 local binary=$PROXY_A
                 [[ $t == meridian-b ]] && binary=$PROXY_B
+                [[ $t == meridian-c ]] && binary=$PROXY_C
                 cp "$OUT/table.json" "$OUT/table-${PORT[$t]}.json"
                 # shellcheck disable=SC2046
                 start "$mode-$t" "${SRV[@]}" $(proxy_cmd "$binary" "${PORT[$t]}")
@@ -359,7 +362,7 @@ applies() { # SHAPE TARGET: RouteMessage is a service of meridian-proxy only
     echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load average $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "$(h2load --version | head -1); $(nginx -v 2>&1); $(haproxy -v | head -1)"
     echo "DUR=$DUR s WARM=$WARM s ROUNDS=$ROUNDS MODES=$MODES LEVELS=$LEVELS TARGETS=$TARGETS"
-    echo "PROXY_A=$PROXY_A${PROXY_B:+ PROXY_B=$PROXY_B}"
+    echo "PROXY_A=$PROXY_A${PROXY_B:+ PROXY_B=$PROXY_B}${PROXY_C:+ PROXY_C=$PROXY_C}"
 } | tee "$OUT/env.txt" >&2
 "${TOOL[@]}" body "$OUT/request.bin" "$PAYLOAD"
 prepare_table
