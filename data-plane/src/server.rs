@@ -211,17 +211,26 @@ impl Proxy {
             tokio::spawn(reloader.run(shutdown.clone()));
         }
 
-        let admin_router = admin_http::router(self.metrics, self.readiness.clone()).route(
-            "/debug/table",
-            get({
-                let table = self.table.clone();
-                move || async move {
-                    Json(table.current().map(|t| t.debug_json()).unwrap_or_else(
-                        || serde_json::json!({ "version": 0, "note": "no routing table yet" }),
-                    ))
-                }
-            }),
-        );
+        let limits = proxy_limits_json(&self.config);
+        let admin_router = admin_http::router(self.metrics, self.readiness.clone())
+            .route(
+                "/debug/table",
+                get({
+                    let table = self.table.clone();
+                    move || async move {
+                        Json(table.current().map(|t| t.debug_json()).unwrap_or_else(
+                            || serde_json::json!({ "version": 0, "note": "no routing table yet" }),
+                        ))
+                    }
+                }),
+            )
+            .route(
+                "/debug/limits",
+                get(move || {
+                    let limits = limits.clone();
+                    async move { Json(limits) }
+                }),
+            );
         // The admin endpoints outlive the drain, so `/ready` can say 503 while it runs.
         self.readiness.drain_on(&shutdown);
         let admin_stop = Shutdown::new();
@@ -305,6 +314,19 @@ impl Dispatch {
         }
         self.forwarder.forward(request, Some(client)).await
     }
+}
+
+/// The proxy-wide limits in force, for `/debug/limits` (a service's own limits are in
+/// `/debug/table`). None of them changes on reload, so they are read once.
+fn proxy_limits_json(config: &ProxyConfig) -> serde_json::Value {
+    serde_json::json!({
+        "listener_limits": config.listener_limits,
+        "upstream": config.upstream,
+        "max_message_bytes": config.max_message_bytes,
+        "retry_buffer_call_bytes": config.retry_buffer_call_bytes,
+        "retry_buffer_total_bytes": config.retry_buffer_total_bytes,
+        "note": "proxy-wide limits; each service's own (rate, concurrency, message size, endpoint limits) are in /debug/table",
+    })
 }
 
 async fn local_services(

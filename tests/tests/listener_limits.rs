@@ -151,6 +151,15 @@ async fn a_connection_flood_hits_the_proxys_cap_and_leaves_existing_and_later_cl
     const CAP: usize = 20;
     const FLOOD: usize = 60;
     let proxy = proxy_with(&cluster, &["--max-connections", &CAP.to_string()]).await;
+    let (status, limits) = meridian_tests::http::get(proxy.admin, "/debug/limits")
+        .await
+        .expect("/debug/limits answers");
+    let limits: serde_json::Value = serde_json::from_str(&limits).expect("/debug/limits is JSON");
+    assert_eq!(status, 200);
+    assert_eq!(
+        limits["listener_limits"]["max_connections"], CAP,
+        "the cap in force is shown: {limits}"
+    );
     let mut steady = EchoClient::new(channel(&proxy.url()).await);
     say_once(&mut steady).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);

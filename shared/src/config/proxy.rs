@@ -43,7 +43,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::control_plane::valid_endpoint_url;
 use super::{ClientTlsConfig, ConfigError, ListenerLimits, ListenerTlsConfig, Validate};
@@ -139,7 +139,7 @@ impl Default for ProxyListen {
 /// over connections to it, and how long calls may go on. A service's `endpoint_limits`
 /// (max requests, idle timeout) and `timeout.default_timeout_ms` override the matching
 /// setting for that service.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamLimits {
     /// Calls in flight at once to one node (Envoy's circuit-breaker `max_requests`): a
