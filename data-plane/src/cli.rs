@@ -174,8 +174,8 @@ pub struct ProxyArgs {
     pub max_connections_per_endpoint: Option<u32>,
 
     /// HTTP/2 window of each call's response from a node, in bytes: what the proxy holds
-    /// for a client that does not read (the connection window is this times
-    /// --max-streams-per-connection). Default 1048576 (1 MiB).
+    /// for a client that does not read (a connection's window is this times the streams
+    /// it carries). Default 1048576 (1 MiB).
     #[arg(long, env = "MERIDIAN_STREAM_WINDOW_BYTES", value_name = "BYTES")]
     pub stream_window_bytes: Option<u32>,
 
