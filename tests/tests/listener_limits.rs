@@ -144,6 +144,31 @@ async fn say_once(client: &mut EchoClient<Channel>) {
         .expect("an Echo call through the proxy");
 }
 
+/// Polls the proxy's `connections_closed_total{reason}` until it reads `expected` (the
+/// count is taken as the connection closes, so a scrape right after the client saw the
+/// close may precede it); panics with every closed count after the deadline.
+async fn closed_count_reaches(proxy: &ProxyProcess, reason: &str, expected: f64) {
+    let name = format!("meridian_proxy_connections_closed_total{{reason=\"{reason}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let count = proxy.metric(&name).await;
+        if count == expected {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let (_, body) = meridian_tests::http::get(proxy.admin, "/metrics")
+                .await
+                .unwrap_or_default();
+            let closed: Vec<&str> = body
+                .lines()
+                .filter(|l| l.starts_with("meridian_proxy_connections_"))
+                .collect();
+            panic!("{name} read {count}, expected {expected}; {closed:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_connection_flood_hits_the_proxys_cap_and_leaves_existing_and_later_clients_working() {
     let cluster = Cluster::start().await;
@@ -217,12 +242,7 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
         after >= Duration::from_millis(800),
         "closed after {after:?}"
     );
-    assert_eq!(
-        proxy
-            .metric("meridian_proxy_connections_closed_total{reason=\"handshake_timeout\"}")
-            .await,
-        1.0
-    );
+    closed_count_reaches(&proxy, "handshake_timeout", 1.0).await;
     // A client that does send its preface is served.
     say_once(&mut EchoClient::new(channel(&proxy.url()).await)).await;
 }
@@ -260,12 +280,7 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout_but_not_while_a_cal
         .await
         .expect("the connection was still open 20 s after its call ended")
         .unwrap();
-    assert_eq!(
-        proxy
-            .metric("meridian_proxy_connections_closed_total{reason=\"idle\"}")
-            .await,
-        2.0
-    );
+    closed_count_reaches(&proxy, "idle", 2.0).await;
 }
 
 #[tokio::test]
@@ -315,12 +330,7 @@ async fn a_rapid_reset_flood_closes_its_connection_while_other_clients_keep_call
         ok > 0 && failed == 0,
         "steady client during the flood: {ok} ok, {failed} failed"
     );
-    assert_eq!(
-        proxy
-            .metric("meridian_proxy_connections_closed_total{reason=\"premature_resets\"}")
-            .await,
-        1.0
-    );
+    closed_count_reaches(&proxy, "premature_resets", 1.0).await;
 }
 
 async fn control_plane(dir: &std::path::Path, args: &[&str]) -> ControlPlaneProcess {
