@@ -25,9 +25,31 @@ podman_opts() {
     PODMAN_OPTS=(--runtime runc --ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc")
 }
 
+# Installs the Debian packages given that are not installed (apt_install skips
+# Recommends, which is where podman's networking and user-namespace helpers come from).
+ensure_packages() {
+    local missing=() package
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" ||
+            missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
+# podman and what it runs containers with here (networks: containernetworking-plugins;
+# user namespaces: uidmap, slirp4netns), and mmdebstrap for the base images.
 ensure_container_tools() {
-    ensure_commands podman:podman runc:runc mmdebstrap:mmdebstrap
+    ensure_commands podman:podman runc:runc mmdebstrap:mmdebstrap || return 1
+    ensure_packages containernetworking-plugins slirp4netns uidmap || return 1
     podman_opts
+}
+
+# What running deploy/compose with podman-compose needs besides ensure_container_tools:
+# podman-compose, and the dnsname plugin so the services find each other by name.
+ensure_compose_tools() {
+    ensure_container_tools || return 1
+    ensure_commands podman-compose:podman-compose || return 1
+    ensure_packages golang-github-containernetworking-plugin-dnsname
 }
 
 # Makes IMAGE from a Debian bookworm minbase with the packages given, unless it exists.
