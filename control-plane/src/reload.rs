@@ -5,11 +5,12 @@
 //!
 //! | what | on reload |
 //! | --- | --- |
-//! | `[auth]`: `tokens_file` (its path and content), `tokens`, `certificates` | replaced at once: the next call is checked against the new set |
+//! | `[auth]`: `tokens_file` (its path and content), `tokens`, `certificates` | replaced at once: the next call is checked against the new set, and open streams (routing tables, load reports, keep-alives, events) whose credential it refuses end |
 //! | `log.level` | applied at once (unless `RUST_LOG` is set, which wins) |
 //! | everything else ([`ControlPlaneConfig::fixed_settings`]) | kept; a difference is logged, naming each key, until a restart |
 //!
-//! A file that does not parse or validate changes nothing: the old configuration keeps
+//! A file that does not parse or validate, or that would leave no credential at all where
+//! some are in force (every call refused), changes nothing: the old configuration keeps
 //! serving, the error (naming the field and, except for secrets, the value) is logged and
 //! recorded as a `configReloadFailed` event, and `meridian_control_config_reloads_total
 //! {result="refused"}` counts it. A reload that applies records `configReloaded`.
@@ -38,6 +39,12 @@ pub enum ReloadError {
     Tokens(#[from] AuthError),
     #[error(transparent)]
     LogLevel(#[from] TelemetryError),
+    #[error(
+        "the new configuration has no tokens and no client certificates, so every call would be refused \
+         (a tokens file read mid-write?); the {tokens} tokens and {certificates} certificates in force stay; \
+         fix the file and reload again"
+    )]
+    NoCredentials { tokens: usize, certificates: usize },
 }
 
 impl ReloadError {
@@ -49,6 +56,7 @@ impl ReloadError {
             }
             ReloadError::Tokens(_) => Some("auth.tokens_file"),
             ReloadError::LogLevel(_) => Some("log.level"),
+            ReloadError::NoCredentials { .. } => Some("auth.tokens_file"),
         }
     }
 }
@@ -110,6 +118,13 @@ impl ConfigReloader {
     pub fn reload(&mut self) -> Result<Applied, ReloadError> {
         let config = (self.load)()?;
         let authenticator = Authenticator::load(&config.auth)?;
+        let in_force = self.auth.load().counts();
+        if authenticator.counts() == (0, 0) && in_force != (0, 0) {
+            return Err(ReloadError::NoCredentials {
+                tokens: in_force.0,
+                certificates: in_force.1,
+            });
+        }
         let log_level_change = telemetry::set_log_level(&config.log)?;
         let (tokens, certificates) = authenticator.counts();
         self.auth.store(Arc::new(authenticator));
@@ -183,7 +198,6 @@ fn watched(config_file: &Option<PathBuf>, config: &ControlPlaneConfig) -> Vec<Pa
 
 #[cfg(test)]
 mod tests {
-    use arc_swap::ArcSwap;
     use meridian_shared::config::{Validate, load_file};
 
     use super::*;
@@ -219,9 +233,7 @@ mod tests {
             Ok(config)
         });
         let config = load().unwrap();
-        let auth: SharedAuthenticator = Arc::new(ArcSwap::from_pointee(
-            Authenticator::load(&config.auth).unwrap(),
-        ));
+        let auth = SharedAuthenticator::new(Authenticator::load(&config.auth).unwrap());
         let mut reloader =
             ConfigReloader::new(load, Some(config_path.clone()), &config, auth.clone()).unwrap();
         assert!(knows(&auth, OLD) && !knows(&auth, NEW));
@@ -239,6 +251,17 @@ mod tests {
         let refused = reloader.reload().unwrap_err();
         assert_eq!(refused.field(), Some("auth.tokens[0].token"), "{refused}");
         assert!(knows(&auth, NEW), "a refused reload changed the tokens");
+
+        std::fs::write(&tokens_path, "").unwrap();
+        let refused = reloader.reload().unwrap_err();
+        assert!(
+            matches!(refused, ReloadError::NoCredentials { tokens: 2, .. }),
+            "{refused}"
+        );
+        assert!(
+            knows(&auth, NEW),
+            "an empty tokens file locked every caller out"
+        );
 
         std::fs::write(&tokens_path, token_entry(NEW)).unwrap();
         std::fs::write(

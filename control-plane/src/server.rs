@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use meridian_proto::v1::admin_server::AdminServer;
 use meridian_proto::v1::node_registry_server::NodeRegistryServer;
 use meridian_shared::admin_http::{self, BindError, Readiness};
@@ -121,7 +120,7 @@ impl ControlPlane {
         let http = admin_http::bind(config.listen.http, "listen.http (--http-addr)").await?;
         Ok(ControlPlane {
             config,
-            auth: Arc::new(ArcSwap::from_pointee(auth)),
+            auth: SharedAuthenticator::new(auth),
             reloader: None,
             tls,
             grpc,

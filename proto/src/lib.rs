@@ -35,5 +35,10 @@ pub mod xds {
 /// The trailer that carries a binary-encoded [`xds::orca::OrcaLoadReport`].
 pub const ORCA_TRAILER: &str = "endpoint-load-metrics-bin";
 
+/// The largest utilisation an ORCA report may carry (a fraction, 1.0 = fully used; a
+/// node may report above 1 when it queues). Proxies drop reports outside 0 to this, and
+/// the control plane refuses load reports that carry one.
+pub const MAX_ORCA_UTILIZATION: f64 = 100.0;
+
 /// Encoded `FileDescriptorSet` of every meridian.v1 and demo.v1 file, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("meridian_descriptor");

@@ -1,7 +1,7 @@
 //! Configuration reload on real processes, as an operator does it: edit the tokens file
 //! or the config file (or send SIGHUP) and the running control plane or proxy applies it
 //! without a restart; a broken file leaves the old configuration serving and says which
-//! field is wrong.
+//! field is wrong; a removed token ends the streams it had open.
 
 use std::path::Path;
 use std::time::Duration;
@@ -51,6 +51,38 @@ async fn wait_for_answer(cp: &ControlPlaneProcess, token: &str, wanted: Result<(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An open WatchEvents stream with `token`.
+async fn watch_events(cp: &ControlPlaneProcess, token: &str) -> tonic::Streaming<pb::Event> {
+    cp.admin()
+        .await
+        .watch_events(authorized(
+            pb::WatchEventsRequest {
+                follow: true,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("opening WatchEvents")
+        .into_inner()
+}
+
+/// Reads `stream` until it ends; the status code it ended with (`None`: it ended OK).
+async fn stream_end(stream: &mut tonic::Streaming<pb::Event>) -> Option<tonic::Code> {
+    let read_to_end = async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read_to_end)
+        .await
+        .expect("the stream did not end within the deadline")
 }
 
 /// Lines of the process's log containing every one of `parts`.
@@ -113,10 +145,23 @@ async fn a_token_added_to_the_tokens_file_works_without_a_restart_and_a_removed_
     std::fs::write(&tokens, tokens_file_text() + &added_token_entry()).unwrap();
     wait_for_answer(&cp, ADDED_TOKEN, Ok(())).await;
     assert_eq!(list_nodes(&cp, OPERATOR_TOKEN).await, Ok(()));
+    // A stream opened with the added token, and one with a token that stays.
+    let mut revoked = watch_events(&cp, ADDED_TOKEN).await;
+    let mut kept = watch_events(&cp, OPERATOR_TOKEN).await;
 
     std::fs::write(&tokens, tokens_file_text()).unwrap();
     wait_for_answer(&cp, ADDED_TOKEN, Err(tonic::Code::Unauthenticated)).await;
     assert_eq!(list_nodes(&cp, OPERATOR_TOKEN).await, Ok(()));
+    assert_eq!(
+        stream_end(&mut revoked).await,
+        Some(tonic::Code::Unauthenticated),
+        "a stream whose token was removed ends"
+    );
+    let still_open = tokio::time::timeout(Duration::from_millis(500), kept.message()).await;
+    assert!(
+        still_open.is_err() || matches!(still_open, Ok(Ok(Some(_)))),
+        "the operator's stream stays open: {still_open:?}"
+    );
 
     // SIGHUP reloads too, with nothing changed.
     sighup(&cp.process);

@@ -1,6 +1,7 @@
 //! Keep-alives of self-registered nodes, on real control planes on real etcd: the nodes a
-//! replica holds share its store lease, so their keep-alives cost etcd nothing each; and a
-//! node whose keep-alives move to another replica survives the death of the first one.
+//! replica holds share its store lease, so their keep-alives cost etcd nothing each; a
+//! node whose keep-alives move to another replica survives the death of the first one;
+//! and an operator's drain outlives the node's lease and its registering again.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -127,6 +128,10 @@ async fn etcd_lease_keep_alives(etcd: &EtcdCluster) -> f64 {
 }
 
 async fn status_of(cp: &ControlPlaneProcess, id: &str) -> Option<pb::NodeStatus> {
+    listed(cp, id).await.map(|n| n.status())
+}
+
+async fn listed(cp: &ControlPlaneProcess, id: &str) -> Option<pb::Node> {
     cp.admin()
         .await
         .list_nodes(authorized(pb::ListNodesRequest::default(), OPERATOR_TOKEN))
@@ -136,7 +141,6 @@ async fn status_of(cp: &ControlPlaneProcess, id: &str) -> Option<pb::NodeStatus>
         .nodes
         .into_iter()
         .find(|n| n.id == id)
-        .map(|n| n.status())
 }
 
 #[tokio::test]
@@ -230,5 +234,72 @@ async fn a_node_whose_keep_alives_move_survives_the_death_of_the_replica_it_regi
         kv.value_str().unwrap().contains("\"held_by\":\"cp-b\""),
         "cp-b holds self-1: {:?}",
         kv.value_str()
+    );
+}
+
+#[tokio::test]
+async fn a_drained_node_stays_drained_when_its_lease_lapses_and_it_registers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdCluster::single().await.expect("starting etcd");
+    let cp = start_control_plane(&etcd, dir.path(), "cp-a").await;
+    cp.slow_health_checks().await;
+    cp.create_region("prod", "eu-west", (53.3, -6.2), &["eu-west-a"])
+        .await;
+    let mut registry = registry(&cp).await;
+    register(&mut registry, "drained-1").await;
+    register(&mut registry, "plain-1").await;
+    cp.admin()
+        .await
+        .drain_node(authorized(
+            pb::DrainNodeRequest {
+                id: "drained-1".into(),
+                reason: "replacing its disk".into(),
+            },
+            OPERATOR_TOKEN,
+        ))
+        .await
+        .expect("draining drained-1");
+
+    // No keep-alives: both leases lapse. plain-1 turning lost shows the expiry pass ran
+    // over both (the store drops both liveness keys with the shared lease).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut liveness = etcd.client().await;
+    loop {
+        let drained_live = liveness
+            .get(format!("{PREFIX}v1/liveness/drained-1"), None)
+            .await
+            .expect("reading drained-1's liveness key")
+            .count();
+        if drained_live == 0 && status_of(&cp, "plain-1").await == Some(pb::NodeStatus::Lost) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leases did not lapse within 60 s: drained-1 liveness keys {drained_live}, plain-1 {:?}",
+            status_of(&cp, "plain-1").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let drained = listed(&cp, "drained-1").await.expect("drained-1 listed");
+    assert_eq!(
+        drained.status(),
+        pb::NodeStatus::Draining,
+        "a lapsed lease does not undo a drain: {drained:?}"
+    );
+
+    // Registering again (a restarted process) keeps the drain and its reason; a node
+    // that was not held comes back routable.
+    register(&mut registry, "drained-1").await;
+    register(&mut registry, "plain-1").await;
+    let drained = listed(&cp, "drained-1").await.expect("drained-1 listed");
+    assert_eq!(
+        (drained.status(), drained.status_reason.as_str()),
+        (pb::NodeStatus::Draining, "replacing its disk"),
+        "registering again keeps the operator's drain: {drained:?}"
+    );
+    assert_eq!(
+        status_of(&cp, "plain-1").await,
+        Some(pb::NodeStatus::Unspecified),
+        "a lost node that registers again is routable"
     );
 }

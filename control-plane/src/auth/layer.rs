@@ -13,7 +13,8 @@
 //! Operators may call everything. A refusal is a trailers-only gRPC response written
 //! before the request body is read, so a refused call never reaches a handler. The
 //! credentials are read anew for each call from a [`SharedAuthenticator`], which a
-//! configuration reload replaces whole: a call sees the old set or the new one.
+//! configuration reload replaces whole: a call sees the old set or the new one, and a
+//! long-lived stream whose credential the new set refuses ends ([`super::revocable`]).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,10 +22,12 @@ use std::task::{Context, Poll};
 use arc_swap::ArcSwap;
 use futures::future::{Either, Ready, ready};
 use meridian_shared::config::Role;
+use tokio::sync::watch;
 use tonic::Status;
 use tower::{Layer, Service};
 
 use super::credentials::{Authenticator, role_allows};
+use super::revocable::{Credential, LONG_STREAMS, RevocableCall};
 use super::{Caller, Denied};
 
 /// Admin methods a viewer may call: they read and change nothing.
@@ -61,8 +64,38 @@ pub fn required_role(path: &str) -> Option<Role> {
     }
 }
 
-/// The credentials in force, replaced whole when the tokens file or config is reloaded.
-pub type SharedAuthenticator = Arc<ArcSwap<Authenticator>>;
+/// The credentials in force, replaced whole when the tokens file or config is reloaded;
+/// each replacement is announced to the long-lived calls ([`super::revocable`]).
+#[derive(Clone)]
+pub struct SharedAuthenticator {
+    current: Arc<ArcSwap<Authenticator>>,
+    swapped: Arc<watch::Sender<()>>,
+}
+
+impl SharedAuthenticator {
+    pub fn new(authenticator: Authenticator) -> Self {
+        SharedAuthenticator {
+            current: Arc::new(ArcSwap::from_pointee(authenticator)),
+            swapped: Arc::new(watch::Sender::new(())),
+        }
+    }
+
+    /// The credentials in force now.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Authenticator>> {
+        self.current.load()
+    }
+
+    /// Puts `authenticator` in force and wakes every watched stream to check its caller.
+    pub fn store(&self, authenticator: Arc<Authenticator>) {
+        self.current.store(authenticator);
+        self.swapped.send_replace(());
+    }
+
+    /// Changes on every [`store`](Self::store).
+    pub fn swaps(&self) -> watch::Receiver<()> {
+        self.swapped.subscribe()
+    }
+}
 
 /// Source of the client certificate's identities for a request (its URI SANs, DNS SANs
 /// and CN), when the connection is mTLS.
@@ -83,6 +116,11 @@ impl AuthLayer {
     /// `meridian_control_auth_refusals_total`); `Ok(None)` for open paths. The dashboard's
     /// JSON API admits its calls here too, under the gRPC path of the Admin method each
     /// one runs.
+    /// Changes whenever the credentials in force are replaced.
+    pub fn swaps(&self) -> watch::Receiver<()> {
+        self.auth.swaps()
+    }
+
     pub fn admit(
         &self,
         path: &str,
@@ -101,9 +139,6 @@ impl AuthLayer {
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
     ) -> Result<Option<Caller>, Denied> {
-        let Some(needed) = required_role(path) else {
-            return Ok(None);
-        };
         let authorization = headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
@@ -112,7 +147,22 @@ impl AuthLayer {
         } else {
             Vec::new()
         };
-        let caller = self.auth.load().authenticate(authorization, &certificate)?;
+        self.verify(path, authorization, &certificate)
+    }
+
+    /// The caller presenting `authorization` (a bearer header's value) or, without one,
+    /// a client certificate with `certificate` identities, if it may call `path` under
+    /// the credentials in force now.
+    pub fn verify(
+        &self,
+        path: &str,
+        authorization: Option<&[u8]>,
+        certificate: &[String],
+    ) -> Result<Option<Caller>, Denied> {
+        let Some(needed) = required_role(path) else {
+            return Ok(None);
+        };
+        let caller = self.auth.load().authenticate(authorization, certificate)?;
         if !role_allows(caller.role, needed) {
             return Err(Denied::PermissionDenied(format!(
                 "credential {:?} has the {} role; {} needs the {} role",
@@ -149,7 +199,10 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<Self::Response, S::Error>>>;
+    type Future = Either<
+        Either<S::Future, RevocableCall<S::Future>>,
+        Ready<Result<Self::Response, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -162,10 +215,30 @@ where
             request.extensions(),
         ) {
             Ok(caller) => {
-                if let Some(caller) = caller {
-                    request.extensions_mut().insert(caller);
+                let Some(caller) = caller else {
+                    return Either::Left(Either::Left(self.inner.call(request)));
+                };
+                request.extensions_mut().insert(caller);
+                let path = request.uri().path();
+                if !LONG_STREAMS.contains(&path) {
+                    return Either::Left(Either::Left(self.inner.call(request)));
                 }
-                Either::Left(self.inner.call(request))
+                let authorization = request.headers().get(http::header::AUTHORIZATION).cloned();
+                let certificate = if authorization.is_none() {
+                    (self.layer.identities)(request.extensions())
+                } else {
+                    Vec::new()
+                };
+                let credential = Credential {
+                    layer: self.layer.clone(),
+                    path: path.to_owned(),
+                    authorization,
+                    certificate,
+                };
+                Either::Left(Either::Right(RevocableCall::new(
+                    self.inner.call(request),
+                    credential,
+                )))
             }
             Err(denied) => Either::Right(ready(Ok(Status::from(denied).into_http()))),
         }

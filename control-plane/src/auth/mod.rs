@@ -11,6 +11,7 @@
 
 pub mod credentials;
 pub mod layer;
+pub mod revocable;
 
 use meridian_shared::config::{Role, Scope};
 use meridian_shared::domain::Node;

@@ -1,6 +1,8 @@
 //! Marks self-registered nodes `lost` once their lease is gone (the store deleted their
 //! liveness key), records a `nodeLost` event, and so tells operators what the routing
 //! tables already reflect (they leave such nodes out as soon as the liveness key goes).
+//! A node in a held status (drained, failed, quarantined) keeps it: it takes no traffic
+//! either way, and the operator's decision must outlive the process.
 
 use meridian_shared::Shutdown;
 use meridian_shared::domain::{NodeStatus, RegistrationKind};
@@ -30,6 +32,7 @@ pub async fn run(
                 .filter(|n| {
                     n.value.registration == RegistrationKind::SelfRegistered
                         && n.value.status != NodeStatus::Lost
+                        && !n.value.status.is_held()
                         && !state.liveness.contains_key(&n.value.id)
                 })
                 .cloned()

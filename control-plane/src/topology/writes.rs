@@ -324,7 +324,7 @@ impl TopologyWriter {
         let liveness_key = self.keys.key(Kind::Liveness, &node.id);
         let owner = liveness.owner.as_str();
         let ttl_seconds = liveness.ttl_seconds;
-        let event = self
+        let (written, event) = self
             .retry_via(Commit::Grouped, || async {
                 let (config, federation, region) = self.placement(&node).await?;
                 validate::node(
@@ -342,6 +342,7 @@ impl TopologyWriter {
                         return Err(duplicate(old));
                     }
                 }
+                let written = keep_held_status(node.clone(), existing.as_ref());
                 let event = self.events.prepare(
                     EventKind::NodeRegistered,
                     format!("node/{}", node.id),
@@ -356,13 +357,13 @@ impl TopologyWriter {
                     .placement_unchanged(&node, &config, federation.as_ref(), region.as_ref())
                     .when(unchanged(&key, existing.as_ref()))
                     .when(unchanged(&liveness_key, live.as_ref()))
-                    .put(&key, keys::encode(&node))
+                    .put(&key, keys::encode(&written))
                     .put_with_lease(&liveness_key, keys::encode(liveness), lease);
-                Ok((event.written_by(txn), event))
+                Ok((event.written_by(txn), (written, event)))
             })
             .await?;
         self.events.written(event).await;
-        Ok(node)
+        Ok(written)
     }
 
     /// The liveness of node `id` as the store holds it now.
@@ -973,6 +974,17 @@ fn fresh(mut node: Node, registration: RegistrationKind) -> Node {
     node.status_reason = String::new();
     node.status_since = Some(SystemTime::now());
     node.registration = registration;
+    node
+}
+
+/// `node` as registration writes it over `existing`: a held status (drained, failed,
+/// quarantined; [`NodeStatus::is_held`]) stays with its reason and time.
+fn keep_held_status(mut node: Node, existing: Option<&Stored<Node>>) -> Node {
+    if let Some(old) = existing.filter(|old| old.value.status.is_held()) {
+        node.status = old.value.status;
+        node.status_reason = old.value.status_reason.clone();
+        node.status_since = old.value.status_since;
+    }
     node
 }
 

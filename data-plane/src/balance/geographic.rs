@@ -111,23 +111,29 @@ impl Geographic {
     }
 
     /// A pick among the endpoints `excluded` does not reject. Panic routing is decided by
-    /// the service's health (breakers) alone, not by what one call has tried.
+    /// the service's health (breakers) alone, not by what one call has tried or by how
+    /// many endpoints are full; a full endpoint (its calls in flight at the per-node
+    /// limit) is never picked, in panic or not.
     fn pick_unless(&self, excluded: &dyn Fn(usize) -> bool) -> Option<Pick> {
         if self.endpoints.is_empty() {
             return None;
         }
         let usable = |i: usize| !excluded(i) && self.endpoints[i].is_ready();
-        let ready = self.endpoints.iter().filter(|e| e.is_ready()).count();
-        if ready == 0 {
-            // Nothing is ready: fail fast; the breakers' probes readmit endpoints.
+        let healthy = self
+            .endpoints
+            .iter()
+            .filter(|e| e.breaker.is_ready())
+            .count();
+        if healthy == 0 {
+            // Nothing is healthy: fail fast; the breakers' probes readmit endpoints.
             return None;
         }
-        if (ready as u64) * 100 < self.panic_threshold_percent * self.endpoints.len() as u64 {
-            // Panic: too few ready endpoints; use every endpoint rather than none.
+        if (healthy as u64) * 100 < self.panic_threshold_percent * self.endpoints.len() as u64 {
+            // Panic: too few healthy endpoints; use every one with room rather than none.
             let load = |i: usize| self.endpoints[i].in_flight();
-            let not_excluded = |i: usize| !excluded(i);
+            let has_room = |i: usize| !excluded(i) && !self.endpoints[i].is_full();
             let (index, other) =
-                power_of_two_choices(self.endpoints.len(), not_excluded, |_| 1.0, load)?;
+                power_of_two_choices(self.endpoints.len(), has_room, |_| 1.0, load)?;
             return Some(Pick {
                 index,
                 reason: "panic routing: too few healthy endpoints, using all",
@@ -537,6 +543,54 @@ mod tests {
         );
         let pick = balancer.pick(&PickContext::default()).unwrap();
         assert!(pick.reason.starts_with("panic"), "{}", pick.reason);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_endpoints_neither_cause_panic_routing_nor_get_picked() {
+        let eps = zone_and_region();
+        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        // Five of eight at their per-node limit: healthy, so no panic, and never picked.
+        let held: Vec<_> = eps[..5]
+            .iter()
+            .map(|e| {
+                e.set_max_requests(1);
+                e.start_request()
+            })
+            .collect();
+        for _ in 0..2_000 {
+            let pick = balancer.pick(&PickContext::default()).unwrap();
+            assert!(!pick.reason.starts_with("panic"), "{}", pick.reason);
+            assert!(
+                !eps[pick.index].is_full(),
+                "picked full {}",
+                eps[pick.index].node.id
+            );
+        }
+        drop(held);
+
+        // In panic (5 of 8 breakers open), the two full ones are still left out.
+        let eps = zone_and_region();
+        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        let held: Vec<_> = eps[..2]
+            .iter()
+            .map(|e| {
+                e.set_max_requests(1);
+                e.start_request()
+            })
+            .collect();
+        for e in &eps[3..] {
+            open_breaker(e);
+        }
+        for _ in 0..2_000 {
+            let pick = balancer.pick(&PickContext::default()).unwrap();
+            assert!(pick.reason.starts_with("panic"), "{}", pick.reason);
+            assert!(
+                !eps[pick.index].is_full(),
+                "picked full {}",
+                eps[pick.index].node.id
+            );
+        }
+        drop(held);
     }
 
     #[tokio::test]

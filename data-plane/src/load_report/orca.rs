@@ -43,6 +43,8 @@ pub enum MalformedOrca {
     Protobuf(String),
     #[error("the text trailer is not `TEXT name=number, ...`: {0}")]
     Text(String),
+    #[error("{field} = {value} is outside 0 to {max}", max = meridian_proto::MAX_ORCA_UTILIZATION)]
+    OutOfRange { field: &'static str, value: f64 },
 }
 
 /// The latest report of one node for one service, written by the request path with
@@ -85,7 +87,7 @@ impl OrcaCell {
     }
 
     fn keep(&self, report: Result<OrcaLoadReport, MalformedOrca>, node: &str) -> Option<f64> {
-        match report {
+        match report.and_then(in_range) {
             Ok(report) => {
                 self.store(&report);
                 Some(utilization_of(&report))
@@ -153,6 +155,30 @@ pub fn decode_header(value: &http::HeaderValue) -> Result<OrcaLoadReport, Malfor
         .to_bytes()
         .map_err(|_| MalformedOrca::Base64)?;
     decode(&bytes)
+}
+
+/// `report` if its figures can be kept: utilisations from 0 to
+/// [`meridian_proto::MAX_ORCA_UTILIZATION`], a finite non-negative rate. One node's bad
+/// figure must not reach the load reports (the control plane would refuse every report of
+/// this proxy) or the balancer.
+fn in_range(report: OrcaLoadReport) -> Result<OrcaLoadReport, MalformedOrca> {
+    let utilization = 0.0..=meridian_proto::MAX_ORCA_UTILIZATION;
+    for (field, value) in [
+        ("cpu_utilization", report.cpu_utilization),
+        ("application_utilization", report.application_utilization),
+        ("mem_utilization", report.mem_utilization),
+    ] {
+        if !utilization.contains(&value) {
+            return Err(MalformedOrca::OutOfRange { field, value });
+        }
+    }
+    if !(report.rps_fractional.is_finite() && report.rps_fractional >= 0.0) {
+        return Err(MalformedOrca::OutOfRange {
+            field: "rps_fractional",
+            value: report.rps_fractional,
+        });
+    }
+    Ok(report)
 }
 
 fn decode(bytes: &[u8]) -> Result<OrcaLoadReport, MalformedOrca> {
@@ -258,6 +284,28 @@ mod tests {
         cell.observe_headers(&HeaderMap::new(), "eu-1");
         cell.observe_metadata(&MetadataMap::new(), "eu-1");
         assert_eq!(cell.take(), None);
+    }
+
+    #[test]
+    fn figures_out_of_range_are_not_kept() {
+        let cell = OrcaCell::default();
+        let mut trailers = HeaderMap::new();
+        trailers.insert(
+            ORCA_TEXT_HEADER,
+            http::HeaderValue::from_static("TEXT cpu_utilization=0.5"),
+        );
+        assert_eq!(cell.observe_headers(&trailers, "eu-1"), Some(0.5));
+        for bad in [
+            "TEXT cpu_utilization=150",
+            "TEXT cpu_utilization=-0.1",
+            "TEXT application_utilization=NaN",
+            "TEXT rps_fractional=inf",
+        ] {
+            trailers.insert(ORCA_TEXT_HEADER, http::HeaderValue::from_static(bad));
+            assert_eq!(cell.observe_headers(&trailers, "eu-1"), None, "{bad}");
+        }
+        let figures = cell.take().expect("the good report");
+        assert_eq!((figures.cpu_utilization, figures.reports), (0.5, 1));
     }
 
     #[test]

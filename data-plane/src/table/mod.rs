@@ -65,7 +65,7 @@ pub struct ServiceRoute {
     /// Request metrics per node id.
     pub metrics: HashMap<String, Arc<RouteMetrics>>,
     /// What retries of this service may spend.
-    pub retry_budget: RetryBudget,
+    pub retry_budget: Arc<RetryBudget>,
     /// The calls in flight at once, when the policy limits them; kept from the previous
     /// table while the concurrency policy stays the same.
     pub concurrency: Option<Arc<ConcurrencyLimiter>>,
@@ -216,6 +216,12 @@ impl ProxyTable {
                     Some(b) if b.policy.concurrency == policy.concurrency => b.concurrency.clone(),
                     _ => ConcurrencyLimiter::new(name, &policy.concurrency),
                 };
+                // The budget outlives table versions while its policy holds: a table a
+                // second during an incident must not refill it each time.
+                let retry_budget = match before {
+                    Some(b) if b.policy.retry == policy.retry => Arc::clone(&b.retry_budget),
+                    _ => Arc::new(RetryBudget::new(&policy.retry)),
+                };
                 let settings = dedup_settings(&policy);
                 let dedup = before
                     .map(|r| &r.dedup)
@@ -238,7 +244,7 @@ impl ProxyTable {
                     rate_limit,
                     concurrency,
                     dedup,
-                    retry_budget: RetryBudget::new(&policy.retry),
+                    retry_budget,
                     metrics,
                     name: name.clone(),
                     by_region: by_region
@@ -731,6 +737,31 @@ mod tests {
             TableSource::Stream,
             &UpstreamSettings::default(),
         )
+    }
+
+    #[tokio::test]
+    async fn the_retry_budget_outlives_table_versions_until_its_policy_changes() {
+        let first = ProxyTable::build(
+            data(OutlierPolicy::default()),
+            &ProxyIdentity::default(),
+            None,
+            TableSource::Stream,
+            &UpstreamSettings::default(),
+        );
+        let budget =
+            |table: &ProxyTable| Arc::clone(&table.service("demo.v1.Echo").unwrap().retry_budget);
+        let health_write = next(&first, |data| {
+            data.nodes.get_mut("n1").unwrap().status_reason = "probe ok".into();
+        });
+        assert!(
+            Arc::ptr_eq(&budget(&first), &budget(&health_write)),
+            "a table that changes no retry policy keeps the budget (and what it has spent)"
+        );
+        let new_policy = next(&health_write, |data| {
+            let retry = &mut data.services.get_mut("demo.v1.Echo").unwrap().retry;
+            retry.max_attempts = retry.max_attempts.max(1) + 1;
+        });
+        assert!(!Arc::ptr_eq(&budget(&health_write), &budget(&new_policy)));
     }
 
     #[tokio::test(start_paused = true)]

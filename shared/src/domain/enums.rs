@@ -28,6 +28,17 @@ impl NodeStatus {
         matches!(self, NodeStatus::Unknown | NodeStatus::Healthy)
     }
 
+    /// Whether this status holds until it is lifted on purpose: an operator's drain or
+    /// fail, or a flapping node's quarantine. A node in one of them keeps it when it
+    /// registers again and is not marked lost when its lease lapses (it takes no traffic
+    /// either way), so restarting a node does not undo an operator's decision.
+    pub fn is_held(self) -> bool {
+        matches!(
+            self,
+            NodeStatus::Draining | NodeStatus::Failed | NodeStatus::Quarantined
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             NodeStatus::Unknown => "unknown",

@@ -20,9 +20,6 @@ pub const MAX_TIER_DEMAND_PER_REPORT: usize = 8_000;
 /// computed over the time reports cover, so an absurd interval would distort them.
 pub const MIN_INTERVAL_MS: u32 = 100;
 pub const MAX_INTERVAL_MS: u32 = 600_000;
-/// Highest ORCA utilisation accepted, as a fraction (ORCA allows values above 1.0 for
-/// nodes that overcommit; a hundred times full is not a measurement).
-pub const MAX_ORCA_UTILIZATION: f64 = 100.0;
 
 /// A report that passed [`check`], in the aggregator's terms.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,10 +185,13 @@ fn check_orca(orca: &pb::OrcaSummary) -> Result<OrcaSample, FieldProblem> {
         ("orca.application_utilization", orca.application_utilization),
         ("orca.mem_utilization", orca.mem_utilization),
     ] {
-        if !(0.0..=MAX_ORCA_UTILIZATION).contains(&value) {
+        if !(0.0..=meridian_proto::MAX_ORCA_UTILIZATION).contains(&value) {
             return Err((
                 field,
-                format!("{value} is not a utilisation between 0 and {MAX_ORCA_UTILIZATION}"),
+                format!(
+                    "{value} is not a utilisation between 0 and {}",
+                    meridian_proto::MAX_ORCA_UTILIZATION
+                ),
             ));
         }
     }

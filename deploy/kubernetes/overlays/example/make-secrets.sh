@@ -3,7 +3,8 @@
 # tokens file with fresh random tokens (operator "admin", viewer "viewer", node "nodes",
 # proxy "proxies"), the proxies' token, and a CA with a certificate for the control
 # plane's Service in NAMESPACE (default meridian). The CA's key is not kept: run again to
-# rotate everything. Needs openssl. Do not commit what it writes.
+# rotate everything. Needs openssl. Marks the files skip-worktree in git, so what it
+# writes is never committed over the placeholders.
 #
 # Usage: deploy/kubernetes/overlays/example/make-secrets.sh [NAMESPACE]
 set -euo pipefail
@@ -53,5 +54,10 @@ openssl x509 -req -in "$work/tls.csr" -CA ca.crt -CAkey "$work/ca.key" -CAserial
     -days 365 -extfile "$work/ext" -out tls.crt 2>/dev/null
 chmod 0644 ca.crt tls.crt
 chmod 0600 tls.key tokens.toml proxy.token
-echo "wrote $(pwd)/{tokens.toml,proxy.token,tls.crt,tls.key,ca.crt} for namespace $namespace"
+# The placeholders are tracked so that the overlay renders from a fresh clone; keep git
+# from ever staging the real secrets over them (`git update-index --no-skip-worktree` undoes).
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git update-index --skip-worktree tokens.toml proxy.token tls.crt tls.key ca.crt 2>/dev/null || true
+fi
+echo "wrote $(pwd)/{tokens.toml,proxy.token,tls.crt,tls.key,ca.crt} for namespace $namespace (git ignores these changes)"
 echo "operator token (for meridianctl, MERIDIAN_TOKEN): $operator"
