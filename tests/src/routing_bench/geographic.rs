@@ -137,7 +137,10 @@ enum When {
     Healthy,
     /// Before the control plane's verdict: the window measured, seconds.
     ProxyOnly(f64),
-    AfterVerdict,
+    /// After it, with what the proxy's table said of the node lost last when the
+    /// verdict arrived: "unhealthy" (health checks), "lost" (lease expired), or "left
+    /// the table" (a self-registered node whose lease is gone).
+    AfterVerdict(&'static str),
 }
 
 /// The control plane, etcd and the nodes of us-east and ap-south, for the whole run.
@@ -353,11 +356,12 @@ impl<'n> GeoFederation<'n> {
             }
             // After the control plane's verdict.
             wait_usable(&proxy, nodes.len() - lost).await?;
+            let verdict = node_state(&proxy, &home_ids[up]).await;
             let samples = self.load(&proxy, &nodes, warmup + measured).await?;
             let route_message = route_message_in_region(&proxy.url()).await?;
             rows.push(row(
                 up,
-                When::AfterVerdict,
+                When::AfterVerdict(verdict),
                 &samples,
                 warmup,
                 warmup + measured,
@@ -437,6 +441,26 @@ async fn usable(proxy: &ProxyProcess) -> Option<usize> {
         .map(|n| n as usize)
 }
 
+/// What the proxy's table says of node `id`: its status, or that it left the table.
+async fn node_state(proxy: &ProxyProcess, id: &str) -> &'static str {
+    let table = proxy.debug_table().await;
+    let status = table["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == ECHO)
+        .and_then(|s| s["endpoints"].as_array())
+        .and_then(|e| e.iter().find(|e| e["node"] == id))
+        .map(|e| e["status"].as_str().unwrap_or_default().to_owned());
+    match status.as_deref() {
+        None => "left the table",
+        Some("unhealthy") => "unhealthy",
+        Some("lost") => "lost",
+        Some("failed") => "failed",
+        Some(_) => "another status",
+    }
+}
+
 /// When (from now) the proxy's usable Echo endpoints fell below `before`, if within
 /// `within`.
 async fn verdict_within(proxy: &ProxyProcess, before: usize, within: Duration) -> Option<Duration> {
@@ -469,7 +493,7 @@ async fn wait_usable(proxy: &ProxyProcess, count: usize) -> Result<(), BenchErro
 /// the share the routing decisions place in the proxy's region, and the calls answered.
 async fn route_message_in_region(target: &str) -> Result<(f64, usize), BenchError> {
     let channel = tonic::transport::Endpoint::from_shared(target.to_owned())
-        .and_then(|e| Ok(e.tcp_nodelay(true)))
+        .map(|e| e.tcp_nodelay(true))
         .map_err(|e| BenchError(format!("RouteMessage: {e}")))?
         .connect()
         .await
@@ -549,7 +573,7 @@ fn render(rows: &[Row], networks: &RegionNetworks, args: &RoutingBenchArgs) -> S
         let when = match r.when {
             When::Healthy => "healthy".to_owned(),
             When::ProxyOnly(s) => format!("proxy only ({s:.0} s)"),
-            When::AfterVerdict => "after the verdict".to_owned(),
+            When::AfterVerdict(state) => format!("after the verdict ({state})"),
         };
         let route_message = r.route_message.map_or("–".to_owned(), |(share, answered)| {
             format!("{:.1} % of {answered}", 100.0 * share)
@@ -599,7 +623,7 @@ fn render(rows: &[Row], networks: &RegionNetworks, args: &RoutingBenchArgs) -> S
                     "{} up {}: {:.1} % vs {:.1} %",
                     r.up,
                     match r.when {
-                        When::AfterVerdict => "after the verdict",
+                        When::AfterVerdict(_) => "after the verdict",
                         _ => "proxy only",
                     },
                     100.0 * (1.0 - r.regions[0]),
@@ -620,7 +644,7 @@ fn render(rows: &[Row], networks: &RegionNetworks, args: &RoutingBenchArgs) -> S
         ));
         let all_lost = mine
             .iter()
-            .find(|r| r.up == 0 && r.when == When::AfterVerdict);
+            .find(|r| r.up == 0 && matches!(r.when, When::AfterVerdict(_)));
         if let (Some(healthy), Some(lost)) =
             (mine.iter().find(|r| r.when == When::Healthy), all_lost)
         {
@@ -680,7 +704,8 @@ mod tests {
         assert_eq!(percent(table_spill(2, proxy_only)), 6.7);
         assert_eq!(percent(table_spill(1, proxy_only)), 30.0);
         assert_eq!(percent(table_spill(0, proxy_only)), 100.0);
-        assert_eq!(percent(table_spill(1, When::AfterVerdict)), 0.0);
-        assert_eq!(percent(table_spill(0, When::AfterVerdict)), 100.0);
+        let after = When::AfterVerdict("unhealthy");
+        assert_eq!(percent(table_spill(1, after)), 0.0);
+        assert_eq!(percent(table_spill(0, after)), 100.0);
     }
 }
