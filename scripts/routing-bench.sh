@@ -14,7 +14,8 @@
 # Usage: scripts/routing-bench.sh [meridian-routing-bench flags, e.g. --seconds 10
 #        --time-scale 5 --scenarios slow,degrading --algorithms round_robin,adaptive]
 # Knobs (environment): PROFILE (release; "dev" reuses a debug build), SKIP_BUILD=1.
-# About 8 minutes with the defaults (10 s per cell); bounded by --deadline (30 min).
+# About 8 minutes with the defaults (10 s per cell), 10 more for geo as root; bounded by
+# --deadline (30 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
