@@ -96,20 +96,48 @@ impl ControlPlaneProcess {
     /// Starts one with `extra` settings and waits until it is ready.
     pub async fn start_with(options: ControlPlaneOptions<'_>, extra: &ExtraSettings) -> Self {
         let cp = Self::launch(options, extra);
-        let ready = http::wait_for_ok(cp.http, "/ready", READY_DEADLINE).await;
+        cp.wait_ready().await;
+        cp
+    }
+
+    async fn wait_ready(&self) {
+        let ready = http::wait_for_ok(self.http, "/ready", READY_DEADLINE).await;
         assert!(
             ready,
             "{} not ready; its output:\n{}",
-            cp.replica,
-            cp.process.output()
+            self.replica,
+            self.process.output()
         );
-        cp
     }
 
     /// Starts one with `extra` settings without waiting for it, for tests of a control
     /// plane that must refuse to start.
     pub fn launch(options: ControlPlaneOptions<'_>, extra: &ExtraSettings) -> Self {
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::launch_on(
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            options,
+            extra,
+        )
+    }
+
+    /// Starts one whose gRPC listener is `grpc` (an address of a private bridge, say, for
+    /// proxies in network namespaces), and waits until it is ready; its HTTP listener
+    /// stays on loopback.
+    pub async fn start_on(
+        grpc: SocketAddr,
+        options: ControlPlaneOptions<'_>,
+        extra: &ExtraSettings,
+    ) -> Self {
+        let cp = Self::launch_on(grpc, options, extra);
+        cp.wait_ready().await;
+        cp
+    }
+
+    fn launch_on(
+        grpc: SocketAddr,
+        options: ControlPlaneOptions<'_>,
+        extra: &ExtraSettings,
+    ) -> Self {
         let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let tokens = options.dir.join("tokens.toml");
         std::fs::write(&tokens, tokens_file_text() + &extra.credentials)

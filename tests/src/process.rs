@@ -55,9 +55,34 @@ impl ChildProcess {
         env: &[(&str, &str)],
         log: &Path,
     ) -> std::io::Result<Self> {
+        Self::spawn_command(name, Command::new(binary(name)), args, env, log)
+    }
+
+    /// Like [`ChildProcess::spawn_with_env`], inside network namespace `netns` (through
+    /// `ip netns exec`, which execs the binary: the pid is the binary's, so stopping it
+    /// works as for any other child). Needs root.
+    pub fn spawn_in_netns(
+        netns: &str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> std::io::Result<Self> {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns]).arg(binary(name));
+        Self::spawn_command(name, command, args, env, log)
+    }
+
+    fn spawn_command(
+        name: &str,
+        mut command: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> std::io::Result<Self> {
         let out = File::create(log)?;
         let err = out.try_clone()?;
-        let child = Command::new(binary(name))
+        let child = command
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

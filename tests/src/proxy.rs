@@ -42,6 +42,21 @@ impl ProxyProcess {
     /// Like [`ProxyProcess::start`], with more command-line arguments (TLS flags,
     /// `--config FILE`...) after the harness's own.
     pub async fn start_with_args(options: ProxyOptions<'_>, extra_args: &[&str]) -> Self {
+        ProxyProcess::launch(None, options, extra_args).await
+    }
+
+    /// Like [`ProxyProcess::start_with_args`], inside network namespace `netns` (see
+    /// [`ChildProcess::spawn_in_netns`]); `options.ports` should then be addresses of the
+    /// namespace that the caller can reach.
+    pub async fn start_in_netns(
+        netns: &str,
+        options: ProxyOptions<'_>,
+        extra_args: &[&str],
+    ) -> Self {
+        ProxyProcess::launch(Some(netns), options, extra_args).await
+    }
+
+    async fn launch(netns: Option<&str>, options: ProxyOptions<'_>, extra_args: &[&str]) -> Self {
         let (grpc, admin) = options.ports.unwrap_or_else(|| {
             (
                 SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -78,12 +93,11 @@ impl ProxyProcess {
         ];
         args.extend_from_slice(extra_args);
         let log = options.dir.join(format!("{}.log", options.id));
-        let process = ChildProcess::spawn_with_env(
-            "meridian-proxy",
-            &args,
-            &[(TOKEN_ENV, PROXY_TOKEN)],
-            &log,
-        )
+        let env = [(TOKEN_ENV, PROXY_TOKEN)];
+        let process = match netns {
+            Some(netns) => ChildProcess::spawn_in_netns(netns, "meridian-proxy", &args, &env, &log),
+            None => ChildProcess::spawn_with_env("meridian-proxy", &args, &env, &log),
+        }
         .expect("starting meridian-proxy");
         let live = http::wait_for_ok(admin, "/live", Duration::from_secs(20)).await;
         assert!(

@@ -35,6 +35,22 @@ impl DemoNodeProcess {
         let process =
             ChildProcess::spawn_with_env(BINARY, &all_args, &[(TOKEN_ENV, NODE_TOKEN)], log)
                 .expect("starting meridian-demo-node");
+        Self::wait_listening(id, process).await
+    }
+
+    /// Like [`DemoNodeProcess::start`], inside network namespace `netns` (see
+    /// [`ChildProcess::spawn_in_netns`]); `args` should then name a `--listen` address
+    /// of the namespace.
+    pub async fn start_in_netns(netns: &str, id: &str, args: &[&str], log: &Path) -> Self {
+        let mut all_args = vec!["--id", id];
+        all_args.extend_from_slice(args);
+        let process =
+            ChildProcess::spawn_in_netns(netns, BINARY, &all_args, &[(TOKEN_ENV, NODE_TOKEN)], log)
+                .expect("starting meridian-demo-node in a network namespace");
+        Self::wait_listening(id, process).await
+    }
+
+    async fn wait_listening(id: &str, process: ChildProcess) -> Self {
         let started = Instant::now();
         loop {
             if let Some(addr) = listening_addr(&process.output()) {

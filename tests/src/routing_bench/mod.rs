@@ -17,6 +17,9 @@
 //!   as many clients as workers; oracle: `weighted` 1:2:4.
 //! - **hash**: consistent hashing over 10 nodes; the share of 2,000 keys that move when
 //!   one node leaves and when it joins again (ideal: 1/10).
+//! - **geo**: three regions in network namespaces with netem delays between them; the
+//!   in-region share, the spill as eu-west loses its nodes, the added latency
+//!   ([`geographic`]; needs root and `ip netns`, else it reports "not run").
 //!
 //! A cell starts a fresh proxy (no latency estimates or reports carried over), waits until
 //! every node is healthy and warm, runs the load, and stops the proxy. Nodes report their
@@ -24,6 +27,8 @@
 //! Every process is stopped when the run ends.
 
 pub mod closed_loop;
+pub mod geographic;
+pub mod netns;
 pub mod report;
 
 use std::fmt::Write;
@@ -44,9 +49,9 @@ use crate::demo_node::process::DemoNodeProcess;
 #[command(
     name = "meridian-routing-bench",
     about = "Benchmark Meridian's balancing algorithms for routing quality: a slow replica, a \
-             degrading replica, heterogeneous capacity, consistent-hash key movement. Starts \
-             its own etcd, control plane, demo nodes and proxies (the binaries built next to \
-             this one)."
+             degrading replica, heterogeneous capacity, consistent-hash key movement, and \
+             regions in network namespaces (geo; needs root). Starts its own etcd, control \
+             plane, demo nodes and proxies (the binaries built next to this one)."
 )]
 pub struct RoutingBenchArgs {
     /// Seconds of measured load per cell (the degrading scenario runs 10 s + 5 s).
@@ -61,7 +66,7 @@ pub struct RoutingBenchArgs {
     /// Algorithms to run (default: all).
     #[arg(long, value_delimiter = ',')]
     pub algorithms: Vec<String>,
-    /// Scenarios to run: slow, degrading, capacity, hash (default: all).
+    /// Scenarios to run: slow, degrading, capacity, hash, geo (default: all).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Multiplies every node's service time (2 ms becomes 2 × this): on a loaded machine,
@@ -183,6 +188,9 @@ pub async fn run(args: &RoutingBenchArgs) -> Result<String, BenchError> {
     }
     if wanted("hash") {
         out.push_str(&hash_movement(&cluster, args).await?);
+    }
+    if wanted("geo") {
+        out.push_str(&geographic::scenario(args).await?);
     }
     Ok(out)
 }
