@@ -4,8 +4,10 @@
 # holding only what a new contributor's machine has (a C toolchain, git, curl, Python,
 # procps, iproute2, and this machine's Rust toolchain mounted read-only) clones a branch
 # of this repository and runs `CI=true bash .ci/run` in it, as root, on the host's network
-# (loopback included). Everything else the tests need (protoc, etcd, chromium, the deploy
-# check's tools) must come from the test command's own set-up, as on CI.
+# (loopback included), trusting what the host trusts (its CA bundle, mounted read-only,
+# for a TLS-inspecting proxy on the way to crates.io and PyPI; pip's PIP_* settings are
+# passed on). Everything else the tests need (protoc, etcd, chromium, the deploy check's
+# tools) must come from the test command's own set-up, as on CI.
 # Prints PASS or FAIL with the end of the log; the log stays in the work dir it names.
 #
 # Complements scripts/fresh-machine-check.sh, which purges this machine's packages (so
@@ -31,7 +33,9 @@ timeout 100m podman run "${PODMAN_OPTS[@]}" --rm --network host \
     --volume "$(rustc --print sysroot):/usr/local/rust:ro" \
     --volume "$repo:/src:ro" \
     --volume "$work:/work" \
+    --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
     --env CI=true \
+    --env 'PIP_*' \
     "$image" bash -c "
         set -e
         git config --global --add safe.directory '*'

@@ -64,7 +64,7 @@ fn traffic_table(rows: &[pb::ServiceRegionMetrics]) -> Table {
         "P99",
         "UTIL",
         "IN-FLIGHT/NODE",
-        "NODES",
+        "SERVING/NODES",
     ]);
     for row in rows {
         let has_calls = row.calls_per_second > 0.0;
