@@ -1,7 +1,9 @@
 //! Forwarded calls stay in the proxy's region by default, whatever the algorithm: with
 //! nodes in two regions, a proxy sends every call to its own region's node while that
 //! node is usable, spills to the other region when it is not, and spreads calls over both
-//! regions only when the service policy sets `global_routing`.
+//! regions only when the service policy sets `global_routing`. A region whose nodes the
+//! control plane has marked unhealthy spills by the overprovisioning rule, those nodes
+//! counted in its total.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -84,5 +86,72 @@ async fn forwarded_calls_stay_in_the_proxys_region_unless_it_has_no_capacity_or_
         served.get("us-1"),
         Some(&50),
         "with no usable node at home every call spills: {served:?}"
+    );
+}
+
+/// The share of `served` answered in eu-west (its nodes are `eu-*`).
+fn home_share(served: &BTreeMap<String, usize>) -> f64 {
+    let home: usize = served
+        .iter()
+        .filter(|(node, _)| node.starts_with("eu-"))
+        .map(|(_, n)| n)
+        .sum();
+    home as f64 / served.values().sum::<usize>().max(1) as f64
+}
+
+/// Waits until the proxy's table shows node `id` with `status`.
+async fn wait_status(proxy: &ProxyProcess, id: &str, status: &str) {
+    proxy
+        .wait_table(Duration::from_secs(60), &format!("{id} {status}"), |t| {
+            t["services"][0]["endpoints"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["node"] == id && e["status"] == status))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_region_whose_nodes_were_marked_unhealthy_keeps_only_the_share_the_overprovisioning_rule_gives_it()
+ {
+    let cluster = Cluster::start().await;
+    let mut eu = Vec::new();
+    for i in 1..=3 {
+        let id = format!("eu-{i}");
+        eu.push(cluster.node(&id, "eu-west", "eu-west-a", 0, &[]).await);
+    }
+    let _us1 = cluster.node("us-1", "us-east", "us-east-a", 0, &[]).await;
+    let _us2 = cluster.node("us-2", "us-east", "us-east-a", 0, &[]).await;
+    let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
+    wait_steady(&proxy, 5).await;
+    let mut echo = EchoClient::new(channel(&proxy.url()).await);
+
+    let served = calls(&mut echo, 200).await;
+    assert_eq!(
+        home_share(&served),
+        1.0,
+        "a call left a healthy region: {served:?}"
+    );
+
+    // eu-3 crashes and the health checker marks it unhealthy: it still counts in
+    // eu-west's total, 1.4 × 2/3 = 93.3 % stays and 6.7 % spills (600 calls: ~40).
+    drop(eu.pop());
+    wait_status(&proxy, "eu-3", "unhealthy").await;
+    let served = calls(&mut echo, 600).await;
+    let home = home_share(&served);
+    assert!(
+        (0.85..0.99).contains(&home),
+        "with 2 of 3 nodes up eu-west kept {:.1} %, the rule says 93.3 %: {served:?}",
+        100.0 * home
+    );
+
+    // eu-2 too: 1.4 × 1/3 = 46.7 % stays, 53.3 % spills to us-east.
+    drop(eu.pop());
+    wait_status(&proxy, "eu-2", "unhealthy").await;
+    let served = calls(&mut echo, 600).await;
+    let home = home_share(&served);
+    assert!(
+        (0.35..0.60).contains(&home),
+        "with 1 of 3 nodes up eu-west kept {:.1} %, the rule says 46.7 %: {served:?}",
+        100.0 * home
     );
 }

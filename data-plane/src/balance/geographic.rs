@@ -6,10 +6,13 @@
 //! Spill-over follows Envoy's priority load: a tier whose ready share times the
 //! overprovisioning factor (default 1.4) is below 100 % keeps only that share of the
 //! traffic and spills the rest to the next tier, so losing a few endpoints moves nothing
-//! while losing most of a tier moves its traffic progressively. Below the panic threshold
-//! (default 50 % of all endpoints ready) the balancer routes to every endpoint, ready or
-//! not, rather than overload the few left; with none ready at all it fails fast (the
-//! breakers' half-open probes bring endpoints back).
+//! while losing most of a tier moves its traffic progressively. A tier's share is of its
+//! members: its usable endpoints and the nodes the control plane marked down but still
+//! lists ([`super::is_down_member`]), as Envoy counts a priority's unhealthy hosts. Below
+//! the panic threshold (default 50 % of all members healthy, down ones counted as Envoy's
+//! healthy / total over all hosts) the balancer routes to every usable endpoint, breaker
+//! open or not, rather than overload the few left; with none healthy at all it fails fast
+//! (the breakers' half-open probes bring endpoints back).
 //!
 //! Trade-off: keeps traffic local, which saves cross-zone and cross-region latency and
 //! transfer cost and keeps a region's failure from spreading, at the price of uneven load
@@ -22,7 +25,7 @@
 
 use std::sync::Arc;
 
-use meridian_shared::domain::FailoverPolicy;
+use meridian_shared::domain::{FailoverPolicy, Node};
 
 use super::{Balancer, Locality, Pick, PickContext, power_of_two_choices};
 use crate::endpoint::Endpoint;
@@ -32,6 +35,8 @@ pub struct Geographic {
     endpoints: Vec<Arc<Endpoint>>,
     /// Nearest first; only tiers with endpoints.
     tiers: Vec<LocalityTier>,
+    /// Every member: the endpoints and the nodes that are down.
+    members: usize,
     /// Envoy's overprovisioning factor, in percent (140 = 1.4).
     overprovisioning_percent: u64,
     /// Below this share of ready endpoints (percent), route to all of them.
@@ -46,6 +51,8 @@ pub struct LocalityTier {
     pub region: String,
     /// Indices into the balancer's endpoints.
     pub endpoints: Vec<usize>,
+    /// Its members that are down (not among the endpoints), counted in its total.
+    pub down: usize,
 }
 
 /// Where a tier is, relative to the proxy.
@@ -64,17 +71,27 @@ pub enum TierKind {
 // === impl Geographic ===
 
 impl Geographic {
+    /// Tiers over `endpoints` (usable) as seen from `locality`, or by the policy's explicit
+    /// tiers; `down` (members that are down) count in the total of the tier they are in.
     pub fn new(
         endpoints: Vec<Arc<Endpoint>>,
+        down: &[Arc<Endpoint>],
         locality: &Locality,
         failover: &FailoverPolicy,
     ) -> Self {
-        let tiers = if failover.tiers.is_empty() {
+        let mut tiers = if failover.tiers.is_empty() {
             tiers(&endpoints, locality)
         } else {
             explicit_tiers(&endpoints, failover)
         };
+        for tier in &mut tiers {
+            tier.down = down
+                .iter()
+                .filter(|e| tier.holds(&e.node, locality, failover))
+                .count();
+        }
         Geographic {
+            members: endpoints.len() + down.len(),
             endpoints,
             tiers,
             overprovisioning_percent: u64::from(failover.effective_overprovisioning_percent()),
@@ -91,7 +108,7 @@ impl Geographic {
         remaining: u64,
         usable: &dyn Fn(usize) -> bool,
     ) -> u64 {
-        let total = tier.endpoints.len() as u64;
+        let total = (tier.endpoints.len() + tier.down) as u64;
         // Usable endpoints count by their warmth, so a recovering tier takes its traffic
         // back gradually (slow start) instead of all at once.
         let ready: f64 = tier
@@ -128,7 +145,7 @@ impl Geographic {
             // Nothing is healthy: fail fast; the breakers' probes readmit endpoints.
             return None;
         }
-        if (healthy as u64) * 100 < self.panic_threshold_percent * self.endpoints.len() as u64 {
+        if (healthy as u64) * 100 < self.panic_threshold_percent * self.members as u64 {
             // Panic: too few healthy endpoints; use every one with room rather than none.
             let load = |i: usize| self.endpoints[i].in_flight();
             let has_room = |i: usize| !excluded(i) && !self.endpoints[i].is_full();
@@ -209,6 +226,23 @@ impl Balancer for Geographic {
     }
 }
 
+// === impl LocalityTier ===
+
+impl LocalityTier {
+    /// Whether `node` belongs in this tier by the rule that formed it: where a member that
+    /// is down counts.
+    fn holds(&self, node: &Node, locality: &Locality, failover: &FailoverPolicy) -> bool {
+        let home = node.region == locality.region;
+        let in_zone = home && !locality.zone.is_empty() && node.zone == locality.zone;
+        match self.kind {
+            TierKind::Explicit { rank } => explicit_rank(node, failover) == rank,
+            TierKind::Zone => in_zone,
+            TierKind::Region => home && !in_zone,
+            TierKind::OtherRegion { .. } => node.region == self.region,
+        }
+    }
+}
+
 // === impl TierKind ===
 
 impl TierKind {
@@ -231,17 +265,7 @@ impl TierKind {
 fn explicit_tiers(endpoints: &[Arc<Endpoint>], failover: &FailoverPolicy) -> Vec<LocalityTier> {
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); failover.tiers.len() + 1];
     for (index, endpoint) in endpoints.iter().enumerate() {
-        let node = &endpoint.node;
-        let rank = failover
-            .tiers
-            .iter()
-            .position(|t| {
-                t.regions.contains(&node.region)
-                    || t.zones.contains(&node.zone)
-                    || t.nodes.contains(&node.id)
-            })
-            .unwrap_or(failover.tiers.len());
-        groups[rank].push(index);
+        groups[explicit_rank(&endpoint.node, failover)].push(index);
     }
     groups
         .into_iter()
@@ -255,8 +279,23 @@ fn explicit_tiers(endpoints: &[Arc<Endpoint>], failover: &FailoverPolicy) -> Vec
                 .map(|t| t.name.clone())
                 .unwrap_or_default(),
             endpoints,
+            down: 0,
         })
         .collect()
+}
+
+/// The rank of the policy's first explicit tier that names `node` (its region, zone or
+/// id); one past the last when none does.
+fn explicit_rank(node: &Node, failover: &FailoverPolicy) -> usize {
+    failover
+        .tiers
+        .iter()
+        .position(|t| {
+            t.regions.contains(&node.region)
+                || t.zones.contains(&node.zone)
+                || t.nodes.contains(&node.id)
+        })
+        .unwrap_or(failover.tiers.len())
 }
 
 /// Groups endpoints into tiers, nearest first: zone, region, then other regions by distance
@@ -300,6 +339,7 @@ fn tiers(endpoints: &[Arc<Endpoint>], locality: &Locality) -> Vec<LocalityTier> 
             kind,
             region,
             endpoints,
+            down: 0,
         })
         .collect()
 }
@@ -371,8 +411,12 @@ mod tests {
 
     #[test]
     fn tiers_go_zone_region_then_regions_by_distance() {
-        let balancer =
-            Geographic::new(all_endpoints(), &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = Geographic::new(
+            all_endpoints(),
+            &[],
+            &dublin_proxy(),
+            &FailoverPolicy::default(),
+        );
         let tiers: Vec<(TierKind, &str, Vec<&str>)> = balancer
             .tiers()
             .iter()
@@ -406,7 +450,12 @@ mod tests {
         let everything = all_endpoints();
         let locality = dublin_proxy();
 
-        let in_zone = Geographic::new(everything.clone(), &locality, &FailoverPolicy::default());
+        let in_zone = Geographic::new(
+            everything.clone(),
+            &[],
+            &locality,
+            &FailoverPolicy::default(),
+        );
         assert_eq!(
             picked(&in_zone),
             (vec!["zone-1", "zone-2"], vec!["proxy's zone"])
@@ -414,7 +463,8 @@ mod tests {
 
         // The zone's endpoints leave: the rest of the region, not a nearer-looking index.
         let no_zone = without("zone-", &everything);
-        let in_region = Geographic::new(no_zone.clone(), &locality, &FailoverPolicy::default());
+        let in_region =
+            Geographic::new(no_zone.clone(), &[], &locality, &FailoverPolicy::default());
         assert_eq!(
             picked(&in_region),
             (vec!["region-1", "region-2"], vec!["proxy's region"])
@@ -422,7 +472,7 @@ mod tests {
 
         // The whole region leaves: Washington is nearer Dublin than Mumbai or Sydney.
         let no_region = without("region-", &no_zone);
-        let abroad = Geographic::new(no_region, &locality, &FailoverPolicy::default());
+        let abroad = Geographic::new(no_region, &[], &locality, &FailoverPolicy::default());
         assert_eq!(
             picked(&abroad),
             (vec!["us-1", "us-2"], vec!["nearest other region"])
@@ -433,8 +483,12 @@ mod tests {
     fn a_retry_skips_the_endpoints_it_tried_as_if_their_breakers_were_open() {
         // Right after a loss the failed endpoints' breakers are still closed: a retry must
         // still move on, to the next tier in distance order, not back to them.
-        let balancer =
-            Geographic::new(all_endpoints(), &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = Geographic::new(
+            all_endpoints(),
+            &[],
+            &dublin_proxy(),
+            &FailoverPolicy::default(),
+        );
         let ids_of = |excluded: &[&str]| {
             let endpoints = balancer.endpoints();
             let tried = |i: usize| excluded.contains(&endpoints[i].node.id.as_str());
@@ -457,8 +511,12 @@ mod tests {
 
     #[test]
     fn load_is_spread_by_in_flight_inside_a_tier() {
-        let balancer =
-            Geographic::new(all_endpoints(), &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = Geographic::new(
+            all_endpoints(),
+            &[],
+            &dublin_proxy(),
+            &FailoverPolicy::default(),
+        );
         let zone_1 = balancer
             .endpoints()
             .iter()
@@ -475,14 +533,15 @@ mod tests {
             zone: String::new(),
             ..dublin_proxy()
         };
-        let balancer = Geographic::new(all_endpoints(), &locality, &FailoverPolicy::default());
+        let balancer = Geographic::new(all_endpoints(), &[], &locality, &FailoverPolicy::default());
         assert_eq!(balancer.tiers()[0].kind, TierKind::Region);
         assert_eq!(balancer.tiers()[0].endpoints.len(), 4);
     }
 
     #[test]
     fn no_endpoints_no_pick() {
-        let balancer = Geographic::new(Vec::new(), &dublin_proxy(), &FailoverPolicy::default());
+        let balancer =
+            Geographic::new(Vec::new(), &[], &dublin_proxy(), &FailoverPolicy::default());
         assert!(balancer.tiers().is_empty());
         assert_eq!(balancer.pick(&PickContext::default()), None);
     }
@@ -508,7 +567,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_tier_that_loses_a_little_keeps_all_its_traffic() {
         let eps = zone_and_region();
-        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = Geographic::new(
+            eps.clone(),
+            &[],
+            &dublin_proxy(),
+            &FailoverPolicy::default(),
+        );
         open_breaker(&eps[0]);
         // 3 of 4 ready × 1.4 = 105 % ≥ 100 %: nothing spills.
         assert_eq!(zone_share(&balancer, 2_000), 1.0);
@@ -517,7 +581,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_tier_that_loses_half_spills_by_the_overprovisioning_factor() {
         let eps = zone_and_region();
-        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = Geographic::new(
+            eps.clone(),
+            &[],
+            &dublin_proxy(),
+            &FailoverPolicy::default(),
+        );
         open_breaker(&eps[0]);
         open_breaker(&eps[1]);
         // 2 of 4 ready × 1.4 = 70 % stays in the zone, 30 % spills to the region.
@@ -525,10 +594,77 @@ mod tests {
         assert!((0.67..0.73).contains(&share), "zone kept {share}");
     }
 
+    /// The proxy's zone of three nodes, `down` of them marked down by the control plane
+    /// (in the table, not routable), and four nodes elsewhere in its region.
+    fn zone_with_down(down: usize) -> Geographic {
+        let zone: Vec<Arc<Endpoint>> = (0..3)
+            .map(|i| endpoint(&format!("zone-{i}"), "eu-west", "eu-west-a", 1))
+            .collect();
+        let (down, up) = zone.split_at(down);
+        let mut usable = up.to_vec();
+        usable.extend((0..4).map(|i| endpoint(&format!("region-{i}"), "eu-west", "eu-west-b", 1)));
+        Geographic::new(usable, down, &dublin_proxy(), &FailoverPolicy::default())
+    }
+
+    #[test]
+    fn members_the_control_plane_marked_down_count_in_their_tiers_total() {
+        assert_eq!(zone_with_down(2).tiers()[0].down, 2);
+        assert_eq!(zone_with_down(2).tiers()[1].down, 0);
+        // All up: everything stays in the zone.
+        assert_eq!(zone_share(&zone_with_down(0), 2_000), 1.0);
+        // One of three down: 1.4 × 2/3 = 93.3 % stays.
+        let share = zone_share(&zone_with_down(1), 20_000);
+        assert!((0.917..0.95).contains(&share), "zone kept {share}");
+        // Two of three down: 1.4 × 1/3 = 46.7 % stays, 53.3 % spills to the region.
+        let share = zone_share(&zone_with_down(2), 20_000);
+        assert!((0.447..0.487).contains(&share), "zone kept {share}");
+    }
+
+    #[test]
+    fn members_that_are_down_count_towards_the_panic_threshold() {
+        // 4 healthy of 7 members: above 50 %, no panic.
+        let pick = zone_with_down(3).pick(&PickContext::default()).unwrap();
+        assert!(!pick.reason.starts_with("panic"), "{}", pick.reason);
+        // 4 healthy of 9 members (5 down): below 50 %, panic routing.
+        let eps: Vec<Arc<Endpoint>> = (0..9)
+            .map(|i| endpoint(&format!("zone-{i}"), "eu-west", "eu-west-a", 1))
+            .collect();
+        let (down, up) = eps.split_at(5);
+        let balancer = Geographic::new(
+            up.to_vec(),
+            down,
+            &dublin_proxy(),
+            &FailoverPolicy::default(),
+        );
+        let pick = balancer.pick(&PickContext::default()).unwrap();
+        assert!(pick.reason.starts_with("panic"), "{}", pick.reason);
+    }
+
+    #[test]
+    fn a_member_that_is_down_counts_in_its_explicit_tier() {
+        let policy = FailoverPolicy {
+            tiers: vec![meridian_shared::domain::FailoverTier {
+                name: "primary".into(),
+                regions: vec!["us-east".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let down = [endpoint("us-3", "us-east", "us-east-a", 1)];
+        let balancer = Geographic::new(all_endpoints(), &down, &dublin_proxy(), &policy);
+        let downs: Vec<usize> = balancer.tiers().iter().map(|t| t.down).collect();
+        assert_eq!(downs, [1, 0]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn below_the_panic_threshold_every_endpoint_is_used() {
         let eps = zone_and_region();
-        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = Geographic::new(
+            eps.clone(),
+            &[],
+            &dublin_proxy(),
+            &FailoverPolicy::default(),
+        );
         for e in &eps[..5] {
             open_breaker(e);
         }
@@ -548,7 +684,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_endpoints_neither_cause_panic_routing_nor_get_picked() {
         let eps = zone_and_region();
-        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = Geographic::new(
+            eps.clone(),
+            &[],
+            &dublin_proxy(),
+            &FailoverPolicy::default(),
+        );
         // Five of eight at their per-node limit: healthy, so no panic, and never picked.
         let held: Vec<_> = eps[..5]
             .iter()
@@ -570,7 +711,12 @@ mod tests {
 
         // In panic (5 of 8 breakers open), the two full ones are still left out.
         let eps = zone_and_region();
-        let balancer = Geographic::new(eps.clone(), &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = Geographic::new(
+            eps.clone(),
+            &[],
+            &dublin_proxy(),
+            &FailoverPolicy::default(),
+        );
         let held: Vec<_> = eps[..2]
             .iter()
             .map(|e| {
@@ -610,7 +756,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let balancer = Geographic::new(all_endpoints(), &dublin_proxy(), &policy);
+        let balancer = Geographic::new(all_endpoints(), &[], &dublin_proxy(), &policy);
         let kinds: Vec<TierKind> = balancer.tiers().iter().map(|t| t.kind).collect();
         assert_eq!(kinds[0], TierKind::Explicit { rank: 0 });
         for _ in 0..200 {
@@ -635,7 +781,7 @@ mod tests {
             Arc::new(returning),
             endpoint("region-0", "eu-west", "eu-west-b", 1),
         ];
-        let balancer = Geographic::new(eps, &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = Geographic::new(eps, &[], &dublin_proxy(), &FailoverPolicy::default());
 
         // Just back: a tenth of its capacity × 1.4 ≈ 14 % of the traffic.
         let share = zone_share(&balancer, 20_000);

@@ -1,8 +1,10 @@
 //! Balancers: how a proxy picks an endpoint of a service, one algorithm per file. A
 //! balancer is built once per table version for one service, from the service's usable
-//! endpoints and the proxy's locality, so that anything costly (hash rings, weighted
-//! schedules, locality tiers) is computed then and not per request; `pick` only reads
-//! atomics and the prebuilt structure.
+//! endpoints, its members that are down ([`is_down_member`]: counted in a locality tier's
+//! total by the spill rule, never picked) and the proxy's locality, so that anything
+//! costly (hash rings, weighted schedules, locality tiers and their member counts) is
+//! computed then and not per request; `pick` only reads atomics and the prebuilt
+//! structure.
 
 pub mod adaptive;
 pub mod consistent_hash;
@@ -16,7 +18,7 @@ pub mod weighted;
 
 use std::sync::Arc;
 
-use meridian_shared::domain::{AdaptivePolicy, Algorithm, FailoverPolicy};
+use meridian_shared::domain::{AdaptivePolicy, Algorithm, FailoverPolicy, NodeStatus};
 
 pub use self::locality::Locality;
 use crate::endpoint::Endpoint;
@@ -80,11 +82,27 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
     fn endpoints(&self) -> &[Arc<Endpoint>];
 }
 
+/// Whether a node in `status` is a member of its service that is down: counted in its
+/// locality tier's total by the overprovisioning rule (so its tier spills its share), never
+/// picked. As Envoy counts a priority's hosts, which EDS marks UNHEALTHY or DRAINING
+/// without removing them: the health checker's verdicts (unhealthy, quarantined) and an
+/// operator's (draining, failed) are capacity the tier was built with and has lost for
+/// now. A lost node (its lease lapsed) leaves the table like a host EDS removes and counts
+/// nowhere; unknown and healthy nodes are usable.
+pub fn is_down_member(status: NodeStatus) -> bool {
+    matches!(
+        status,
+        NodeStatus::Unhealthy | NodeStatus::Quarantined | NodeStatus::Draining | NodeStatus::Failed
+    )
+}
+
 /// Builds the balancer of `algorithm` over `endpoints` (all usable), as seen from
-/// `locality`; `adaptive` tunes the adaptive algorithm.
+/// `locality`; `down` are the service's members that are down ([`is_down_member`]), which
+/// only the locality tiers of `geographic` count; `adaptive` tunes the adaptive algorithm.
 pub fn build(
     algorithm: Algorithm,
     endpoints: Vec<Arc<Endpoint>>,
+    down: &[Arc<Endpoint>],
     locality: &Locality,
     failover: &FailoverPolicy,
     adaptive: &AdaptivePolicy,
@@ -97,9 +115,9 @@ pub fn build(
             Box::new(least_connections::LeastConnections::new(endpoints))
         }
         Algorithm::Adaptive => Box::new(adaptive::Adaptive::new(endpoints, adaptive)),
-        Algorithm::Geographic => {
-            Box::new(geographic::Geographic::new(endpoints, locality, failover))
-        }
+        Algorithm::Geographic => Box::new(geographic::Geographic::new(
+            endpoints, down, locality, failover,
+        )),
         Algorithm::ConsistentHash => Box::new(consistent_hash::ConsistentHash::new(endpoints)),
     }
 }
@@ -108,9 +126,12 @@ pub fn build(
 /// proxy's region: locality first ([`regional`]: the proxy's region while it has usable
 /// capacity, then the nearest others) unless `global_routing` asks for the algorithm over
 /// every region. `geographic` has its own tiers; endpoints all in one region need none.
+/// `down` (the service's members that are down) count in their region's total, so a
+/// region whose nodes the control plane marked down spills as one whose breakers opened.
 pub fn build_for_locality(
     algorithm: Algorithm,
     endpoints: Vec<Arc<Endpoint>>,
+    down: &[Arc<Endpoint>],
     locality: &Locality,
     failover: &FailoverPolicy,
     adaptive: &AdaptivePolicy,
@@ -122,10 +143,10 @@ pub fn build_for_locality(
             .is_some_and(|f| f.node.region == e.node.region)
     });
     if global_routing || one_region || algorithm == Algorithm::Geographic {
-        return build(algorithm, endpoints, locality, failover, adaptive);
+        return build(algorithm, endpoints, down, locality, failover, adaptive);
     }
     Box::new(regional::RegionTiers::new(
-        algorithm, endpoints, locality, failover, adaptive,
+        algorithm, endpoints, down, locality, failover, adaptive,
     ))
 }
 
@@ -244,6 +265,7 @@ mod readiness_tests {
             let balancer = build(
                 algorithm,
                 eps.clone(),
+                &[],
                 &locality,
                 &Default::default(),
                 &Default::default(),
@@ -291,6 +313,7 @@ mod retry_pick_tests {
             let balancer = build(
                 algorithm,
                 eps,
+                &[],
                 &locality,
                 &Default::default(),
                 &Default::default(),
@@ -332,6 +355,7 @@ mod retry_pick_tests {
             let balancer = build(
                 algorithm,
                 eps,
+                &[],
                 &locality,
                 &Default::default(),
                 &Default::default(),

@@ -7,12 +7,16 @@
 //! A region keeps the traffic its usable capacity can take by the rule of the
 //! `geographic` algorithm's locality tiers (Envoy's priority load): its ready share times
 //! the overprovisioning factor (default 1.4), counted by warmth; the rest spills to the
-//! next region. Losing one node of five moves nothing; losing most of a region moves its
-//! traffic progressively; losing all of it moves all. `geographic` keeps its own finer
-//! tiers (zone first) and is not wrapped.
+//! next region. The share is of the region's members: its usable endpoints and the nodes
+//! the control plane marked down but still lists ([`super::is_down_member`]), so a node
+//! the health checker declared unhealthy weighs as one whose breaker opened. Losing one
+//! node of five moves nothing; losing most of a region moves its traffic progressively;
+//! losing all of it moves all. `geographic` keeps its own finer tiers (zone first) and is
+//! not wrapped.
 //!
 //! Trade-off: a pick costs a pass over the endpoints of the regions it looks at (to count
-//! ready ones); a single-region service pays nothing, as
+//! ready ones; the members are counted when the table is built); a single-region service
+//! pays nothing, as
 //! [`build_for_locality`](super::build_for_locality) then returns the algorithm's own
 //! balancer.
 
@@ -38,14 +42,17 @@ struct RegionTier {
     /// Where the tier's endpoints start in [`RegionTiers::endpoints`].
     offset: usize,
     balancer: Box<dyn Balancer>,
+    /// Its members: its endpoints and its nodes that are down.
+    members: usize,
 }
 
 impl RegionTiers {
     /// Tiers over `endpoints` by region as seen from `locality`, the algorithm's balancer
-    /// in each.
+    /// in each; `down` (members that are down) count in their region's members.
     pub fn new(
         algorithm: Algorithm,
         endpoints: Vec<Arc<Endpoint>>,
+        down: &[Arc<Endpoint>],
         locality: &Locality,
         failover: &FailoverPolicy,
         adaptive: &AdaptivePolicy,
@@ -68,9 +75,22 @@ impl RegionTiers {
                 .filter(|e| e.node.region == *region)
                 .cloned()
                 .collect();
+            let region_down: Vec<Arc<Endpoint>> = down
+                .iter()
+                .filter(|e| e.node.region == *region)
+                .cloned()
+                .collect();
             tiers.push(RegionTier {
                 offset: ordered.len(),
-                balancer: super::build(algorithm, members.clone(), locality, failover, adaptive),
+                members: members.len() + region_down.len(),
+                balancer: super::build(
+                    algorithm,
+                    members.clone(),
+                    &region_down,
+                    locality,
+                    failover,
+                    adaptive,
+                ),
             });
             ordered.extend(members);
         }
@@ -82,16 +102,18 @@ impl RegionTiers {
     }
 
     /// The share of traffic (percent) `tier` keeps out of the `remaining`: its ready
-    /// endpoints (by warmth) times the overprovisioning factor. What one call has tried
-    /// does not count here: a retry stays in the region while it has an untried endpoint.
+    /// endpoints (by warmth) over its members, times the overprovisioning factor. What one
+    /// call has tried does not count here: a retry stays in the region while it has an
+    /// untried endpoint.
     fn tier_load(&self, tier: &RegionTier, remaining: f64) -> f64 {
-        let members = tier.balancer.endpoints();
-        let ready: f64 = members
+        let ready: f64 = tier
+            .balancer
+            .endpoints()
             .iter()
             .filter(|e| e.is_ready())
             .map(|e| e.warmth())
             .sum();
-        let load = ready * self.overprovisioning_percent / members.len().max(1) as f64;
+        let load = ready * self.overprovisioning_percent / tier.members.max(1) as f64;
         load.min(100.0).min(remaining)
     }
 
@@ -196,6 +218,7 @@ mod tests {
         RegionTiers::new(
             algorithm,
             endpoints,
+            &[],
             &locality(),
             &Default::default(),
             &Default::default(),
@@ -271,6 +294,57 @@ mod tests {
         // The home region gone: all of it to us-east, none farther.
         open_breaker(&balancer.endpoints()[1]);
         assert_eq!(region_counts(&balancer, 500), [0, 500, 0]);
+    }
+
+    /// eu-west's three nodes, `down` of them marked down by the control plane (members the
+    /// table lists but does not route to), and two nodes in each other region, as the
+    /// table hands them over: the usable endpoints and the members that are down.
+    fn home_with_down(algorithm: Algorithm, down: usize) -> RegionTiers {
+        let home: Vec<Arc<Endpoint>> = (0..3)
+            .map(|i| endpoint(&format!("eu-{i}"), "eu-west", "eu-west-a", 1))
+            .collect();
+        let (down, up) = home.split_at(down);
+        let mut usable = up.to_vec();
+        usable.extend([
+            endpoint("us-1", "us-east", "us-east-a", 1),
+            endpoint("us-2", "us-east", "us-east-a", 1),
+            endpoint("ap-1", "ap-south", "ap-south-a", 1),
+            endpoint("ap-2", "ap-south", "ap-south-a", 1),
+        ]);
+        RegionTiers::new(
+            algorithm,
+            usable,
+            down,
+            &locality(),
+            &Default::default(),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn nodes_the_control_plane_marked_down_still_count_in_their_regions_total() {
+        const PICKS: usize = 20_000;
+        for algorithm in [Algorithm::LeastConnections, Algorithm::RoundRobin] {
+            // All three up: 1.4 × 3/3 ≥ 100 %, everything stays.
+            assert_eq!(
+                region_counts(&home_with_down(algorithm, 0), 2_000),
+                [2_000, 0, 0]
+            );
+            // One of three down: 1.4 × 2/3 = 93.3 % stays, 6.7 % spills.
+            let [home, near, far] = region_counts(&home_with_down(algorithm, 1), PICKS);
+            assert!(
+                (18_340..=18_990).contains(&home),
+                "{algorithm}: home kept {home} of {PICKS}, the rule says 18,667"
+            );
+            assert_eq!((near + far, far), (PICKS - home, 0), "{algorithm}");
+            // Two of three down: 1.4 × 1/3 = 46.7 % stays, 53.3 % spills to us-east.
+            let [home, near, far] = region_counts(&home_with_down(algorithm, 2), PICKS);
+            assert!(
+                (8_930..=9_730).contains(&home),
+                "{algorithm}: home kept {home} of {PICKS}, the rule says 9,333"
+            );
+            assert_eq!((near + far, far), (PICKS - home, 0), "{algorithm}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

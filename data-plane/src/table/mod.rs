@@ -187,8 +187,22 @@ impl ProxyTable {
                     .filter(|e| e.node.region == identity.region)
                     .cloned()
                     .collect();
+                // Members that are down count in their tier's total for the spill rule.
+                let mut down: Vec<Arc<Endpoint>> = serving
+                    .iter()
+                    .filter(|e| balance::is_down_member(e.node.status))
+                    .map(|e| Arc::clone(e))
+                    .collect();
+                down.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+                let mut local_down: Vec<Arc<Endpoint>> = down
+                    .iter()
+                    .filter(|e| e.node.region == identity.region)
+                    .cloned()
+                    .collect();
                 if let Some(targeted) = failover_endpoints(&data, &policy, &usable) {
                     // An operator's failover moves the service, region restriction included.
+                    down.retain(|e| in_failover_target(&data, &policy, e));
+                    local_down = down.clone();
                     local = targeted.clone();
                     usable = targeted;
                 }
@@ -254,6 +268,7 @@ impl ProxyTable {
                     all: balance::build_for_locality(
                         policy.algorithm,
                         usable,
+                        &down,
                         &locality,
                         &policy.failover,
                         &policy.adaptive,
@@ -262,6 +277,7 @@ impl ProxyTable {
                     local: balance::build(
                         policy.algorithm,
                         local,
+                        &local_down,
                         &locality,
                         &policy.failover,
                         &policy.adaptive,
@@ -516,20 +532,11 @@ fn failover_endpoints(
     usable: &[Arc<Endpoint>],
 ) -> Option<Vec<Arc<Endpoint>>> {
     let failover = data.failovers.get(&policy.name)?;
-    let tier = policy
-        .failover
-        .tiers
+    let targeted: Vec<Arc<Endpoint>> = usable
         .iter()
-        .find(|t| t.name == failover.target);
-    let in_target = |e: &&Arc<Endpoint>| match tier {
-        Some(tier) => {
-            tier.regions.contains(&e.node.region)
-                || tier.zones.contains(&e.node.zone)
-                || tier.nodes.contains(&e.node.id)
-        }
-        None => e.node.region == failover.target,
-    };
-    let targeted: Vec<Arc<Endpoint>> = usable.iter().filter(in_target).cloned().collect();
+        .filter(|e| in_failover_target(data, policy, e))
+        .cloned()
+        .collect();
     if targeted.is_empty() {
         tracing::warn!(
             service = %policy.name,
@@ -539,6 +546,28 @@ fn failover_endpoints(
         return None;
     }
     Some(targeted)
+}
+
+/// Whether `endpoint` is in the tier, backup group or region the failover of this service
+/// in force (if any) targets.
+fn in_failover_target(data: &TableData, policy: &ServicePolicy, endpoint: &Endpoint) -> bool {
+    let Some(failover) = data.failovers.get(&policy.name) else {
+        return true;
+    };
+    let node = &endpoint.node;
+    match policy
+        .failover
+        .tiers
+        .iter()
+        .find(|t| t.name == failover.target)
+    {
+        Some(tier) => {
+            tier.regions.contains(&node.region)
+                || tier.zones.contains(&node.zone)
+                || tier.nodes.contains(&node.id)
+        }
+        None => node.region == failover.target,
+    }
 }
 
 fn humantime_rfc3339(time: SystemTime) -> String {
@@ -574,7 +603,7 @@ impl TableHandle {
 mod tests {
     use std::time::Duration;
 
-    use meridian_shared::domain::{Node, OutlierPolicy};
+    use meridian_shared::domain::{Node, NodeStatus, OutlierPolicy};
 
     use super::*;
 
@@ -723,6 +752,68 @@ mod tests {
             .filter(|e| e.breaker.is_open())
             .count();
         assert_eq!(ejected, 2, "the default cap is half of the 4 endpoints");
+    }
+
+    /// The share of 20,000 picks of Echo's balancer that stay in eu-west, seen from a
+    /// proxy there, when eu-west's three nodes have `statuses` and us-east has two healthy
+    /// ones.
+    fn home_share(statuses: [NodeStatus; 3]) -> f64 {
+        let mut data = data(OutlierPolicy::default());
+        data.nodes.clear();
+        let nodes = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, &status)| (format!("eu-{i}"), "eu-west", status))
+            .chain((0..2).map(|i| (format!("us-{i}"), "us-east", NodeStatus::Healthy)));
+        for (i, (id, region, status)) in nodes.enumerate() {
+            let node = Node {
+                id: id.clone(),
+                address: format!("127.0.0.1:{}", 9 + i),
+                region: region.into(),
+                status,
+                services: vec!["demo.v1.Echo".into()],
+                ..Default::default()
+            };
+            data.nodes.insert(id, node);
+        }
+        let identity = ProxyIdentity {
+            region: "eu-west".into(),
+            ..Default::default()
+        };
+        let table = ProxyTable::build(
+            data,
+            &identity,
+            None,
+            TableSource::Stream,
+            &UpstreamSettings::default(),
+        );
+        let all = &table.service("demo.v1.Echo").unwrap().all;
+        let home = (0..20_000)
+            .filter(|_| {
+                let pick = all.pick(&Default::default()).unwrap();
+                all.endpoints()[pick.index].node.region == "eu-west"
+            })
+            .count();
+        home as f64 / 20_000.0
+    }
+
+    #[test]
+    fn nodes_marked_down_count_in_their_regions_total_and_lost_ones_do_not() {
+        use NodeStatus::{Draining, Failed, Healthy, Lost, Quarantined, Unhealthy};
+        assert_eq!(home_share([Healthy; 3]), 1.0);
+        // 1.4 × 2/3 = 93.3 % stays home.
+        for down in [Unhealthy, Quarantined, Draining, Failed] {
+            let share = home_share([Healthy, Healthy, down]);
+            assert!(
+                (0.917..0.95).contains(&share),
+                "{down:?}: home kept {share}"
+            );
+        }
+        // 1.4 × 1/3 = 46.7 % stays home, 53.3 % spills.
+        let share = home_share([Healthy, Unhealthy, Quarantined]);
+        assert!((0.447..0.487).contains(&share), "home kept {share}");
+        // Lost nodes have left the federation: the one left is the whole region.
+        assert_eq!(home_share([Healthy, Lost, Lost]), 1.0);
     }
 
     /// The next table after `table`, whose data `change` edits.

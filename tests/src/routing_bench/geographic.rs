@@ -19,7 +19,11 @@
 //! The rule (Envoy's priority load, Meridian's `balance::regional` and
 //! `balance::geographic`): a region keeps min(100 %, 1.4 × ready / total) of the traffic
 //! and the rest spills to the nearest other region (us-east, then ap-south). Counted over
-//! the region's three nodes, losing 1, 2, 3 spills 6.7 %, 53.3 %, 100 %.
+//! the region's three nodes, losing 1, 2, 3 spills 6.7 %, 53.3 %, 100 %. The proxy counts
+//! a region's members in its table: the nodes up and those the control plane marked down
+//! (unhealthy here); a node whose lease lapsed leaves the table and the count, so the
+//! killed nodes' leases are made to outlast a round (the health checker's verdict is what
+//! is measured, not the lease's).
 
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -128,6 +132,8 @@ struct Row {
     figures: CellFigures,
     /// Share served in eu-west, us-east, ap-south.
     regions: [f64; 3],
+    /// eu-west's nodes in the proxy's table when the window started (up or marked down).
+    members: usize,
     /// RouteMessage: in-region share and calls answered, when measured.
     route_message: Option<(f64, usize)>,
 }
@@ -149,7 +155,8 @@ struct GeoFederation<'n> {
     cluster: Cluster,
     remote: Vec<DemoNodeProcess>,
     remote_ids: Vec<String>,
-    /// Lease of the nodes, seconds: outlasts the proxy-only window.
+    /// Lease of the nodes, seconds: outlasts a round, so a killed node stays in the table
+    /// (marked unhealthy) until the round ends.
     ttl_seconds: u32,
     time_scale: u32,
     seconds: f64,
@@ -190,8 +197,11 @@ impl<'n> GeoFederation<'n> {
         }
         allow_networks(&cluster, &["127.0.0.0/8", &networks.subnet]).await;
         // The proxy-only window (measurement plus a margin) must end before the health
-        // checker's verdict and the lease's expiry.
+        // checker's verdict; the leases outlast the round (per loss: the proxy-only window,
+        // the verdict, warm-up and measurement), so the killed nodes stay members.
         let window = args.seconds + 10.0;
+        let round = (args.warmup + args.seconds) * (1 + 2 * NODES_PER_REGION) as f64
+            + window * NODES_PER_REGION as f64;
         let threshold = (window / HEALTH_INTERVAL.as_secs_f64()).ceil() as u32;
         cluster
             .cp
@@ -206,7 +216,7 @@ impl<'n> GeoFederation<'n> {
             cluster,
             remote: Vec::new(),
             remote_ids: Vec::new(),
-            ttl_seconds: (window as u32 + 5).clamp(10, 300),
+            ttl_seconds: (2.0 * round) as u32,
             time_scale: args.time_scale,
             seconds: args.seconds,
             warmup: args.warmup,
@@ -299,7 +309,7 @@ impl<'n> GeoFederation<'n> {
         wait_steady(&proxy, nodes.len()).await;
         let warmup = Duration::from_secs_f64(self.warmup);
         let measured = Duration::from_secs_f64(self.seconds);
-        let row = |up, when, samples: &[Sample], from, to, route_message| {
+        let row = |up, when, members, samples: &[Sample], from, to, route_message| {
             let figures = CellFigures::over(name, samples, nodes.len(), from, to);
             let region = |r: usize| {
                 figures.shares[r * NODES_PER_REGION..(r + 1) * NODES_PER_REGION]
@@ -311,6 +321,7 @@ impl<'n> GeoFederation<'n> {
                 up,
                 when,
                 regions: [region(0), region(1), region(2)],
+                members,
                 figures,
                 route_message,
             }
@@ -322,6 +333,7 @@ impl<'n> GeoFederation<'n> {
         rows.push(row(
             NODES_PER_REGION,
             When::Healthy,
+            home_members(&proxy).await,
             &samples,
             warmup,
             warmup + measured,
@@ -332,6 +344,7 @@ impl<'n> GeoFederation<'n> {
             drop(home.pop()); // SIGKILL: a crash, no deregistration
             // Only the proxy knows: from its first failed calls until the table changes.
             let usable_before = nodes.len() - lost + 1;
+            let members = home_members(&proxy).await;
             let (samples, verdict) = tokio::join!(
                 self.load(&proxy, &nodes, measured),
                 verdict_within(&proxy, usable_before, measured)
@@ -344,6 +357,7 @@ impl<'n> GeoFederation<'n> {
                 rows.push(row(
                     up,
                     When::ProxyOnly((to - from).as_secs_f64()),
+                    members,
                     &samples,
                     from,
                     to,
@@ -357,11 +371,13 @@ impl<'n> GeoFederation<'n> {
             // After the control plane's verdict.
             wait_usable(&proxy, nodes.len() - lost).await?;
             let verdict = node_state(&proxy, &home_ids[up]).await;
+            let members = home_members(&proxy).await;
             let samples = self.load(&proxy, &nodes, warmup + measured).await?;
             let route_message = route_message_in_region(&proxy.url()).await?;
             rows.push(row(
                 up,
                 When::AfterVerdict(verdict),
+                members,
                 &samples,
                 warmup,
                 warmup + measured,
@@ -439,6 +455,24 @@ async fn usable(proxy: &ProxyProcess) -> Option<usize> {
         .find(|s| s["name"] == ECHO)?["usable_endpoints"]
         .as_u64()
         .map(|n| n as usize)
+}
+
+/// eu-west's Echo nodes in the proxy's table, usable or marked down (a lost node has left
+/// it): the region's members, which the proxy's spill rule counts.
+async fn home_members(proxy: &ProxyProcess) -> usize {
+    let table = proxy.debug_table().await;
+    table["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == ECHO)
+        .and_then(|s| s["endpoints"].as_array())
+        .map_or(0, |endpoints| {
+            endpoints
+                .iter()
+                .filter(|e| e["region"] == REGIONS[0].name && e["status"] != "lost")
+                .count()
+        })
 }
 
 /// What the proxy's table says of node `id`: its status, or that it left the table.
@@ -542,14 +576,10 @@ fn spill_over(up: usize, total: usize) -> f64 {
     1.0 - (factor * up as f64 / total.max(1) as f64).min(1.0)
 }
 
-/// The share the rule spills as the proxy applies it: over the region's nodes in its
-/// table, which leaves out those the control plane has declared down. Before the verdict
-/// on the latest loss, the table still counts that node (the earlier ones are gone).
-fn table_spill(up: usize, when: When) -> f64 {
-    match when {
-        When::ProxyOnly(_) => spill_over(up, up + 1),
-        _ => spill_over(up, up),
-    }
+/// The share the rule spills as the proxy applies it: over the region's `members` in its
+/// table (up, or marked down by the control plane; not those that left it).
+fn table_spill(up: usize, members: usize) -> f64 {
+    spill_over(up, members)
 }
 
 fn render(rows: &[Row], networks: &RegionNetworks, args: &RoutingBenchArgs) -> String {
@@ -562,13 +592,13 @@ fn render(rows: &[Row], networks: &RegionNetworks, args: &RoutingBenchArgs) -> S
         Err(why) => format!("**no delay between regions: {why}**"),
     };
     let mut out = format!(
-        "{TITLE}Regions eu-west (the proxy's), us-east, ap-south, each a network namespace with 3 demo nodes of {} ms (self-registered in their region); {delay}; {} closed-loop clients on the bridge calling the eu-west proxy; policy defaults (locality by default, `global_routing` off) apart from the algorithm. eu-west's nodes are killed one by one; each loss is measured while only the proxy knows (its breakers), then after the control plane's health verdict reached the proxy's table ({} s windows, after {} s of warm-up where the load starts afresh). \"rule (3 nodes)\": the share the overprovisioning rule spills (factor 1.4: a region keeps min(100 %, 1.4 × ready / total) and the rest goes to the nearest other region) counting the region's 3 nodes, as Envoy counts every host of a priority, healthy or not; \"rule (table's nodes)\": the same over the nodes in the proxy's table, which leaves out those the control plane has declared down. RouteMessage: {ROUTE_MESSAGE_CALLS} calls with `global_routing` set on the message.\n\n",
+        "{TITLE}Regions eu-west (the proxy's), us-east, ap-south, each a network namespace with 3 demo nodes of {} ms (self-registered in their region); {delay}; {} closed-loop clients on the bridge calling the eu-west proxy; policy defaults (locality by default, `global_routing` off) apart from the algorithm. eu-west's nodes are killed one by one; each loss is measured while only the proxy knows (its breakers), then after the control plane's health verdict reached the proxy's table ({} s windows, after {} s of warm-up where the load starts afresh). \"rule (3 nodes)\": the share the overprovisioning rule spills (factor 1.4: a region keeps min(100 %, 1.4 × ready / total) and the rest goes to the nearest other region) counting the region's 3 nodes, as Envoy counts every host of a priority, healthy or not; \"rule (table's members)\": the same over the region's nodes in the proxy's table, up or marked down by the control plane (the proxy's count; a node whose lease lapsed leaves the table, so the leases here outlast the round). RouteMessage: {ROUTE_MESSAGE_CALLS} calls with `global_routing` set on the message.\n\n",
         SERVICE_MS * args.time_scale,
         args.clients,
         args.seconds,
         args.warmup,
     );
-    out.push_str("| algorithm | eu-west nodes up | measured | calls/s | errors | in-region | spilled | rule (3 nodes) | rule (table's nodes) | to us-east / ap-south | p50 ms | p99 ms | RouteMessage in-region |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| algorithm | eu-west nodes up | measured | calls/s | errors | in-region | spilled | rule (3 nodes) | rule (table's members) | to us-east / ap-south | p50 ms | p99 ms | RouteMessage in-region |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         let when = match r.when {
             When::Healthy => "healthy".to_owned(),
@@ -588,7 +618,7 @@ fn render(rows: &[Row], networks: &RegionNetworks, args: &RoutingBenchArgs) -> S
             100.0 * r.regions[0],
             100.0 * (1.0 - r.regions[0]),
             100.0 * expected_spill(r.up),
-            100.0 * table_spill(r.up, r.when),
+            100.0 * table_spill(r.up, r.members),
             100.0 * r.regions[1],
             100.0 * r.regions[2],
             r.figures.p50_ms,
@@ -684,7 +714,7 @@ fn render(rows: &[Row], networks: &RegionNetworks, args: &RoutingBenchArgs) -> S
 
 #[cfg(test)]
 mod tests {
-    use super::{When, expected_spill, table_spill};
+    use super::{expected_spill, table_spill};
 
     fn percent(share: f64) -> f64 {
         (1000.0 * share).round() / 10.0
@@ -699,13 +729,12 @@ mod tests {
     }
 
     #[test]
-    fn over_the_tables_nodes_only_the_latest_loss_counts() {
-        let proxy_only = When::ProxyOnly(10.0);
-        assert_eq!(percent(table_spill(2, proxy_only)), 6.7);
-        assert_eq!(percent(table_spill(1, proxy_only)), 30.0);
-        assert_eq!(percent(table_spill(0, proxy_only)), 100.0);
-        let after = When::AfterVerdict("unhealthy");
-        assert_eq!(percent(table_spill(1, after)), 0.0);
-        assert_eq!(percent(table_spill(0, after)), 100.0);
+    fn over_the_tables_members_a_node_that_left_the_table_does_not_count() {
+        // Marked down, still a member: as over the region's three nodes.
+        assert_eq!(percent(table_spill(1, 3)), 53.3);
+        // The first loss left the table (its lease lapsed): over the two left.
+        assert_eq!(percent(table_spill(1, 2)), 30.0);
+        assert_eq!(percent(table_spill(1, 1)), 0.0);
+        assert_eq!(percent(table_spill(0, 3)), 100.0);
     }
 }
