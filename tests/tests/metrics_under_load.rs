@@ -1,10 +1,11 @@
 //! What operators see under real load: two proxies, each driven by the load generator at
 //! a fixed rate, forward to two demo nodes answering in 20 ms. The control plane's
 //! figures (`meridianctl metrics`), built from the proxies' load reports, match what the
-//! load generator measured (calls/s within 10 %, p99 within 20 %); so does the p99 an
-//! operator's Prometheus computes from the proxies' exported buckets,
+//! proxies answered until they were read (calls/s within 10 %, p99 within 20 %: on a busy
+//! machine the load's rate and latency drift over the run); and the p99 an operator's
+//! Prometheus computes from the proxies' exported buckets,
 //! `histogram_quantile(0.99, sum by (le) (rate(meridian_proxy_request_duration_seconds_bucket[...])))`
-//! over the run (within 20 %).
+//! over the run, matches the load generator's (within 20 %).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -98,11 +99,11 @@ async fn meridianctl_metrics_shows_the_rate_and_p99_the_load_generator_measured(
     // proxies answered until then is the rate to match: on a busy machine the load
     // generator falls behind its fixed rate unevenly over the run.
     tokio::time::sleep(Duration::from_secs(LOAD_SECONDS * 2 / 3)).await;
-    let answered_so_far = echo_latency_buckets(&[a_admin, b_admin])
+    let so_far = echo_latency_buckets(&[a_admin, b_admin])
         .await
-        .since(&before)
-        .total();
-    let rate_so_far = answered_so_far / load_started.elapsed().as_secs_f64();
+        .since(&before);
+    let rate_so_far = so_far.total() / load_started.elapsed().as_secs_f64();
+    let p99_so_far = so_far.quantile(0.99).expect("latency buckets") * 1_000.0;
     let url = cluster.cp.url();
     let (status, stdout, stderr) = run_to_completion(
         "meridianctl",
@@ -158,8 +159,8 @@ async fn meridianctl_metrics_shows_the_rate_and_p99_the_load_generator_measured(
         "metrics shows {calls:.1} calls/s, the proxies answered {rate_so_far:.1} calls/s until then (the load generator sent {sent:.1} over the whole run): {stdout}"
     );
     assert!(
-        within(p99, measured_p99, 0.20),
-        "metrics shows p99 {p99:.1} ms, the load generator measured {measured_p99:.1} ms: {stdout}"
+        within(p99, p99_so_far, 0.20),
+        "metrics shows p99 {p99:.1} ms, the proxies' buckets until then give {p99_so_far:.1} ms (the load generator measured {measured_p99:.1} ms over the whole run): {stdout}"
     );
     assert_eq!(traffic["error_rate"].as_f64(), Some(0.0), "{stdout}");
 }
