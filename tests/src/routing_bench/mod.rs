@@ -17,6 +17,9 @@
 //!   as many clients as workers; oracle: `weighted` 1:2:4.
 //! - **hash**: consistent hashing over 10 nodes; the share of 2,000 keys that move when
 //!   one node leaves and when it joins again (ideal: 1/10).
+//! - **shared** ([`shared_nodes`]): two proxies share three nodes and one loads a single
+//!   node; the other proxy's figures with blind, trailer-fed, stream-fed and probing
+//!   policies.
 //!
 //! A cell starts a fresh proxy (no latency estimates or reports carried over), waits until
 //! every node is healthy and warm, runs the load, and stops the proxy. Nodes report their
@@ -25,6 +28,7 @@
 
 pub mod closed_loop;
 pub mod report;
+pub mod shared_nodes;
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -61,7 +65,7 @@ pub struct RoutingBenchArgs {
     /// Algorithms to run (default: all).
     #[arg(long, value_delimiter = ',')]
     pub algorithms: Vec<String>,
-    /// Scenarios to run: slow, degrading, capacity, hash (default: all).
+    /// Scenarios to run: slow, degrading, capacity, hash, shared (default: all).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Multiplies every node's service time (2 ms becomes 2 × this): on a loaded machine,
@@ -183,6 +187,9 @@ pub async fn run(args: &RoutingBenchArgs) -> Result<String, BenchError> {
     }
     if wanted("hash") {
         out.push_str(&hash_movement(&cluster, args).await?);
+    }
+    if wanted("shared") {
+        out.push_str(&shared_nodes::shared_nodes(&cluster, args).await?);
     }
     Ok(out)
 }
