@@ -249,7 +249,7 @@ async fn probe(endpoint: &Endpoint) {
 fn keep(endpoint: &Endpoint, report: &OrcaLoadReport, ours: u32) {
     metrics::counter!("meridian_proxy_probes_total", "node" => endpoint.node.id.clone())
         .increment(1);
-    endpoint.reported.record(utilization_of(report), ours);
+    endpoint.reported.record_out_of_band(utilization_of(report), ours);
     let Some(&in_flight) = report.named_metrics.get(IN_FLIGHT_METRIC) else {
         return;
     };

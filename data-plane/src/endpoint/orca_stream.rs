@@ -209,5 +209,5 @@ async fn open_once(
 /// in flight were in flight.
 fn feed_report(feed: &OrcaFeed, report: &OrcaLoadReport) {
     let in_flight = feed.in_flight.load(Ordering::Relaxed);
-    feed.reported.record(utilization_of(report), in_flight);
+    feed.reported.record_out_of_band(utilization_of(report), in_flight);
 }
