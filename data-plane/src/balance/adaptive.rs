@@ -439,7 +439,10 @@ mod tests {
         eps[2].probed.record(3, 0.005, 0);
         let picks = sequential_picks(&balancer, 1_000);
         assert_eq!(picks[0], 0, "the hot node is never picked: {picks:?}");
-        assert!(picks[1] > picks[2], "fewer in flight wins among cold: {picks:?}");
+        assert!(
+            picks[1] > picks[2],
+            "fewer in flight wins among cold: {picks:?}"
+        );
         assert_eq!(
             balancer.prober.as_ref().map(Prober::counted),
             Some(1_000),
@@ -465,7 +468,9 @@ mod tests {
         measure(&balancer, &[4, 4]).await;
         tokio::time::advance(Duration::from_secs(60)).await;
         for _ in 0..10 {
-            balancer.endpoints()[0].ewma.observe(Duration::from_millis(4));
+            balancer.endpoints()[0]
+                .ewma
+                .observe(Duration::from_millis(4));
         }
         let eps = balancer.endpoints();
         eps[0].probed.record(1, 0.004, 0);

@@ -249,7 +249,9 @@ async fn probe(endpoint: &Endpoint) {
 fn keep(endpoint: &Endpoint, report: &OrcaLoadReport, ours: u32) {
     metrics::counter!("meridian_proxy_probes_total", "node" => endpoint.node.id.clone())
         .increment(1);
-    endpoint.reported.record_out_of_band(utilization_of(report), ours);
+    endpoint
+        .reported
+        .record_out_of_band(utilization_of(report), ours);
     let Some(&in_flight) = report.named_metrics.get(IN_FLIGHT_METRIC) else {
         return;
     };
@@ -274,11 +276,12 @@ mod tests {
         assert_eq!((due, owed), (2, 0.5));
         let (due, owed) = probes_due(owed, 2, 0.25);
         assert_eq!((due, owed), (1, 0.0), "the half carried over completes one");
-        assert_eq!(probes_due(0.0, 0, 0.25), (0, 0.0), "no calls, no probes by rate");
-        // A burst of 10,000 calls at 2 per call: at most the cap, nothing kept for later.
         assert_eq!(
-            probes_due(0.0, 10_000, 2.0),
-            (MAX_PROBES_IN_FLIGHT, 0.0)
+            probes_due(0.0, 0, 0.25),
+            (0, 0.0),
+            "no calls, no probes by rate"
         );
+        // A burst of 10,000 calls at 2 per call: at most the cap, nothing kept for later.
+        assert_eq!(probes_due(0.0, 10_000, 2.0), (MAX_PROBES_IN_FLIGHT, 0.0));
     }
 }

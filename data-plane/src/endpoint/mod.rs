@@ -180,14 +180,13 @@ impl Endpoint {
     /// Keeps the node's ORCA out-of-band stream asking for a report every `interval`, or
     /// stops it (`None`); see [`OrcaStream::keep`].
     pub fn keep_orca_stream(&self, interval: Option<std::time::Duration>) {
-        self.orca_stream
-            .keep(interval, || orca_stream::OrcaFeed {
-                node_id: self.node.id.clone(),
-                connection: Arc::clone(&self.connection),
-                origin: self.origin(),
-                reported: Arc::clone(&self.reported),
-                in_flight: Arc::clone(&self.in_flight),
-            });
+        self.orca_stream.keep(interval, || orca_stream::OrcaFeed {
+            node_id: self.node.id.clone(),
+            connection: Arc::clone(&self.connection),
+            origin: self.origin(),
+            reported: Arc::clone(&self.reported),
+            in_flight: Arc::clone(&self.in_flight),
+        });
     }
 
     /// `http(s)://address`, the origin of gRPC client calls to this endpoint.

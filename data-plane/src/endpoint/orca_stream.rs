@@ -100,7 +100,9 @@ impl OrcaStream {
     /// Whether a stream task is running (open, or waiting to reopen).
     pub fn is_running(&self) -> bool {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.as_ref().is_some_and(|(_, task)| !task.is_finished())
+        running
+            .as_ref()
+            .is_some_and(|(_, task)| !task.is_finished())
     }
 
     /// Whether the node answered UNIMPLEMENTED (to the stream or a probe).
@@ -209,5 +211,6 @@ async fn open_once(
 /// in flight were in flight.
 fn feed_report(feed: &OrcaFeed, report: &OrcaLoadReport) {
     let in_flight = feed.in_flight.load(Ordering::Relaxed);
-    feed.reported.record_out_of_band(utilization_of(report), in_flight);
+    feed.reported
+        .record_out_of_band(utilization_of(report), in_flight);
 }

@@ -127,8 +127,16 @@ mod tests {
                 latency: 0.005
             })
         );
-        assert_eq!(probed.fresh(5, TTL).unwrap().in_flight, 13.0, "3 more of ours");
-        assert_eq!(probed.fresh(0, TTL).unwrap().in_flight, 8.0, "2 of ours ended");
+        assert_eq!(
+            probed.fresh(5, TTL).unwrap().in_flight,
+            13.0,
+            "3 more of ours"
+        );
+        assert_eq!(
+            probed.fresh(0, TTL).unwrap().in_flight,
+            8.0,
+            "2 of ours ended"
+        );
         tokio::time::advance(Duration::from_millis(2_001)).await;
         assert_eq!(probed.fresh(2, TTL), None, "aged out of the pool");
         assert!(probed.age_ns().is_some_and(|a| a > TTL));
@@ -137,7 +145,11 @@ mod tests {
         probed.record(1, 0.002, 0);
         assert_eq!(probed.fresh(0, TTL).unwrap().in_flight, 1.0);
         probed.record(3, f64::NAN, 0);
-        assert_eq!(probed.fresh(0, TTL).unwrap().in_flight, 1.0, "nonsense ignored");
+        assert_eq!(
+            probed.fresh(0, TTL).unwrap().in_flight,
+            1.0,
+            "nonsense ignored"
+        );
     }
 
     #[test]
@@ -157,6 +169,10 @@ mod tests {
             "only the busiest of three is hot: {threshold}"
         );
         let mut even = [4.0, 4.0, 4.0];
-        assert_eq!(hot_threshold(&mut even, 0.8), Some(4.0), "none above: none hot");
+        assert_eq!(
+            hot_threshold(&mut even, 0.8),
+            Some(4.0),
+            "none above: none hot"
+        );
     }
 }

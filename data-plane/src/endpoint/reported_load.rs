@@ -158,7 +158,11 @@ mod tests {
     fn an_out_of_band_report_teaches_nothing_and_is_not_lowered_by_our_ended_calls() {
         let load = ReportedLoad::default();
         load.record_out_of_band(0.9, 3);
-        assert_eq!(load.projected(0, TTL), Some(0.9), "our calls ended: still 0.9");
+        assert_eq!(
+            load.projected(0, TTL),
+            Some(0.9),
+            "our calls ended: still 0.9"
+        );
         assert_eq!(load.projected(3, TTL), Some(0.9));
         // Calls sent since add u / (then + 1) each, δ not being learned.
         assert_eq!(load.projected(5, TTL), Some(0.9 + 2.0 * (0.9 / 4.0)));

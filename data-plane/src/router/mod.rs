@@ -38,12 +38,12 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
 use self::dedup::{Claim, DedupKey};
-use crate::endpoint::channel::{EndpointChannel, NoAnswer};
 use crate::admission::concurrency;
 use crate::admission::priority::Priority;
 use crate::balance::PickContext;
 use crate::balance::least_connections::LeastConnections;
 use crate::endpoint::Endpoint;
+use crate::endpoint::channel::{EndpointChannel, NoAnswer};
 use crate::error::{RequestError, Scope};
 use crate::forward::framing::{Direction, TooLarge};
 use crate::hop;

@@ -162,19 +162,17 @@ impl NodeBehaviour {
     fn record_call(&self, took: Duration) {
         self.rate.count();
         let ms = took.as_secs_f64() * 1e3;
-        let _ = self.recent_latency_bits.fetch_update(
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-            |bits| {
-                let old = f64::from_bits(bits);
-                let new = if old == 0.0 {
-                    ms
-                } else {
-                    old + LATENCY_EWMA_WEIGHT * (ms - old)
-                };
-                Some(new.to_bits())
-            },
-        );
+        let _ =
+            self.recent_latency_bits
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                    let old = f64::from_bits(bits);
+                    let new = if old == 0.0 {
+                        ms
+                    } else {
+                        old + LATENCY_EWMA_WEIGHT * (ms - old)
+                    };
+                    Some(new.to_bits())
+                });
     }
 
     /// The recent latency of the node's calls, ms (0 before the first).

@@ -270,15 +270,12 @@ impl DemoNode {
             .add_service(MessageHandlerServer::new(HandlerService::new(Arc::clone(
                 &self.behaviour,
             ))))
-            .add_optional_service(
-                self.orca_service
-                    .then(|| {
-                        OpenRcaServiceServer::new(OrcaStreamService::new(
-                            Arc::clone(&self.behaviour),
-                            shutdown.clone(),
-                        ))
-                    }),
-            );
+            .add_optional_service(self.orca_service.then(|| {
+                OpenRcaServiceServer::new(OrcaStreamService::new(
+                    Arc::clone(&self.behaviour),
+                    shutdown.clone(),
+                ))
+            }));
         let (listener, tls) = (self.listener, self.tls);
         let server = async move {
             match tls {

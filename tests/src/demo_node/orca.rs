@@ -33,7 +33,10 @@ pub fn report(behaviour: &NodeBehaviour) -> OrcaLoadReport {
         application_utilization: utilization,
         rps_fractional: behaviour.rps(),
         named_metrics: [
-            (IN_FLIGHT_METRIC.to_owned(), f64::from(behaviour.in_flight())),
+            (
+                IN_FLIGHT_METRIC.to_owned(),
+                f64::from(behaviour.in_flight()),
+            ),
             (LATENCY_METRIC.to_owned(), behaviour.recent_latency_ms()),
         ]
         .into(),
@@ -79,8 +82,13 @@ mod tests {
 
     #[test]
     fn the_trailer_decodes_to_the_reported_utilisation() {
-        let behaviour =
-            NodeBehaviour::new("n1".into(), 0, 0.0, tonic_health::server::HealthReporter::new(), false);
+        let behaviour = NodeBehaviour::new(
+            "n1".into(),
+            0,
+            0.0,
+            tonic_health::server::HealthReporter::new(),
+            false,
+        );
         behaviour.set_utilization(Some(0.75));
         let value = encoded(&report(&behaviour)).unwrap();
         let mut headers = http::HeaderMap::new();

@@ -36,8 +36,16 @@ fn policies() -> Vec<(&'static str, pb::Algorithm, pb::AdaptivePolicy)> {
     let adaptive = pb::AdaptivePolicy::default();
     vec![
         ("round_robin", pb::Algorithm::RoundRobin, adaptive),
-        ("least_connections", pb::Algorithm::LeastConnections, adaptive),
-        ("adaptive (ORCA trailers)", pb::Algorithm::Adaptive, adaptive),
+        (
+            "least_connections",
+            pb::Algorithm::LeastConnections,
+            adaptive,
+        ),
+        (
+            "adaptive (ORCA trailers)",
+            pb::Algorithm::Adaptive,
+            adaptive,
+        ),
         (
             "adaptive + ORCA stream 200 ms",
             pb::Algorithm::Adaptive,
@@ -59,7 +67,10 @@ fn policies() -> Vec<(&'static str, pb::Algorithm, pb::AdaptivePolicy)> {
 }
 
 /// Runs the scenario; its report (markdown).
-pub async fn shared_nodes(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<String, BenchError> {
+pub async fn shared_nodes(
+    cluster: &Cluster,
+    args: &RoutingBenchArgs,
+) -> Result<String, BenchError> {
     let latency = (5 * args.time_scale).to_string();
     let workers = WORKERS.to_string();
     let mut nodes = Vec::new();
@@ -80,7 +91,9 @@ pub async fn shared_nodes(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<
         register(cluster, id, &node, i == 0).await;
         nodes.push(node);
     }
-    let busy = cluster.proxy("shared-busy-proxy", "eu-west", "eu-west-a").await;
+    let busy = cluster
+        .proxy("shared-busy-proxy", "eu-west", "eu-west-a")
+        .await;
     let busy_url = busy.url();
     let names: Vec<String> = NODES.iter().map(|n| (*n).to_owned()).collect();
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -118,7 +131,9 @@ pub async fn shared_nodes(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<
     }
     // Best possible: the busy node out of the measured proxy's way.
     cluster.deregister(NODES[0]).await;
-    cluster.echo_policy(pb::Algorithm::LeastConnections, "").await;
+    cluster
+        .echo_policy(pb::Algorithm::LeastConnections, "")
+        .await;
     let measured = cluster.proxy("shared-best", "eu-west", "eu-west-a").await;
     wait_steady(&measured, 2).await;
     let load = ClosedLoop {
@@ -132,7 +147,13 @@ pub async fn shared_nodes(cluster: &Cluster, args: &RoutingBenchArgs) -> Result<
         .run()
         .await
         .map_err(|e| BenchError(format!("shared-best: cannot load the proxy: {e}")))?;
-    let mut best = CellFigures::over("best possible: the idle nodes alone", &samples, 2, warmup, total);
+    let mut best = CellFigures::over(
+        "best possible: the idle nodes alone",
+        &samples,
+        2,
+        warmup,
+        total,
+    );
     best.shares.insert(0, 0.0);
     cells.push(best);
     for id in &NODES[1..] {
@@ -192,7 +213,8 @@ async fn busy_load(target: &str, callers: usize, duration: Duration) -> usize {
                         text: "busy".into(),
                         ..Default::default()
                     });
-                    let codec = tonic_prost::ProstCodec::<demo::SayRequest, demo::SayReply>::default();
+                    let codec =
+                        tonic_prost::ProstCodec::<demo::SayRequest, demo::SayReply>::default();
                     if grpc.unary(request, path.clone(), codec).await.is_ok() {
                         answered += 1;
                     }
