@@ -18,19 +18,22 @@
 //!   `report_ttl_ms` counts for nothing.
 //! - **Probes** (Prequal, off unless the policy sets `probes_per_call`; see
 //!   `balance::prober`): short calls to random nodes at a rate tied to the call rate, plus
-//!   a floor per node, each bringing the node's requests in flight from *every* client and
-//!   its recent latency. A node whose fresh probe, projected by this proxy's calls since,
-//!   carries more in flight than the `probe_hot_quantile` of the fresh probes is hot; a
-//!   probe's latency raises the latency estimate of a node this proxy has not measured
-//!   lately; and a node probed but not reporting is costed by its in-flight from every
-//!   client, not only this proxy's.
+//!   a floor per node, each bringing the node's ORCA report (its utilisation feeds the
+//!   reported load, like a stream's), its requests in flight from *every* client and its
+//!   recent latency. For a node that reports no utilisation, a fresh probe whose
+//!   in-flight, projected by this proxy's calls since, is above the `probe_hot_quantile`
+//!   of the fresh probes makes it hot (a utilisation the node measures knows its
+//!   capacity, an in-flight count does not, so the utilisation decides when there is
+//!   one); a probe's latency raises the latency estimate of a node this proxy has not
+//!   measured lately; and a node probed but not reporting is costed by its in-flight from
+//!   every client, not only this proxy's.
 //!
 //! The choice among the `choices` sampled candidates (3 by default; 2 is the classic
 //! power of two choices, where a pick more often has only a poor pair to choose from):
 //!
 //! 1. **Hot-cold.** A candidate is hot when its projected utilisation is above
-//!    `hot_utilization` (1.5 by default: calls queue there), or, with probes, its probed
-//!    in-flight is above the pool's hot quantile. While any candidate is cold,
+//!    `hot_utilization` (1.5 by default: calls queue there), or, with probes and no
+//!    reported utilisation, its probed in-flight is above the pool's hot quantile. While any candidate is cold,
 //!    hot ones are out, whatever their latency: a saturated node is not worth its fast
 //!    past. When all are hot, the least utilised wins (by how far each is over its
 //!    threshold).
@@ -123,7 +126,12 @@ impl Adaptive {
         {
             latency = latency.max(probe.latency);
             queue = probe.in_flight;
-            if let Some(threshold) = prober.hot_threshold() {
+            // A utilisation the node measures knows its capacity; in-flight counts do
+            // not, so they decide hot and cold only for nodes that report none.
+            let measures_utilization = reported.is_some_and(|u| u > 0.0);
+            if let Some(threshold) = prober.hot_threshold()
+                && !measures_utilization
+            {
                 over = over.max(probe.in_flight / threshold.max(1.0));
             }
         }
@@ -458,6 +466,22 @@ mod tests {
         tokio::time::advance(Duration::from_millis(2_100)).await;
         let picks = sequential_picks(&balancer, 3_000);
         assert!(picks[0] > 700, "{picks:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reported_utilisation_decides_over_probed_in_flight() {
+        // Node 0 reports 95 % with little in flight (its capacity is small); nodes 1 and
+        // 2 report 10 % with more in flight (they are large). The utilisation, which knows
+        // capacity, decides: node 0 loses, though its in-flight is the lowest.
+        let balancer = probing(endpoints(3), 3.0);
+        measure(&balancer, &[5, 5, 5]).await;
+        let eps = balancer.endpoints();
+        for (endpoint, (u, rif)) in eps.iter().zip([(0.95, 1), (0.1, 4), (0.1, 4)]) {
+            endpoint.reported.record_out_of_band(u, 0);
+            endpoint.probed.record(rif, 0.005, 0);
+        }
+        let picks = sequential_picks(&balancer, 1_000);
+        assert_eq!(picks[0], 0, "{picks:?}");
     }
 
     #[tokio::test(start_paused = true)]
