@@ -7,7 +7,8 @@
 //!   the nodes saying 10 %: the stream alone steers it;
 //! - a node that serves no ORCA (UNIMPLEMENTED) is not asked again and is routed by
 //!   latency, every call answered;
-//! - Prequal probes (`probes_per_call`) alone, trailers off and no stream, do the same;
+//! - Prequal probes (`probes_per_call`) alone, trailers off and no stream, do the same,
+//!   and leave no call open at the node;
 //! - one stream per node, kept across table updates (the node's first health verdict
 //!   changes its entry), and ended when the node leaves the table: the node itself counts
 //!   its open streams (`x-node-orca-streams` on its responses).
@@ -132,10 +133,16 @@ async fn wait_streams(node: &DemoNodeProcess, expected: u64, deadline: Duration)
     }
 }
 
-#[tokio::test]
-async fn with_trailers_off_the_stream_alone_steers_traffic_from_a_node_at_95_percent() {
+/// Three equally fast nodes sending no trailers, one saying 95 % and two 10 % over
+/// whatever out-of-band path `adaptive` turns on (`via_what` names it in messages): the
+/// proxy holds their reports before any call went through it, and the busy node loses
+/// traffic. Returns the running cluster, nodes (busy first) and proxy.
+async fn busy_node_loses_traffic(
+    adaptive: pb::AdaptivePolicy,
+    via_what: &str,
+) -> (Cluster, Vec<DemoNodeProcess>, ProxyProcess) {
     let cluster = Cluster::start().await;
-    oob_policy(&cluster).await;
+    adaptive_policy(&cluster, adaptive).await;
     let args = |u: &'static str| {
         [
             "--latency-ms",
@@ -145,23 +152,16 @@ async fn with_trailers_off_the_stream_alone_steers_traffic_from_a_node_at_95_per
             "--no-orca-trailers",
         ]
     };
-    let _busy = cluster
-        .node("busy", "eu-west", "eu-west-a", 0, &args("0.95"))
-        .await;
-    let _calm = [
-        cluster
-            .node("calm-1", "eu-west", "eu-west-a", 0, &args("0.1"))
-            .await,
-        cluster
-            .node("calm-2", "eu-west", "eu-west-a", 0, &args("0.1"))
-            .await,
-    ];
+    let mut nodes = Vec::new();
+    for (id, u) in [("busy", "0.95"), ("calm-1", "0.1"), ("calm-2", "0.1")] {
+        nodes.push(cluster.node(id, "eu-west", "eu-west-a", 0, &args(u)).await);
+    }
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
     wait_steady(&proxy, 3).await;
     // No call has gone through the proxy yet, and the nodes send no trailers: what the
-    // proxy holds of their load came over the streams.
+    // proxy holds of their load came out of band.
     proxy
-        .wait_table(Duration::from_secs(20), "reports over the streams", |t| {
+        .wait_table(Duration::from_secs(20), via_what, |t| {
             let reported = |n| endpoint(t, n).and_then(|e| e["reported_utilization"].as_f64());
             reported("busy") == Some(0.95)
                 && reported("calm-1") == Some(0.1)
@@ -171,76 +171,44 @@ async fn with_trailers_off_the_stream_alone_steers_traffic_from_a_node_at_95_per
     let via = channel(&proxy.url()).await;
     load(&via, 4, 60).await;
     let counts = load(&via, 4, 300).await;
-    eprintln!("busy says 0.95 out of band, the others 0.1: {counts:?}");
+    eprintln!("{via_what}: busy says 0.95, the others 0.1: {counts:?}");
     // A fair share is a third; the busy node should get well under half of what the
     // busier calm one gets (which calm one that is, is latency noise on a loaded machine:
     // one slow response holds a node's Peak-EWMA estimate up for seconds).
     let calm = share(&counts, "calm-1").max(share(&counts, "calm-2"));
     assert!(
         share(&counts, "busy") < 0.5 * calm,
-        "busy got {:.1} %, the busier calm one {:.1} %: {counts:?}",
+        "{via_what}: busy got {:.1} %, the busier calm one {:.1} %: {counts:?}",
         100.0 * share(&counts, "busy"),
         100.0 * calm
     );
+    (cluster, nodes, proxy)
+}
+
+#[tokio::test]
+async fn with_trailers_off_the_stream_alone_steers_traffic_from_a_node_at_95_percent() {
+    let stream = pb::AdaptivePolicy {
+        oob_report_interval_ms: 200,
+        ..Default::default()
+    };
+    let (_cluster, nodes, proxy) =
+        busy_node_loses_traffic(stream, "reports over the ORCA stream").await;
+    assert_eq!(proxy.metric("meridian_proxy_orca_streams").await, 3.0);
+    assert_eq!(streams_at(&nodes[0]).await, 1, "one stream per node");
 }
 
 #[tokio::test]
 async fn with_trailers_off_probes_alone_steer_traffic_from_a_node_at_95_percent() {
-    let cluster = Cluster::start().await;
-    adaptive_policy(
-        &cluster,
-        pb::AdaptivePolicy {
-            probes_per_call: 0.25,
-            probe_idle_interval_ms: 200,
-            ..Default::default()
-        },
-    )
-    .await;
-    let args = |u: &'static str| {
-        [
-            "--latency-ms",
-            "5",
-            "--utilization",
-            u,
-            "--no-orca-trailers",
-        ]
+    let probes = pb::AdaptivePolicy {
+        probes_per_call: 0.25,
+        probe_idle_interval_ms: 200,
+        ..Default::default()
     };
-    let busy = cluster
-        .node("busy", "eu-west", "eu-west-a", 0, &args("0.95"))
-        .await;
-    let mut calm_nodes = Vec::new();
-    for calm in ["calm-1", "calm-2"] {
-        calm_nodes.push(
-            cluster
-                .node(calm, "eu-west", "eu-west-a", 0, &args("0.1"))
-                .await,
-        );
-    }
-    let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
-    wait_steady(&proxy, 3).await;
-    // No call yet, no trailers, no stream: the probes (each node at least every 200 ms)
-    // brought the reports.
-    proxy
-        .wait_table(Duration::from_secs(20), "reports from probes", |t| {
-            let reported = |n| endpoint(t, n).and_then(|e| e["reported_utilization"].as_f64());
-            reported("busy") == Some(0.95) && reported("calm-1") == Some(0.1)
-        })
-        .await;
-    let via = channel(&proxy.url()).await;
-    load(&via, 4, 60).await;
-    let counts = load(&via, 4, 300).await;
-    eprintln!("busy says 0.95 to probes, the others 0.1: {counts:?}");
-    let calm = share(&counts, "calm-1").max(share(&counts, "calm-2"));
-    assert!(
-        share(&counts, "busy") < 0.5 * calm,
-        "busy got {:.1} %, the busier calm one {:.1} %: {counts:?}",
-        100.0 * share(&counts, "busy"),
-        100.0 * calm
-    );
+    let (_cluster, nodes, proxy) = busy_node_loses_traffic(probes, "reports from probes").await;
     assert!(proxy.metric("meridian_proxy_probes_total").await > 0.0);
     // Probes end their calls: none stays open at the node (one may be in progress at any
     // instant, so poll for a moment with none).
-    wait_streams(&busy, 0, Duration::from_secs(10)).await;
+    wait_streams(&nodes[0], 0, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
