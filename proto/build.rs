@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/meridian/v1/admin.proto",
     "proto/demo/v1/demo.proto",
     "proto/xds/data/orca/v3/orca_load_report.proto",
+    "proto/xds/service/orca/v3/orca.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

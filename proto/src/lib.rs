@@ -23,12 +23,32 @@ pub mod demo {
 }
 
 /// The ORCA backend-metrics report nodes may attach to responses (trailer
-/// `endpoint-load-metrics-bin`).
+/// `endpoint-load-metrics-bin`), and the out-of-band stream they may serve it on. The
+/// modules follow the packages (generated code names one from the other by path);
+/// [`xds::orca`] and [`xds::orca_service`] are the short names.
 pub mod xds {
-    /// Package `xds.data.orca.v3`.
-    pub mod orca {
-        #![allow(clippy::all, missing_docs)]
-        tonic::include_proto!("xds.data.orca.v3");
+    pub use data::orca::v3 as orca;
+    pub use service::orca::v3 as orca_service;
+
+    pub mod data {
+        pub mod orca {
+            /// Package `xds.data.orca.v3`.
+            pub mod v3 {
+                #![allow(clippy::all, missing_docs)]
+                tonic::include_proto!("xds.data.orca.v3");
+            }
+        }
+    }
+
+    pub mod service {
+        pub mod orca {
+            /// Package `xds.service.orca.v3`: `OpenRcaService/StreamCoreMetrics`, a
+            /// node's load reports at an interval the client asks for.
+            pub mod v3 {
+                #![allow(clippy::all, missing_docs)]
+                tonic::include_proto!("xds.service.orca.v3");
+            }
+        }
     }
 }
 

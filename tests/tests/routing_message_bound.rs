@@ -181,6 +181,10 @@ fn service(l: &TopologyLimits, i: usize) -> pb::ServicePolicy {
             hot_utilization: f64::MAX,
             report_ttl_ms: max,
             ignore_node_reports: true,
+            oob_report_interval_ms: max,
+            probes_per_call: f64::MAX,
+            probe_idle_interval_ms: max,
+            probe_hot_quantile: f64::MAX,
         }),
         fallback_services: (0..meridian_shared::domain::MAX_FALLBACK_SERVICES)
             .map(|f| text(SERVICE_NAME_BYTES, i + f + 1))

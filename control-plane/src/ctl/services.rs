@@ -131,6 +131,21 @@ pub struct SetArgs {
     /// The adaptive algorithm: ignore the load nodes report (ORCA), or heed it again.
     #[arg(long, value_name = "BOOL")]
     adaptive_ignore_node_reports: Option<bool>,
+    /// The adaptive algorithm: ask each node for ORCA reports out of band every this many
+    /// ms, 100 to 60000 (0: no stream).
+    #[arg(long, value_name = "MS")]
+    adaptive_oob_report_interval_ms: Option<u32>,
+    /// The adaptive algorithm: Prequal probes per call, 0 to 4 (0: no probes).
+    #[arg(long, value_name = "RATE")]
+    adaptive_probes_per_call: Option<f64>,
+    /// The adaptive algorithm: with probes on, a probe round at least this often, ms
+    /// (0: 1000).
+    #[arg(long, value_name = "MS")]
+    adaptive_probe_idle_interval_ms: Option<u32>,
+    /// The adaptive algorithm: quantile of the probed in-flight above which a node is hot
+    /// (0: 0.8).
+    #[arg(long, value_name = "FRACTION")]
+    adaptive_probe_hot_quantile: Option<f64>,
 }
 
 /// The concurrency limit per proxy and its queue; see `ConcurrencyPolicy` in
@@ -306,6 +321,18 @@ impl SetArgs {
         }
         if let Some(ignore) = self.adaptive_ignore_node_reports {
             adaptive.get_or_insert_default().ignore_node_reports = ignore;
+        }
+        if let Some(interval) = self.adaptive_oob_report_interval_ms {
+            adaptive.get_or_insert_default().oob_report_interval_ms = interval;
+        }
+        if let Some(rate) = self.adaptive_probes_per_call {
+            adaptive.get_or_insert_default().probes_per_call = rate;
+        }
+        if let Some(interval) = self.adaptive_probe_idle_interval_ms {
+            adaptive.get_or_insert_default().probe_idle_interval_ms = interval;
+        }
+        if let Some(quantile) = self.adaptive_probe_hot_quantile {
+            adaptive.get_or_insert_default().probe_hot_quantile = quantile;
         }
     }
 
@@ -582,6 +609,10 @@ pub(crate) fn json(policy: &pb::ServicePolicy) -> Value {
             "hot_utilization": adaptive.hot_utilization,
             "report_ttl_ms": adaptive.report_ttl_ms,
             "ignore_node_reports": adaptive.ignore_node_reports,
+            "oob_report_interval_ms": adaptive.oob_report_interval_ms,
+            "probes_per_call": adaptive.probes_per_call,
+            "probe_idle_interval_ms": adaptive.probe_idle_interval_ms,
+            "probe_hot_quantile": adaptive.probe_hot_quantile,
         },
         "limits": {
             "max_message_bytes": limits.max_message_bytes,
@@ -738,6 +769,12 @@ mod tests {
         .apply(&mut policy);
         set_args("services set demo.v1.Echo --federation prod --adaptive-ignore-node-reports true")
             .apply(&mut policy);
+        set_args(
+            "services set demo.v1.Echo --federation prod --adaptive-oob-report-interval-ms 250 \
+             --adaptive-probes-per-call 0.5 --adaptive-probe-idle-interval-ms 400 \
+             --adaptive-probe-hot-quantile 0.9",
+        )
+        .apply(&mut policy);
         let a = policy.adaptive.expect("adaptive set");
         assert_eq!(
             (
@@ -748,7 +785,17 @@ mod tests {
             ),
             (3, 0.9, 500, true)
         );
+        assert_eq!(
+            (
+                a.oob_report_interval_ms,
+                a.probes_per_call,
+                a.probe_idle_interval_ms,
+                a.probe_hot_quantile
+            ),
+            (250, 0.5, 400, 0.9)
+        );
         assert_eq!(json(&policy)["adaptive"]["choices"], 3);
+        assert_eq!(json(&policy)["adaptive"]["oob_report_interval_ms"], 250);
     }
 
     #[test]

@@ -10,20 +10,33 @@
 //!   a time constant (10 s), so one slow response is enough to steer traffic away while
 //!   recovery is gradual.
 //! - **Reported load** (see `endpoint::reported_load`): the utilisation in the node's
-//!   latest ORCA trailer, projected to this proxy's calls in flight now. Responses are
-//!   the probes: Prequal's pool of recent probes is, per endpoint, its latest report and
-//!   its age; a report older than the policy's `report_ttl_ms` is dropped from the pool.
-//!   No asynchronous probes are sent: with every response a probe, a node without traffic
-//!   is the only one not re-measured, and its report ageing out gets it a call (which
-//!   measures it) without a probe's extra connection work.
+//!   latest ORCA report, projected to this proxy's calls in flight now. Reports come in
+//!   the `endpoint-load-metrics-bin` trailers of responses (every response a free probe),
+//!   and, when the policy sets `oob_report_interval_ms`, over one out-of-band ORCA stream
+//!   per node (`endpoint::orca_stream`), which keeps a node this proxy sends nothing to,
+//!   or one that sends no trailers, measured. A report older than the policy's
+//!   `report_ttl_ms` counts for nothing.
+//! - **Probes** (Prequal, off unless the policy sets `probes_per_call`; see
+//!   `balance::prober`): short calls to random nodes at a rate tied to the call rate, plus
+//!   a floor per node, each bringing the node's ORCA report (its utilisation feeds the
+//!   reported load, like a stream's), its requests in flight from *every* client and its
+//!   recent latency. For a node that reports no utilisation, a fresh probe whose
+//!   in-flight, projected by this proxy's calls since, is above the `probe_hot_quantile`
+//!   of the fresh probes makes it hot (a utilisation the node measures knows its
+//!   capacity, an in-flight count does not, so the utilisation decides when there is
+//!   one); a probe's latency raises the latency estimate of a node this proxy has not
+//!   measured lately; and a node probed but not reporting is costed by its in-flight from
+//!   every client, not only this proxy's.
 //!
 //! The choice among the `choices` sampled candidates (3 by default; 2 is the classic
 //! power of two choices, where a pick more often has only a poor pair to choose from):
 //!
 //! 1. **Hot-cold.** A candidate is hot when its projected utilisation is above
-//!    `hot_utilization` (1.5 by default: calls queue there). While any candidate is cold,
+//!    `hot_utilization` (1.5 by default: calls queue there), or, with probes and no
+//!    reported utilisation, its probed in-flight is above the pool's hot quantile. While any candidate is cold,
 //!    hot ones are out, whatever their latency: a saturated node is not worth its fast
-//!    past. When all are hot, the least utilised wins.
+//!    past. When all are hot, the least utilised wins (by how far each is over its
+//!    threshold).
 //! 2. **Expected latency** among the cold: `L × (1 + u)²` for a node with a fresh report
 //!    `u` (latency grows with the node's own saturation, which includes other proxies'
 //!    calls), `L × (in-flight + 1)` for one without (Finagle's and Linkerd's Peak-EWMA
@@ -45,7 +58,8 @@
 //! them all.
 //!
 //! Lock-free and allocation-free: a pick loads a few atomics per candidate and keeps the
-//! candidates in a fixed array.
+//! candidates in a fixed array; with probes on it also adds one to the prober's call
+//! counter.
 //!
 //! Trade-off: reacts to slowness and saturation that static algorithms cannot see, but its
 //! shares are less predictable, and it needs traffic to measure (an idle endpoint's
@@ -57,6 +71,7 @@ use std::sync::Arc;
 use meridian_shared::domain::AdaptivePolicy;
 use meridian_shared::domain::adaptive::MAX_CHOICES;
 
+use super::prober::Prober;
 use super::{Balancer, Pick, PickContext, first_ready};
 use crate::endpoint::Endpoint;
 
@@ -65,8 +80,10 @@ pub struct Adaptive {
     endpoints: Vec<Arc<Endpoint>>,
     choices: usize,
     hot_utilization: f64,
-    /// Report lifetime, ns; `None` when reports are ignored.
+    /// Report (and probe) lifetime, ns; `None` when reports are ignored.
     report_ttl_ns: Option<i64>,
+    /// The probes, when the policy sends them.
+    prober: Option<Prober>,
 }
 
 /// How a candidate ranks: cold before hot, then by `key` (expected latency when cold,
@@ -83,6 +100,7 @@ impl Adaptive {
     pub fn new(endpoints: Vec<Arc<Endpoint>>, policy: &AdaptivePolicy) -> Self {
         let ttl = policy.report_ttl();
         Adaptive {
+            prober: Prober::start(&endpoints, policy),
             endpoints,
             choices: policy.effective_choices().clamp(2, MAX_CHOICES as usize),
             hot_utilization: policy.effective_hot_utilization(),
@@ -92,22 +110,42 @@ impl Adaptive {
     }
 
     fn rank(&self, endpoint: &Endpoint) -> Rank {
-        let latency = endpoint.ewma.estimate().as_secs_f64();
+        let mut latency = endpoint.ewma.estimate().as_secs_f64();
         let in_flight = endpoint.in_flight();
-        let reported = self
-            .report_ttl_ns
-            .and_then(|ttl| endpoint.reported.projected(in_flight, ttl));
-        match reported {
-            Some(u) if u > self.hot_utilization => Rank { hot: true, key: u },
-            Some(u) => Rank {
-                hot: false,
-                key: latency * (1.0 + u) * (1.0 + u),
-            },
-            None => Rank {
+        let Some(ttl) = self.report_ttl_ns else {
+            return Rank {
                 hot: false,
                 key: latency * (f64::from(in_flight) + 1.0),
-            },
+            };
+        };
+        let reported = endpoint.reported.projected(in_flight, ttl);
+        let mut over = reported.map_or(0.0, |u| u / self.hot_utilization);
+        let mut queue = f64::from(in_flight);
+        if let Some(prober) = &self.prober
+            && let Some(probe) = endpoint.probed.fresh(in_flight, ttl)
+        {
+            latency = latency.max(probe.latency);
+            queue = probe.in_flight;
+            // A utilisation the node measures knows its capacity; in-flight counts do
+            // not, so they decide hot and cold only for nodes that report none.
+            let measures_utilization = reported.is_some_and(|u| u > 0.0);
+            if let Some(threshold) = prober.hot_threshold()
+                && !measures_utilization
+            {
+                over = over.max(probe.in_flight / threshold.max(1.0));
+            }
         }
+        if over > 1.0 {
+            return Rank {
+                hot: true,
+                key: over,
+            };
+        }
+        let key = match reported {
+            Some(u) => latency * (1.0 + u) * (1.0 + u),
+            None => latency * (queue + 1.0),
+        };
+        Rank { hot: false, key }
     }
 
     /// Up to `choices` distinct endpoint indices, drawn at random (all of them, from a
@@ -148,6 +186,9 @@ impl Balancer for Adaptive {
         let len = self.endpoints.len();
         if len == 0 {
             return None;
+        }
+        if let Some(prober) = &self.prober {
+            prober.count_call();
         }
         let mut drawn = [0; MAX_CHOICES as usize];
         let count = self.sample(&mut drawn);
@@ -382,6 +423,97 @@ mod tests {
         eps[1].reported.record(3.0, 0);
         let picks = sequential_picks(&balancer, 200);
         assert_eq!(picks, [200, 0], "all hot: the least utilised");
+        let pick = balancer.pick(&PickContext::default()).unwrap();
+        assert_eq!(pick.reason, "least utilised of those sampled, all hot");
+    }
+
+    /// An adaptive balancer whose probes say the node's hot threshold is `threshold`.
+    fn probing(endpoints: Vec<Arc<Endpoint>>, threshold: f64) -> Adaptive {
+        let mut balancer = adaptive(endpoints);
+        balancer.prober = Some(Prober::fixed(threshold));
+        balancer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_busy_with_other_proxies_calls_is_hot_by_its_probe() {
+        // Three equally fast nodes, none reporting a utilisation; this proxy sends them
+        // nothing, so by what it sees they are alike. Probes say node 0 carries 30 calls
+        // from other proxies, the others 2 and 3: above the pool's quantile, node 0 is hot.
+        let balancer = probing(endpoints(3), 10.0);
+        measure(&balancer, &[5, 5, 5]).await;
+        let eps = balancer.endpoints();
+        eps[0].probed.record(30, 0.005, 0);
+        eps[1].probed.record(2, 0.005, 0);
+        eps[2].probed.record(3, 0.005, 0);
+        let picks = sequential_picks(&balancer, 1_000);
+        assert_eq!(picks[0], 0, "the hot node is never picked: {picks:?}");
+        assert!(
+            picks[1] > picks[2],
+            "fewer in flight wins among cold: {picks:?}"
+        );
+        assert_eq!(
+            balancer.prober.as_ref().map(Prober::counted),
+            Some(1_000),
+            "every pick counted for the prober"
+        );
+
+        // Without probes the three are alike.
+        let blind = adaptive(eps.to_vec());
+        let picks = sequential_picks(&blind, 3_000);
+        assert!(picks.iter().all(|&n| n > 700), "{picks:?}");
+
+        // Probes age out with the report lifetime: then node 0 is no longer avoided.
+        tokio::time::advance(Duration::from_millis(2_100)).await;
+        let picks = sequential_picks(&balancer, 3_000);
+        assert!(picks[0] > 700, "{picks:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reported_utilisation_decides_over_probed_in_flight() {
+        // Node 0 reports 95 % with little in flight (its capacity is small); nodes 1 and
+        // 2 report 10 % with more in flight (they are large). The utilisation, which knows
+        // capacity, decides: node 0 loses, though its in-flight is the lowest.
+        let balancer = probing(endpoints(3), 3.0);
+        measure(&balancer, &[5, 5, 5]).await;
+        let eps = balancer.endpoints();
+        for (endpoint, (u, rif)) in eps.iter().zip([(0.95, 1), (0.1, 4), (0.1, 4)]) {
+            endpoint.reported.record_out_of_band(u, 0);
+            endpoint.probed.record(rif, 0.005, 0);
+        }
+        let picks = sequential_picks(&balancer, 1_000);
+        assert_eq!(picks[0], 0, "{picks:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn among_cold_nodes_a_probed_latency_beats_a_stale_estimate() {
+        // Node 1 looks fast to this proxy only because it has not called it for a while
+        // (its estimate relaxed to the default); its probe says it answers in 20 ms.
+        let balancer = probing(endpoints(2), 100.0);
+        measure(&balancer, &[4, 4]).await;
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..10 {
+            balancer.endpoints()[0]
+                .ewma
+                .observe(Duration::from_millis(4));
+        }
+        let eps = balancer.endpoints();
+        eps[0].probed.record(1, 0.004, 0);
+        eps[1].probed.record(1, 0.020, 0);
+        let picks = sequential_picks(&balancer, 200);
+        assert_eq!(picks, [200, 0], "the probed latency counts: {picks:?}");
+        let blind = adaptive(eps.to_vec());
+        let picks = sequential_picks(&blind, 200);
+        assert_eq!(picks, [0, 200], "without probes the stale estimate wins");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_hot_the_least_over_its_threshold_wins() {
+        let balancer = probing(endpoints(2), 4.0);
+        let eps = balancer.endpoints();
+        eps[0].probed.record(40, 0.001, 0);
+        eps[1].probed.record(8, 0.001, 0);
+        let picks = sequential_picks(&balancer, 100);
+        assert_eq!(picks, [0, 100]);
         let pick = balancer.pick(&PickContext::default()).unwrap();
         assert_eq!(pick.reason, "least utilised of those sampled, all hot");
     }

@@ -11,6 +11,7 @@ pub mod consistent_hash;
 pub mod geographic;
 pub mod least_connections;
 pub mod locality;
+pub mod prober;
 pub mod random;
 pub mod regional;
 pub mod round_robin;

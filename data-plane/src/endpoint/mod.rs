@@ -1,13 +1,15 @@
 //! An endpoint: one node of one routing table, with the load counters the balancers read
 //! (in-flight requests, a Peak-EWMA latency estimate, the load the node reports itself,
 //! [`reported_load`]) and the pooled HTTP/2 connections requests go over ([`connection`]),
-//! in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]).
+//! in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]); gRPC calls of
+//! the proxy's own go over them through [`channel`], among them the ORCA out-of-band
+//! stream that keeps the reported load fresh when a policy asks for it ([`orca_stream`]).
 //!
 //! An endpoint's live state outlives table versions: while a node keeps its address and
 //! TLS settings, a new table reuses its endpoint unchanged, or — when other fields of the
 //! node changed (a health verdict, a label, its weight or zone) — makes an endpoint with
 //! the new fields over the same connections, in-flight count, latency estimate, reported
-//! load, breaker and warm-up ([`Endpoint::updated`]). A health write or a label therefore
+//! load, latest probe, ORCA stream, breaker and warm-up ([`Endpoint::updated`]). A health write or a label therefore
 //! drops no connection, readmits no ejected node and forgets no latency.
 //!
 //! An endpoint takes at most `max_requests` calls in flight (Envoy's circuit-breaker
@@ -20,8 +22,11 @@
 //! Everything a request touches here is an atomic; nothing on the request path locks.
 
 pub mod breaker;
+pub mod channel;
 pub mod connection;
 pub mod ewma;
+pub mod orca_stream;
+pub mod probed_load;
 pub mod reported_load;
 pub mod upstream_tls;
 
@@ -40,6 +45,8 @@ pub use self::breaker::{Breaker, BreakerSettings};
 const WARM_START: f64 = 0.1;
 pub use self::connection::{Connection, PoolSettings, StreamSlot};
 pub use self::ewma::PeakEwma;
+pub use self::orca_stream::OrcaStream;
+pub use self::probed_load::ProbedLoad;
 pub use self::reported_load::ReportedLoad;
 pub use self::upstream_tls::UpstreamTls;
 
@@ -55,6 +62,10 @@ pub struct Endpoint {
     pub ewma: Arc<PeakEwma>,
     /// The node's latest ORCA report, for the adaptive balancer.
     pub reported: Arc<ReportedLoad>,
+    /// The node's ORCA out-of-band stream, when a policy asks for one.
+    pub orca_stream: Arc<OrcaStream>,
+    /// The node's latest Prequal probe, when a policy sends them.
+    pub probed: Arc<ProbedLoad>,
     pub breaker: Arc<Breaker>,
     pub connection: Arc<Connection>,
     /// The node's address as a URI authority, for upstream requests; `None` when the
@@ -96,6 +107,8 @@ impl Endpoint {
             max_requests: AtomicU32::new(UpstreamLimits::default().max_requests_per_endpoint),
             ewma: Arc::default(),
             reported: Arc::default(),
+            orca_stream: Arc::default(),
+            probed: Arc::default(),
             breaker: Arc::new(exported_breaker(&node.id, breaker)),
             connection: Arc::new(connection),
             in_flight_gauge,
@@ -122,6 +135,8 @@ impl Endpoint {
             max_requests: AtomicU32::new(self.max_requests()),
             ewma: Arc::clone(&self.ewma),
             reported: Arc::clone(&self.reported),
+            orca_stream: Arc::clone(&self.orca_stream),
+            probed: Arc::clone(&self.probed),
             breaker,
             connection: Arc::clone(&self.connection),
             authority: self.authority.clone(),
@@ -160,6 +175,18 @@ impl Endpoint {
             pool,
         ));
         self.scheme = Scheme::HTTPS;
+    }
+
+    /// Keeps the node's ORCA out-of-band stream asking for a report every `interval`, or
+    /// stops it (`None`); see [`OrcaStream::keep`].
+    pub fn keep_orca_stream(&self, interval: Option<std::time::Duration>) {
+        self.orca_stream.keep(interval, || orca_stream::OrcaFeed {
+            node_id: self.node.id.clone(),
+            connection: Arc::clone(&self.connection),
+            origin: self.origin(),
+            reported: Arc::clone(&self.reported),
+            in_flight: Arc::clone(&self.in_flight),
+        });
     }
 
     /// `http(s)://address`, the origin of gRPC client calls to this endpoint.

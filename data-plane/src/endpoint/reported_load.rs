@@ -14,10 +14,18 @@
 //! the policy's lifetime counts for nothing, so a node that was avoided for being hot gets
 //! a call again once its report ages out, and that call's answer is its next probe.
 //!
-//! Three atomics, written with relaxed stores by the call that received the report (the
-//! decoding happens only for responses that carry one); the request path only loads them.
+//! Reports that come out of band (the ORCA stream, a probe: [`ReportedLoad::record_out_of_band`])
+//! say nothing about what one call of this proxy adds — the node's load need not be ours —
+//! so δ is not learned from them, and this proxy's calls that ended since do not lower
+//! them (only calls sent since raise them): a node kept busy by other clients does not
+//! look idle the moment this proxy's own calls to it end. The next report, an interval
+//! later, corrects any overestimate.
+//!
+//! A few atomics, written with relaxed stores by the call (or stream) that received the
+//! report (the decoding happens only for responses that carry one); the request path only
+//! loads them.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use super::breaker::now_ns;
 
@@ -32,6 +40,8 @@ pub struct ReportedLoad {
     in_flight_then: AtomicU32,
     /// `f64` bits of δ, the utilisation one call adds; 0 until learned.
     per_call: AtomicU64,
+    /// The latest report came out of band: calls ended since do not lower it.
+    out_of_band: AtomicBool,
 }
 
 impl Default for ReportedLoad {
@@ -41,6 +51,7 @@ impl Default for ReportedLoad {
             at_ns: AtomicI64::new(i64::MIN),
             in_flight_then: AtomicU32::new(0),
             per_call: AtomicU64::new(0f64.to_bits()),
+            out_of_band: AtomicBool::new(false),
         }
     }
 }
@@ -58,9 +69,23 @@ impl ReportedLoad {
             let per_call = utilization / f64::from(in_flight_then);
             self.per_call.store(per_call.to_bits(), Ordering::Relaxed);
         }
+        self.keep(utilization, in_flight_then, false);
+    }
+
+    /// Keeps a report of `utilization` that came out of band (ORCA stream or probe) while
+    /// `in_flight_then` calls of this proxy were in flight to the node; see the module doc.
+    pub fn record_out_of_band(&self, utilization: f64, in_flight_then: u32) {
+        if !utilization.is_finite() || utilization < 0.0 {
+            return;
+        }
+        self.keep(utilization, in_flight_then, true);
+    }
+
+    fn keep(&self, utilization: f64, in_flight_then: u32, out_of_band: bool) {
         self.utilization
             .store(utilization.to_bits(), Ordering::Relaxed);
         self.in_flight_then.store(in_flight_then, Ordering::Relaxed);
+        self.out_of_band.store(out_of_band, Ordering::Relaxed);
         self.at_ns.store(now_ns(), Ordering::Relaxed);
     }
 
@@ -81,7 +106,10 @@ impl ReportedLoad {
         } else {
             reported / (f64::from(then) + 1.0)
         };
-        let since = f64::from(in_flight) - f64::from(then);
+        let mut since = f64::from(in_flight) - f64::from(then);
+        if self.out_of_band.load(Ordering::Relaxed) {
+            since = since.max(0.0);
+        }
         Some((reported + since * per_call).max(0.0))
     }
 
@@ -124,6 +152,23 @@ mod tests {
         tokio::time::advance(Duration::from_millis(2_001)).await;
         assert_eq!(load.projected(1, TTL), None, "stale");
         assert_eq!(load.latest(), Some(0.0));
+    }
+
+    #[test]
+    fn an_out_of_band_report_teaches_nothing_and_is_not_lowered_by_our_ended_calls() {
+        let load = ReportedLoad::default();
+        load.record_out_of_band(0.9, 3);
+        assert_eq!(
+            load.projected(0, TTL),
+            Some(0.9),
+            "our calls ended: still 0.9"
+        );
+        assert_eq!(load.projected(3, TTL), Some(0.9));
+        // Calls sent since add u / (then + 1) each, δ not being learned.
+        assert_eq!(load.projected(5, TTL), Some(0.9 + 2.0 * (0.9 / 4.0)));
+        // A trailer afterwards projects both ways again.
+        load.record(0.5, 2);
+        assert_eq!(load.projected(0, TTL), Some(0.0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,7 +23,6 @@
 //! decision names the fallback service that served (`fallback_service`, `fallback_depth`).
 
 pub mod dedup;
-mod upstream;
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, LazyLock};
@@ -39,12 +38,12 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
 use self::dedup::{Claim, DedupKey};
-use self::upstream::{EndpointChannel, NoAnswer};
 use crate::admission::concurrency;
 use crate::admission::priority::Priority;
 use crate::balance::PickContext;
 use crate::balance::least_connections::LeastConnections;
 use crate::endpoint::Endpoint;
+use crate::endpoint::channel::{EndpointChannel, NoAnswer};
 use crate::error::{RequestError, Scope};
 use crate::forward::framing::{Direction, TooLarge};
 use crate::hop;
@@ -478,7 +477,7 @@ impl Attempt for RouteAttempt<'_> {
     ) -> Result<pb::HandleMessageResponse, Failure<pb::HandleMessageResponse>> {
         let hop = &*self;
         let mut handler = MessageHandlerClient::with_origin(
-            EndpointChannel(Arc::clone(endpoint)),
+            EndpointChannel(Arc::clone(&endpoint.connection)),
             endpoint.origin(),
         )
         .max_decoding_message_size(hop.max_message_bytes as usize);

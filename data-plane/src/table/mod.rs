@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwapOption, Guard};
 use meridian_proto::v1 as pb;
 use meridian_shared::config::UpstreamLimits;
-use meridian_shared::domain::ServicePolicy;
+use meridian_shared::domain::{Algorithm, ServicePolicy};
 use serde_json::json;
 
 pub use self::data::TableData;
@@ -288,6 +288,7 @@ impl ProxyTable {
                 (name.clone(), Arc::new(route))
             })
             .collect();
+        keep_orca_streams(&data, &endpoints);
         ProxyTable {
             data,
             locality,
@@ -403,6 +404,10 @@ impl ProxyTable {
                         "ready": e.is_ready(),
                         "latency_estimate_ms": e.ewma.estimate().as_secs_f64() * 1e3,
                         "reported_utilization": e.reported.latest(),
+                        "orca_stream": {
+                            "running": e.orca_stream.is_running(),
+                            "unsupported": e.orca_stream.unsupported(),
+                        },
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -465,6 +470,27 @@ fn endpoint_for(
         endpoint.start_warming();
     }
     Arc::new(endpoint)
+}
+
+/// Runs the ORCA out-of-band stream of each usable node that an adaptive service asking
+/// for one routes to, at the shortest interval its services ask for; stops the others.
+fn keep_orca_streams(data: &TableData, endpoints: &HashMap<String, Arc<Endpoint>>) {
+    for endpoint in endpoints.values() {
+        let node = &endpoint.node;
+        let interval = node
+            .status
+            .is_routable()
+            .then(|| {
+                node.services
+                    .iter()
+                    .filter_map(|s| data.services.get(s))
+                    .filter(|p| p.algorithm == Algorithm::Adaptive)
+                    .filter_map(|p| p.adaptive.oob_report_interval())
+                    .min()
+            })
+            .flatten();
+        endpoint.keep_orca_stream(interval);
+    }
 }
 
 /// How RouteMessage deduplication of the service keeps answers.

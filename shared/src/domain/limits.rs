@@ -129,7 +129,7 @@ impl TopologyLimits {
             + field(NUMBER * 6)
             + field(NUMBER * 5)
             + field(NUMBER * 10)
-            + field(NUMBER * 4)
+            + field(NUMBER * 8)
             + field(NUMBER * 2);
         let rate_tier = field(field(NAME_BYTES) + NUMBER * 2);
         let rate_limit = field(

@@ -3,6 +3,9 @@
 //! scheduled degradation), shared by the services: the flags set them at start,
 //! `DemoControl` changes them, and every Echo and MessageHandler call passes
 //! [`NodeBehaviour::admit`] first so the knobs apply the same way to every call shape.
+//! It also keeps what the node's ORCA reports say of it: its calls in flight, the
+//! requests per second it served over the last second, its recent latency (an EWMA of
+//! the calls' times in `admit`), and how many out-of-band ORCA streams are open.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -25,6 +28,11 @@ pub const DEFAULT_CAPACITY: u32 = 100;
 pub const ADMITTED_HEADER: &str = "x-node-admitted";
 /// The response header holding [`NodeBehaviour::received_bytes`].
 pub const RECEIVED_BYTES_HEADER: &str = "x-node-received-bytes";
+/// The response header holding [`NodeBehaviour::orca_streams`].
+pub const ORCA_STREAMS_HEADER: &str = "x-node-orca-streams";
+
+/// Weight of the newest call in the recent-latency average.
+const LATENCY_EWMA_WEIGHT: f64 = 0.1;
 
 /// What a node is and how it currently behaves.
 #[derive(Debug)]
@@ -50,6 +58,12 @@ pub struct NodeBehaviour {
     received_bytes: AtomicU64,
     /// From when the latency is multiplied, and by how much.
     degradation: OnceLock<(tokio::time::Instant, u32)>,
+    /// `f64` bits of the recent latency, ms (EWMA of admitted calls' times).
+    recent_latency_bits: AtomicU64,
+    /// Calls finished in the current and the last whole second ([`RateWindow`]).
+    rate: RateWindow,
+    /// Out-of-band ORCA streams open now.
+    orca_streams: AtomicU32,
 }
 
 impl NodeBehaviour {
@@ -75,6 +89,9 @@ impl NodeBehaviour {
             admitted: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
             degradation: OnceLock::new(),
+            recent_latency_bits: AtomicU64::new(0f64.to_bits()),
+            rate: RateWindow::default(),
+            orca_streams: AtomicU32::new(0),
         }
     }
 
@@ -123,6 +140,7 @@ impl NodeBehaviour {
     pub async fn admit(&self, extra_delay_ms: u32) -> Result<(), Status> {
         self.admitted.fetch_add(1, Ordering::Relaxed);
         let delay = self.latency_ms().saturating_add(extra_delay_ms);
+        let started = tokio::time::Instant::now();
         if delay > 0 {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             let _waiting = InFlight(&self.in_flight);
@@ -132,11 +150,56 @@ impl NodeBehaviour {
             };
             tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
         }
+        self.record_call(started.elapsed());
         let rate = f64::from_bits(self.error_rate_bits.load(Ordering::Relaxed));
         if rate > 0.0 && rand::rng().random::<f64>() < rate {
             return Err(Status::unavailable("injected failure"));
         }
         Ok(())
+    }
+
+    /// Counts a finished call of `took` in the rate and the recent latency.
+    fn record_call(&self, took: Duration) {
+        self.rate.count();
+        let ms = took.as_secs_f64() * 1e3;
+        let _ =
+            self.recent_latency_bits
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                    let old = f64::from_bits(bits);
+                    let new = if old == 0.0 {
+                        ms
+                    } else {
+                        old + LATENCY_EWMA_WEIGHT * (ms - old)
+                    };
+                    Some(new.to_bits())
+                });
+    }
+
+    /// The recent latency of the node's calls, ms (0 before the first).
+    pub fn recent_latency_ms(&self) -> f64 {
+        f64::from_bits(self.recent_latency_bits.load(Ordering::Relaxed))
+    }
+
+    /// Calls finished over the last whole second.
+    pub fn rps(&self) -> f64 {
+        self.rate.per_second()
+    }
+
+    /// Calls in their latency wait now (from every client).
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts an out-of-band ORCA stream as open until the guard drops.
+    pub fn open_orca_stream(self: &std::sync::Arc<Self>) -> OrcaStreamGuard {
+        self.orca_streams.fetch_add(1, Ordering::Relaxed);
+        OrcaStreamGuard(std::sync::Arc::clone(self))
+    }
+
+    /// Out-of-band ORCA streams open now (sent on every response as
+    /// [`ORCA_STREAMS_HEADER`]), so tests can see a proxy open and end them.
+    pub fn orca_streams(&self) -> u32 {
+        self.orca_streams.load(Ordering::Relaxed)
     }
 
     /// Reports `utilization` from now on; `None` derives it from the calls in flight.
@@ -204,6 +267,74 @@ impl NodeBehaviour {
     /// Follows whether keep-alives should be sent.
     pub fn keep_alive(&self) -> watch::Receiver<bool> {
         self.keep_alive.subscribe()
+    }
+}
+
+/// An open out-of-band ORCA stream; uncounted when dropped.
+#[derive(Debug)]
+pub struct OrcaStreamGuard(std::sync::Arc<NodeBehaviour>);
+
+impl Drop for OrcaStreamGuard {
+    fn drop(&mut self) {
+        self.0.orca_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Calls finished per whole second: the count of the current second and the last one,
+/// turned over lazily by the next call or read.
+#[derive(Debug)]
+struct RateWindow {
+    epoch: std::time::Instant,
+    /// The current second, counted from `epoch`, and calls in it: `second << 32 | calls`.
+    current: AtomicU64,
+    /// Calls in the last whole second, and which second it was: `second << 32 | calls`.
+    last: AtomicU64,
+}
+
+impl Default for RateWindow {
+    fn default() -> Self {
+        RateWindow {
+            epoch: std::time::Instant::now(),
+            current: AtomicU64::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RateWindow {
+    fn second(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    fn count(&self) {
+        let now = self.second();
+        let _ = self
+            .current
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+                let (second, calls) = (packed >> 32, packed & 0xffff_ffff);
+                if second == now {
+                    Some(packed + 1)
+                } else {
+                    self.last.store(second << 32 | calls, Ordering::Relaxed);
+                    Some(now << 32 | 1)
+                }
+            });
+    }
+
+    fn per_second(&self) -> f64 {
+        let now = self.second();
+        let current = self.current.load(Ordering::Relaxed);
+        let (second, calls) = (current >> 32, current & 0xffff_ffff);
+        if second + 1 == now {
+            return calls as f64;
+        }
+        if second == now {
+            let last = self.last.load(Ordering::Relaxed);
+            if (last >> 32) + 1 == now {
+                return (last & 0xffff_ffff) as f64;
+            }
+        }
+        0.0
     }
 }
 

@@ -105,6 +105,16 @@ pub struct DemoNodeArgs {
     #[arg(long, env = "MERIDIAN_DEMO_PLAIN")]
     pub plain: bool,
 
+    /// Send no ORCA trailers (`endpoint-load-metrics-bin`); the node's load is then known
+    /// only from its out-of-band ORCA stream (unless --no-orca-service too).
+    #[arg(long, env = "MERIDIAN_DEMO_NO_ORCA_TRAILERS")]
+    pub no_orca_trailers: bool,
+
+    /// Do not serve xds.service.orca.v3.OpenRcaService (out-of-band ORCA reports):
+    /// clients asking for it get UNIMPLEMENTED, as from a server without ORCA.
+    #[arg(long, env = "MERIDIAN_DEMO_NO_ORCA_SERVICE")]
+    pub no_orca_service: bool,
+
     /// gRPC URL of a control plane to register with (meridian.v1.NodeRegistry), e.g.
     /// http://127.0.0.1:7700. Needs --federation, --region and --zone.
     #[arg(

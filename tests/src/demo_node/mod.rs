@@ -4,7 +4,9 @@
 //! (`meridian.v1.MessageHandler`), `grpc.health.v1.Health` and server reflection, in h2c
 //! or (with `--tls-cert`) TLS; the node can also register itself with a control plane
 //! (over https with `--control-plane-ca`) and keep its lease alive. Every response
-//! carries ORCA backend metrics ([`orca`]) for the proxies' load reports.
+//! carries ORCA backend metrics ([`orca`]) for the proxies' load reports, unless
+//! `--no-orca-trailers`; the node also serves them out of band ([`orca_stream`],
+//! `xds.service.orca.v3.OpenRcaService`) unless `--no-orca-service`.
 //!
 //! The binary is a thin `main` over [`DemoNode`]; [`process::DemoNodeProcess`] runs that
 //! binary from tests.
@@ -15,6 +17,7 @@ pub mod control;
 pub mod echo;
 pub mod handler;
 pub mod orca;
+pub mod orca_stream;
 pub mod process;
 pub mod registration;
 pub mod served_by;
@@ -27,6 +30,7 @@ use meridian_proto::demo::v1::demo_control_server::DemoControlServer;
 use meridian_proto::demo::v1::echo_server::EchoServer;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_handler_server::MessageHandlerServer;
+use meridian_proto::xds::orca_service::open_rca_service_server::OpenRcaServiceServer;
 use meridian_shared::credentials::BearerAuth;
 use meridian_shared::tls::{ClientTls, ServerTls, TlsConfigError};
 use meridian_shared::{Shutdown, telemetry};
@@ -42,10 +46,13 @@ pub use cli::DemoNodeArgs;
 use control::ControlService;
 use echo::EchoService;
 use handler::HandlerService;
+use orca_stream::OrcaStreamService;
 use registration::SelfRegistration;
 
-/// The gRPC services a demo node serves, as reflection lists them.
-pub const SERVED_SERVICES: [&str; 5] = [
+/// The gRPC services a demo node serves, as reflection lists them (the ORCA service
+/// unless `--no-orca-service`).
+pub const SERVED_SERVICES: [&str; 6] = [
+    <OpenRcaServiceServer<OrcaStreamService> as NamedService>::NAME,
     <EchoServer<EchoService> as NamedService>::NAME,
     <DemoControlServer<ControlService> as NamedService>::NAME,
     <MessageHandlerServer<HandlerService> as NamedService>::NAME,
@@ -98,6 +105,10 @@ pub struct DemoNode {
     served_by: HeaderValue,
     /// `--plain`: no `x-served-by` or ORCA trailers.
     plain: bool,
+    /// `--no-orca-trailers`: no ORCA trailers (other headers still).
+    orca_trailers: bool,
+    /// Serve `OpenRcaService` (not with `--no-orca-service`).
+    orca_service: bool,
     behaviour: Arc<NodeBehaviour>,
     health: HealthReporter,
     registration: Option<SelfRegistration>,
@@ -171,6 +182,8 @@ impl DemoNode {
             addr,
             served_by,
             plain: args.plain,
+            orca_trailers: !args.no_orca_trailers,
+            orca_service: !args.no_orca_service,
             behaviour,
             health,
             registration,
@@ -189,8 +202,11 @@ impl DemoNode {
         let mut reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let orca_name = <OpenRcaServiceServer<OrcaStreamService> as NamedService>::NAME;
         for name in SERVED_SERVICES {
-            reflection = reflection.with_service_name(name);
+            if name != orca_name || self.orca_service {
+                reflection = reflection.with_service_name(name);
+            }
         }
         let reflection = reflection.build_v1()?;
         let registration = self
@@ -214,6 +230,7 @@ impl DemoNode {
             .layer(MapResponseLayer::new({
                 let behaviour = Arc::clone(&self.behaviour);
                 let plain = self.plain;
+                let orca_trailers = self.orca_trailers;
                 move |response| {
                     if plain {
                         return response;
@@ -227,7 +244,14 @@ impl DemoNode {
                         behaviour::RECEIVED_BYTES_HEADER,
                         HeaderValue::from(behaviour.received_bytes()),
                     );
-                    orca::add_load_report(response, behaviour.utilization())
+                    response.headers_mut().insert(
+                        behaviour::ORCA_STREAMS_HEADER,
+                        HeaderValue::from(behaviour.orca_streams()),
+                    );
+                    if !orca_trailers {
+                        return response;
+                    }
+                    orca::add_load_report(response, &behaviour)
                 }
             }))
             .add_service(HealthServer::new(HealthService::from_health_reporter(
@@ -245,7 +269,13 @@ impl DemoNode {
             ))))
             .add_service(MessageHandlerServer::new(HandlerService::new(Arc::clone(
                 &self.behaviour,
-            ))));
+            ))))
+            .add_optional_service(self.orca_service.then(|| {
+                OpenRcaServiceServer::new(OrcaStreamService::new(
+                    Arc::clone(&self.behaviour),
+                    shutdown.clone(),
+                ))
+            }));
         let (listener, tls) = (self.listener, self.tls);
         let server = async move {
             match tls {

@@ -20,6 +20,9 @@
 //! - **geo**: three regions in network namespaces with netem delays between them; the
 //!   in-region share, the spill as eu-west loses its nodes, the added latency
 //!   ([`geographic`]; needs root and `ip netns`, else it reports "not run").
+//! - **shared** ([`shared_nodes`]): two proxies share three nodes and one loads a single
+//!   node; the other proxy's figures with blind, trailer-fed, stream-fed and probing
+//!   policies.
 //!
 //! A cell starts a fresh proxy (no latency estimates or reports carried over), waits until
 //! every node is healthy and warm, runs the load, and stops the proxy. Nodes report their
@@ -30,6 +33,7 @@ pub mod closed_loop;
 pub mod geographic;
 pub mod netns;
 pub mod report;
+pub mod shared_nodes;
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -66,7 +70,7 @@ pub struct RoutingBenchArgs {
     /// Algorithms to run (default: all).
     #[arg(long, value_delimiter = ',')]
     pub algorithms: Vec<String>,
-    /// Scenarios to run: slow, degrading, capacity, hash, geo (default: all).
+    /// Scenarios to run: slow, degrading, capacity, hash, shared, geo (default: all).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Multiplies every node's service time (2 ms becomes 2 × this): on a loaded machine,
@@ -191,6 +195,9 @@ pub async fn run(args: &RoutingBenchArgs) -> Result<String, BenchError> {
     }
     if wanted("geo") {
         out.push_str(&geographic::scenario(args).await?);
+    }
+    if wanted("shared") {
+        out.push_str(&shared_nodes::shared_nodes(&cluster, args).await?);
     }
     Ok(out)
 }

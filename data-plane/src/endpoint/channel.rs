@@ -1,6 +1,7 @@
 //! A tonic client transport over an endpoint's pooled connections, so RouteMessage calls
-//! share them (and their accounting) with transparent traffic; a call keeps its place on
-//! its connection until its response body is dropped ([`AnswerBody`]). A call the node
+//! (and the ORCA out-of-band stream, [`super::orca_stream`]) share them (and their
+//! accounting) with transparent traffic; a call keeps its place on its connection until
+//! its response body is dropped ([`AnswerBody`]). A call the node
 //! never answered fails with [`NoAnswer`], which tonic keeps as the status's source, so
 //! the router tells it from a status the node sent by its type, not its text.
 
@@ -13,11 +14,12 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::endpoint::connection::UpstreamBody;
-use crate::endpoint::{Endpoint, StreamSlot};
+use super::connection::UpstreamBody;
+use super::{Connection, StreamSlot};
 
+/// gRPC calls over the connections of one endpoint.
 #[derive(Debug, Clone)]
-pub struct EndpointChannel(pub Arc<Endpoint>);
+pub struct EndpointChannel(pub Arc<Connection>);
 
 /// The node did not answer: it could not be reached or its connection failed. No
 /// `source`, so tonic does not map it to a status of its own.
@@ -36,13 +38,13 @@ impl NoAnswer {
 #[derive(Debug)]
 pub struct AnswerBody {
     inner: Incoming,
-    endpoint: Arc<Endpoint>,
+    connection: Arc<Connection>,
     stream: StreamSlot,
 }
 
 impl Drop for AnswerBody {
     fn drop(&mut self) {
-        self.endpoint.connection.end_stream(self.stream);
+        self.connection.end_stream(self.stream);
     }
 }
 
@@ -76,16 +78,15 @@ impl tower::Service<http::Request<UpstreamBody>> for EndpointChannel {
     }
 
     fn call(&mut self, request: http::Request<UpstreamBody>) -> Self::Future {
-        let endpoint = Arc::clone(&self.0);
+        let connection = Arc::clone(&self.0);
         Box::pin(async move {
-            let (response, stream) = endpoint
-                .connection
+            let (response, stream) = connection
                 .send(request)
                 .await
                 .map_err(|failure| NoAnswer(failure.error.to_string()))?;
             Ok(response.map(|inner| AnswerBody {
                 inner,
-                endpoint,
+                connection,
                 stream,
             }))
         })
