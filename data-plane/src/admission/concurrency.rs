@@ -188,7 +188,14 @@ pub async fn admit(
 ) -> Result<Option<ConcurrencyPermit>, Refusal> {
     match &route.concurrency {
         None => Ok(None),
-        Some(limiter) => limiter.acquire(priority, deadline).await.map(Some),
+        Some(limiter) => match limiter.try_acquire_now() {
+            Some(permit) => Ok(Some(permit)),
+            // The wait in the queue is boxed: its state (timer, ticket) would otherwise
+            // sit in every forwarded call's future, which is moved as it is built.
+            None => Box::pin(limiter.acquire(priority, deadline))
+                .await
+                .map(Some),
+        },
     }
 }
 
@@ -258,6 +265,11 @@ impl ConcurrencyLimiter {
 
     pub fn queued(&self) -> u32 {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// A slot at once if one is free and nobody waits for one.
+    pub fn try_acquire_now(self: &Arc<Self>) -> Option<ConcurrencyPermit> {
+        (self.queued.load(Ordering::SeqCst) == 0 && self.try_take_slot()).then(|| self.permit())
     }
 
     /// A slot now, or a place in the queue and a slot later, or the refusal.

@@ -317,7 +317,9 @@ impl Connection {
         if let Some(sender) = own.sender.load_full().filter(|s| !s.is_closed()) {
             return Ok((*sender).clone());
         }
-        let sender = self.connect().await?;
+        // Boxed: connecting (TCP, TLS, HTTP/2 handshakes) is rare, and its large state
+        // would otherwise be part of every call's future.
+        let sender = Box::pin(self.connect()).await?;
         own.sender.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }

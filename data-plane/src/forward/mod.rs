@@ -156,7 +156,16 @@ impl Forwarder {
         let shared = Arc::new(CallShared::default());
         let outgoing = if is_idempotent(&route, parts.uri.path()) {
             let budget = &self.settings.buffer_budget;
-            match replay::read_for_replay(body, frames, budget, shared.clone(), &route.name).await?
+            // Boxed: only idempotent calls buffer, and the state of reading a body would
+            // otherwise be part of every call's future.
+            match Box::pin(replay::read_for_replay(
+                body,
+                frames,
+                budget,
+                shared.clone(),
+                &route.name,
+            ))
+            .await?
             {
                 Buffered::Replayable(buffer) => Outgoing::replayable(parts, buffer),
                 Buffered::Streamed(body, why) => {

@@ -212,12 +212,14 @@ impl<'a> RetryDriver<'a> {
                 }
             }
             let pause = Instant::now() + backoff.next_delay();
+            // The timer is boxed: only retries pause, and every call's future would
+            // otherwise carry it.
             match self.deadline {
                 Some(deadline) if deadline <= pause => {
-                    tokio::time::sleep_until(deadline).await;
+                    Box::pin(tokio::time::sleep_until(deadline)).await;
                     return Err(self.deadline_exceeded(link.route, endpoint, number, started));
                 }
-                _ => tokio::time::sleep_until(pause).await,
+                _ => Box::pin(tokio::time::sleep_until(pause)).await,
             }
             number += 1;
         }
