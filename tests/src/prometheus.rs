@@ -81,6 +81,12 @@ impl Buckets {
         )
     }
 
+    /// The index of the bucket an observation of `value` falls in (the first whose upper
+    /// bound is at least `value`), in bound order.
+    pub fn bucket_of(&self, value: f64) -> usize {
+        self.0.keys().take_while(|le| le.0 < value).count()
+    }
+
     /// Observations counted (the `+Inf` bucket).
     pub fn total(&self) -> f64 {
         self.0

@@ -5,7 +5,8 @@
 //! machine the load's rate and latency drift over the run); and the p99 an operator's
 //! Prometheus computes from the proxies' exported buckets,
 //! `histogram_quantile(0.99, sum by (le) (rate(meridian_proxy_request_duration_seconds_bucket[...])))`
-//! over the run, matches the load generator's (within 20 %).
+//! over the run, matches the load generator's (within 20 %, or one bucket: the finest it
+//! can resolve).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -150,9 +151,14 @@ async fn meridianctl_metrics_shows_the_rate_and_p99_the_load_generator_measured(
         "the buckets counted {} calls, the load generator sent {sent_calls:.0}: {scraped:?}",
         scraped.total()
     );
+    // histogram_quantile interpolates inside a bucket (75–100 ms, 100–150 ms, ...), so it
+    // cannot be finer than its buckets: within 20 %, or in the bucket next to the truth.
+    let buckets_apart = scraped
+        .bucket_of(prometheus_p99 / 1_000.0)
+        .abs_diff(scraped.bucket_of(measured_p99 / 1_000.0));
     assert!(
-        within(prometheus_p99, measured_p99, 0.20),
-        "histogram_quantile gives p99 {prometheus_p99:.1} ms, the load generator measured {measured_p99:.1} ms: {scraped:?}"
+        within(prometheus_p99, measured_p99, 0.20) || buckets_apart <= 1,
+        "histogram_quantile gives p99 {prometheus_p99:.1} ms, the load generator measured {measured_p99:.1} ms ({buckets_apart} buckets apart): {scraped:?}"
     );
     assert!(
         within(calls, rate_so_far, 0.10),
