@@ -224,3 +224,53 @@ pub fn served_by<T>(response: &tonic::Response<T>) -> String {
         .unwrap_or("<none>")
         .to_owned()
 }
+
+/// `calls` Echo calls through `proxy` from `workers` concurrent clients; how many each
+/// node served. Counted, not timed, so a loaded machine only makes it slower.
+pub async fn echo_calls_per_node(
+    proxy: &tonic::transport::Channel,
+    workers: usize,
+    calls: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use meridian_proto::demo::v1 as demo;
+    use meridian_proto::demo::v1::echo_client::EchoClient;
+
+    let left = Arc::new(AtomicUsize::new(calls));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let mut client = EchoClient::new(proxy.clone());
+            let left = Arc::clone(&left);
+            tokio::spawn(async move {
+                let mut served = Vec::new();
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let request = demo::SayRequest {
+                        text: "hi".into(),
+                        ..Default::default()
+                    };
+                    let reply = client.say(request).await.expect("call through the proxy");
+                    served.push(served_by(&reply));
+                }
+                served
+            })
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for task in tasks {
+        for node in task.await.expect("a load task") {
+            *counts.entry(node).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The share of `counts` (calls per node) that `node` served, 0 to 1.
+pub fn share(counts: &std::collections::BTreeMap<String, usize>, node: &str) -> f64 {
+    let total: usize = counts.values().sum();
+    counts.get(node).copied().unwrap_or(0) as f64 / total.max(1) as f64
+}

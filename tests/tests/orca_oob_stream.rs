@@ -13,58 +13,16 @@
 //!   changes its entry), and ended when the node leaves the table: the node itself counts
 //!   its open streams (`x-node-orca-streams` on its responses).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
-use meridian_tests::cluster::{Cluster, ECHO, served_by, wait_steady};
+use meridian_tests::cluster::{Cluster, ECHO, echo_calls_per_node, share, wait_steady};
 use meridian_tests::control::channel;
 use meridian_tests::demo_node::behaviour::ORCA_STREAMS_HEADER;
 use meridian_tests::demo_node::process::DemoNodeProcess;
 use meridian_tests::proxy::ProxyProcess;
-use tonic::transport::Channel;
-
-/// `calls` calls from `workers` concurrent clients; calls per node. Counted, not timed.
-async fn load(proxy: &Channel, workers: usize, calls: usize) -> BTreeMap<String, usize> {
-    let left = Arc::new(AtomicUsize::new(calls));
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let mut client = EchoClient::new(proxy.clone());
-            let left = Arc::clone(&left);
-            tokio::spawn(async move {
-                let mut served = Vec::new();
-                while left
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    let request = demo::SayRequest {
-                        text: "hi".into(),
-                        ..Default::default()
-                    };
-                    let reply = client.say(request).await.expect("call through the proxy");
-                    served.push(served_by(&reply));
-                }
-                served
-            })
-        })
-        .collect();
-    let mut counts = BTreeMap::new();
-    for task in tasks {
-        for node in task.await.unwrap() {
-            *counts.entry(node).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-fn share(counts: &BTreeMap<String, usize>, node: &str) -> f64 {
-    let total: usize = counts.values().sum();
-    counts.get(node).copied().unwrap_or(0) as f64 / total.max(1) as f64
-}
 
 /// Echo routed adaptively, asking nodes for ORCA reports every 200 ms.
 async fn oob_policy(cluster: &Cluster) {
@@ -169,8 +127,8 @@ async fn busy_node_loses_traffic(
         })
         .await;
     let via = channel(&proxy.url()).await;
-    load(&via, 4, 60).await;
-    let counts = load(&via, 4, 300).await;
+    echo_calls_per_node(&via, 4, 60).await;
+    let counts = echo_calls_per_node(&via, 4, 300).await;
     eprintln!("{via_what}: busy says 0.95, the others 0.1: {counts:?}");
     // A fair share is a third; the busy node should get well under half of what the
     // busier calm one gets (which calm one that is, is latency noise on a loaded machine:
@@ -248,8 +206,8 @@ async fn a_node_without_orca_is_asked_once_and_routed_by_latency() {
     let via = channel(&proxy.url()).await;
     // Every call is answered (`load` panics otherwise), and by latency the fast node takes
     // most (blind, two callers would split the calls about evenly).
-    load(&via, 2, 40).await;
-    let counts = load(&via, 2, 200).await;
+    echo_calls_per_node(&via, 2, 40).await;
+    let counts = echo_calls_per_node(&via, 2, 200).await;
     eprintln!("no ORCA anywhere, 2 ms against 200 ms: {counts:?}");
     assert!(
         share(&counts, "fast") > 0.75,

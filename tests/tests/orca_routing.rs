@@ -5,58 +5,14 @@
 //! `ignore_node_reports`), the three share alike: the reports, not latency, made the
 //! difference.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::demo_control_client::DemoControlClient;
-use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
-use meridian_tests::cluster::{Cluster, ECHO, served_by, wait_steady};
+use meridian_tests::cluster::{Cluster, ECHO, echo_calls_per_node, share, wait_steady};
 use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
-use tonic::transport::Channel;
-
-/// `calls` calls from `workers` concurrent clients; calls per node. Counted, not timed,
-/// so a loaded machine only makes it slower.
-async fn load(proxy: &Channel, workers: usize, calls: usize) -> BTreeMap<String, usize> {
-    let left = Arc::new(AtomicUsize::new(calls));
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let mut client = EchoClient::new(proxy.clone());
-            let left = Arc::clone(&left);
-            tokio::spawn(async move {
-                let mut served = Vec::new();
-                while left
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    let request = demo::SayRequest {
-                        text: "hi".into(),
-                        ..Default::default()
-                    };
-                    let reply = client.say(request).await.expect("call through the proxy");
-                    served.push(served_by(&reply));
-                }
-                served
-            })
-        })
-        .collect();
-    let mut counts = BTreeMap::new();
-    for task in tasks {
-        for node in task.await.unwrap() {
-            *counts.entry(node).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-fn share(counts: &BTreeMap<String, usize>, node: &str) -> f64 {
-    let total: usize = counts.values().sum();
-    counts.get(node).copied().unwrap_or(0) as f64 / total.max(1) as f64
-}
 
 async fn report(node: &DemoNodeProcess, utilization: f64) {
     DemoControlClient::new(node.channel().await)
@@ -103,8 +59,8 @@ async fn a_node_reporting_95_percent_loses_traffic_to_nodes_reporting_10() {
     let via = channel(&proxy.url()).await;
 
     // Every node answers a few calls first, so each has a report and a latency estimate.
-    load(&via, 4, 60).await;
-    let counts = load(&via, 4, 300).await;
+    echo_calls_per_node(&via, 4, 60).await;
+    let counts = echo_calls_per_node(&via, 4, 300).await;
     eprintln!("busy reports 0.95, the others 0.1: {counts:?}");
     // A fair share is a third; the busy node should get well under half the share of
     // either calm one.
@@ -125,7 +81,7 @@ async fn a_node_reporting_95_percent_loses_traffic_to_nodes_reporting_10() {
     // both new reports.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        load(&via, 4, 20).await;
+        echo_calls_per_node(&via, 4, 20).await;
         let table = proxy.debug_table().await;
         let reported = |node: &str| {
             table["services"]
@@ -145,7 +101,7 @@ async fn a_node_reporting_95_percent_loses_traffic_to_nodes_reporting_10() {
             "the proxy never held the swapped reports: {table:#}"
         );
     }
-    let swapped = load(&via, 4, 300).await;
+    let swapped = echo_calls_per_node(&via, 4, 300).await;
     eprintln!("calm-1 reports 0.95, the others 0.1: {swapped:?}");
     for cool in ["busy", "calm-2"] {
         assert!(
@@ -167,7 +123,7 @@ async fn a_node_reporting_95_percent_loses_traffic_to_nodes_reporting_10() {
                 .any(|s| s["name"] == ECHO && s["adaptive"]["ignore_node_reports"] == true)
         })
         .await;
-    let blind = load(&via, 4, 300).await;
+    let blind = echo_calls_per_node(&via, 4, 300).await;
     eprintln!("reports ignored: {blind:?}");
     assert!(
         share(&blind, "calm-1") > 0.15,

@@ -12,7 +12,7 @@ use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::demo_control_client::DemoControlClient;
 use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
-use meridian_tests::cluster::{Cluster, served_by, wait_steady, wait_usable};
+use meridian_tests::cluster::{Cluster, served_by, share, wait_steady, wait_usable};
 use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
 use tonic::transport::Channel;
@@ -47,11 +47,6 @@ async fn load(proxy: Channel, workers: usize, duration: Duration) -> BTreeMap<St
         }
     }
     counts
-}
-
-fn share(counts: &BTreeMap<String, usize>, node: &str) -> f64 {
-    let total: usize = counts.values().sum();
-    counts.get(node).copied().unwrap_or(0) as f64 / total.max(1) as f64
 }
 
 async fn set_latency(node: &DemoNodeProcess, ms: u32) {
