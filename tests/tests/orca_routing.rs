@@ -31,6 +31,10 @@ async fn adaptive_policy(cluster: &Cluster, ignore_node_reports: bool) {
             algorithm: pb::Algorithm::Adaptive.into(),
             adaptive: Some(pb::AdaptivePolicy {
                 ignore_node_reports,
+                // A node reporting 95 % is hot: avoided while a cooler one is there, by
+                // the report alone. (At the default 1.5 it only costs more, and one
+                // latency outlier on a calm node can hide that for seconds.)
+                hot_utilization: 0.9,
                 ..Default::default()
             }),
             ..Default::default()
