@@ -132,7 +132,7 @@ async fn busy_node_loses_traffic(
     eprintln!("{via_what}: busy says 0.95, the others 0.1: {counts:?}");
     // A fair share is a third; the busy node should get well under half of what the
     // busier calm one gets (which calm one that is, is latency noise on a loaded machine:
-    // one slow response holds a node's Peak-EWMA estimate up for seconds).
+    // a few slow responses raise a node's latency estimate for a second or two).
     let calm = share(&counts, "calm-1").max(share(&counts, "calm-2"));
     assert!(
         share(&counts, "busy") < 0.5 * calm,

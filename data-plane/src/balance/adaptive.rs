@@ -1,14 +1,14 @@
 //! Adaptive: each call samples a few ready endpoints and takes, Prequal-style, the best
-//! by what the proxy sees (Peak-EWMA latency, its calls in flight) and what the node
+//! by what the proxy sees (its latency estimate, its calls in flight) and what the node
 //! reports (ORCA utilisation), in lexicographic order: **cold before hot, then the lowest
 //! expected latency**.
 //!
 //! The signals, all per-endpoint atomics:
 //!
-//! - **Peak-EWMA latency** `L` (see `endpoint::ewma`): each endpoint's recent round-trip
-//!   time; it jumps up to a slow response at once and decays back toward faster ones with
-//!   a time constant (10 s), so one slow response is enough to steer traffic away while
-//!   recovery is gradual.
+//! - **Latency** `L` (see `endpoint::ewma`): each endpoint's recent round-trip time, an
+//!   average over time (time constant 1 s). Not Finagle's and Linkerd's Peak-EWMA, which
+//!   holds the worst latency of the last seconds: under load that is a scheduling
+//!   hiccup's, the same on every node, and it hid a node five times slower.
 //! - **Reported load** (see `endpoint::reported_load`): the utilisation in the node's
 //!   latest ORCA report, projected to this proxy's calls in flight now. Reports come in
 //!   the `endpoint-load-metrics-bin` trailers of responses (every response a free probe),
@@ -37,19 +37,20 @@
 //!    hot ones are out, whatever their latency: a saturated node is not worth its fast
 //!    past. When all are hot, the least utilised wins (by how far each is over its
 //!    threshold).
-//! 2. **Expected latency** among the cold: `L × (1 + u)²` for a node with a fresh report
+//! 2. **Expected latency** among the cold: `L × (1 + u)` for a node with a fresh report
 //!    `u` (latency grows with the node's own saturation, which includes other proxies'
-//!    calls), `L × (in-flight + 1)` for one without (Finagle's and Linkerd's Peak-EWMA
-//!    cost, which assumes calls queue one behind another). Multiplying by `in-flight +
-//!    1` overcharges a node that serves calls in parallel: a node that answers in 2 ms
-//!    with four calls in flight on four workers looks as costly as an idle 10 ms one,
-//!    so the in-flight cost keeps sending it a share. The node's own utilisation tells
-//!    whether its calls queue; that is what takes the slow node's share to nothing. The
-//!    square makes a node at 100 % four times as costly as an idle one of the same
-//!    measured latency: steep enough that a busy node loses to calm ones through the
-//!    noise of latency measurements (a node at 95 % costs 3.1× one at 10 %), gentle
-//!    enough that a full but not queueing fast node still beats a node 5× slower
-//!    (M/M/1's `1 / (1 − u)` would call a full node infinitely costly).
+//!    calls), `L × (in-flight + 1)` for one without (Finagle's and Linkerd's cost, which
+//!    assumes calls queue one behind another). Multiplying by `in-flight + 1`
+//!    overcharges a node that serves calls in parallel: a node that answers in 2 ms with
+//!    four calls in flight on four workers looks as costly as an idle 10 ms one, so the
+//!    in-flight cost keeps sending it a share. The node's own utilisation tells whether
+//!    its calls queue; that is what takes the slow node's share to nothing. A node's
+//!    queue adds about `L` per capacity's worth of calls ahead, so a full node (`u = 1`)
+//!    costs twice an idle one of the same latency: a busy node loses to equally fast calm
+//!    ones (at 95 % it costs 1.8× one at 10 %), while a full but fast node still beats an
+//!    idle one five times slower, as it should (its next call waits a fraction of its
+//!    service time for a worker). An earlier `(1 + u)²` charged that fast node four times
+//!    its latency and sent the 10 ms node one call in ten in the benchmark.
 //!
 //! Why sampling rather than the best of all: comparing a few random candidates is O(1),
 //! and it keeps proxies from stampeding the single best endpoint between updates of its
@@ -142,7 +143,7 @@ impl Adaptive {
             };
         }
         let key = match reported {
-            Some(u) => latency * (1.0 + u) * (1.0 + u),
+            Some(u) => latency * (1.0 + u),
             None => latency * (queue + 1.0),
         };
         Rank { hot: false, key }
@@ -269,13 +270,14 @@ mod tests {
         )
     }
 
-    /// Each endpoint observes the latency in `ms`, ten times over a second.
+    /// Each endpoint observes the latency in `ms`, 30 times over three seconds (three time
+    /// constants of the estimate: 95 % of the way there).
     async fn measure(balancer: &Adaptive, ms: &[u64]) {
-        for _ in 0..10 {
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_millis(100)).await;
             for (endpoint, &ms) in balancer.endpoints().iter().zip(ms) {
                 endpoint.ewma.observe(Duration::from_millis(ms));
             }
-            tokio::time::advance(Duration::from_millis(100)).await;
         }
     }
 

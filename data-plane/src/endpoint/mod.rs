@@ -1,6 +1,6 @@
 //! An endpoint: one node of one routing table, with the load counters the balancers read
-//! (in-flight requests, a Peak-EWMA latency estimate, the load the node reports itself,
-//! [`reported_load`]) and the pooled HTTP/2 connections requests go over ([`connection`]),
+//! (in-flight requests, a latency estimate averaged over time ([`ewma`]), the load the node
+//! reports itself ([`reported_load`])) and the pooled HTTP/2 connections requests go over ([`connection`]),
 //! in h2c or TLS as the `[[upstream_tls]]` rules say ([`upstream_tls`]); gRPC calls of
 //! the proxy's own go over them through [`channel`], among them the ORCA out-of-band
 //! stream that keeps the reported load fresh when a policy asks for it ([`orca_stream`]).
@@ -44,7 +44,7 @@ pub use self::breaker::{Breaker, BreakerSettings};
 /// Share of its full load a warming endpoint starts with.
 const WARM_START: f64 = 0.1;
 pub use self::connection::{Connection, PoolSettings, StreamSlot};
-pub use self::ewma::PeakEwma;
+pub use self::ewma::LatencyEwma;
 pub use self::orca_stream::OrcaStream;
 pub use self::probed_load::ProbedLoad;
 pub use self::reported_load::ReportedLoad;
@@ -59,7 +59,7 @@ pub struct Endpoint {
     in_flight: Arc<AtomicU32>,
     /// Calls in flight at which the endpoint is full (set by each table version).
     max_requests: AtomicU32,
-    pub ewma: Arc<PeakEwma>,
+    pub ewma: Arc<LatencyEwma>,
     /// The node's latest ORCA report, for the adaptive balancer.
     pub reported: Arc<ReportedLoad>,
     /// The node's ORCA out-of-band stream, when a policy asks for one.

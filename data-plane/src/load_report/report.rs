@@ -410,6 +410,9 @@ pub(super) mod tests {
             (0, 1, 1)
         );
         assert_eq!(echo.in_flight_mean_milli, 1_000);
-        assert_eq!(echo.ewma_us, 1_000, "the untouched Peak-EWMA seed, 1 ms");
+        assert_eq!(
+            echo.ewma_us, 1_000,
+            "the untouched latency estimate's seed, 1 ms"
+        );
     }
 }

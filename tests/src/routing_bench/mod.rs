@@ -243,7 +243,11 @@ async fn cell(
     let (samples, ()) = tokio::join!(load.run(), during);
     let samples =
         samples.map_err(|e| BenchError(format!("{proxy_id}: cannot load the proxy: {e}")))?;
-    eprintln!("routing-bench: {proxy_id}: {} calls", samples.len());
+    eprintln!(
+        "routing-bench: {proxy_id}: {} calls; per node p50/p99 ms: {}",
+        samples.len(),
+        report::per_node_latency(&samples, &fleet.names)
+    );
     Ok(samples)
 }
 

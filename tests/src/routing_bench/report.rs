@@ -64,6 +64,27 @@ impl CellFigures {
     }
 }
 
+/// Each node's p50 and p99 latency over all `samples`, for the log: what the proxy's
+/// estimates were chasing (`fast-1 2.3/9.8, ...`).
+pub fn per_node_latency(samples: &[Sample], names: &[String]) -> String {
+    let mut histograms: Vec<Histogram<u64>> = names
+        .iter()
+        .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds"))
+        .collect();
+    for s in samples {
+        if let Some(h) = s.node.and_then(|n| histograms.get_mut(n)) {
+            let _ = h.record(s.latency.as_micros().max(1) as u64);
+        }
+    }
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+    names
+        .iter()
+        .zip(&histograms)
+        .map(|(name, h)| format!("{name} {:.1}/{:.1}", ms(h, 0.5), ms(h, 0.99)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// When the share of `node` fell below `threshold` for good: the end of the first
 /// `bucket`-long window after `from` from which every window up to `to` stays below it,
 /// measured from `from`; `None` if it never did.
