@@ -95,6 +95,26 @@ pub struct ControlArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// TLS certificate chain (PEM) of the HTTP listener (metrics, probes, the
+    /// dashboard); with --http-tls-key it serves HTTPS. Replaces [http_tls]. Re-read
+    /// when the file changes.
+    #[arg(
+        long,
+        env = "MERIDIAN_HTTP_TLS_CERT",
+        value_name = "FILE",
+        requires = "http_tls_key"
+    )]
+    pub http_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --http-tls-cert.
+    #[arg(
+        long,
+        env = "MERIDIAN_HTTP_TLS_KEY",
+        value_name = "FILE",
+        requires = "http_tls_cert"
+    )]
+    pub http_tls_key: Option<PathBuf>,
+
     /// Serve plaintext gRPC on a non-loopback address (tokens and tables in the clear).
     #[arg(long, env = "MERIDIAN_INSECURE")]
     pub insecure: bool,
@@ -262,6 +282,13 @@ impl ControlArgs {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: self.tls_client_ca.clone(),
+            });
+        }
+        if let (Some(cert), Some(key)) = (&self.http_tls_cert, &self.http_tls_key) {
+            config.http_tls = Some(ListenerTlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
             });
         }
         if self.insecure {

@@ -60,6 +60,8 @@ pub enum ServeError {
     Auth(#[from] AuthError),
     #[error("TLS of the gRPC listener (--tls-cert, --tls-key, --tls-client-ca): {0}")]
     Tls(#[from] TlsConfigError),
+    #[error("TLS of the HTTP listener (http_tls, --http-tls-cert, --http-tls-key): {0}")]
+    HttpTls(TlsConfigError),
     #[error("the CA of scaling webhooks (scaling.webhook_ca, --scaling-webhook-ca): {0}")]
     WebhookTls(TlsConfigError),
     #[error("cannot open the embedded store: {0}")]
@@ -92,6 +94,8 @@ pub struct ControlPlane {
     reloader: Option<ConfigReloader>,
     /// TLS of the gRPC listener, when configured.
     tls: Option<ServerTls>,
+    /// TLS of the HTTP listener, when configured.
+    http_tls: Option<ServerTls>,
     grpc: TcpListener,
     http: TcpListener,
     metrics: PrometheusHandle,
@@ -116,6 +120,12 @@ impl ControlPlane {
             .as_ref()
             .map(|t| ServerTls::load(t.files()))
             .transpose()?;
+        let http_tls = config
+            .http_tls
+            .as_ref()
+            .map(|t| ServerTls::load(t.files()))
+            .transpose()
+            .map_err(ServeError::HttpTls)?;
         let grpc = admin_http::bind(config.listen.grpc, "listen.grpc (--grpc-addr)").await?;
         let http = admin_http::bind(config.listen.http, "listen.http (--http-addr)").await?;
         Ok(ControlPlane {
@@ -123,6 +133,7 @@ impl ControlPlane {
             auth: SharedAuthenticator::new(auth),
             reloader: None,
             tls,
+            http_tls,
             grpc,
             http,
             metrics,
@@ -160,7 +171,7 @@ impl ControlPlane {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let auth = AuthLayer::new(self.auth, certificate_names);
         let dashboard = Dashboard::new(auth.clone());
-        dashboard::warn_if_exposed(http_addr);
+        dashboard::warn_if_exposed(http_addr, self.http_tls.is_some());
         // The HTTP endpoints outlive the gRPC drain, so `/ready` can say 503 while it runs.
         self.readiness.drain_on(&shutdown);
         let http_stop = Shutdown::new();
@@ -168,6 +179,7 @@ impl ControlPlane {
             self.http,
             "meridian_control_http",
             admin_http::router(self.metrics, self.readiness.clone()).merge(dashboard.router()),
+            self.http_tls,
             http_stop.clone(),
         ));
         let Some(store) = open_store(&self.config, &shutdown).await? else {

@@ -116,6 +116,25 @@ pub struct ProxyArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// TLS certificate chain (PEM) of the admin HTTP listener; with --admin-tls-key it
+    /// serves HTTPS. Replaces [admin_tls]. Re-read when the file changes.
+    #[arg(
+        long,
+        env = "MERIDIAN_ADMIN_TLS_CERT",
+        value_name = "FILE",
+        requires = "admin_tls_key"
+    )]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --admin-tls-cert.
+    #[arg(
+        long,
+        env = "MERIDIAN_ADMIN_TLS_KEY",
+        value_name = "FILE",
+        requires = "admin_tls_cert"
+    )]
+    pub admin_tls_key: Option<PathBuf>,
+
     /// Reach every node over TLS, verified against this CA (PEM): a last
     /// [[upstream_tls]] rule with services = ["*"], after those of the file.
     #[arg(long, env = "MERIDIAN_UPSTREAM_CA", value_name = "FILE")]
@@ -280,6 +299,13 @@ impl ProxyArgs {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: self.tls_client_ca.clone(),
+            });
+        }
+        if let (Some(cert), Some(key)) = (&self.admin_tls_cert, &self.admin_tls_key) {
+            config.admin_tls = Some(ListenerTlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
             });
         }
         if let Some(ca) = &self.upstream_ca {

@@ -99,6 +99,8 @@ pub struct Proxy {
     control_plane_tls: Option<ClientTls>,
     upstream_tls: UpstreamTls,
     admin: TcpListener,
+    /// TLS on `admin`; `None` serves plain HTTP.
+    admin_tls: Option<ServerTls>,
     metrics: PrometheusHandle,
     readiness: Readiness,
     table: TableHandle,
@@ -124,6 +126,12 @@ impl Proxy {
             .map(|tls| ServerTls::load(tls.files()))
             .transpose()
             .map_err(tls_error("listen_tls (--tls-cert)"))?;
+        let admin_tls = config
+            .admin_tls
+            .as_ref()
+            .map(|tls| ServerTls::load(tls.files()))
+            .transpose()
+            .map_err(tls_error("admin_tls (--admin-tls-cert)"))?;
         let control_plane_tls = config
             .control_plane_tls
             .as_ref()
@@ -142,6 +150,7 @@ impl Proxy {
             control_plane_tls,
             upstream_tls,
             admin,
+            admin_tls,
             metrics,
             readiness: Readiness::default(),
             table: TableHandle::default(),
@@ -238,6 +247,7 @@ impl Proxy {
             self.admin,
             "meridian_proxy_admin",
             admin_router,
+            self.admin_tls,
             admin_stop.clone(),
         ));
 

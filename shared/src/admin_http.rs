@@ -6,7 +6,8 @@
 //! `/ready` answers 503 from the moment a process starts draining (SIGTERM), and the
 //! endpoints keep answering while it drains, so a load balancer or Kubernetes takes it out
 //! of rotation before its listeners close rather than after. The listener is capped and
-//! closes stalled connections ([`AdminListener`]).
+//! closes stalled connections ([`AdminListener`]), and serves HTTPS when given a
+//! certificate (`[http_tls]` of the control plane, `[admin_tls]` of the proxy).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::Shutdown;
 use crate::listener::AdminListener;
+use crate::tls::ServerTls;
 
 /// Whether the process is ready; flipped by the component that knows, and off for good
 /// once it drains.
@@ -105,16 +107,17 @@ pub async fn bind(
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, within the admin listener's
-/// limits ([`AdminListener`]); its counters are named `{metrics_prefix}_connections_*`.
-/// To keep answering while the process drains, give it a signal fired after the drain
-/// (e.g. a [`Shutdown`] of its own).
+/// limits ([`AdminListener`]), in HTTPS with `tls`; its counters are named
+/// `{metrics_prefix}_connections_*`. To keep answering while the process drains, give it
+/// a signal fired after the drain (e.g. a [`Shutdown`] of its own).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics_prefix: &str,
     router: Router,
+    tls: Option<ServerTls>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let listener = AdminListener::new(listener, "admin HTTP", metrics_prefix)?;
+    let listener = AdminListener::new(listener, "admin HTTP", metrics_prefix, tls)?;
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.wait_owned())
         .await

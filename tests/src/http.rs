@@ -9,7 +9,27 @@ use tokio::net::TcpStream;
 
 /// GETs `path` from `addr`; returns the status code and body.
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
+    get_over(TcpStream::connect(addr).await?, addr, path).await
+}
+
+/// GETs `path` from `addr` over HTTPS, trusting what `tls` trusts; returns the status
+/// code and body.
+pub async fn https_get(
+    addr: SocketAddr,
+    path: &str,
+    tls: &meridian_shared::tls::ClientTls,
+) -> std::io::Result<(u16, String)> {
+    let stream = tls
+        .connect(TcpStream::connect(addr).await?, "localhost")
+        .await?;
+    get_over(stream, addr, path).await
+}
+
+async fn get_over(
+    mut stream: impl AsyncReadExt + AsyncWriteExt + Unpin,
+    addr: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await?;

@@ -4,7 +4,8 @@
 //! client without a certificate, with one from another CA or an expired one, and lets a
 //! proxy authenticate with its certificate alone (mapped to the proxy role); a server
 //! certificate rotated on disk is used by the next connection without a restart; a
-//! non-loopback listener without TLS is refused at start.
+//! non-loopback listener without TLS is refused at start; the HTTP port (metrics, probes,
+//! the dashboard) serves HTTPS when given a certificate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -305,4 +306,54 @@ async fn a_non_loopback_listener_without_tls_is_refused_at_start() {
             && output.contains("--insecure"),
         "the refusal says why and what to do: {output}"
     );
+}
+
+#[tokio::test]
+async fn the_http_port_serves_https_when_given_a_certificate() {
+    let ca = TestCa::new("meridian-test-ca");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path(), "ca");
+    let server = ca.localhost_server().write(dir.path(), "server");
+    let extra = ExtraSettings {
+        args: vec![
+            "--http-tls-cert".to_owned(),
+            path(&server.cert).to_owned(),
+            "--http-tls-key".to_owned(),
+            path(&server.key).to_owned(),
+        ],
+        ..Default::default()
+    };
+    let options = ControlPlaneOptions {
+        etcd_endpoints: &[],
+        prefix: "/meridian/",
+        replica: "cp-https",
+        election_ttl_seconds: 5,
+        dir: dir.path(),
+    };
+    let cp = ControlPlaneProcess::launch(options, &extra);
+    let tls = client_tls(&ca_file, None);
+
+    let deadline = Instant::now() + START_DEADLINE;
+    let ready = loop {
+        match meridian_tests::http::https_get(cp.http, "/ready", &tls).await {
+            Ok((200, body)) => break body,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("/ready over HTTPS: {other:?}"),
+        }
+    };
+    assert_eq!(ready.trim(), "ready");
+    let (status, metrics) = meridian_tests::http::https_get(cp.http, "/metrics", &tls)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("meridian_control_"), "{metrics}");
+
+    // Plain HTTP gets no answer from the HTTPS port.
+    let plain = meridian_tests::http::get(cp.http, "/ready").await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    // Nor does a client trusting another CA.
+    let stranger = TestCa::new("another-ca").write(dir.path(), "stranger-ca");
+    let refused =
+        meridian_tests::http::https_get(cp.http, "/ready", &client_tls(&stranger, None)).await;
+    assert!(refused.is_err(), "{refused:?}");
 }

@@ -11,8 +11,8 @@
 //!
 //! Limits: request bodies of [`MAX_BODY_BYTES`], [`MAX_STREAMS`] live streams per
 //! replica, each Admin call within [`CALL_TIMEOUT`]. The page is only as private as the
-//! HTTP port: the token crosses it in clear, so expose the port beyond loopback only
-//! behind TLS (see docs/dashboard.md).
+//! HTTP port: give it a certificate (`[http_tls]`) before exposing it beyond loopback,
+//! or the token crosses the network in clear (see docs/dashboard.md).
 
 mod api;
 mod assets;
@@ -81,13 +81,13 @@ impl Dashboard {
     }
 }
 
-/// Logs a warning when the HTTP port (and so the dashboard, whose tokens cross it in
-/// clear) listens beyond loopback.
-pub fn warn_if_exposed(http: std::net::SocketAddr) {
-    if !http.ip().is_loopback() {
+/// Logs a warning when the HTTP port (and so the dashboard, whose tokens would cross it in
+/// clear) listens beyond loopback without TLS.
+pub fn warn_if_exposed(http: std::net::SocketAddr, tls: bool) {
+    if !http.ip().is_loopback() && !tls {
         tracing::warn!(
             http = %http,
-            "the dashboard on the HTTP port takes bearer tokens over plain HTTP; reach it from beyond this host only through a TLS-terminating proxy or an SSH or kubectl port-forward"
+            "the dashboard on the HTTP port takes bearer tokens over plain HTTP: give the port a certificate ([http_tls], --http-tls-cert and --http-tls-key), or reach it from beyond this host only through a TLS-terminating proxy or an SSH or kubectl port-forward"
         );
     }
 }

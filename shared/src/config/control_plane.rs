@@ -4,13 +4,16 @@
 //! replica_id = "cp-1"
 //! [listen]
 //! grpc = "127.0.0.1:7700"   # RoutingDiscovery, NodeRegistry, Admin, health, reflection
-//! http = "127.0.0.1:7701"   # /metrics, /ready, /live
+//! http = "127.0.0.1:7701"   # /metrics, /ready, /live, the dashboard
 //! [listener_limits]         # of the gRPC listener (see config/listener_limits.rs)
 //! max_connections = 10000
 //! [tls]                     # optional; required off loopback unless insecure = true
 //! cert = "/etc/meridian/tls/control.pem"
 //! key = "/etc/meridian/tls/control.key"
 //! client_ca = "/etc/meridian/tls/ca.pem"   # optional: require client certificates (mTLS)
+//! [http_tls]                # optional: the HTTP port serves HTTPS (the dashboard's tokens)
+//! cert = "/etc/meridian/tls/control.pem"
+//! key = "/etc/meridian/tls/control.key"
 //! [store]
 //! backend = "etcd"          # or "embedded"
 //! etcd_endpoints = ["http://127.0.0.1:2379"]
@@ -57,6 +60,8 @@ pub struct ControlPlaneConfig {
     pub listener_limits: ListenerLimits,
     /// TLS on the gRPC listener; `None` serves plaintext (loopback, or with `insecure`).
     pub tls: Option<ListenerTlsConfig>,
+    /// TLS on the HTTP listener (metrics, probes, dashboard); `None` serves plain HTTP.
+    pub http_tls: Option<ListenerTlsConfig>,
     /// Allow plaintext gRPC on a non-loopback address (tokens and tables in the clear).
     pub insecure: bool,
     pub store: StoreConfig,
@@ -73,6 +78,7 @@ impl Default for ControlPlaneConfig {
             listen: ControlPlaneListen::default(),
             listener_limits: ListenerLimits::default(),
             tls: None,
+            http_tls: None,
             insecure: false,
             store: StoreConfig::default(),
             election: ElectionConfig::default(),
@@ -242,6 +248,7 @@ impl ControlPlaneConfig {
             ("listen.grpc", self.listen.grpc.to_string()),
             ("listen.http", self.listen.http.to_string()),
             ("tls", format!("{:?}", self.tls)),
+            ("http_tls", format!("{:?}", self.http_tls)),
             ("insecure", self.insecure.to_string()),
             ("store.backend", format!("{:?}", store.backend)),
             (
@@ -284,6 +291,13 @@ impl Validate for ControlPlaneConfig {
                 "is not a loopback address, and without TLS tokens, tables and node addresses would cross the network in the clear: \
                  give tls.cert and tls.key (--tls-cert, --tls-key), or set insecure = true (--insecure) to accept that",
             ));
+        }
+        if let Some(tls) = &self.http_tls {
+            for (field, path) in [("http_tls.cert", &tls.cert), ("http_tls.key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid(field, path, "a file is needed"));
+                }
+            }
         }
         if self.listen.grpc == self.listen.http {
             return Err(ConfigError::invalid(

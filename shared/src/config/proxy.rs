@@ -14,7 +14,7 @@
 //! retry_buffer_total_bytes = 67108864    # all calls' bodies kept for retries, at most
 //! [listen]
 //! grpc = "127.0.0.1:7800"    # client traffic (h2c, or TLS with [listen_tls])
-//! admin = "127.0.0.1:7801"   # /metrics, /ready, /live, /debug/table
+//! admin = "127.0.0.1:7801"   # /metrics, /ready, /live, /debug/table (HTTPS with [admin_tls])
 //! [listener_limits]          # connections, timeouts, streams (see config/listener_limits.rs)
 //! max_connections = 10000
 //! idle_timeout_seconds = 300
@@ -22,6 +22,9 @@
 //! cert = "/etc/meridian/tls/proxy-server.pem"
 //! key = "/etc/meridian/tls/proxy-server.key"
 //! client_ca = "/etc/meridian/tls/clients-ca.pem"   # optional: require client certificates
+//! [admin_tls]                # optional: the admin port serves HTTPS
+//! cert = "/etc/meridian/tls/proxy-server.pem"
+//! key = "/etc/meridian/tls/proxy-server.key"
 //! [control_plane_tls]        # needed for https:// control planes
 //! ca = "/etc/meridian/tls/ca.pem"
 //! cert = "/etc/meridian/tls/proxy.pem"   # optional, with key: mTLS
@@ -85,6 +88,8 @@ pub struct ProxyConfig {
     pub listener_limits: ListenerLimits,
     /// TLS on the client gRPC listener; `None` serves h2c (loopback, development).
     pub listen_tls: Option<ListenerTlsConfig>,
+    /// TLS on the admin HTTP listener; `None` serves plain HTTP.
+    pub admin_tls: Option<ListenerTlsConfig>,
     /// TLS towards the control planes; needed for `https://` URLs, ignored for `http://`.
     pub control_plane_tls: Option<ClientTlsConfig>,
     /// Which nodes are reached over TLS, by the services they serve. A node has one
@@ -112,6 +117,7 @@ impl Default for ProxyConfig {
             upstream: UpstreamLimits::default(),
             listener_limits: ListenerLimits::default(),
             listen_tls: None,
+            admin_tls: None,
             control_plane_tls: None,
             upstream_tls: Vec::new(),
             log: LogConfig::default(),
@@ -416,6 +422,7 @@ impl ProxyConfig {
             ("listen.grpc", self.listen.grpc.to_string()),
             ("listen.admin", self.listen.admin.to_string()),
             ("listen_tls", format!("{:?}", self.listen_tls)),
+            ("admin_tls", format!("{:?}", self.admin_tls)),
             ("control_plane_tls", format!("{:?}", self.control_plane_tls)),
             ("upstream_tls", format!("{:?}", self.upstream_tls)),
             ("upstream", format!("{:?}", self.upstream)),
@@ -444,10 +451,18 @@ impl ProxyConfig {
                 }
             }
         }
-        if let Some(tls) = &self.listen_tls {
-            for (field, path) in [("listen_tls.cert", &tls.cert), ("listen_tls.key", &tls.key)] {
+        for (section, tls) in [
+            ("listen_tls", &self.listen_tls),
+            ("admin_tls", &self.admin_tls),
+        ] {
+            let Some(tls) = tls else { continue };
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
                 if path.as_os_str().is_empty() {
-                    return Err(ConfigError::invalid(field, path, "a file is needed"));
+                    return Err(ConfigError::invalid(
+                        format!("{section}.{key}"),
+                        path,
+                        "a file is needed",
+                    ));
                 }
             }
         }
