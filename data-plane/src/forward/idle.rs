@@ -14,10 +14,12 @@
 //! it is held to its HTTP/2 stream window instead (see `endpoint/connection.rs`).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// When a frame last passed on one call, either way.
 #[derive(Debug)]
@@ -64,20 +66,59 @@ pub struct Idle;
 
 /// Waits for `future` as long as frames keep passing on the call (`activity`) at most
 /// `timeout` apart; `Err(Idle)` when none passed for `timeout`. No timeout: just waits.
-pub async fn within_idle<F: Future>(
+/// A plain future (not an `async fn`), so `future` is held once, not twice.
+pub fn within_idle<F: Future>(
     activity: &Activity,
     timeout: Option<Duration>,
     future: F,
-) -> Result<F::Output, Idle> {
-    let Some(timeout) = timeout else {
-        return Ok(future.await);
-    };
-    tokio::pin!(future);
-    loop {
-        match tokio::time::timeout_at(activity.idle_at(timeout), &mut future).await {
-            Ok(output) => return Ok(output),
-            Err(_) if activity.is_idle(timeout, Instant::now()) => return Err(Idle),
-            Err(_) => continue,
+) -> WithinIdle<'_, F> {
+    WithinIdle {
+        future,
+        timer: None,
+        activity,
+        timeout,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`within_idle`].
+    pub struct WithinIdle<'a, F> {
+        #[pin]
+        future: F,
+        // Set when the future first waits.
+        #[pin]
+        timer: Option<Sleep>,
+        activity: &'a Activity,
+        timeout: Option<Duration>,
+    }
+}
+
+impl<F: Future> Future for WithinIdle<'_, F> {
+    type Output = Result<F::Output, Idle>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let Some(timeout) = *this.timeout else {
+            return Poll::Pending;
+        };
+        loop {
+            let idle_at = this.activity.idle_at(timeout);
+            match this.timer.as_mut().as_pin_mut() {
+                None => this.timer.set(Some(tokio::time::sleep_until(idle_at))),
+                Some(mut timer) => {
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if this.activity.is_idle(timeout, Instant::now()) {
+                        return Poll::Ready(Err(Idle));
+                    }
+                    // A frame passed since the timer was set: sleep until the new idle time.
+                    timer.reset(idle_at);
+                }
+            }
         }
     }
 }
