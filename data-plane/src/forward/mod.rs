@@ -43,6 +43,7 @@ use tonic::Code;
 
 use self::body::{BoxError, Call, CallShared, LimitedBody, ObservedBody};
 use self::framing::{Direction, MessageFrames};
+use self::idle::{CallTimer, Expired};
 use self::replay::{Buffered, ReplayBuffer};
 use crate::admission::concurrency::{self, ConcurrencyPermit};
 use crate::admission::priority::Priority;
@@ -205,6 +206,7 @@ impl Forwarder {
                 admission,
                 max_message_bytes,
                 shared,
+                timer: None,
             };
             let driver = RetryDriver {
                 route: &route,
@@ -332,6 +334,8 @@ struct ForwardAttempt<'a> {
     admission: Option<ConcurrencyPermit>,
     max_message_bytes: u32,
     shared: Arc<CallShared>,
+    /// The call's one timer, set by its first attempt and handed to the body of the answer.
+    timer: Option<CallTimer>,
 }
 
 impl ForwardAttempt<'_> {
@@ -372,6 +376,9 @@ impl ForwardAttempt<'_> {
 impl Attempt for ForwardAttempt<'_> {
     type Answer = Response<ProxyBody>;
 
+    /// The call's one timer ends the wait for the head at the deadline too.
+    const ENDS_AT_DEADLINE: bool = true;
+
     async fn send(
         &mut self,
         route: &ServiceRoute,
@@ -386,9 +393,16 @@ impl Attempt for ForwardAttempt<'_> {
         let sent_at = Instant::now();
         let activity = &self.shared.activity;
         activity.touch();
-        let sent = idle::within_idle(
+        if self
+            .timer
+            .as_ref()
+            .is_none_or(|timer| timer.idle() != route.stream_idle_timeout)
+        {
+            self.timer = CallTimer::new(self.deadline, route.stream_idle_timeout, activity);
+        }
+        let sent = idle::within_time(
+            self.timer.as_mut(),
             activity,
-            route.stream_idle_timeout,
             endpoint.connection.send(request),
         );
         let outgoing = &mut self.outgoing;
@@ -397,14 +411,25 @@ impl Attempt for ForwardAttempt<'_> {
             answer: None,
             retry_safe: false,
         };
-        let Ok(sent) = sent.await else {
-            // A node that never answers, or a client that went silent while streaming.
-            metrics.record(Code::Unavailable as i32, self.started.elapsed());
-            return Err(not_sent(RequestError::StreamIdle {
-                node: endpoint.node.id.clone(),
-                service: route.name.clone(),
-                timeout: route.stream_idle_timeout.unwrap_or_default(),
-            }));
+        let sent = match sent.await {
+            Ok(sent) => sent,
+            Err(Expired::Idle(timeout)) => {
+                // A node that never answers, or a client that went silent while streaming.
+                metrics.record(Code::Unavailable as i32, self.started.elapsed());
+                return Err(not_sent(RequestError::StreamIdle {
+                    node: endpoint.node.id.clone(),
+                    service: route.name.clone(),
+                    timeout,
+                }));
+            }
+            Err(Expired::Deadline) => {
+                metrics.record(Code::DeadlineExceeded as i32, self.started.elapsed());
+                return Err(not_sent(RequestError::DeadlineExceeded {
+                    node: endpoint.node.id.clone(),
+                    service: self.route.name.clone(),
+                    attempts: number,
+                }));
+            }
         };
         let response = match sent {
             Ok((response, stream)) => {
@@ -470,7 +495,7 @@ impl Attempt for ForwardAttempt<'_> {
             parts,
             ProxyBody::new(ObservedBody::new(
                 body,
-                (self.deadline, route.stream_idle_timeout),
+                self.timer.take(),
                 call,
                 self.max_message_bytes,
                 Arc::clone(&self.shared),
@@ -675,8 +700,7 @@ mod tests {
             crate::endpoint::connection::Connection::new("127.0.0.1:1".into(), Default::default());
         let send = connection.send(Request::new(ProxyBody::default()));
         let activity = idle::Activity::default();
-        let within =
-            idle::within_idle(&activity, Some(std::time::Duration::from_secs(1)), async {});
+        let within = idle::within_time(None, &activity, async {});
         let route = forwarder
             .route_of(&"/demo.v1.Echo/Say".parse().unwrap())
             .unwrap();
@@ -689,6 +713,7 @@ mod tests {
             admission: None,
             max_message_bytes: 1024,
             shared: Arc::default(),
+            timer: None,
         };
         let attempt_size = std::mem::size_of_val(&attempt.send(&route, &endpoint, 1));
         let driver = RetryDriver {
@@ -713,7 +738,7 @@ mod tests {
                 std::mem::size_of_val(&try_forward),
             ),
             ("Connection::send", std::mem::size_of_val(&send)),
-            ("within_idle(empty)", std::mem::size_of_val(&within)),
+            ("within_time(empty)", std::mem::size_of_val(&within)),
             (
                 "Request<ProxyBody>",
                 std::mem::size_of::<Request<ProxyBody>>(),

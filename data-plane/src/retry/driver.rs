@@ -44,6 +44,10 @@ pub trait Attempt {
     /// What a node answered.
     type Answer: Send;
 
+    /// Whether the attempt ends itself at the call's deadline (with a `DeadlineExceeded`
+    /// failure that is not retry-safe); if not, the driver bounds it with a timer.
+    const ENDS_AT_DEADLINE: bool = false;
+
     /// Attempt number `number` (from 1) on `endpoint`, a node of `route`: the service
     /// called, or a fallback service of its chain.
     fn send(
@@ -164,13 +168,13 @@ impl<'a> RetryDriver<'a> {
                 // The attempt's future is built where it is awaited: held in a local first, it
                 // would take its space in the driver's future twice.
                 let answered = match self.deadline {
-                    Some(deadline) => tokio::time::timeout_at(
+                    Some(deadline) if !A::ENDS_AT_DEADLINE => tokio::time::timeout_at(
                         deadline,
                         attempt.send(link.route, endpoint, number),
                     )
                     .await
                     .map_err(|_| self.deadline_exceeded(link.route, endpoint, number, started))?,
-                    None => attempt.send(link.route, endpoint, number).await,
+                    _ => attempt.send(link.route, endpoint, number).await,
                 };
                 let failure = match answered {
                     Ok(answer) => {
