@@ -313,16 +313,24 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    async fn handle(&self, request: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
-        let path = request.uri().path();
-        if LOCAL_SERVICES.iter().any(|prefix| path.starts_with(prefix)) {
-            let mut local = self.local.clone();
-            return match local.call(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
+    /// Not an `async fn`, which would hold `request` twice in every call's future.
+    #[allow(clippy::manual_async_fn)] // see above
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> {
+        async move {
+            let path = request.uri().path();
+            if LOCAL_SERVICES.iter().any(|prefix| path.starts_with(prefix)) {
+                let mut local = self.local.clone();
+                return match local.call(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+            }
+            self.forwarder.forward(request, Some(client)).await
         }
-        self.forwarder.forward(request, Some(client)).await
     }
 }
 

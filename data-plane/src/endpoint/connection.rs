@@ -243,29 +243,49 @@ impl Connection {
 
     /// Sends `request` to the node and returns its response head (the body streams) and
     /// the connection's place the call holds until its response ends.
-    pub async fn send(
+    ///
+    /// Not an `async fn`, which would hold `request` twice in every call's future.
+    #[allow(clippy::manual_async_fn)] // see above
+    pub fn send(
         &self,
         request: http::Request<UpstreamBody>,
-    ) -> Result<(http::Response<Incoming>, StreamSlot), SendFailure> {
-        let worker = WORKER.get() % self.per_worker.len();
-        let pool = &self.per_worker[worker];
-        let index = pool.choose(self.settings.max_streams_per_connection);
-        let own = &pool.slots[index];
-        own.streams.fetch_add(1, Ordering::Relaxed);
-        let mut claim = Claim {
-            slot: own,
-            kept: false,
-        };
-        let response = self.send_on(own, request).await?;
-        claim.kept = true;
-        let stream = StreamSlot {
-            worker: worker as u32,
-            slot: index as u32,
-        };
-        Ok((response, stream))
+    ) -> impl Future<Output = Result<(http::Response<Incoming>, StreamSlot), SendFailure>> {
+        async move {
+            let worker = WORKER.get() % self.per_worker.len();
+            let pool = &self.per_worker[worker];
+            let index = pool.choose(self.settings.max_streams_per_connection);
+            let own = &pool.slots[index];
+            own.streams.fetch_add(1, Ordering::Relaxed);
+            let mut claim = Claim {
+                slot: own,
+                kept: false,
+            };
+            // The common case, an open connection, sends at once; (re)connecting is boxed
+            // so its state is not part of every call's future (nor moved with it).
+            let open = own
+                .sender
+                .load()
+                .as_deref()
+                .filter(|s| !s.is_closed())
+                .cloned();
+            let response = match open {
+                Some(mut sender) => {
+                    let sent = sender.try_send_request(request).await;
+                    self.sent(own, sent)?
+                }
+                None => Box::pin(self.send_on(own, request)).await?,
+            };
+            claim.kept = true;
+            let stream = StreamSlot {
+                worker: worker as u32,
+                slot: index as u32,
+            };
+            Ok((response, stream))
+        }
     }
 
-    /// Sends `request` over the connection in `own`, (re)connecting it if needed.
+    /// Sends `request` over the connection in `own`, (re)connecting it first (the slow
+    /// path: the connection is not open, or closed since).
     async fn send_on(
         &self,
         own: &Slot,
@@ -293,7 +313,22 @@ impl Connection {
                 }
             };
         }
-        sender.try_send_request(request).await.map_err(|mut e| {
+        let sent = sender.try_send_request(request).await;
+        self.sent(own, sent)
+    }
+
+    /// What sending over the connection in `own` gave: the response head, or the failure
+    /// (with the request when the node never saw it).
+    #[allow(clippy::result_large_err)] // as hyper's own: the error carries the request
+    fn sent(
+        &self,
+        own: &Slot,
+        sent: Result<
+            http::Response<Incoming>,
+            hyper::client::conn::TrySendError<http::Request<UpstreamBody>>,
+        >,
+    ) -> Result<http::Response<Incoming>, SendFailure> {
+        sent.map_err(|mut e| {
             let unsent = e.take_message();
             if unsent.is_some() {
                 // The connection went away before this request was written.

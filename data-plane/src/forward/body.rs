@@ -27,10 +27,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::framing::{Direction, MessageFrames, Oversize, TooLarge};
-use super::idle::{self, Activity};
+use super::idle::{Activity, CallTimer, Expired};
 use super::status::code_of;
 use crate::admission::concurrency::ConcurrencyPermit;
 use crate::endpoint::OwnedInFlight;
@@ -51,11 +51,8 @@ pin_project_lite::pin_project! {
     pub struct ObservedBody {
         // `None` once the proxy ended the call itself: dropping the node's stream resets it.
         inner: Option<Incoming>,
-        // Wakes at the earlier of the deadline and the idle time.
-        #[pin]
-        timer: Option<Sleep>,
-        deadline: Option<Instant>,
-        idle: Option<Duration>,
+        // The call's one timer: wakes at the earlier of the deadline and the idle time.
+        timer: Option<CallTimer>,
         call: Option<Call>,
         frames: MessageFrames,
         shared: Arc<CallShared>,
@@ -100,21 +97,19 @@ impl Call {
 }
 
 impl ObservedBody {
-    /// The node's response body, ending by `deadline` and after `idle` without a frame;
-    /// its messages may be at most `max_message_bytes`, and `shared` is shared with the
-    /// call's request body.
+    /// The node's response body, ending when the call's `timer` expires (its deadline,
+    /// or its idle timeout); its messages may be at most `max_message_bytes`, and `shared`
+    /// is shared with the call's request body.
     pub fn new(
         inner: Incoming,
-        (deadline, idle): (Option<Instant>, Option<Duration>),
+        timer: Option<CallTimer>,
         call: Call,
         max_message_bytes: u32,
         shared: Arc<CallShared>,
     ) -> Self {
         ObservedBody {
             inner: Some(inner),
-            timer: idle::next_wake(deadline, &shared.activity, idle).map(tokio::time::sleep_until),
-            deadline,
-            idle,
+            timer,
             call: Some(call),
             frames: MessageFrames::new(Direction::Response, max_message_bytes),
             shared,
@@ -186,7 +181,7 @@ impl Body for ObservedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
+        let this = self.project();
         if this.call.is_none() {
             return Poll::Ready(None);
         }
@@ -194,31 +189,24 @@ impl Body for ObservedBody {
         if let Some(too_large) = this.shared.oversize.get() {
             return Poll::Ready(Some(Ok(end_oversized(this.inner, this.call, too_large))));
         }
-        if let Some(mut timer) = this.timer.as_mut().as_pin_mut()
-            && timer.as_mut().poll(cx).is_ready()
+        if let Some(timer) = this.timer.as_mut()
+            && let Poll::Ready(expired) = timer.poll_expired(&this.shared.activity, cx)
         {
-            let now = Instant::now();
-            if this.deadline.is_some_and(|d| d <= now) {
-                if let Some(call) = this.call.take() {
-                    call.finish(tonic::Code::DeadlineExceeded as i32);
+            match expired {
+                Expired::Deadline => {
+                    if let Some(call) = this.call.take() {
+                        call.finish(tonic::Code::DeadlineExceeded as i32);
+                    }
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("4"));
+                    trailers.insert(
+                        "grpc-message",
+                        HeaderValue::from_static("deadline exceeded while streaming the response"),
+                    );
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
-                let mut trailers = HeaderMap::new();
-                trailers.insert("grpc-status", HeaderValue::from_static("4"));
-                trailers.insert(
-                    "grpc-message",
-                    HeaderValue::from_static("deadline exceeded while streaming the response"),
-                );
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-            }
-            if let Some(idle) = *this.idle {
-                if this.shared.activity.is_idle(idle, now) {
+                Expired::Idle(idle) => {
                     return Poll::Ready(Some(Ok(end_idle(this.inner, this.call, idle))));
-                }
-                // A frame passed since the timer was set: sleep until the new idle time.
-                let at = idle::next_wake(*this.deadline, &this.shared.activity, Some(idle));
-                if let Some(at) = at {
-                    timer.as_mut().reset(at);
-                    let _ = timer.poll(cx);
                 }
             }
         }
@@ -228,7 +216,7 @@ impl Body for ObservedBody {
         let frame = ready!(Pin::new(inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if this.idle.is_some() {
+                if this.timer.as_ref().is_some_and(CallTimer::watches_idle) {
                     this.shared.activity.touch();
                 }
                 if let Some(data) = frame.data_ref()

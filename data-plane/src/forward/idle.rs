@@ -7,17 +7,21 @@
 //!
 //! Each frame that passes, either way, stamps the call's [`Activity`]: one clock read and
 //! one relaxed atomic store, no timer touched. The one timer a call has (its deadline's,
-//! in the response body; [`within_idle`] while the response head is awaited) wakes at
+//! [`CallTimer`], shared by the wait for the response head and the response body) wakes at
 //! the earlier of the deadline and the last frame plus the timeout, and when it finds a
-//! frame passed since, sleeps again until the new idle time. The timer is only looked at
+//! frame passed since, sleeps again until the new idle time; while the head is awaited it
+//! also ends the attempt at the deadline (the retry driver sets no timer of its own for
+//! forwarded calls). The timer is only looked at
 //! while the proxy waits on the node: a response waiting for a client that does not read
 //! it is held to its HTTP/2 stream window instead (see `endpoint/connection.rs`).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// When a frame last passed on one call, either way.
 #[derive(Debug)]
@@ -58,26 +62,109 @@ impl Activity {
     }
 }
 
-/// The call was idle for its timeout.
+/// Why a call's timer ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Idle;
+pub enum Expired {
+    /// Its deadline passed.
+    Deadline,
+    /// No frame passed either way for this long.
+    Idle(Duration),
+}
 
-/// Waits for `future` as long as frames keep passing on the call (`activity`) at most
-/// `timeout` apart; `Err(Idle)` when none passed for `timeout`. No timeout: just waits.
-pub async fn within_idle<F: Future>(
-    activity: &Activity,
-    timeout: Option<Duration>,
+/// A call's one timer, from its first attempt's wait for the response head to the end of
+/// the response body: it wakes at the earlier of the call's deadline and its idle time,
+/// and when it finds a frame passed since, it is pushed back (tokio only moves a timer in
+/// its wheel when it fires early, so that is an atomic store). Allocated once per call, so
+/// the wait for the head and the body share it instead of registering one each.
+pub struct CallTimer {
+    sleep: Pin<Box<Sleep>>,
+    deadline: Option<Instant>,
+    idle: Option<Duration>,
+}
+
+impl CallTimer {
+    /// The timer of a call ending at `deadline` or after `idle` without a frame; `None`
+    /// when it has neither.
+    pub fn new(
+        deadline: Option<Instant>,
+        idle: Option<Duration>,
+        activity: &Activity,
+    ) -> Option<Self> {
+        let at = next_wake(deadline, activity, idle)?;
+        Some(CallTimer {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            deadline,
+            idle,
+        })
+    }
+
+    /// The idle timeout it watches.
+    pub fn idle(&self) -> Option<Duration> {
+        self.idle
+    }
+
+    /// Whether frames must stamp the call's activity for this timer.
+    pub fn watches_idle(&self) -> bool {
+        self.idle.is_some()
+    }
+
+    /// Ready when the call's deadline passed or it was idle for its timeout.
+    pub fn poll_expired(&mut self, activity: &Activity, cx: &mut Context<'_>) -> Poll<Expired> {
+        loop {
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            let now = Instant::now();
+            if self.deadline.is_some_and(|d| d <= now) {
+                return Poll::Ready(Expired::Deadline);
+            }
+            if let Some(idle) = self.idle
+                && activity.is_idle(idle, now)
+            {
+                return Poll::Ready(Expired::Idle(idle));
+            }
+            // A frame passed since the timer was set: sleep until the new idle time.
+            match next_wake(self.deadline, activity, self.idle) {
+                Some(at) => self.sleep.as_mut().reset(at),
+                None => unreachable!("a call timer has a deadline or an idle timeout"),
+            }
+        }
+    }
+}
+
+/// Waits for `future` until `timer` (if any) expires: the deadline passes, or no frame
+/// passes on the call (`activity`) for its idle timeout.
+pub fn within_time<'a, F: Future>(
+    timer: Option<&'a mut CallTimer>,
+    activity: &'a Activity,
     future: F,
-) -> Result<F::Output, Idle> {
-    let Some(timeout) = timeout else {
-        return Ok(future.await);
-    };
-    tokio::pin!(future);
-    loop {
-        match tokio::time::timeout_at(activity.idle_at(timeout), &mut future).await {
-            Ok(output) => return Ok(output),
-            Err(_) if activity.is_idle(timeout, Instant::now()) => return Err(Idle),
-            Err(_) => continue,
+) -> WithinTime<'a, F> {
+    WithinTime {
+        future,
+        timer,
+        activity,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`within_time`].
+    pub struct WithinTime<'a, F> {
+        #[pin]
+        future: F,
+        timer: Option<&'a mut CallTimer>,
+        activity: &'a Activity,
+    }
+}
+
+impl<F: Future> Future for WithinTime<'_, F> {
+    type Output = Result<F::Output, Expired>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        match this.timer {
+            Some(timer) => timer.poll_expired(this.activity, cx).map(Err),
+            None => Poll::Pending,
         }
     }
 }
@@ -114,13 +201,29 @@ mod tests {
             })
         };
         let started = Instant::now();
-        let waited = within_idle(&activity, Some(timeout), std::future::pending::<()>()).await;
-        assert_eq!(waited, Err(Idle));
+        let mut timer = CallTimer::new(None, Some(timeout), &activity);
+        let waited = within_time(timer.as_mut(), &activity, std::future::pending::<()>()).await;
+        assert_eq!(waited, Err(Expired::Idle(timeout)));
         // ...then it ends 100 ms after the last one (at 300 ms).
         assert_eq!(started.elapsed(), Duration::from_millis(400));
         frames.await.unwrap();
-        let answered = within_idle(&activity, Some(timeout), async { 7 }).await;
+        let answered = within_time(timer.as_mut(), &activity, async { 7 }).await;
         assert_eq!(answered, Ok(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_a_wait_even_while_frames_pass() {
+        let activity = Activity::default();
+        let started = Instant::now();
+        let deadline = Some(started + Duration::from_millis(250));
+        let mut timer = CallTimer::new(deadline, Some(Duration::from_secs(5)), &activity);
+        let waited = within_time(timer.as_mut(), &activity, std::future::pending::<()>()).await;
+        assert_eq!(waited, Err(Expired::Deadline));
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
+        assert!(
+            CallTimer::new(None, None, &activity).is_none(),
+            "nothing to time"
+        );
     }
 
     #[tokio::test(start_paused = true)]

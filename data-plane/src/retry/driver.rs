@@ -44,6 +44,10 @@ pub trait Attempt {
     /// What a node answered.
     type Answer: Send;
 
+    /// Whether the attempt ends itself at the call's deadline (with a `DeadlineExceeded`
+    /// failure that is not retry-safe); if not, the driver bounds it with a timer.
+    const ENDS_AT_DEADLINE: bool = false;
+
     /// Attempt number `number` (from 1) on `endpoint`, a node of `route`: the service
     /// called, or a fallback service of its chain.
     fn send(
@@ -121,107 +125,119 @@ impl<'a> RetryDriver<'a> {
     /// usable node (free: nothing was sent), or when a failure another node may retry
     /// ends its attempts (a retry, paid from the failed service's budget). A call to a
     /// named node never falls back.
-    pub async fn run_with_fallbacks<A: Attempt>(
+    ///
+    /// Not an `async fn`: one would hold `attempt` twice (its argument and its local),
+    /// and its future is part of every call's.
+    #[allow(clippy::manual_async_fn)] // see above
+    pub fn run_with_fallbacks<A: Attempt>(
         &self,
         candidates: Candidates<'a>,
         mut attempt: A,
         fallbacks: Option<&'a dyn FallbackChain<'a>>,
-    ) -> Result<Delivered<'a, A::Answer>, RequestError> {
-        let started = Instant::now();
-        self.route.retry_budget.deposit();
-        let policy = &self.route.policy.retry;
-        let mut backoff = Backoff::new(
-            policy.effective_backoff_base(),
-            policy.effective_backoff_max(),
-        );
-        let mut link = Link {
-            route: self.route,
-            candidates,
-            depth: 0,
-        };
-        let mut tried = TriedEndpoints::default();
-        let mut on_link = 0;
-        let mut number = 1;
-        // The last failure, when the call went on to a fallback service.
-        let mut fell_back_from: Option<RequestError> = None;
-        loop {
-            let (index, endpoint, reason, passed_over) = match self.pick(&link, &tried) {
-                Ok(picked) => picked,
-                Err(no_node) => match self.link_after(&link, fallbacks) {
-                    Some(next) => {
-                        (link, tried, on_link) = (next, TriedEndpoints::default(), 0);
-                        continue;
-                    }
-                    None => return Err(fell_back_from.unwrap_or(no_node)),
-                },
+    ) -> impl Future<Output = Result<Delivered<'a, A::Answer>, RequestError>> {
+        async move {
+            let started = Instant::now();
+            self.route.retry_budget.deposit();
+            let policy = &self.route.policy.retry;
+            let mut backoff = Backoff::new(
+                policy.effective_backoff_base(),
+                policy.effective_backoff_max(),
+            );
+            let mut link = Link {
+                route: self.route,
+                candidates,
+                depth: 0,
             };
-            on_link += 1;
-            let send = attempt.send(link.route, endpoint, number);
-            let answered = match self.deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, send)
+            let mut tried = TriedEndpoints::default();
+            let mut on_link = 0;
+            let mut number = 1;
+            // The last failure, when the call went on to a fallback service.
+            let mut fell_back_from: Option<RequestError> = None;
+            loop {
+                let (index, endpoint, reason, passed_over) = match self.pick(&link, &tried) {
+                    Ok(picked) => picked,
+                    Err(no_node) => match self.link_after(&link, fallbacks) {
+                        Some(next) => {
+                            (link, tried, on_link) = (next, TriedEndpoints::default(), 0);
+                            continue;
+                        }
+                        None => return Err(fell_back_from.unwrap_or(no_node)),
+                    },
+                };
+                on_link += 1;
+                // The attempt's future is built where it is awaited: held in a local first, it
+                // would take its space in the driver's future twice.
+                let answered = match self.deadline {
+                    Some(deadline) if !A::ENDS_AT_DEADLINE => tokio::time::timeout_at(
+                        deadline,
+                        attempt.send(link.route, endpoint, number),
+                    )
                     .await
                     .map_err(|_| self.deadline_exceeded(link.route, endpoint, number, started))?,
-                None => send.await,
-            };
-            let failure = match answered {
-                Ok(answer) => {
-                    return Ok(Delivered {
-                        answer,
-                        endpoint,
-                        reason,
-                        passed_over,
-                        attempts: number,
-                        route: link.route,
-                        fallback_depth: link.depth as u32,
-                    });
-                }
-                Err(failure) => failure,
-            };
-            let may_go_on = failure.retry_safe && self.deadline.is_none_or(|d| Instant::now() < d);
-            let retry_here = may_go_on && on_link < max_attempts(&link);
-            let next = (may_go_on && !retry_here)
-                .then(|| self.link_after(&link, fallbacks))
-                .flatten();
-            let go_on = (retry_here || next.is_some()) && link.route.retry_budget.try_withdraw();
-            if !go_on {
-                return match failure.answer {
-                    Some(answer) => Ok(Delivered {
-                        answer,
-                        endpoint,
-                        reason,
-                        passed_over,
-                        attempts: number,
-                        route: link.route,
-                        fallback_depth: link.depth as u32,
-                    }),
-                    None => Err(failure.error),
+                    _ => attempt.send(link.route, endpoint, number).await,
                 };
-            }
-            let Failure { error, answer, .. } = failure;
-            // Its answer, if any, ends here: the node's in-flight count drops before the pause.
-            drop(answer);
-            match next {
-                Some(next) => {
-                    tracing::debug!(node = %endpoint.node.id, %error, attempt = number, fallback = %next.route.name, "falling back to the next service of the chain");
-                    fell_back_from = Some(error);
-                    (link, tried, on_link) = (next, TriedEndpoints::default(), 0);
+                let failure = match answered {
+                    Ok(answer) => {
+                        return Ok(Delivered {
+                            answer,
+                            endpoint,
+                            reason,
+                            passed_over,
+                            attempts: number,
+                            route: link.route,
+                            fallback_depth: link.depth as u32,
+                        });
+                    }
+                    Err(failure) => failure,
+                };
+                let may_go_on =
+                    failure.retry_safe && self.deadline.is_none_or(|d| Instant::now() < d);
+                let retry_here = may_go_on && on_link < max_attempts(&link);
+                let next = (may_go_on && !retry_here)
+                    .then(|| self.link_after(&link, fallbacks))
+                    .flatten();
+                let go_on =
+                    (retry_here || next.is_some()) && link.route.retry_budget.try_withdraw();
+                if !go_on {
+                    return match failure.answer {
+                        Some(answer) => Ok(Delivered {
+                            answer,
+                            endpoint,
+                            reason,
+                            passed_over,
+                            attempts: number,
+                            route: link.route,
+                            fallback_depth: link.depth as u32,
+                        }),
+                        None => Err(failure.error),
+                    };
                 }
-                None => {
-                    tracing::debug!(node = %endpoint.node.id, %error, attempt = number, "retrying on another node");
-                    tried.insert(index);
+                let Failure { error, answer, .. } = failure;
+                // Its answer, if any, ends here: the node's in-flight count drops before the pause.
+                drop(answer);
+                match next {
+                    Some(next) => {
+                        tracing::debug!(node = %endpoint.node.id, %error, attempt = number, fallback = %next.route.name, "falling back to the next service of the chain");
+                        fell_back_from = Some(error);
+                        (link, tried, on_link) = (next, TriedEndpoints::default(), 0);
+                    }
+                    None => {
+                        tracing::debug!(node = %endpoint.node.id, %error, attempt = number, "retrying on another node");
+                        tried.insert(index);
+                    }
                 }
-            }
-            let pause = Instant::now() + backoff.next_delay();
-            // The timer is boxed: only retries pause, and every call's future would
-            // otherwise carry it.
-            match self.deadline {
-                Some(deadline) if deadline <= pause => {
-                    Box::pin(tokio::time::sleep_until(deadline)).await;
-                    return Err(self.deadline_exceeded(link.route, endpoint, number, started));
+                let pause = Instant::now() + backoff.next_delay();
+                // The timer is boxed: only retries pause, and every call's future would
+                // otherwise carry it.
+                match self.deadline {
+                    Some(deadline) if deadline <= pause => {
+                        Box::pin(tokio::time::sleep_until(deadline)).await;
+                        return Err(self.deadline_exceeded(link.route, endpoint, number, started));
+                    }
+                    _ => Box::pin(tokio::time::sleep_until(pause)).await,
                 }
-                _ => Box::pin(tokio::time::sleep_until(pause)).await,
+                number += 1;
             }
-            number += 1;
         }
     }
 
