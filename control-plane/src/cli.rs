@@ -95,9 +95,8 @@ pub struct ControlArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// TLS certificate chain (PEM) of the HTTP listener (metrics, probes, the
-    /// dashboard); with --http-tls-key it serves HTTPS. Replaces [http_tls]. Re-read
-    /// when the file changes.
+    /// TLS certificate chain (PEM) of the HTTP listener (metrics, probes, the dashboard),
+    /// which then serves HTTPS. Replaces [http_tls]. Re-read when the file changes.
     #[arg(
         long,
         env = "MERIDIAN_HTTP_TLS_CERT",

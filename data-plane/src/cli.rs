@@ -116,8 +116,8 @@ pub struct ProxyArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// TLS certificate chain (PEM) of the admin HTTP listener; with --admin-tls-key it
-    /// serves HTTPS. Replaces [admin_tls]. Re-read when the file changes.
+    /// TLS certificate chain (PEM) of the admin HTTP listener, which then serves HTTPS.
+    /// Replaces [admin_tls]. Re-read when the file changes.
     #[arg(
         long,
         env = "MERIDIAN_ADMIN_TLS_CERT",
