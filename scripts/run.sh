@@ -15,7 +15,7 @@ ensure_prereqs
 
 echo "== building (release; the first build takes a few minutes)"
 cargo build --release --locked --bins
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 logs=.meridian/logs
 mkdir -p "$logs"
 
