@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_proto::v1::message_router_server::MessageRouterServer;
 use meridian_shared::Shutdown;
 use meridian_shared::admin_http::{self, BindError, Readiness};
-use meridian_shared::config::{ListenerLimits, ProxyConfig};
+use meridian_shared::config::{ListenerLimits, ListenerTlsConfig, ProxyConfig};
 use meridian_shared::credentials::{BearerAuth, CredentialError};
 use meridian_shared::listener::{
     BackoffAcceptor, ConnectionActivity, ConnectionCap, ConnectionPermit, ListenerMetrics,
@@ -120,18 +120,15 @@ impl Proxy {
             );
         }
         let tls_error = |section| move |source| ServeError::Tls { section, source };
-        let listen_tls = config
-            .listen_tls
-            .as_ref()
-            .map(|tls| ServerTls::load(tls.files()))
-            .transpose()
-            .map_err(tls_error("listen_tls (--tls-cert)"))?;
-        let admin_tls = config
-            .admin_tls
-            .as_ref()
-            .map(|tls| ServerTls::load(tls.files()))
-            .transpose()
-            .map_err(tls_error("admin_tls (--admin-tls-cert)"))?;
+        let server_tls = |tls: &Option<ListenerTlsConfig>| {
+            tls.as_ref()
+                .map(|tls| ServerTls::load(tls.files()))
+                .transpose()
+        };
+        let listen_tls =
+            server_tls(&config.listen_tls).map_err(tls_error("listen_tls (--tls-cert)"))?;
+        let admin_tls =
+            server_tls(&config.admin_tls).map_err(tls_error("admin_tls (--admin-tls-cert)"))?;
         let control_plane_tls = config
             .control_plane_tls
             .as_ref()

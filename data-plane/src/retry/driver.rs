@@ -176,18 +176,18 @@ impl<'a> RetryDriver<'a> {
                     .map_err(|_| self.deadline_exceeded(link.route, endpoint, number, started))?,
                     _ => attempt.send(link.route, endpoint, number).await,
                 };
+                // Made after the await, so the future does not hold it across one.
+                let delivered = |answer| Delivered {
+                    answer,
+                    endpoint,
+                    reason,
+                    passed_over,
+                    attempts: number,
+                    route: link.route,
+                    fallback_depth: link.depth as u32,
+                };
                 let failure = match answered {
-                    Ok(answer) => {
-                        return Ok(Delivered {
-                            answer,
-                            endpoint,
-                            reason,
-                            passed_over,
-                            attempts: number,
-                            route: link.route,
-                            fallback_depth: link.depth as u32,
-                        });
-                    }
+                    Ok(answer) => return Ok(delivered(answer)),
                     Err(failure) => failure,
                 };
                 let may_go_on =
@@ -200,15 +200,7 @@ impl<'a> RetryDriver<'a> {
                     (retry_here || next.is_some()) && link.route.retry_budget.try_withdraw();
                 if !go_on {
                     return match failure.answer {
-                        Some(answer) => Ok(Delivered {
-                            answer,
-                            endpoint,
-                            reason,
-                            passed_over,
-                            attempts: number,
-                            route: link.route,
-                            fallback_depth: link.depth as u32,
-                        }),
+                        Some(answer) => Ok(delivered(answer)),
                         None => Err(failure.error),
                     };
                 }
