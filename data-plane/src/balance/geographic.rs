@@ -363,6 +363,11 @@ mod tests {
     }
 
     /// A proxy in Dublin, zone eu-west-a.
+    /// A geographic balancer over `endpoints` for a proxy in Dublin, default policy.
+    fn in_dublin(endpoints: Vec<Arc<Endpoint>>) -> Geographic {
+        Geographic::new(endpoints, &[], &dublin_proxy(), &FailoverPolicy::default())
+    }
+
     fn dublin_proxy() -> Locality {
         let regions = [
             region("eu-west", 53.35, -6.26),  // Dublin
@@ -411,12 +416,7 @@ mod tests {
 
     #[test]
     fn tiers_go_zone_region_then_regions_by_distance() {
-        let balancer = Geographic::new(
-            all_endpoints(),
-            &[],
-            &dublin_proxy(),
-            &FailoverPolicy::default(),
-        );
+        let balancer = in_dublin(all_endpoints());
         let tiers: Vec<(TierKind, &str, Vec<&str>)> = balancer
             .tiers()
             .iter()
@@ -483,12 +483,7 @@ mod tests {
     fn a_retry_skips_the_endpoints_it_tried_as_if_their_breakers_were_open() {
         // Right after a loss the failed endpoints' breakers are still closed: a retry must
         // still move on, to the next tier in distance order, not back to them.
-        let balancer = Geographic::new(
-            all_endpoints(),
-            &[],
-            &dublin_proxy(),
-            &FailoverPolicy::default(),
-        );
+        let balancer = in_dublin(all_endpoints());
         let ids_of = |excluded: &[&str]| {
             let endpoints = balancer.endpoints();
             let tried = |i: usize| excluded.contains(&endpoints[i].node.id.as_str());
@@ -511,12 +506,7 @@ mod tests {
 
     #[test]
     fn load_is_spread_by_in_flight_inside_a_tier() {
-        let balancer = Geographic::new(
-            all_endpoints(),
-            &[],
-            &dublin_proxy(),
-            &FailoverPolicy::default(),
-        );
+        let balancer = in_dublin(all_endpoints());
         let zone_1 = balancer
             .endpoints()
             .iter()
@@ -540,8 +530,7 @@ mod tests {
 
     #[test]
     fn no_endpoints_no_pick() {
-        let balancer =
-            Geographic::new(Vec::new(), &[], &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = in_dublin(Vec::new());
         assert!(balancer.tiers().is_empty());
         assert_eq!(balancer.pick(&PickContext::default()), None);
     }
@@ -567,12 +556,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_tier_that_loses_a_little_keeps_all_its_traffic() {
         let eps = zone_and_region();
-        let balancer = Geographic::new(
-            eps.clone(),
-            &[],
-            &dublin_proxy(),
-            &FailoverPolicy::default(),
-        );
+        let balancer = in_dublin(eps.clone());
         open_breaker(&eps[0]);
         // 3 of 4 ready × 1.4 = 105 % ≥ 100 %: nothing spills.
         assert_eq!(zone_share(&balancer, 2_000), 1.0);
@@ -581,12 +565,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_tier_that_loses_half_spills_by_the_overprovisioning_factor() {
         let eps = zone_and_region();
-        let balancer = Geographic::new(
-            eps.clone(),
-            &[],
-            &dublin_proxy(),
-            &FailoverPolicy::default(),
-        );
+        let balancer = in_dublin(eps.clone());
         open_breaker(&eps[0]);
         open_breaker(&eps[1]);
         // 2 of 4 ready × 1.4 = 70 % stays in the zone, 30 % spills to the region.
@@ -659,12 +638,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn below_the_panic_threshold_every_endpoint_is_used() {
         let eps = zone_and_region();
-        let balancer = Geographic::new(
-            eps.clone(),
-            &[],
-            &dublin_proxy(),
-            &FailoverPolicy::default(),
-        );
+        let balancer = in_dublin(eps.clone());
         for e in &eps[..5] {
             open_breaker(e);
         }
@@ -683,59 +657,43 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn full_endpoints_neither_cause_panic_routing_nor_get_picked() {
-        let eps = zone_and_region();
-        let balancer = Geographic::new(
-            eps.clone(),
-            &[],
-            &dublin_proxy(),
-            &FailoverPolicy::default(),
-        );
-        // Five of eight at their per-node limit: healthy, so no panic, and never picked.
-        let held: Vec<_> = eps[..5]
-            .iter()
-            .map(|e| {
-                e.set_max_requests(1);
-                e.start_request()
-            })
-            .collect();
-        for _ in 0..2_000 {
-            let pick = balancer.pick(&PickContext::default()).unwrap();
-            assert!(!pick.reason.starts_with("panic"), "{}", pick.reason);
-            assert!(
-                !eps[pick.index].is_full(),
-                "picked full {}",
-                eps[pick.index].node.id
-            );
+        /// Puts each of `eps` at its per-node limit (one call, held while the guards live).
+        fn fill(eps: &[Arc<Endpoint>]) -> Vec<crate::endpoint::InFlight<'_>> {
+            eps.iter()
+                .map(|e| {
+                    e.set_max_requests(1);
+                    e.start_request()
+                })
+                .collect()
         }
+        /// 2,000 picks: none of a full endpoint, each in panic or not as `panic` says.
+        fn picks_skip_full(balancer: &Geographic, eps: &[Arc<Endpoint>], panic: bool) {
+            for _ in 0..2_000 {
+                let pick = balancer.pick(&PickContext::default()).unwrap();
+                assert_eq!(pick.reason.starts_with("panic"), panic, "{}", pick.reason);
+                assert!(
+                    !eps[pick.index].is_full(),
+                    "picked full {}",
+                    eps[pick.index].node.id
+                );
+            }
+        }
+
+        // Five of eight at their per-node limit: healthy, so no panic, and never picked.
+        let eps = zone_and_region();
+        let balancer = in_dublin(eps.clone());
+        let held = fill(&eps[..5]);
+        picks_skip_full(&balancer, &eps, false);
         drop(held);
 
         // In panic (5 of 8 breakers open), the two full ones are still left out.
         let eps = zone_and_region();
-        let balancer = Geographic::new(
-            eps.clone(),
-            &[],
-            &dublin_proxy(),
-            &FailoverPolicy::default(),
-        );
-        let held: Vec<_> = eps[..2]
-            .iter()
-            .map(|e| {
-                e.set_max_requests(1);
-                e.start_request()
-            })
-            .collect();
+        let balancer = in_dublin(eps.clone());
+        let held = fill(&eps[..2]);
         for e in &eps[3..] {
             open_breaker(e);
         }
-        for _ in 0..2_000 {
-            let pick = balancer.pick(&PickContext::default()).unwrap();
-            assert!(pick.reason.starts_with("panic"), "{}", pick.reason);
-            assert!(
-                !eps[pick.index].is_full(),
-                "picked full {}",
-                eps[pick.index].node.id
-            );
-        }
+        picks_skip_full(&balancer, &eps, true);
         drop(held);
     }
 
@@ -781,7 +739,7 @@ mod tests {
             Arc::new(returning),
             endpoint("region-0", "eu-west", "eu-west-b", 1),
         ];
-        let balancer = Geographic::new(eps, &[], &dublin_proxy(), &FailoverPolicy::default());
+        let balancer = in_dublin(eps);
 
         // Just back: a tenth of its capacity × 1.4 ≈ 14 % of the traffic.
         let share = zone_share(&balancer, 20_000);
