@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwapOption, Guard};
 use meridian_proto::v1 as pb;
 use meridian_shared::config::UpstreamLimits;
-use meridian_shared::domain::{Algorithm, ServicePolicy};
+use meridian_shared::domain::{Algorithm, NodeStatus, ServicePolicy};
 use serde_json::json;
 
 pub use self::data::TableData;
@@ -176,29 +176,25 @@ impl ProxyTable {
                     });
                 let serving: Vec<&Arc<Endpoint>> =
                     endpoints.values().filter(|e| e.node.serves(name)).collect();
-                let mut usable: Vec<Arc<Endpoint>> = serving
-                    .iter()
-                    .filter(|e| e.node.status.is_routable())
-                    .map(|e| Arc::clone(e))
-                    .collect();
-                usable.sort_by(|a, b| a.node.id.cmp(&b.node.id));
-                let mut local: Vec<Arc<Endpoint>> = usable
-                    .iter()
-                    .filter(|e| e.node.region == identity.region)
-                    .cloned()
-                    .collect();
+                // The serving nodes whose status passes `keep`, by id; and those of them in
+                // this proxy's region.
+                let with_status = |keep: fn(NodeStatus) -> bool| {
+                    let mut all: Vec<Arc<Endpoint>> = serving
+                        .iter()
+                        .filter(|e| keep(e.node.status))
+                        .map(|e| Arc::clone(e))
+                        .collect();
+                    all.sort_by(|a, b| a.node.id.cmp(&b.node.id));
+                    let local: Vec<Arc<Endpoint>> = all
+                        .iter()
+                        .filter(|e| e.node.region == identity.region)
+                        .cloned()
+                        .collect();
+                    (all, local)
+                };
+                let (mut usable, mut local) = with_status(NodeStatus::is_routable);
                 // Members that are down count in their tier's total for the spill rule.
-                let mut down: Vec<Arc<Endpoint>> = serving
-                    .iter()
-                    .filter(|e| balance::is_down_member(e.node.status))
-                    .map(|e| Arc::clone(e))
-                    .collect();
-                down.sort_by(|a, b| a.node.id.cmp(&b.node.id));
-                let mut local_down: Vec<Arc<Endpoint>> = down
-                    .iter()
-                    .filter(|e| e.node.region == identity.region)
-                    .cloned()
-                    .collect();
+                let (mut down, mut local_down) = with_status(balance::is_down_member);
                 if let Some(targeted) = failover_endpoints(&data, &policy, &usable) {
                     // An operator's failover moves the service, region restriction included.
                     down.retain(|e| in_failover_target(&data, &policy, e));
