@@ -22,6 +22,7 @@ pub mod retry;
 pub mod router;
 pub mod server;
 pub mod table;
+pub mod wire;
 
 pub use cli::ProxyArgs;
 pub use server::{Proxy, ServeError};
