@@ -10,9 +10,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::wire::RecvBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::connection::UpstreamBody;
 use super::{Connection, StreamSlot};
@@ -37,7 +37,7 @@ impl NoAnswer {
 /// A node's answer, holding its call's place on the connection until dropped.
 #[derive(Debug)]
 pub struct AnswerBody {
-    inner: Incoming,
+    inner: RecvBody,
     connection: Arc<Connection>,
     stream: StreamSlot,
 }
@@ -50,12 +50,12 @@ impl Drop for AnswerBody {
 
 impl Body for AnswerBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h2::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

@@ -34,13 +34,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper::rt::{Read, Write};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use meridian_shared::config::UpstreamLimits;
 use meridian_shared::tls::ClientTls;
 use tokio::net::TcpStream;
+
+use crate::wire::{ClientConnection, RecvBody, SendError};
 
 /// Request body type on every upstream connection.
 pub type UpstreamBody = tonic::body::Body;
@@ -55,10 +53,7 @@ pub enum UpstreamError {
     #[error("cannot connect to {address}: {reason}")]
     NotSent { address: String, reason: String },
     #[error("the connection to {address} failed: {source}")]
-    Failed {
-        address: String,
-        source: hyper::Error,
-    },
+    Failed { address: String, source: h2::Error },
 }
 
 /// A request that could not be forwarded; `unsent` holds it back when the node never saw
@@ -137,7 +132,7 @@ struct WorkerPool {
 /// One connection of a worker's pool.
 #[derive(Debug, Default)]
 struct Slot {
-    sender: ArcSwapOption<SendRequest<UpstreamBody>>,
+    sender: ArcSwapOption<ClientConnection>,
     connecting: tokio::sync::Mutex<()>,
     /// Calls over this connection whose response has not ended.
     streams: AtomicU32,
@@ -249,7 +244,7 @@ impl Connection {
     pub fn send(
         &self,
         request: http::Request<UpstreamBody>,
-    ) -> impl Future<Output = Result<(http::Response<Incoming>, StreamSlot), SendFailure>> {
+    ) -> impl Future<Output = Result<(http::Response<RecvBody>, StreamSlot), SendFailure>> {
         async move {
             let worker = WORKER.get() % self.per_worker.len();
             let pool = &self.per_worker[worker];
@@ -269,8 +264,8 @@ impl Connection {
                 .filter(|s| !s.is_closed())
                 .cloned();
             let response = match open {
-                Some(mut sender) => {
-                    let sent = sender.try_send_request(request).await;
+                Some(sender) => {
+                    let sent = sender.send(request).await;
                     self.sent(own, sent)?
                 }
                 None => Box::pin(self.send_on(own, request)).await?,
@@ -290,8 +285,8 @@ impl Connection {
         &self,
         own: &Slot,
         request: http::Request<UpstreamBody>,
-    ) -> Result<http::Response<Incoming>, SendFailure> {
-        let mut sender = match self.sender(own).await {
+    ) -> Result<http::Response<RecvBody>, SendFailure> {
+        let sender = match self.sender(own).await {
             Ok(sender) => sender,
             Err(error) => {
                 return Err(SendFailure {
@@ -300,51 +295,55 @@ impl Connection {
                 });
             }
         };
-        if sender.ready().await.is_err() {
-            // The connection closed between load and use: reconnect once.
-            own.sender.store(None);
-            sender = match self.sender(own).await {
-                Ok(sender) => sender,
-                Err(error) => {
-                    return Err(SendFailure {
-                        error,
-                        unsent: Some(request),
-                    });
-                }
-            };
-        }
-        let sent = sender.try_send_request(request).await;
+        let request = match sender.send(request).await {
+            Err(SendError::NotSent(_, request)) => {
+                // The connection closed between load and use: reconnect once.
+                own.sender.store(None);
+                *request
+            }
+            sent => return self.sent(own, sent),
+        };
+        let sender = match self.sender(own).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                return Err(SendFailure {
+                    error,
+                    unsent: Some(request),
+                });
+            }
+        };
+        let sent = sender.send(request).await;
         self.sent(own, sent)
     }
 
     /// What sending over the connection in `own` gave: the response head, or the failure
     /// (with the request when the node never saw it).
-    #[allow(clippy::result_large_err)] // as hyper's own: the error carries the request
+    #[allow(clippy::result_large_err)] // the error carries the request
     fn sent(
         &self,
         own: &Slot,
-        sent: Result<
-            http::Response<Incoming>,
-            hyper::client::conn::TrySendError<http::Request<UpstreamBody>>,
-        >,
-    ) -> Result<http::Response<Incoming>, SendFailure> {
-        sent.map_err(|mut e| {
-            let unsent = e.take_message();
-            if unsent.is_some() {
-                // The connection went away before this request was written.
-                own.sender.store(None);
-            }
+        sent: Result<http::Response<RecvBody>, SendError<UpstreamBody>>,
+    ) -> Result<http::Response<RecvBody>, SendFailure> {
+        sent.map_err(|e| {
+            let (source, unsent) = match e {
+                SendError::NotSent(source, request) => {
+                    // The connection went away before this request was written.
+                    own.sender.store(None);
+                    (source, Some(*request))
+                }
+                SendError::Failed(source) => (source, None),
+            };
             SendFailure {
                 unsent,
                 error: UpstreamError::Failed {
                     address: self.address.clone(),
-                    source: e.into_error(),
+                    source,
                 },
             }
         })
     }
 
-    async fn sender(&self, own: &Slot) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    async fn sender(&self, own: &Slot) -> Result<ClientConnection, UpstreamError> {
         if let Some(sender) = own.sender.load_full().filter(|s| !s.is_closed()) {
             return Ok((*sender).clone());
         }
@@ -359,7 +358,7 @@ impl Connection {
         Ok(sender)
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect(&self) -> Result<ClientConnection, UpstreamError> {
         let not_sent = |reason: String| UpstreamError::NotSent {
             address: self.address.clone(),
             reason,
@@ -373,14 +372,14 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let settings = &self.settings;
         let handshaken = match &self.tls {
-            None => handshake(TokioIo::new(stream), &self.address, settings).await,
+            None => handshake(stream, &self.address, settings).await,
             Some(target) => {
                 let stream =
                     tokio::time::timeout_at(deadline, target.tls.connect(stream, &target.host))
                         .await
                         .map_err(timed_out)?
                         .map_err(|e| not_sent(format!("TLS handshake failed: {e}")))?;
-                handshake(TokioIo::new(stream), &self.address, settings).await
+                handshake(stream, &self.address, settings).await
             }
         };
         handshaken.map_err(|e| not_sent(e.to_string()))
@@ -411,25 +410,17 @@ async fn handshake<T>(
     io: T,
     address: &str,
     settings: &PoolSettings,
-) -> hyper::Result<SendRequest<UpstreamBody>>
+) -> Result<ClientConnection, h2::Error>
 where
-    T: Read + Write + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .initial_stream_window_size(settings.stream_window_bytes)
-        .initial_connection_window_size(settings.connection_window_bytes)
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(io)
-        .await?;
-    let address = address.to_owned();
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(%address, error = %e, "upstream connection closed");
-        }
-    });
-    Ok(sender)
+    ClientConnection::handshake(
+        io,
+        address,
+        settings.stream_window_bytes,
+        settings.connection_window_bytes,
+    )
+    .await
 }
 
 #[cfg(test)]

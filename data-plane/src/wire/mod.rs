@@ -1,13 +1,15 @@
-//! The HTTP/2 streams the proxy drives itself over the `h2` crate, on both sides: the
-//! client connections it serves and the connections to nodes. hyper's HTTP/2 layer put a
-//! task, a channel and a boxed future between each call and its streams; the proxy
+//! The HTTP/2 streams the proxy drives itself over the `h2` crate. hyper's HTTP/2 layer
+//! put tasks, a channel and boxed futures between each call and its streams; the proxy
 //! relays frames, so it speaks to `h2` directly. [`RecvBody`] reads a stream's DATA
 //! frames and trailers as an [`http_body::Body`] (giving back flow-control window as the
-//! reader takes them); [`send_body`] writes a body onto a stream as the peer's window
-//! allows.
+//! reader takes them); [`SendBody`] writes a body onto a stream as the peer's window
+//! allows; [`ClientConnection`] is a connection to a node; [`keepalive`] pings the peer.
 
+pub mod client;
+pub mod keepalive;
 mod recv;
 mod send;
 
+pub use client::{ClientConnection, SendError};
 pub use recv::RecvBody;
-pub use send::{SendBodyError, send_body};
+pub use send::{SendBody, SendBodyError, send_body};
