@@ -30,7 +30,8 @@
 # Usage: scripts/bench.sh [SECONDS_PER_RUN (10)] [ROUNDS (3)]
 # Knobs (environment): MODES ("shared pinned"), LEVELS ("1x1 4x64 route:4x16 chat:4x16"),
 #   TARGETS (default: all), WARM (2 s), PROXY_A / PROXY_B / PROXY_C (meridian-proxy binaries; A
-#   defaults to this checkout's release build), SKIP_BUILD=1, OUT (results directory),
+#   defaults to this checkout's `dist` build: fat LTO, as shipped; the backends, control
+#   plane and loadgen are release builds), SKIP_BUILD=1, OUT (results directory),
 #   QUIET_PCT (15) / QUIET_MAX (20 s) / FOREIGN_MAX (25 % of a core) / RETRIES (1).
 # Every load run is bounded (h2load -D / loadgen --duration, under `timeout`); everything
 # listens on 127.0.0.1 and everything started here is stopped on exit, by PID.
@@ -57,9 +58,11 @@ ensure_commands h2load:nghttp2-client nghttp:nghttp2-client nginx:nginx-light ha
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     ensure_prereqs
     cargo build --release --locked --bins >&2
+    # The proxy as shipped: the `dist` profile (fat LTO; see Cargo.toml).
+    [[ -n ${PROXY_A:-} ]] || cargo build --profile dist --locked --bin meridian-proxy >&2
 fi
 bin=${CARGO_TARGET_DIR:-$ROOT/target}/release
-PROXY_A=${PROXY_A:-$bin/meridian-proxy}
+PROXY_A=${PROXY_A:-${CARGO_TARGET_DIR:-$ROOT/target}/dist/meridian-proxy}
 PROXY_B=${PROXY_B:-}
 PROXY_C=${PROXY_C:-}
 declare -A PORT=([direct]=19101 [meridian]=18000 [meridian-b]=18010 [meridian-c]=18020 [nginx]=18100 [haproxy]=18200)
