@@ -26,6 +26,9 @@ pub fn parse(value: &HeaderValue) -> Option<Duration> {
 }
 
 /// A `grpc-timeout` value for `remaining`, in the finest unit that fits in 8 digits.
+/// Marked sensitive, which HPACK sends as a literal "never indexed": a value new on every
+/// call would otherwise enter both ends' header tables and push the headers that do
+/// repeat (content-type, te, the node's name) out of them.
 pub fn format(remaining: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let nanos = remaining.as_nanos();
@@ -38,7 +41,10 @@ pub fn format(remaining: Duration) -> HeaderValue {
     } else {
         format!("{}S", (remaining.as_secs()).min(MAX as u64))
     };
-    HeaderValue::from_str(&text).expect("digits and a unit letter are a valid header value")
+    let mut value =
+        HeaderValue::from_str(&text).expect("digits and a unit letter are a valid header value");
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]
@@ -72,5 +78,10 @@ mod tests {
                 "{d:?} → {back:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_written_budget_stays_out_of_the_hpack_tables() {
+        assert!(format(Duration::from_millis(1500)).is_sensitive());
     }
 }
