@@ -5,15 +5,18 @@
 //! connection and its upstream connection then live on one thread: no lock of the h2
 //! connection is contended across cores and no wake-up crosses them. Each connection is
 //! opened on first use and reopened when it closes. The request path loads the current
-//! sender lock-free (`ArcSwapOption`) and clones it; only (re)connecting takes a lock, so
-//! concurrent requests to a node that is down open one connection attempt per slot, not
-//! one each.
+//! connection lock-free (`ArcSwapOption`) and clones its handle; only (re)connecting takes
+//! a lock, so concurrent requests to a node that is down open one connection attempt per
+//! slot, not one each. The connections speak HTTP/2 through the `h2` crate directly
+//! ([`crate::wire::client`]): the call's own future sends the request and waits for the
+//! answer.
 //!
 //! **One slow reader must not stall the other callers.** A response's data waits in the
 //! proxy until its client reads it, and until then it holds both its stream's and its
-//! connection's HTTP/2 flow-control window. With hyper's defaults (2 MiB per stream, 5 MiB
-//! per connection) three clients that stop reading large responses used up the whole
-//! connection window, and every other call to the node over that connection stalled. So:
+//! connection's HTTP/2 flow-control window. With hyper's defaults, which the proxy used
+//! before (2 MiB per stream, 5 MiB per connection), three clients that stop reading large
+//! responses used up the whole connection window, and every other call to the node over
+//! that connection stalled. So:
 //! - each stream's window is `stream_window_bytes` and the connection's is that times
 //!   `max_streams_per_connection` ([`PoolSettings`]): the calls a connection carries can
 //!   never use up its window together, whatever their clients do; what the proxy holds
