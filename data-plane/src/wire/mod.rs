@@ -4,10 +4,12 @@
 //! relays frames, so it speaks to `h2` directly. [`RecvBody`] reads a stream's DATA
 //! frames and trailers as an [`http_body::Body`] (giving back flow-control window as the
 //! reader takes them); [`send_body`] writes a body onto a stream as the peer's window
-//! allows.
+//! allows; [`server`] serves a client connection with them, every stream in the
+//! connection's own task.
 
 mod recv;
 mod send;
+pub mod server;
 
 pub use recv::RecvBody;
-pub use send::{SendBodyError, send_body};
+pub use send::{SendBody, SendBodyError, send_body};

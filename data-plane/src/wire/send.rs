@@ -1,9 +1,13 @@
 //! Writing a body onto an HTTP/2 stream: DATA frames as the peer's window allows, then
 //! the trailers (or an empty DATA frame that ends the stream).
+//!
+//! [`SendBody`] is a named future (not an `async fn`) so that a connection driving many
+//! streams can hold it in its own per-stream state without boxing it.
 
-use std::future::poll_fn;
-use std::pin::pin;
-use std::task::Poll;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use h2::{Reason, SendStream};
@@ -17,78 +21,101 @@ pub enum SendBodyError {
     #[error("the HTTP/2 stream failed: {0}")]
     Stream(#[from] h2::Error),
     #[error("the body failed: {0}")]
-    Body(Box<dyn std::error::Error + Send + Sync>),
+    Body(Box<dyn StdError + Send + Sync>),
 }
 
 /// Sends `body` on `stream` to its end. A peer that resets the stream stops it at once
-/// (the body is dropped, which ends what feeds it); a body that fails resets the stream
-/// with `INTERNAL_ERROR`, or with the reason of the HTTP/2 error it carries.
-pub async fn send_body<B>(body: B, mut stream: SendStream<Bytes>) -> Result<(), SendBodyError>
+/// (the body is dropped with the future, which ends what feeds it); a body that fails
+/// resets the stream with the reason of the HTTP/2 error found in its error's sources (an
+/// upstream reset passes on as the same reset), else `INTERNAL_ERROR`.
+pub fn send_body<B>(body: B, stream: SendStream<Bytes>) -> SendBody<B>
 where
     B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let mut body = pin!(body);
-    loop {
-        // Wait for room before taking the next frame, so a peer that stops reading stops
-        // this reader too. h2 buffers a frame beyond the window; one is enough to wait for.
-        stream.reserve_capacity(1);
-        if stream.capacity() == 0 {
-            poll_fn(|cx| loop {
-                if let Poll::Ready(reset) = stream.poll_reset(cx) {
-                    return Poll::Ready(Err(reset_error(reset)));
-                }
-                match stream.poll_capacity(cx) {
-                    Poll::Ready(Some(Ok(0))) => continue,
-                    Poll::Ready(Some(Ok(_))) => return Poll::Ready(Ok(())),
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
-                    Poll::Ready(None) => {
-                        return Poll::Ready(Err(SendBodyError::Reset(Reason::CANCEL)));
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
-            })
-            .await?;
-        }
-        let frame = poll_fn(|cx| {
-            if let Poll::Ready(reset) = stream.poll_reset(cx) {
+    SendBody {
+        body,
+        stream,
+        waiting_for_room: false,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`send_body`].
+    pub struct SendBody<B> {
+        #[pin]
+        body: B,
+        stream: SendStream<Bytes>,
+        // Room was asked for the next frame and has not come yet.
+        waiting_for_room: bool,
+    }
+}
+
+impl<B> Future for SendBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Output = Result<(), SendBodyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            if let Poll::Ready(reset) = this.stream.poll_reset(cx) {
                 return Poll::Ready(Err(reset_error(reset)));
             }
-            body.as_mut().poll_frame(cx).map(Ok)
-        })
-        .await?;
-        let frame = match frame {
-            None => {
-                stream.send_data(Bytes::new(), true)?;
-                return Ok(());
+            // Wait for room before taking the next frame, so a peer that stops reading
+            // stops this reader too. h2 buffers a frame beyond the window; one is enough
+            // to wait for.
+            if !*this.waiting_for_room {
+                this.stream.reserve_capacity(1);
+                *this.waiting_for_room = this.stream.capacity() == 0;
             }
-            Some(Err(e)) => {
-                let e = e.into();
-                let reason = e
-                    .downcast_ref::<h2::Error>()
-                    .and_then(h2::Error::reason)
-                    .unwrap_or(Reason::INTERNAL_ERROR);
-                stream.send_reset(reason);
-                return Err(SendBodyError::Body(e));
-            }
-            Some(Ok(frame)) => frame,
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                let end = body.is_end_stream();
-                stream.send_data(data, end)?;
-                if end {
-                    return Ok(());
+            while *this.waiting_for_room {
+                match ready!(this.stream.poll_capacity(cx)) {
+                    Some(Ok(0)) => {}
+                    Some(Ok(_)) => *this.waiting_for_room = false,
+                    Some(Err(e)) => return Poll::Ready(Err(e.into())),
+                    None => return Poll::Ready(Err(SendBodyError::Reset(Reason::CANCEL))),
                 }
             }
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    stream.send_trailers(trailers)?;
-                    return Ok(());
+            let frame = match ready!(this.body.as_mut().poll_frame(cx)) {
+                None => {
+                    this.stream.send_data(Bytes::new(), true)?;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => {
+                    let e = e.into();
+                    this.stream.send_reset(h2_reason(&*e));
+                    return Poll::Ready(Err(SendBodyError::Body(e)));
+                }
+                Some(Ok(frame)) => frame,
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let end = this.body.is_end_stream();
+                    this.stream.send_data(data, end)?;
+                    if end {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        this.stream.send_trailers(trailers)?;
+                        return Poll::Ready(Ok(()));
+                    }
                 }
             }
         }
     }
+}
+
+/// The reason of the first HTTP/2 error among `error` and its sources (as hyper looked
+/// for it), else `INTERNAL_ERROR`.
+fn h2_reason(error: &(dyn StdError + 'static)) -> Reason {
+    std::iter::successors(Some(error), |&e| e.source())
+        .find_map(|e| e.downcast_ref::<h2::Error>().and_then(h2::Error::reason))
+        .unwrap_or(Reason::INTERNAL_ERROR)
 }
 
 fn reset_error(reset: Result<Reason, h2::Error>) -> SendBodyError {
