@@ -151,11 +151,6 @@ where
     pub fn graceful_shutdown(&mut self) {
         self.conn.graceful_shutdown();
     }
-
-    /// Calls open now (accepted and not yet answered to their end).
-    pub fn open_calls(&self) -> usize {
-        self.streams.len()
-    }
 }
 
 impl<T, H> Future for Connection<T, H>
@@ -507,6 +502,56 @@ mod tests {
         .await
         .expect("the reset call's future is dropped");
         assert!(!served.is_finished(), "the connection goes on");
+    }
+
+    #[tokio::test]
+    async fn a_graceful_shutdown_lets_the_call_in_flight_finish_then_closes() {
+        let (gate, opened) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let handler = {
+            let (gate, opened) = (Arc::clone(&gate), Arc::clone(&opened));
+            move |_request: Request<RecvBody>| {
+                let (gate, opened) = (Arc::clone(&gate), Arc::clone(&opened));
+                async move {
+                    opened.notify_one();
+                    gate.notified().await;
+                    Response::new(Full::new(Bytes::from_static(b"answer")))
+                }
+            }
+        };
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            let mut connection = server(None).handshake(server_io, handler).await?;
+            tokio::select! {
+                result = &mut connection => return result,
+                _ = stopped => connection.graceful_shutdown(),
+            }
+            connection.await
+        });
+        let (client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let (response, _) = client.send_request(post("/slow"), true).unwrap();
+        opened.notified().await;
+        stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !served.is_finished(),
+            "the call in flight holds the connection open"
+        );
+        gate.notify_one();
+        let mut body = response
+            .await
+            .expect("the call in flight is answered")
+            .into_body();
+        assert_eq!(read_body(&mut body).await, b"answer");
+        let closed = tokio::time::timeout(Duration::from_secs(10), served).await;
+        assert!(
+            matches!(closed, Ok(Ok(Ok(())))),
+            "then the connection closes cleanly: {closed:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
