@@ -21,7 +21,6 @@
 //! no call open for the idle timeout gets a GOAWAY; one that cancels too many calls before
 //! their answer (HTTP/2 rapid reset) is closed at once.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,8 +31,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::routing::get;
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_proto::v1::message_router_server::MessageRouterServer;
 use meridian_shared::Shutdown;
 use meridian_shared::admin_http::{self, BindError, Readiness};
@@ -58,6 +55,8 @@ use crate::reload::{LoadConfig, ProxyReloader};
 use crate::router::Router;
 use crate::table::subscription::{Subscription, report_table_age};
 use crate::table::{ProxyIdentity, TableHandle};
+use crate::wire::RecvBody;
+use crate::wire::server::Http2Server;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -314,7 +313,7 @@ impl Dispatch {
     #[allow(clippy::manual_async_fn)] // see above
     fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<RecvBody>,
         client: SocketAddr,
     ) -> impl Future<Output = Response<ProxyBody>> {
         async move {
@@ -394,13 +393,12 @@ async fn accept_until_shutdown(
     grace: Duration,
 ) {
     let limits = &listener.limits;
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_list_bytes)
-        .keep_alive_interval(limits.keepalive_interval())
-        .keep_alive_timeout(limits.keepalive_timeout());
+    let http2 = Http2Server::new(
+        limits.max_concurrent_streams,
+        limits.max_header_list_bytes,
+        Some(limits.keepalive_interval()),
+        limits.keepalive_timeout(),
+    );
     let metrics = ListenerMetrics::new("meridian_proxy");
     let server = ConnectionServer {
         http2,
@@ -450,7 +448,7 @@ async fn accept_until_shutdown(
 /// Serves client connections, each in a task on one of `workers`, tracked by
 /// `connections`, until `shutdown` (then with a graceful GOAWAY).
 struct ConnectionServer {
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http2: Http2Server,
     dispatch: Arc<Dispatch>,
     tls: Option<ServerTls>,
     limits: ListenerLimits,
@@ -514,7 +512,7 @@ impl ConnectionServer {
 
 /// What serving one connection needs, moved to its worker.
 struct ConnectionSettings {
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http2: Http2Server,
     tls: Option<ServerTls>,
     handshake_timeout: Duration,
     idle_timeout: Duration,
@@ -525,36 +523,25 @@ struct ConnectionSettings {
 }
 
 impl ConnectionSettings {
-    /// The TLS handshake (if any) and the HTTP/2 preface under the handshake deadline,
-    /// then the connection's calls.
+    /// The TLS handshake (if any), the HTTP/2 preface and SETTINGS under the handshake
+    /// deadline, then the connection's calls.
     async fn open_and_serve(self, tcp: TcpStream, connection: Arc<ClientConnection>) {
-        let client = connection.client;
         match self.tls.clone() {
             Some(tls) => {
-                let opened =
-                    self.handshake(
-                        client,
-                        async move { read_preface(tls.accept(tcp).await?).await },
-                    );
-                if let Some(io) = opened.await {
-                    self.serve(io, connection).await;
-                }
+                let opening = async move { read_preface(tls.accept(tcp).await?).await };
+                self.serve(opening, connection).await;
             }
-            None => {
-                if let Some(io) = self.handshake(client, read_preface(tcp)).await {
-                    self.serve(io, connection).await;
-                }
-            }
+            None => self.serve(read_preface(tcp), connection).await,
         }
     }
 
-    async fn handshake<S>(
+    async fn handshake<T>(
         &self,
         client: SocketAddr,
-        opening: impl Future<Output = std::io::Result<PrefacedIo<S>>>,
-    ) -> Option<PrefacedIo<S>> {
+        opening: impl Future<Output = std::io::Result<T>>,
+    ) -> Option<T> {
         match tokio::time::timeout(self.handshake_timeout, opening).await {
-            Ok(Ok(io)) => Some(io),
+            Ok(Ok(opened)) => Some(opened),
             Ok(Err(e)) => {
                 self.metrics.closed_handshake_failed.increment(1);
                 tracing::debug!(%client, error = %e, "client connection closed: its handshake failed");
@@ -568,42 +555,52 @@ impl ConnectionSettings {
         }
     }
 
-    /// Serves the calls of one connection until it ends, the proxy shuts down (GOAWAY),
-    /// it idles past the idle timeout (GOAWAY) or resets too many calls (closed at once).
-    async fn serve<S>(self, io: PrefacedIo<S>, connection: Arc<ClientConnection>)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    /// Opens the connection, then serves its calls until it ends, the proxy shuts down
+    /// (GOAWAY), it idles past the idle timeout (GOAWAY) or resets too many calls (closed
+    /// at once). Every call runs in this connection's task ([`crate::wire::server`]).
+    async fn serve<S>(
+        self,
+        opening: impl Future<Output = std::io::Result<PrefacedIo<S>>>,
+        connection: Arc<ClientConnection>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let watched = Arc::clone(&connection);
         let client = connection.client;
-        let service = hyper::service::service_fn(move |request| {
+        let watched = Arc::clone(&connection);
+        let handler = move |request| {
             let mut call = StreamGuard::start(Arc::clone(&connection));
-            // Boxed so the task hyper spawns per stream holds a pointer, not the whole
-            // (large) future.
-            Box::pin(async move {
+            async move {
                 let conn = call.connection();
                 let response = conn.dispatch.handle(request, conn.client).await;
                 call.answered();
-                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, Some(call))))
-            })
-        });
+                response.map(|body| TrackedBody::new(body, Some(call)))
+            }
+        };
+        let opened = async {
+            let io = opening.await?;
+            self.http2
+                .handshake(io, handler)
+                .await
+                .map_err(std::io::Error::other)
+        };
+        let Some(mut connection) = self.handshake(client, opened).await else {
+            return;
+        };
         self.metrics.open.increment(1.0);
-        let connection = self.http2.serve_connection(TokioIo::new(io), service);
-        let mut connection = std::pin::pin!(connection);
         tokio::select! {
-            result = connection.as_mut() => {
+            result = &mut connection => {
                 if let Err(e) = result {
                     tracing::debug!(%client, error = %e, "client connection ended with an error");
                 }
             }
             _ = self.shutdown.wait() => {
-                connection.as_mut().graceful_shutdown();
+                connection.graceful_shutdown();
                 let _ = connection.await;
             }
             () = watched.activity.idle_for(self.idle_timeout) => {
                 self.metrics.closed_idle.increment(1);
                 tracing::debug!(%client, "client connection closed: no call for listener_limits.idle_timeout_seconds");
-                connection.as_mut().graceful_shutdown();
+                connection.graceful_shutdown();
                 let _ = tokio::time::timeout(self.close_timeout, connection).await;
             }
             () = watched.activity.too_many_resets() => {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::keepalive;
 use super::recv::RecvBody;
-use super::send::SendBody;
+use super::send::{SendBody, send_body};
 
 /// A PING every this long on each connection to a node...
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -120,7 +120,7 @@ impl ClientConnection {
                 .sender
                 .send_request(Request::from_parts(head, ()), end)
                 .map_err(SendError::Failed)?;
-            let body = (!end).then(|| SendBody::new(body, stream));
+            let body = (!end).then(|| send_body(body, stream));
             let head = AnswerHead { response, body }.await;
             head.map(|r| r.map(RecvBody::new))
                 .map_err(SendError::Failed)

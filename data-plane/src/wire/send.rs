@@ -1,6 +1,10 @@
 //! Writing a body onto an HTTP/2 stream: DATA frames as the peer's window allows, then
 //! the trailers (or an empty DATA frame that ends the stream).
+//!
+//! [`SendBody`] is a named future (not an `async fn`) so that a connection driving many
+//! streams can hold it in its own per-stream state without boxing it.
 
+use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -17,87 +21,106 @@ pub enum SendBodyError {
     #[error("the HTTP/2 stream failed: {0}")]
     Stream(#[from] h2::Error),
     #[error("the body failed: {0}")]
-    Body(Box<dyn std::error::Error + Send + Sync>),
+    Body(Box<dyn StdError + Send + Sync>),
 }
 
-/// Sends a body on a stream to its end. A peer that resets the stream stops it at once
-/// (the body is dropped, which ends what feeds it); a body that fails resets the stream
-/// with `INTERNAL_ERROR`, or with the reason of the HTTP/2 error it carries.
-#[derive(Debug)]
-pub struct SendBody<B> {
-    body: B,
-    stream: SendStream<Bytes>,
-}
-
-impl<B> SendBody<B> {
-    pub fn new(body: B, stream: SendStream<Bytes>) -> Self {
-        SendBody { body, stream }
+/// Sends `body` on `stream` to its end. A peer that resets the stream stops it at once
+/// (the body is dropped with the future, which ends what feeds it); a body that fails
+/// resets the stream with the reason of the HTTP/2 error found in its error's sources (an
+/// upstream reset passes on as the same reset), else `INTERNAL_ERROR`.
+pub fn send_body<B>(body: B, stream: SendStream<Bytes>) -> SendBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    SendBody {
+        body,
+        stream,
+        waiting_for_room: false,
     }
 }
 
-/// Sends `body` on `stream` to its end (see [`SendBody`]).
-pub fn send_body<B>(body: B, stream: SendStream<Bytes>) -> SendBody<B> {
-    SendBody::new(body, stream)
+pin_project_lite::pin_project! {
+    /// The future of [`send_body`].
+    pub struct SendBody<B> {
+        #[pin]
+        body: B,
+        stream: SendStream<Bytes>,
+        // Room was asked for the next frame and has not come yet.
+        waiting_for_room: bool,
+    }
 }
 
 impl<B> Future for SendBody<B>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     type Output = Result<(), SendBodyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let SendBody { body, stream } = self.get_mut();
+        let mut this = self.project();
         loop {
-            if let Poll::Ready(reset) = stream.poll_reset(cx) {
-                return Poll::Ready(Err(match reset {
-                    Ok(reason) => SendBodyError::Reset(reason),
-                    Err(e) => SendBodyError::Stream(e),
-                }));
+            if let Poll::Ready(reset) = this.stream.poll_reset(cx) {
+                return Poll::Ready(Err(reset_error(reset)));
             }
             // Wait for room before taking the next frame, so a peer that stops reading
-            // stops this reader too. h2 buffers a frame beyond the window: waiting for one
-            // byte is enough.
-            stream.reserve_capacity(1);
-            if stream.capacity() == 0 {
-                match ready!(stream.poll_capacity(cx)) {
-                    Some(Ok(_)) => continue,
+            // stops this reader too. h2 buffers a frame beyond the window; one is enough
+            // to wait for.
+            if !*this.waiting_for_room {
+                this.stream.reserve_capacity(1);
+                *this.waiting_for_room = this.stream.capacity() == 0;
+            }
+            while *this.waiting_for_room {
+                match ready!(this.stream.poll_capacity(cx)) {
+                    Some(Ok(0)) => {}
+                    Some(Ok(_)) => *this.waiting_for_room = false,
                     Some(Err(e)) => return Poll::Ready(Err(e.into())),
                     None => return Poll::Ready(Err(SendBodyError::Reset(Reason::CANCEL))),
                 }
             }
-            let frame = match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            let frame = match ready!(this.body.as_mut().poll_frame(cx)) {
                 None => {
-                    stream.send_data(Bytes::new(), true)?;
+                    this.stream.send_data(Bytes::new(), true)?;
                     return Poll::Ready(Ok(()));
                 }
                 Some(Err(e)) => {
                     let e = e.into();
-                    let reason = e
-                        .downcast_ref::<h2::Error>()
-                        .and_then(h2::Error::reason)
-                        .unwrap_or(Reason::INTERNAL_ERROR);
-                    stream.send_reset(reason);
+                    this.stream.send_reset(h2_reason(&*e));
                     return Poll::Ready(Err(SendBodyError::Body(e)));
                 }
                 Some(Ok(frame)) => frame,
             };
             match frame.into_data() {
                 Ok(data) => {
-                    let end = body.is_end_stream();
-                    stream.send_data(data, end)?;
+                    let end = this.body.is_end_stream();
+                    this.stream.send_data(data, end)?;
                     if end {
                         return Poll::Ready(Ok(()));
                     }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        stream.send_trailers(trailers)?;
+                        this.stream.send_trailers(trailers)?;
                         return Poll::Ready(Ok(()));
                     }
                 }
             }
         }
+    }
+}
+
+/// The reason of the first HTTP/2 error among `error` and its sources (as hyper looked
+/// for it), else `INTERNAL_ERROR`.
+fn h2_reason(error: &(dyn StdError + 'static)) -> Reason {
+    std::iter::successors(Some(error), |&e| e.source())
+        .find_map(|e| e.downcast_ref::<h2::Error>().and_then(h2::Error::reason))
+        .unwrap_or(Reason::INTERNAL_ERROR)
+}
+
+fn reset_error(reset: Result<Reason, h2::Error>) -> SendBodyError {
+    match reset {
+        Ok(reason) => SendBodyError::Reset(reason),
+        Err(e) => SendBodyError::Stream(e),
     }
 }

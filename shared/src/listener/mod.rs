@@ -1,5 +1,5 @@
 //! The limits every gRPC listener applies to its clients ([`crate::config::ListenerLimits`]),
-//! in pieces both servers use: the proxy's own hyper accept loop and the control plane's
+//! in pieces both servers use: the proxy's own accept loop (over h2) and the control plane's
 //! tonic server.
 //!
 //! | file | owns |
