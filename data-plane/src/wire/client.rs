@@ -17,14 +17,15 @@ use http::{Request, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::keepalive;
+use super::keepalive::{Keepalive, KeepaliveSettings};
 use super::recv::RecvBody;
 use super::send::{SendBody, send_body};
 
-/// A PING every this long on each connection to a node...
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-/// ...which must be answered within this long.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A PING every 20 s on each connection to a node, to be answered within 10 s.
+const KEEPALIVE: KeepaliveSettings = KeepaliveSettings {
+    interval: Duration::from_secs(20),
+    timeout: Duration::from_secs(10),
+};
 
 /// Why a request was not answered. `NotSent` hands the request back: the node never saw
 /// it (boxed: failures are rare, and the result is part of every call's future).
@@ -65,25 +66,17 @@ impl ClientConnection {
         let address = address.to_owned();
         let ping_pong = connection.ping_pong();
         tokio::spawn(async move {
-            let keepalive = async move {
-                match ping_pong {
-                    Some(ping_pong) => {
-                        keepalive::until_unanswered(
-                            ping_pong,
-                            KEEPALIVE_INTERVAL,
-                            KEEPALIVE_TIMEOUT,
-                        )
-                        .await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
+            let mut keepalive = ping_pong.map(|p| Keepalive::new(KEEPALIVE, p));
+            let unanswered = poll_fn(|cx| match keepalive.as_mut() {
+                Some(keepalive) => keepalive.poll_unanswered(cx),
+                None => Poll::Pending,
+            });
             tokio::select! {
                 result = &mut connection => if let Err(e) = result {
                     tracing::debug!(%address, error = %e, "upstream connection closed");
                 },
-                dead = keepalive => {
-                    tracing::debug!(%address, error = %dead, "upstream connection closed by keepalive");
+                () = unanswered => {
+                    tracing::debug!(%address, timeout = ?KEEPALIVE.timeout, "upstream connection closed: no answer to a keepalive PING");
                 }
             }
             ended.store(true, Ordering::Relaxed);

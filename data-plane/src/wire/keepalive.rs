@@ -1,37 +1,72 @@
 //! Keepalive on an HTTP/2 connection: a PING every interval; a peer that does not answer
 //! one within the timeout is taken for dead, so its connection is closed instead of
-//! holding calls that will never be answered.
+//! holding calls that will never be answered. Polled by the future that drives the
+//! connection (the client listener's [`super::server::Connection`], the task of a
+//! [`super::ClientConnection`]).
 
-use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use h2::{Ping, PingPong};
+use tokio::time::{Instant, Sleep};
 
-/// Why a connection's keepalive gave up on it.
-#[derive(Debug, thiserror::Error)]
-pub enum KeepaliveError {
-    #[error("no answer to a keepalive PING within {0:?}")]
-    NoPong(Duration),
-    #[error("the keepalive PING failed: {0}")]
-    Failed(#[from] h2::Error),
+/// How often to PING, and how long an answer may take.
+#[derive(Clone, Copy, Debug)]
+pub struct KeepaliveSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
-/// Pings every `interval` and returns when a PING goes unanswered for `timeout` (never,
-/// while the peer answers).
-pub async fn until_unanswered(
-    mut ping_pong: PingPong,
-    interval: Duration,
-    timeout: Duration,
-) -> KeepaliveError {
-    loop {
-        tokio::time::sleep(interval).await;
-        if let Err(e) = ping_pong.send_ping(Ping::opaque()) {
-            return e.into();
+/// A PING every interval; the connection is given up when one goes unanswered for the
+/// timeout.
+pub struct Keepalive {
+    settings: KeepaliveSettings,
+    ping_pong: PingPong,
+    /// When to send the next PING, or, while one is out, when to give up on it.
+    timer: Pin<Box<Sleep>>,
+    ping_out: bool,
+}
+
+impl Keepalive {
+    pub fn new(settings: KeepaliveSettings, ping_pong: PingPong) -> Self {
+        Keepalive {
+            settings,
+            ping_pong,
+            timer: Box::pin(tokio::time::sleep(settings.interval)),
+            ping_out: false,
         }
-        match tokio::time::timeout(timeout, poll_fn(|cx| ping_pong.poll_pong(cx))).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(e)) => return e.into(),
-            Err(_) => return KeepaliveError::NoPong(timeout),
+    }
+
+    pub fn settings(&self) -> KeepaliveSettings {
+        self.settings
+    }
+
+    /// Ready once a PING went unanswered for the timeout.
+    pub fn poll_unanswered(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.ping_out {
+                match self.ping_pong.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        self.ping_out = false;
+                        let next = Instant::now() + self.settings.interval;
+                        self.timer.as_mut().reset(next);
+                        continue;
+                    }
+                    // The connection is closing; it reports that itself.
+                    Poll::Ready(Err(_)) => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+                return self.timer.as_mut().poll(cx);
+            }
+            ready!(self.timer.as_mut().poll(cx));
+            if self.ping_pong.send_ping(Ping::opaque()).is_err() {
+                return Poll::Pending;
+            }
+            self.ping_out = true;
+            let give_up = Instant::now() + self.settings.timeout;
+            self.timer.as_mut().reset(give_up);
         }
     }
 }

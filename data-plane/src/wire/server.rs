@@ -34,13 +34,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use h2::Reason;
 use h2::server::SendResponse;
-use h2::{Ping, PingPong, Reason};
 use http::{Request, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, Sleep};
 
+use super::keepalive::{Keepalive, KeepaliveSettings};
 use super::{RecvBody, SendBody, send_body};
 
 const WINDOW: u32 = 1024 * 1024;
@@ -52,13 +52,7 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct Http2Server {
     builder: h2::server::Builder,
-    keepalive: Option<KeepAliveSettings>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct KeepAliveSettings {
-    interval: Duration,
-    timeout: Duration,
+    keepalive: Option<KeepaliveSettings>,
 }
 
 impl Http2Server {
@@ -83,7 +77,7 @@ impl Http2Server {
             .max_header_list_size(max_header_list_size);
         Http2Server {
             builder,
-            keepalive: keepalive_interval.map(|interval| KeepAliveSettings {
+            keepalive: keepalive_interval.map(|interval| KeepaliveSettings {
                 interval,
                 timeout: keepalive_timeout,
             }),
@@ -99,7 +93,7 @@ impl Http2Server {
     {
         let mut conn = self.builder.handshake(io).await?;
         let keepalive = match (self.keepalive, conn.ping_pong()) {
-            (Some(settings), Some(ping_pong)) => Some(KeepAlive::new(settings, ping_pong)),
+            (Some(settings), Some(ping_pong)) => Some(Keepalive::new(settings, ping_pong)),
             _ => None,
         };
         Ok(Connection {
@@ -140,7 +134,7 @@ pub struct Connection<T, H: Handler> {
     conn: h2::server::Connection<T, Bytes>,
     handler: H,
     streams: FuturesUnordered<Stream<H::Call, H::Body>>,
-    keepalive: Option<KeepAlive>,
+    keepalive: Option<Keepalive>,
 }
 
 impl<T, H> Connection<T, H>
@@ -169,7 +163,7 @@ where
             && keepalive.poll_unanswered(cx).is_ready()
         {
             tracing::debug!(
-                timeout = ?keepalive.settings.timeout,
+                timeout = ?keepalive.settings().timeout,
                 "client connection closed: no answer to a keep-alive PING (listener_limits.keepalive_timeout_seconds)"
             );
             this.keepalive = None;
@@ -260,56 +254,6 @@ where
             body: send_body(body, stream),
         });
         self.poll(cx)
-    }
-}
-
-// === impl KeepAlive ===
-
-/// A PING every interval; the connection is given up when one goes unanswered for the
-/// timeout.
-struct KeepAlive {
-    settings: KeepAliveSettings,
-    ping_pong: PingPong,
-    /// When to send the next PING, or, while one is out, when to give up on it.
-    timer: Pin<Box<Sleep>>,
-    ping_out: bool,
-}
-
-impl KeepAlive {
-    fn new(settings: KeepAliveSettings, ping_pong: PingPong) -> Self {
-        KeepAlive {
-            settings,
-            ping_pong,
-            timer: Box::pin(tokio::time::sleep(settings.interval)),
-            ping_out: false,
-        }
-    }
-
-    /// Ready once a PING went unanswered for the timeout.
-    fn poll_unanswered(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if self.ping_out {
-                match self.ping_pong.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        self.ping_out = false;
-                        let next = Instant::now() + self.settings.interval;
-                        self.timer.as_mut().reset(next);
-                        continue;
-                    }
-                    // The connection is closing; it reports that itself.
-                    Poll::Ready(Err(_)) => return Poll::Pending,
-                    Poll::Pending => {}
-                }
-                return self.timer.as_mut().poll(cx);
-            }
-            std::task::ready!(self.timer.as_mut().poll(cx));
-            if self.ping_pong.send_ping(Ping::opaque()).is_err() {
-                return Poll::Pending;
-            }
-            self.ping_out = true;
-            let give_up = Instant::now() + self.settings.timeout;
-            self.timer.as_mut().reset(give_up);
-        }
     }
 }
 
