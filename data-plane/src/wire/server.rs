@@ -215,16 +215,15 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let (body, stream) = match self.as_mut().project() {
             StreamProj::Calling { call, respond } => {
-                let response = match call.poll(cx) {
-                    Poll::Ready(response) => response,
-                    Poll::Pending => {
-                        // The client may cancel while the call runs: drop it then.
-                        if let Poll::Ready(reset) = respond.poll_reset(cx) {
-                            tracing::trace!(?reset, "call cancelled by the client");
-                            return Poll::Ready(());
-                        }
-                        return Poll::Pending;
-                    }
+                // The client may cancel while the call runs: drop it then, before it
+                // can see the reset itself (its request body fails) and answer, so the
+                // call counts as cancelled before its answer.
+                if let Poll::Ready(reset) = respond.poll_reset(cx) {
+                    tracing::trace!(?reset, "call cancelled by the client");
+                    return Poll::Ready(());
+                }
+                let Poll::Ready(response) = call.poll(cx) else {
+                    return Poll::Pending;
                 };
                 let (head, body) = response.into_parts();
                 let end = body.is_end_stream();
