@@ -289,34 +289,28 @@ impl Connection {
         own: &Slot,
         request: http::Request<UpstreamBody>,
     ) -> Result<http::Response<RecvBody>, SendFailure> {
-        let sender = match self.sender(own).await {
-            Ok(sender) => sender,
-            Err(error) => {
-                return Err(SendFailure {
-                    error,
-                    unsent: Some(request),
-                });
-            }
-        };
-        let request = match sender.send(request).await {
-            Err(SendError::NotSent(_, request)) => {
+        let mut request = request;
+        let mut reconnected = false;
+        loop {
+            let sender = match self.sender(own).await {
+                Ok(sender) => sender,
+                Err(error) => {
+                    return Err(SendFailure {
+                        error,
+                        unsent: Some(request),
+                    });
+                }
+            };
+            match sender.send(request).await {
                 // The connection closed between load and use: reconnect once.
-                own.sender.store(None);
-                *request
+                Err(SendError::NotSent(_, unsent)) if !reconnected => {
+                    own.sender.store(None);
+                    request = *unsent;
+                    reconnected = true;
+                }
+                sent => return self.sent(own, sent),
             }
-            sent => return self.sent(own, sent),
-        };
-        let sender = match self.sender(own).await {
-            Ok(sender) => sender,
-            Err(error) => {
-                return Err(SendFailure {
-                    error,
-                    unsent: Some(request),
-                });
-            }
-        };
-        let sent = sender.send(request).await;
-        self.sent(own, sent)
+        }
     }
 
     /// What sending over the connection in `own` gave: the response head, or the failure
