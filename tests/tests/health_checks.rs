@@ -297,13 +297,18 @@ async fn a_node_that_stops_serving_turns_unhealthy_leaves_routing_and_comes_back
     );
     assert_eq!(back[0].cause, "health check");
 
-    // (d) ... and routes to it again.
+    // (d) ... and routes to it again. It comes back warming up (slow start, 10 s by
+    // default: a tenth of its share at first), so keep calling until one reaches it.
     wait_endpoint(&proxy, "eu-1", "healthy", true).await;
-    let nodes = served(&proxy, 60).await;
-    assert!(
-        nodes.iter().any(|n| n == "eu-1"),
-        "no call reached the recovered node: {nodes:?}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut nodes = Vec::new();
+    while !nodes.iter().any(|n| n == "eu-1") {
+        assert!(
+            Instant::now() < deadline,
+            "no call reached the recovered node in 20 s: {nodes:?}"
+        );
+        nodes = served(&proxy, 20).await;
+    }
 }
 
 #[tokio::test]
