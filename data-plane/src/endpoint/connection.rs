@@ -260,18 +260,21 @@ impl Connection {
             };
             // The common case, an open connection, sends at once; (re)connecting is boxed
             // so its state is not part of every call's future (nor moved with it).
-            let open = own
-                .sender
-                .load()
-                .as_deref()
-                .filter(|s| !s.is_closed())
-                .cloned();
-            let response = match open {
-                Some(sender) => {
-                    let sent = sender.send(request).await;
+            // The sending future holds its own handle of the connection, so nothing else
+            // is cloned and the lock-free load is given back before it is awaited.
+            let sending = {
+                let open = own.sender.load();
+                match open.as_deref().filter(|s| !s.is_closed()) {
+                    Some(connection) => Ok(connection.send(request)),
+                    None => Err(request),
+                }
+            };
+            let response = match sending {
+                Ok(sending) => {
+                    let sent = sending.await;
                     self.sent(own, sent)?
                 }
-                None => Box::pin(self.send_on(own, request)).await?,
+                Err(request) => Box::pin(self.send_on(own, request)).await?,
             };
             claim.kept = true;
             let stream = StreamSlot {

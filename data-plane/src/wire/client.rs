@@ -35,7 +35,7 @@ pub enum SendError<B> {
     Failed(h2::Error),
 }
 
-/// An open HTTP/2 connection to a node: cheap to clone, one per caller.
+/// An open HTTP/2 connection to a node.
 #[derive(Debug, Clone)]
 pub struct ClientConnection {
     sender: SendRequest<Bytes>,
@@ -90,27 +90,26 @@ impl ClientConnection {
     }
 
     /// Sends `request` and waits for the head of its answer, sending the request body
-    /// meanwhile.
+    /// meanwhile. The future holds its own handle of the connection, not `self`.
     ///
     /// Not an `async fn`, which would hold `request` twice in every call's future.
     #[allow(clippy::manual_async_fn)] // see above
     pub fn send<B>(
-        mut self,
+        &self,
         request: Request<B>,
-    ) -> impl Future<Output = Result<Response<RecvBody>, SendError<B>>>
+    ) -> impl Future<Output = Result<Response<RecvBody>, SendError<B>>> + use<B>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let mut sender = self.sender.clone();
         async move {
-            if let Err(e) = poll_fn(|cx| self.sender.poll_ready(cx)).await {
-                self.closed.store(true, Ordering::Relaxed);
+            if let Err(e) = poll_fn(|cx| sender.poll_ready(cx)).await {
                 return Err(SendError::NotSent(e, Box::new(request)));
             }
             let (head, body) = request.into_parts();
             let end = body.is_end_stream();
-            let (response, stream) = self
-                .sender
+            let (response, stream) = sender
                 .send_request(Request::from_parts(head, ()), end)
                 .map_err(SendError::Failed)?;
             let body = (!end).then(|| send_body(body, stream));
