@@ -85,13 +85,31 @@ async fn adaptive_moves_traffic_off_a_node_made_ten_times_slower() {
     cluster.echo_policy(pb::Algorithm::Adaptive, "").await;
     let nodes = [
         cluster
-            .node("eu-1", "eu-west", "eu-west-a", 0, &["--latency-ms", "10"])
+            .node(
+                "eu-1",
+                "eu-west",
+                "eu-west-a",
+                0,
+                &["--latency-ms", "10", "--capacity", "4"],
+            )
             .await,
         cluster
-            .node("eu-2", "eu-west", "eu-west-a", 0, &["--latency-ms", "10"])
+            .node(
+                "eu-2",
+                "eu-west",
+                "eu-west-a",
+                0,
+                &["--latency-ms", "10", "--capacity", "4"],
+            )
             .await,
         cluster
-            .node("eu-3", "eu-west", "eu-west-a", 0, &["--latency-ms", "10"])
+            .node(
+                "eu-3",
+                "eu-west",
+                "eu-west-a",
+                0,
+                &["--latency-ms", "10", "--capacity", "4"],
+            )
             .await,
     ];
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
@@ -99,17 +117,21 @@ async fn adaptive_moves_traffic_off_a_node_made_ten_times_slower() {
     wait_steady(&proxy, 3).await;
     let via = channel(&proxy.url()).await;
 
-    // Over 3 s: on a busy machine one response delayed by the scheduler raises a fast
-    // node's estimate for a while, so a 1 s window can catch it briefly avoided.
-    let before = load(via.clone(), 2, Duration::from_secs(3)).await;
+    // Four callers on nodes reporting a capacity of four calls: each call in flight adds
+    // a quarter to a node's reported utilisation, and so to its cost, which spreads the
+    // calls over equally fast nodes. (With capacity to spare, adaptive sends every call
+    // to the node measured fastest, and between equal nodes that is timer noise: one
+    // got 80 % in CI.) Over 3 s: on a busy machine one response delayed by the scheduler
+    // raises a fast node's estimate for a while, so a 1 s window can catch it avoided.
+    let before = load(via.clone(), 4, Duration::from_secs(3)).await;
     assert!(
         share(&before, "eu-1") > 0.10,
         "eu-1 should get its share while fast: {before:?}"
     );
     set_latency(&nodes[0], 100).await;
     // Within seconds: after a short settling period, eu-1 gets little traffic.
-    load(via.clone(), 2, Duration::from_secs(1)).await;
-    let after = load(via, 2, Duration::from_secs(2)).await;
+    load(via.clone(), 4, Duration::from_secs(1)).await;
+    let after = load(via, 4, Duration::from_secs(2)).await;
     eprintln!("adaptive: before {before:?}, after eu-1 10x slower {after:?}");
     // A fair share is a third; "most traffic off" is well under half of that.
     assert!(
