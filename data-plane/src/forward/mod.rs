@@ -219,9 +219,11 @@ impl Forwarder {
             };
             let chain = (!route.policy.fallback_services.is_empty())
                 .then_some(&fallbacks as &dyn FallbackChain<'_>);
-            let delivered = driver
-                .run_with_fallbacks(candidates, attempt, chain)
-                .await?;
+            // Boxed: the attempts' state is most of a call's; inline, every future that
+            // holds this one (up to the connection's per-stream entry) would carry its
+            // size, and each is copied whole when it is built and moved into its parent.
+            // One allocation per call is cheaper than those copies (see BENCHMARKS.md).
+            let delivered = Box::pin(driver.run_with_fallbacks(candidates, attempt, chain)).await?;
             let mut answer = delivered.answer;
             if delivered.fallback_depth > 0
                 && let Ok(service) = HeaderValue::from_str(&delivered.route.name)
