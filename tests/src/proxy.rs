@@ -141,11 +141,18 @@ impl ProxyProcess {
 
     /// A counter or gauge value from `/metrics` (summed over label sets), 0 if absent.
     pub async fn metric(&self, name: &str) -> f64 {
+        self.metric_with(name, &[]).await
+    }
+
+    /// The sum of the `/metrics` samples of `name` whose labels contain all of `labels`
+    /// (each written as in the exposition, `key="value"`), 0 if none.
+    pub async fn metric_with(&self, name: &str, labels: &[&str]) -> f64 {
         let Ok((200, body)) = http::get(self.admin, "/metrics").await else {
             return 0.0;
         };
         body.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }

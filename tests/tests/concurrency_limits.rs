@@ -15,7 +15,6 @@ use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_router_client::MessageRouterClient;
 use meridian_tests::cluster::{Cluster, ECHO, wait_usable};
 use meridian_tests::control::{OPERATOR_TOKEN, channel};
-use meridian_tests::http;
 use meridian_tests::process::run_to_completion;
 use meridian_tests::proxy::ProxyProcess;
 use tokio::time::Instant;
@@ -46,16 +45,6 @@ fn echo_limit(table: &serde_json::Value) -> serde_json::Value {
         .find(|s| s["name"] == ECHO)
         .map(|s| s["concurrency"].clone())
         .unwrap_or_default()
-}
-
-/// The sum of the `/metrics` samples of `name` whose labels contain all of `labels`.
-async fn metric(proxy: &ProxyProcess, name: &str, labels: &[&str]) -> f64 {
-    let (_, body) = http::get(proxy.admin, "/metrics").await.unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,12 +133,12 @@ async fn calls_beyond_the_limit_and_queue_are_refused_and_queued_calls_are_serve
             pair[0].0
         );
     }
-    let refused = metric(
-        &proxy,
-        "meridian_proxy_refused_total",
-        &["reason=\"queue_full\"", "service=\"demo.v1.Echo\""],
-    )
-    .await;
+    let refused = proxy
+        .metric_with(
+            "meridian_proxy_refused_total",
+            &["reason=\"queue_full\"", "service=\"demo.v1.Echo\""],
+        )
+        .await;
     assert_eq!(refused, 2.0);
 }
 
@@ -231,12 +220,12 @@ async fn the_adaptive_limit_settles_near_the_backends_capacity() {
         0,
         "the queue absorbed the rest"
     );
-    let gauge = metric(
-        &proxy,
-        "meridian_proxy_concurrency_limit",
-        &["service=\"demo.v1.Echo\""],
-    )
-    .await;
+    let gauge = proxy
+        .metric_with(
+            "meridian_proxy_concurrency_limit",
+            &["service=\"demo.v1.Echo\""],
+        )
+        .await;
     assert!(gauge > 0.0, "the limit gauge is exported");
 }
 
@@ -325,18 +314,18 @@ async fn under_overload_low_priority_messages_are_shed_before_high_ones() {
     };
     let ((low_ok, low_refused, low_other), (high_ok, high_refused, high_other)) =
         (counts(&low), counts(&high));
-    let shed_low = metric(
-        &proxy,
-        "meridian_proxy_refused_total",
-        &["reason=\"shed_priority\"", "priority=\"0\""],
-    )
-    .await;
-    let shed_high = metric(
-        &proxy,
-        "meridian_proxy_refused_total",
-        &["reason=\"shed_priority\"", "priority=\"9\""],
-    )
-    .await;
+    let shed_low = proxy
+        .metric_with(
+            "meridian_proxy_refused_total",
+            &["reason=\"shed_priority\"", "priority=\"0\""],
+        )
+        .await;
+    let shed_high = proxy
+        .metric_with(
+            "meridian_proxy_refused_total",
+            &["reason=\"shed_priority\"", "priority=\"9\""],
+        )
+        .await;
     println!(
         "priority 0: {low_ok} served, {low_refused} refused ({shed_low} shed for priority); priority 9: {high_ok} served, {high_refused} refused ({shed_high} shed for priority)"
     );

@@ -12,6 +12,7 @@ use meridian_proto::v1::message_router_client::MessageRouterClient;
 use meridian_tests::cluster::{Cluster, ECHO, served_by, wait_usable};
 use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
+use meridian_tests::proxy::ProxyProcess;
 use tonic::transport::Channel;
 
 const BACKUP: &str = "demo.v1.EchoBackup";
@@ -132,5 +133,148 @@ async fn a_fallback_service_serves_while_the_primary_has_no_node_and_stops_when_
         let (forwarded, routed) = call_both(&mut echo, &mut router).await;
         assert_eq!(forwarded, ("eu-1".to_owned(), None));
         assert_eq!(routed, ("eu-1".to_owned(), String::new(), 0));
+    }
+}
+
+/// While the primary has no node, its calls go on to the fallback under the fallback's
+/// own concurrency limit: with its one slot taken, a forwarded call and a RouteMessage are
+/// refused with RESOURCE_EXHAUSTED naming the fallback service (they do not queue), and
+/// once the slot is free the fallback serves again.
+#[tokio::test]
+async fn a_fallback_service_takes_calls_only_within_its_own_concurrency_limit() {
+    let cluster = Cluster::start().await;
+    let backup = DemoNodeProcess::start(
+        "bk-1",
+        &["--echo-alias", BACKUP, "--latency-ms", "800"],
+        &cluster.dir.path().join("bk-1.log"),
+    )
+    .await;
+    cluster
+        .register(node("bk-1", backup.addr.to_string(), BACKUP))
+        .await;
+    cluster
+        .set_policy(pb::ServicePolicy {
+            name: ECHO.into(),
+            federation: "prod".into(),
+            fallback_services: vec![BACKUP.into()],
+            ..Default::default()
+        })
+        .await;
+    cluster
+        .set_policy(pb::ServicePolicy {
+            name: BACKUP.into(),
+            federation: "prod".into(),
+            concurrency: Some(pb::ConcurrencyPolicy {
+                kind: pb::ConcurrencyLimitKind::Static as i32,
+                limit: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
+    proxy
+        .wait_table(Duration::from_secs(20), "the chain and its limit", |t| {
+            let services = t["services"].as_array().cloned().unwrap_or_default();
+            services
+                .iter()
+                .any(|s| s["name"] == ECHO && s["fallback_services"][0] == BACKUP)
+                && services.iter().any(|s| {
+                    s["name"] == BACKUP
+                        && s["usable_endpoints"] == 1
+                        && s["concurrency"]["limit"] == 1
+                })
+        })
+        .await;
+    let mut echo = EchoClient::new(channel(&proxy.url()).await);
+    let mut router = MessageRouterClient::new(channel(&proxy.url()).await);
+    let say = || demo::SayRequest {
+        text: "hi".into(),
+        ..Default::default()
+    };
+
+    // One call holds the fallback's only slot for the node's 800 ms.
+    let holder = {
+        let mut echo = echo.clone();
+        tokio::spawn(async move { echo.say(say()).await })
+    };
+    let backup_label = format!("service=\"{BACKUP}\"");
+    wait_in_flight(
+        &proxy,
+        &backup_label,
+        1.0,
+        "the first call takes the fallback's slot",
+    )
+    .await;
+
+    let refused = echo
+        .say(say())
+        .await
+        .expect_err("over the fallback's limit");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains(BACKUP) && refused.message().contains("fallback_limit"),
+        "{}",
+        refused.message()
+    );
+    let message = pb::FederationMessage {
+        id: "m".into(),
+        target_service: ECHO.into(),
+        ..Default::default()
+    };
+    let refused = router
+        .route_message(pb::RouteMessageRequest {
+            message: Some(message),
+        })
+        .await
+        .expect_err("over the fallback's limit");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+
+    let held = holder
+        .await
+        .unwrap()
+        .expect("the call holding the slot is served");
+    assert_eq!(served_by(&held), "bk-1");
+    // Given back when the answer's body ends, just after the client has it.
+    wait_in_flight(
+        &proxy,
+        &backup_label,
+        0.0,
+        "the slot is given back with the answer",
+    )
+    .await;
+    let reply = echo.say(say()).await.expect("the slot is free again");
+    assert_eq!(served_by(&reply), "bk-1");
+    let refusals = proxy
+        .metric_with(
+            "meridian_proxy_refused_total",
+            &["reason=\"fallback_limit\"", &backup_label],
+        )
+        .await;
+    assert_eq!(refusals, 2.0);
+}
+
+/// Polls the proxy's concurrency in-flight gauge of the service labelled `service` until
+/// it reads `want`; panics saying `what` after 10 s.
+async fn wait_in_flight(proxy: &ProxyProcess, service: &str, want: f64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while proxy
+        .metric_with("meridian_proxy_concurrency_in_flight", &[service])
+        .await
+        != want
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

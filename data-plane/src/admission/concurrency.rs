@@ -58,6 +58,9 @@ pub enum RefusalReason {
     QueueTimeout,
     /// Overloaded: a call of higher priority took its place, or was waiting.
     ShedPriority,
+    /// A call going on to this service as a fallback found its limit reached (a fallback
+    /// takes calls only while under its limit: they do not queue twice).
+    FallbackLimit,
 }
 
 impl RefusalReason {
@@ -67,6 +70,7 @@ impl RefusalReason {
             RefusalReason::QueueFull => "queue_full",
             RefusalReason::QueueTimeout => "queue_timeout",
             RefusalReason::ShedPriority => "shed_priority",
+            RefusalReason::FallbackLimit => "fallback_limit",
         }
     }
 }
@@ -104,6 +108,9 @@ impl RefusalReason {
                 "calls of higher priority took the queue while it was over its target wait"
                     .to_owned()
             }
+            RefusalReason::FallbackLimit => format!(
+                "{limit} calls in flight, the limit; a call falling back to this service does not queue"
+            ),
         }
     }
 }
@@ -195,6 +202,22 @@ pub async fn admit(
             None => Box::pin(limiter.acquire(priority, deadline))
                 .await
                 .map(Some),
+        },
+    }
+}
+
+/// The admission of a call going on to `route` as a fallback service: a slot now, none
+/// when the service has no limit, or the refusal. No queueing: the call already waited
+/// for the service it called, and its deadline runs.
+pub fn admit_fallback(
+    route: &ServiceRoute,
+    priority: Priority,
+) -> Result<Option<ConcurrencyPermit>, Refusal> {
+    match &route.concurrency {
+        None => Ok(None),
+        Some(limiter) => match limiter.try_acquire_now() {
+            Some(permit) => Ok(Some(permit)),
+            None => Err(limiter.refuse(RefusalReason::FallbackLimit, priority)),
         },
     }
 }

@@ -80,6 +80,8 @@ pub struct Call {
     pub header_status: Option<i32>,
     /// The call's slot under its service's concurrency limit, held until the call ends.
     pub admission: Option<ConcurrencyPermit>,
+    /// And under the fallback service's that served it, if any.
+    pub fallback_admission: Option<ConcurrencyPermit>,
 }
 
 impl Call {

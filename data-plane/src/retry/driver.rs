@@ -56,6 +56,14 @@ pub trait Attempt {
         endpoint: &Arc<Endpoint>,
         number: u32,
     ) -> impl Future<Output = Result<Self::Answer, Failure<Self::Answer>>> + Send;
+
+    /// Admits the call under fallback service `route`'s own limits, before its first
+    /// attempt there (the service called admitted it before the driver ran). A fallback
+    /// that refuses is passed over like one without a usable node.
+    fn admit_fallback(&mut self, route: &ServiceRoute) -> Result<(), RequestError> {
+        let _ = route;
+        Ok(())
+    }
 }
 
 /// Where the fallback services of a call come from: the routes of the proxy's table and
@@ -153,16 +161,20 @@ impl<'a> RetryDriver<'a> {
             let mut number = 1;
             // The last failure, when the call went on to a fallback service.
             let mut fell_back_from: Option<RequestError> = None;
+            // The last refusal of a fallback service's limits.
+            let mut refused: Option<RequestError> = None;
             loop {
                 let (index, endpoint, reason, passed_over) = match self.pick(&link, &tried) {
                     Ok(picked) => picked,
-                    Err(no_node) => match self.link_after(&link, fallbacks) {
-                        Some(next) => {
-                            (link, tried, on_link) = (next, TriedEndpoints::default(), 0);
-                            continue;
+                    Err(no_node) => {
+                        match self.link_after(&link, fallbacks, &mut attempt, &mut refused) {
+                            Some(next) => {
+                                (link, tried, on_link) = (next, TriedEndpoints::default(), 0);
+                                continue;
+                            }
+                            None => return Err(fell_back_from.or(refused).unwrap_or(no_node)),
                         }
-                        None => return Err(fell_back_from.unwrap_or(no_node)),
-                    },
+                    }
                 };
                 on_link += 1;
                 // The attempt's future is built where it is awaited: held in a local first, it
@@ -194,7 +206,7 @@ impl<'a> RetryDriver<'a> {
                     failure.retry_safe && self.deadline.is_none_or(|d| Instant::now() < d);
                 let retry_here = may_go_on && on_link < max_attempts(&link);
                 let next = (may_go_on && !retry_here)
-                    .then(|| self.link_after(&link, fallbacks))
+                    .then(|| self.link_after(&link, fallbacks, &mut attempt, &mut refused))
                     .flatten();
                 let go_on =
                     (retry_here || next.is_some()) && link.route.retry_budget.try_withdraw();
@@ -233,12 +245,15 @@ impl<'a> RetryDriver<'a> {
         }
     }
 
-    /// The next service of the chain after `link` that the proxy's table holds; `None`
-    /// at the end of the chain, or for a call to a named node.
-    fn link_after(
+    /// The next service of the chain after `link` that the proxy's table holds and whose
+    /// limits admit the call (`attempt.admit_fallback`; the last refusal is left in
+    /// `refused`); `None` at the end of the chain, or for a call to a named node.
+    fn link_after<A: Attempt>(
         &self,
         link: &Link<'a>,
         fallbacks: Option<&'a dyn FallbackChain<'a>>,
+        attempt: &mut A,
+        refused: &mut Option<RequestError>,
     ) -> Option<Link<'a>> {
         if matches!(link.candidates, Candidates::Named(_)) {
             return None;
@@ -247,6 +262,11 @@ impl<'a> RetryDriver<'a> {
         let chain = &self.route.policy.fallback_services;
         (link.depth + 1..=chain.len()).find_map(|depth| {
             let (route, candidates) = fallbacks.link(&chain[depth - 1])?;
+            if let Err(refusal) = attempt.admit_fallback(route) {
+                tracing::debug!(service = %self.route.name, fallback = %route.name, error = %refusal, "fallback service passed over: its limits refused the call");
+                *refused = Some(refusal);
+                return None;
+            }
             Some(Link {
                 route,
                 candidates,

@@ -97,6 +97,10 @@ struct RouteAttempt<'a> {
     deadline: Option<Instant>,
     /// The largest reply accepted from the node.
     max_message_bytes: u32,
+    /// The proxy's message size limit, for services whose policy sets none.
+    default_max_message_bytes: u32,
+    /// The message's slot under the limit of the fallback service it went on to, if any.
+    fallback_admission: Option<concurrency::ConcurrencyPermit>,
 }
 
 impl Router {
@@ -137,21 +141,7 @@ impl Router {
                 })?;
         route.rate_limit.admit(&incoming)?;
         let deadline = route.deadline(&incoming)?;
-        let limit = route
-            .policy
-            .limits
-            .effective_max_message_bytes(self.max_message_bytes);
-        let length = message.encoded_len();
-        if length > limit as usize {
-            return Err(RequestError::message_too_large(
-                route.name.clone(),
-                TooLarge {
-                    direction: Direction::Request,
-                    length: u32::try_from(length).unwrap_or(u32::MAX),
-                    limit,
-                },
-            ));
-        }
+        let limit = within_size_limit(route, &message, self.max_message_bytes)?;
         let _admission =
             concurrency::admit(route, Priority::of_message(&message, &incoming)?, deadline).await?;
         let delivery = Delivery {
@@ -273,6 +263,8 @@ impl Router {
             span: span.as_ref(),
             deadline,
             max_message_bytes,
+            default_max_message_bytes: self.max_message_bytes,
+            fallback_admission: None,
         };
         let driver = RetryDriver { route, deadline };
         let fallbacks = RouteFallbacks {
@@ -430,6 +422,28 @@ impl Router {
     }
 }
 
+/// The message size limit of `route` (its policy's, else `default`), when `message` is
+/// within it; else the refusal.
+fn within_size_limit(
+    route: &ServiceRoute,
+    message: &pb::FederationMessage,
+    default: u32,
+) -> Result<u32, RequestError> {
+    let limit = route.policy.limits.effective_max_message_bytes(default);
+    let length = message.encoded_len();
+    if length > limit as usize {
+        return Err(RequestError::message_too_large(
+            route.name.clone(),
+            TooLarge {
+                direction: Direction::Request,
+                length: u32::try_from(length).unwrap_or(u32::MAX),
+                limit,
+            },
+        ));
+    }
+    Ok(limit)
+}
+
 /// The fallback services of a message: routes of the table it was routed with, their
 /// nodes looked for where the message allows (its target region, the proxy's region, or
 /// anywhere).
@@ -467,6 +481,18 @@ struct Delivery<'a> {
 
 impl Attempt for RouteAttempt<'_> {
     type Answer = pb::HandleMessageResponse;
+
+    /// The fallback service's rate limit (the caller's tier of it), message size limit
+    /// and concurrency limit (a slot now, no queue), held until the reply.
+    fn admit_fallback(&mut self, route: &ServiceRoute) -> Result<(), RequestError> {
+        // The slot of an earlier fallback of the chain is given back first.
+        self.fallback_admission = None;
+        route.rate_limit.admit(self.incoming)?;
+        within_size_limit(route, self.message, self.default_max_message_bytes)?;
+        let priority = Priority::of_message(self.message, self.incoming)?;
+        self.fallback_admission = concurrency::admit_fallback(route, priority)?;
+        Ok(())
+    }
 
     /// One attempt: the node's HandleMessage over the endpoint's connection, accounted.
     async fn send(
