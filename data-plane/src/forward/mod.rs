@@ -505,6 +505,22 @@ impl Attempt for ForwardAttempt<'_> {
             parts.headers.insert(SERVED_BY, node.clone());
         }
         let header_status = body::header_status(&parts.headers);
+        if header_status == Some(Code::Cancelled as i32)
+            && self
+                .deadline
+                .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            // The node ended the call at the deadline the proxy passed it in
+            // `grpc-timeout` (tonic says CANCELLED "Timeout expired" for its own
+            // deadline): the caller hears DEADLINE_EXCEEDED, as when the proxy's timer
+            // fires first, which is a race of microseconds.
+            metrics.record(Code::DeadlineExceeded as i32, self.started.elapsed());
+            return Err(not_sent(RequestError::DeadlineExceeded {
+                node: endpoint.node.id.clone(),
+                service: self.route.name.clone(),
+                attempts: number,
+            }));
+        }
         if header_status.is_some()
             // A trailers-only response: its headers are the trailers.
             && let Some(utilization) = metrics.load.observe_orca_headers(&parts.headers)

@@ -37,6 +37,7 @@ where
         body,
         stream,
         waiting_for_room: false,
+        sent_a_frame: false,
     }
 }
 
@@ -48,6 +49,8 @@ pin_project_lite::pin_project! {
         stream: SendStream<Bytes>,
         // Room was asked for the next frame and has not come yet.
         waiting_for_room: bool,
+        // A frame went out: the next waits for room.
+        sent_a_frame: bool,
     }
 }
 
@@ -66,8 +69,10 @@ where
             }
             // Wait for room before taking the next frame, so a peer that stops reading
             // stops this reader too. h2 buffers a frame beyond the window; one is enough
-            // to wait for.
-            if !*this.waiting_for_room {
+            // to wait for. The first frame does not wait: h2 gives no room to a request
+            // whose HEADERS are still queued, and waiting for it would send a unary
+            // call's one DATA frame in a write (and a packet) of its own.
+            if *this.sent_a_frame && !*this.waiting_for_room {
                 this.stream.reserve_capacity(1);
                 *this.waiting_for_room = this.stream.capacity() == 0;
             }
@@ -91,6 +96,7 @@ where
                 }
                 Some(Ok(frame)) => frame,
             };
+            *this.sent_a_frame = true;
             match frame.into_data() {
                 Ok(data) => {
                     let end = this.body.is_end_stream();
