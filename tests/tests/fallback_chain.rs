@@ -35,18 +35,9 @@ async fn call_both(
         .get("x-meridian-fallback-service")
         .map(|v| v.to_str().unwrap().to_owned());
     let forwarded = (served_by(&reply), fallback);
-    let message = pb::FederationMessage {
-        id: "m".into(),
-        target_service: ECHO.into(),
-        ..Default::default()
-    };
-    let routed = router
-        .route_message(pb::RouteMessageRequest {
-            message: Some(message),
-        })
+    let routed = route_to_echo(router)
         .await
-        .expect("a RouteMessage call is served")
-        .into_inner();
+        .expect("a RouteMessage call is served");
     let decision = routed.decision.unwrap();
     assert_eq!(routed.reply.unwrap().node_id, decision.target_node);
     (
@@ -57,6 +48,23 @@ async fn call_both(
             decision.fallback_depth,
         ),
     )
+}
+
+/// One RouteMessage call to Echo.
+async fn route_to_echo(
+    router: &mut MessageRouterClient<Channel>,
+) -> Result<pb::RouteMessageResponse, tonic::Status> {
+    let message = pb::FederationMessage {
+        id: "m".into(),
+        target_service: ECHO.into(),
+        ..Default::default()
+    };
+    router
+        .route_message(pb::RouteMessageRequest {
+            message: Some(message),
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 fn node(id: &str, address: String, service: &str) -> pb::Node {
@@ -71,16 +79,15 @@ fn node(id: &str, address: String, service: &str) -> pb::Node {
     }
 }
 
-#[tokio::test]
-async fn a_fallback_service_serves_while_the_primary_has_no_node_and_stops_when_it_returns() {
-    let cluster = Cluster::start().await;
-    let primary = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
-    let backup = DemoNodeProcess::start(
-        "bk-1",
-        &["--echo-alias", BACKUP],
-        &cluster.dir.path().join("bk-1.log"),
-    )
-    .await;
+/// Node `bk-1` serving `BACKUP` (with `args` besides), registered, and Echo's policy
+/// falling back to `BACKUP`.
+async fn backup_node(cluster: &Cluster, args: &[&str]) -> DemoNodeProcess {
+    let args: Vec<&str> = ["--echo-alias", BACKUP]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    let backup = DemoNodeProcess::start("bk-1", &args, &cluster.dir.path().join("bk-1.log")).await;
     cluster
         .register(node("bk-1", backup.addr.to_string(), BACKUP))
         .await;
@@ -92,6 +99,14 @@ async fn a_fallback_service_serves_while_the_primary_has_no_node_and_stops_when_
             ..Default::default()
         })
         .await;
+    backup
+}
+
+#[tokio::test]
+async fn a_fallback_service_serves_while_the_primary_has_no_node_and_stops_when_it_returns() {
+    let cluster = Cluster::start().await;
+    let primary = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
+    let _backup = backup_node(&cluster, &[]).await;
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
     proxy
         .wait_table(Duration::from_secs(20), "the chain and its service", |t| {
@@ -143,23 +158,7 @@ async fn a_fallback_service_serves_while_the_primary_has_no_node_and_stops_when_
 #[tokio::test]
 async fn a_fallback_service_takes_calls_only_within_its_own_concurrency_limit() {
     let cluster = Cluster::start().await;
-    let backup = DemoNodeProcess::start(
-        "bk-1",
-        &["--echo-alias", BACKUP, "--latency-ms", "800"],
-        &cluster.dir.path().join("bk-1.log"),
-    )
-    .await;
-    cluster
-        .register(node("bk-1", backup.addr.to_string(), BACKUP))
-        .await;
-    cluster
-        .set_policy(pb::ServicePolicy {
-            name: ECHO.into(),
-            federation: "prod".into(),
-            fallback_services: vec![BACKUP.into()],
-            ..Default::default()
-        })
-        .await;
+    let _backup = backup_node(&cluster, &["--latency-ms", "800"]).await;
     cluster
         .set_policy(pb::ServicePolicy {
             name: BACKUP.into(),
@@ -221,15 +220,7 @@ async fn a_fallback_service_takes_calls_only_within_its_own_concurrency_limit() 
         "{}",
         refused.message()
     );
-    let message = pb::FederationMessage {
-        id: "m".into(),
-        target_service: ECHO.into(),
-        ..Default::default()
-    };
-    let refused = router
-        .route_message(pb::RouteMessageRequest {
-            message: Some(message),
-        })
+    let refused = route_to_echo(&mut router)
         .await
         .expect_err("over the fallback's limit");
     assert_eq!(
