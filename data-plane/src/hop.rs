@@ -53,6 +53,14 @@ pub fn pass_deadline(deadline: Option<Instant>, outgoing: &mut HeaderMap) {
     }
 }
 
+/// Whether a node's answer `code` is its own end of the deadline the proxy passed it:
+/// CANCELLED once `deadline` is over (tonic servers answer CANCELLED "Timeout expired"
+/// for the `grpc-timeout` they were given, and that races the proxy's own timer by
+/// microseconds). The caller then hears DEADLINE_EXCEEDED either way.
+pub fn node_ended_at_deadline(code: tonic::Code, deadline: Option<Instant>) -> bool {
+    code == tonic::Code::Cancelled && deadline.is_some_and(|deadline| Instant::now() >= deadline)
+}
+
 /// With trace export on, the proxy's span for one call (`name`, e.g. `forward`, and the
 /// service), a child of the trace `incoming` carries; `None` otherwise. The span lasts as
 /// long as the caller keeps it.
@@ -165,5 +173,15 @@ mod tests {
         let mut outgoing = HeaderMap::new();
         pass_trace(span.as_ref(), &incoming, &mut outgoing);
         assert_eq!(outgoing["traceparent"], parent);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_cancel_once_the_deadline_is_over_is_the_nodes_end_of_it() {
+        let deadline = Some(Instant::now() + Duration::from_secs(1));
+        assert!(!node_ended_at_deadline(tonic::Code::Cancelled, deadline));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(node_ended_at_deadline(tonic::Code::Cancelled, deadline));
+        assert!(!node_ended_at_deadline(tonic::Code::Unavailable, deadline));
+        assert!(!node_ended_at_deadline(tonic::Code::Cancelled, None));
     }
 }

@@ -274,3 +274,22 @@ pub fn share(counts: &std::collections::BTreeMap<String, usize>, node: &str) -> 
     let total: usize = counts.values().sum();
     counts.get(node).copied().unwrap_or(0) as f64 / total.max(1) as f64
 }
+
+/// One RouteMessage call (message id `m`) to Echo; the reply, or the status.
+pub async fn route_to_echo(
+    router: &mut meridian_proto::v1::message_router_client::MessageRouterClient<
+        tonic::transport::Channel,
+    >,
+) -> Result<pb::RouteMessageResponse, tonic::Status> {
+    let message = pb::FederationMessage {
+        id: "m".into(),
+        target_service: ECHO.into(),
+        ..Default::default()
+    };
+    router
+        .route_message(pb::RouteMessageRequest {
+            message: Some(message),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}

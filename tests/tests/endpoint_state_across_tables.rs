@@ -9,7 +9,7 @@ use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::demo_control_client::DemoControlClient;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_router_client::MessageRouterClient;
-use meridian_tests::cluster::{Cluster, ECHO, wait_steady};
+use meridian_tests::cluster::{Cluster, ECHO, route_to_echo, wait_steady};
 use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
 use meridian_tests::proxy::ProxyProcess;
@@ -66,15 +66,7 @@ async fn an_ejected_node_stays_ejected_across_a_relabel_and_a_health_write() {
     let mut router = MessageRouterClient::new(channel(&proxy.url()).await);
     let started = Instant::now();
     while eu1(&proxy).await["breaker_open"] != true {
-        let message = pb::FederationMessage {
-            id: "m".into(),
-            target_service: ECHO.into(),
-            ..Default::default()
-        };
-        router
-            .route_message(pb::RouteMessageRequest {
-                message: Some(message),
-            })
+        route_to_echo(&mut router)
             .await
             .expect("RouteMessage retries around the failing node");
         assert!(

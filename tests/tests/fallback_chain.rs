@@ -9,7 +9,7 @@ use meridian_proto::demo::v1 as demo;
 use meridian_proto::demo::v1::echo_client::EchoClient;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::message_router_client::MessageRouterClient;
-use meridian_tests::cluster::{Cluster, ECHO, served_by, wait_usable};
+use meridian_tests::cluster::{Cluster, ECHO, route_to_echo, served_by, wait_usable};
 use meridian_tests::control::channel;
 use meridian_tests::demo_node::process::DemoNodeProcess;
 use meridian_tests::proxy::ProxyProcess;
@@ -50,23 +50,6 @@ async fn call_both(
     )
 }
 
-/// One RouteMessage call to Echo.
-async fn route_to_echo(
-    router: &mut MessageRouterClient<Channel>,
-) -> Result<pb::RouteMessageResponse, tonic::Status> {
-    let message = pb::FederationMessage {
-        id: "m".into(),
-        target_service: ECHO.into(),
-        ..Default::default()
-    };
-    router
-        .route_message(pb::RouteMessageRequest {
-            message: Some(message),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 fn node(id: &str, address: String, service: &str) -> pb::Node {
     pb::Node {
         id: id.into(),
@@ -102,23 +85,29 @@ async fn backup_node(cluster: &Cluster, args: &[&str]) -> DemoNodeProcess {
     backup
 }
 
-#[tokio::test]
-async fn a_fallback_service_serves_while_the_primary_has_no_node_and_stops_when_it_returns() {
-    let cluster = Cluster::start().await;
-    let primary = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
-    let _backup = backup_node(&cluster, &[]).await;
-    let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
+/// Waits until the proxy's table holds Echo's chain and `BACKUP` with its node usable and
+/// `ready` true of its entry; panics saying `what` after 20 s.
+async fn wait_chain(proxy: &ProxyProcess, what: &str, ready: impl Fn(&serde_json::Value) -> bool) {
     proxy
-        .wait_table(Duration::from_secs(20), "the chain and its service", |t| {
+        .wait_table(Duration::from_secs(20), what, |t| {
             let services = t["services"].as_array().cloned().unwrap_or_default();
             services
                 .iter()
                 .any(|s| s["name"] == ECHO && s["fallback_services"][0] == BACKUP)
                 && services
                     .iter()
-                    .any(|s| s["name"] == BACKUP && s["usable_endpoints"] == 1)
+                    .any(|s| s["name"] == BACKUP && s["usable_endpoints"] == 1 && ready(s))
         })
         .await;
+}
+
+#[tokio::test]
+async fn a_fallback_service_serves_while_the_primary_has_no_node_and_stops_when_it_returns() {
+    let cluster = Cluster::start().await;
+    let primary = cluster.node("eu-1", "eu-west", "eu-west-a", 0, &[]).await;
+    let _backup = backup_node(&cluster, &[]).await;
+    let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
+    wait_chain(&proxy, "the chain and its service", |_| true).await;
     wait_usable(&proxy, 1).await;
     let mut echo = EchoClient::new(channel(&proxy.url()).await);
     let mut router = MessageRouterClient::new(channel(&proxy.url()).await);
@@ -172,19 +161,10 @@ async fn a_fallback_service_takes_calls_only_within_its_own_concurrency_limit() 
         })
         .await;
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
-    proxy
-        .wait_table(Duration::from_secs(20), "the chain and its limit", |t| {
-            let services = t["services"].as_array().cloned().unwrap_or_default();
-            services
-                .iter()
-                .any(|s| s["name"] == ECHO && s["fallback_services"][0] == BACKUP)
-                && services.iter().any(|s| {
-                    s["name"] == BACKUP
-                        && s["usable_endpoints"] == 1
-                        && s["concurrency"]["limit"] == 1
-                })
-        })
-        .await;
+    wait_chain(&proxy, "the chain and its limit", |backup| {
+        backup["concurrency"]["limit"] == 1
+    })
+    .await;
     let mut echo = EchoClient::new(channel(&proxy.url()).await);
     let mut router = MessageRouterClient::new(channel(&proxy.url()).await);
     let say = || demo::SayRequest {
@@ -210,24 +190,11 @@ async fn a_fallback_service_takes_calls_only_within_its_own_concurrency_limit() 
         .say(say())
         .await
         .expect_err("over the fallback's limit");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(
-        refused.message().contains(BACKUP) && refused.message().contains("fallback_limit"),
-        "{}",
-        refused.message()
-    );
+    assert_refused_by_the_fallback(&refused);
     let refused = route_to_echo(&mut router)
         .await
         .expect_err("over the fallback's limit");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
+    assert_refused_by_the_fallback(&refused);
 
     let held = holder
         .await
@@ -251,6 +218,16 @@ async fn a_fallback_service_takes_calls_only_within_its_own_concurrency_limit() 
         )
         .await;
     assert_eq!(refusals, 2.0);
+}
+
+/// `status` is the refusal of `BACKUP`'s concurrency limit to a call falling back to it.
+fn assert_refused_by_the_fallback(status: &tonic::Status) {
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains(BACKUP) && status.message().contains("fallback_limit"),
+        "{}",
+        status.message()
+    );
 }
 
 /// Polls the proxy's concurrency in-flight gauge of the service labelled `service` until

@@ -505,15 +505,8 @@ impl Attempt for ForwardAttempt<'_> {
             parts.headers.insert(SERVED_BY, node.clone());
         }
         let header_status = body::header_status(&parts.headers);
-        if header_status == Some(Code::Cancelled as i32)
-            && self
-                .deadline
-                .is_some_and(|deadline| Instant::now() >= deadline)
+        if header_status.is_some_and(|code| hop::node_ended_at_deadline(code.into(), self.deadline))
         {
-            // The node ended the call at the deadline the proxy passed it in
-            // `grpc-timeout` (tonic says CANCELLED "Timeout expired" for its own
-            // deadline): the caller hears DEADLINE_EXCEEDED, as when the proxy's timer
-            // fires first, which is a race of microseconds.
             metrics.record(Code::DeadlineExceeded as i32, self.started.elapsed());
             return Err(not_sent(RequestError::DeadlineExceeded {
                 node: endpoint.node.id.clone(),
@@ -529,21 +522,19 @@ impl Attempt for ForwardAttempt<'_> {
             endpoint.reported.record(utilization, others);
         }
         let unavailable = header_status == Some(Code::Unavailable as i32);
+        // After an UNAVAILABLE answer the slots stay with the call for its next attempt.
+        let (admission, fallback_admission) = if unavailable {
+            (None, None)
+        } else {
+            (self.admission.take(), self.fallback_admission.take())
+        };
         let call = Call {
             _in_flight: in_flight,
             metrics,
             started: self.started,
             header_status,
-            admission: if unavailable {
-                None
-            } else {
-                self.admission.take()
-            },
-            fallback_admission: if unavailable {
-                None
-            } else {
-                self.fallback_admission.take()
-            },
+            admission,
+            fallback_admission,
         };
         let answer = Response::from_parts(
             parts,

@@ -548,6 +548,13 @@ impl Attempt for RouteAttempt<'_> {
                 attempts: number,
                 reason: no_answer.to_string(),
             },
+            None if hop::node_ended_at_deadline(status.code(), hop.deadline) => {
+                RequestError::DeadlineExceeded {
+                    node: endpoint.node.id.clone(),
+                    service: route.name.clone(),
+                    attempts: number,
+                }
+            }
             None => RequestError::Answered(status),
         };
         let code = error.code();
