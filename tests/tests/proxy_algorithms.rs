@@ -83,34 +83,11 @@ async fn least_connections_avoids_a_node_holding_slow_requests() {
 async fn adaptive_moves_traffic_off_a_node_made_ten_times_slower() {
     let cluster = Cluster::start().await;
     cluster.echo_policy(pb::Algorithm::Adaptive, "").await;
+    let fast = ["--latency-ms", "10", "--capacity", "4"];
     let nodes = [
-        cluster
-            .node(
-                "eu-1",
-                "eu-west",
-                "eu-west-a",
-                0,
-                &["--latency-ms", "10", "--capacity", "4"],
-            )
-            .await,
-        cluster
-            .node(
-                "eu-2",
-                "eu-west",
-                "eu-west-a",
-                0,
-                &["--latency-ms", "10", "--capacity", "4"],
-            )
-            .await,
-        cluster
-            .node(
-                "eu-3",
-                "eu-west",
-                "eu-west-a",
-                0,
-                &["--latency-ms", "10", "--capacity", "4"],
-            )
-            .await,
+        cluster.node("eu-1", "eu-west", "eu-west-a", 0, &fast).await,
+        cluster.node("eu-2", "eu-west", "eu-west-a", 0, &fast).await,
+        cluster.node("eu-3", "eu-west", "eu-west-a", 0, &fast).await,
     ];
     let proxy = cluster.proxy("proxy-eu", "eu-west", "eu-west-a").await;
     // Latency estimates and warmth steer the picks: measure from the steady state.
