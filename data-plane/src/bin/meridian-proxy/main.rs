@@ -1,15 +1,15 @@
 //! `meridian-proxy`: the data-plane process. See `meridian-proxy --help`.
 
+mod allocator;
+
 use std::process::ExitCode;
 
 use clap::Parser;
 use meridian_data_plane::reload::LoadConfig;
 use meridian_data_plane::{Proxy, ProxyArgs};
 
-/// mimalloc: per-thread free lists suit the request path, which allocates and frees the
-/// same few sizes on each worker thread (see BENCHMARKS.md for what it saved).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
