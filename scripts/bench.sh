@@ -7,7 +7,8 @@
 #   meridian-c  a third one, when PROXY_C is set,
 #   nginx       nginx grpc_pass (least_conn),
 #   haproxy     HAProxy, proto h2 (leastconn),
-# round after round, every target once per round and shape before the next (interleaved),
+# round after round, every target once per round and shape before the next (interleaved;
+# the order of the targets turns by one each round, so none is always measured first),
 # in two arrangements: shared (nothing pinned; nginx 2 workers, HAProxy 2 threads, tokio
 # 2 workers) and pinned (the load generator on CPU 0, everything else on CPU 1).
 #
@@ -32,7 +33,9 @@
 #   TARGETS (default: all), WARM (2 s), PROXY_A / PROXY_B / PROXY_C (meridian-proxy binaries; A
 #   defaults to this checkout's `dist` build: fat LTO, as shipped; the backends, control
 #   plane and loadgen are release builds), SKIP_BUILD=1, OUT (results directory),
-#   QUIET_PCT (15) / QUIET_MAX (20 s) / FOREIGN_MAX (25 % of a core) / RETRIES (1).
+#   QUIET_PCT (15) / QUIET_MAX (20 s) / FOREIGN_MAX (25 % of a core) / RETRIES (1),
+#   PREPARE_ONLY=1 (make the request body and the cached routing table in OUT, then stop:
+#   what scripts/bench-instructions.sh starts from).
 # Every load run is bounded (h2load -D / loadgen --duration, under `timeout`); everything
 # listens on 127.0.0.1 and everything started here is stopped on exit, by PID.
 set -euo pipefail
@@ -369,13 +372,22 @@ applies() { # SHAPE TARGET: RouteMessage is a service of meridian-proxy only
 } | tee "$OUT/env.txt" >&2
 "${TOOL[@]}" body "$OUT/request.bin" "$PAYLOAD"
 prepare_table
+[[ ${PREPARE_ONLY:-0} == 1 ]] && exit 0
+# The targets in the order of round ROUND: turned by one more each round. Whatever runs
+# first in a round is measured worse (BENCHMARKS.md, session 10: in A/Bs of two proxy
+# builds the first did worse in all four pairings, whichever build it was).
+targets_of_round() {
+    local -a all=($TARGETS)
+    local k=$((($1 - 1) % ${#all[@]}))
+    echo "${all[@]:k} ${all[@]:0:k}"
+}
 : >"$OUT/runs.tsv"
 for mode in $MODES; do
     start_targets "$mode"
     verify_targets
     for round in $(seq "$ROUNDS"); do
         for shape in $LEVELS; do
-            for t in $TARGETS; do
+            for t in $(targets_of_round "$round"); do
                 applies "$shape" "$t" || continue
                 for attempt in $(seq 0 "$RETRIES"); do
                     wait_quiet

@@ -21,15 +21,18 @@
 //! no call open for the idle timeout gets a GOAWAY; one that cancels too many calls before
 //! their answer (HTTP/2 rapid reset) is closed at once.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Json;
 use axum::routing::get;
+use futures::stream::{FuturesUnordered, StreamExt};
 use http::{Request, Response};
 use meridian_proto::v1::message_router_server::MessageRouterServer;
 use meridian_shared::Shutdown;
@@ -587,29 +590,67 @@ impl ConnectionSettings {
             return;
         };
         self.metrics.open.increment(1.0);
-        tokio::select! {
-            result = &mut connection => {
+        // What may end the connection besides itself. Polled only when one of them woke:
+        // in a `select!` every wake-up of the connection (several per call) polled all
+        // three, two timers and a `Notify` (~3 % of the proxy's instructions at 1x1).
+        let mut watches: FuturesUnordered<Pin<Box<dyn Future<Output = Watch> + Send + '_>>> =
+            FuturesUnordered::new();
+        watches.push(Box::pin(async {
+            self.shutdown.wait().await;
+            Watch::Shutdown
+        }));
+        watches.push(Box::pin(async {
+            watched.activity.idle_for(self.idle_timeout).await;
+            Watch::Idle
+        }));
+        watches.push(Box::pin(async {
+            watched.activity.too_many_resets().await;
+            Watch::TooManyResets
+        }));
+        let ended = poll_fn(|cx| {
+            if let Poll::Ready(result) = Pin::new(&mut connection).poll(cx) {
+                return Poll::Ready(Err(result));
+            }
+            match watches.poll_next_unpin(cx) {
+                Poll::Ready(Some(watch)) => Poll::Ready(Ok(watch)),
+                Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        drop(watches);
+        match ended {
+            Err(result) => {
                 if let Err(e) = result {
                     tracing::debug!(%client, error = %e, "client connection ended with an error");
                 }
             }
-            _ = self.shutdown.wait() => {
+            Ok(Watch::Shutdown) => {
                 connection.graceful_shutdown();
                 let _ = connection.await;
             }
-            () = watched.activity.idle_for(self.idle_timeout) => {
+            Ok(Watch::Idle) => {
                 self.metrics.closed_idle.increment(1);
                 tracing::debug!(%client, "client connection closed: no call for listener_limits.idle_timeout_seconds");
                 connection.graceful_shutdown();
                 let _ = tokio::time::timeout(self.close_timeout, connection).await;
             }
-            () = watched.activity.too_many_resets() => {
+            Ok(Watch::TooManyResets) => {
                 self.metrics.closed_premature_resets.increment(1);
                 tracing::warn!(%client, resets = watched.activity.premature_resets(), "client connection closed: it cancelled too many calls before their answer (HTTP/2 rapid reset?); see listener_limits.max_premature_resets");
             }
         }
         self.metrics.open.decrement(1.0);
     }
+}
+
+/// What, besides the client, ends the serving of a connection.
+enum Watch {
+    /// The proxy is draining.
+    Shutdown,
+    /// No call for the listener's idle timeout.
+    Idle,
+    /// Too many calls cancelled before their answer (rapid reset).
+    TooManyResets,
 }
 
 /// The worker threads: each runs a single-threaded runtime until [`Workers::stop`], and
