@@ -8,7 +8,8 @@
 #   nginx       nginx grpc_pass (least_conn),
 #   haproxy     HAProxy, proto h2 (leastconn),
 # round after round, every target once per round and shape before the next (interleaved;
-# the order of the targets turns by one each round, so none is always measured first),
+# the order changes each round, see targets_of_round: run ROUNDS = the number of targets
+# for a balanced order),
 # in two arrangements: shared (nothing pinned; nginx 2 workers, HAProxy 2 threads, tokio
 # 2 workers) and pinned (the load generator on CPU 0, everything else on CPU 1).
 #
@@ -373,13 +374,20 @@ applies() { # SHAPE TARGET: RouteMessage is a service of meridian-proxy only
 "${TOOL[@]}" body "$OUT/request.bin" "$PAYLOAD"
 prepare_table
 [[ ${PREPARE_ONLY:-0} == 1 ]] && exit 0
-# The targets in the order of round ROUND: turned by one more each round. Whatever runs
-# first in a round is measured worse (BENCHMARKS.md, session 10: in A/Bs of two proxy
-# builds the first did worse in all four pairings, whichever build it was).
+# The targets in the order of round ROUND: a row of a balanced Latin square (Williams),
+# so that over N rounds of N targets (N even) each target runs once in each place and
+# right after each other target once. What ran just before a run changes its figures
+# (BENCHMARKS.md, sessions 10 and 11: first in a round, or right after `direct`, the
+# proxy measured worse); a plain rotation kept every target after the same neighbour.
 targets_of_round() {
-    local -a all=($TARGETS)
-    local k=$((($1 - 1) % ${#all[@]}))
-    echo "${all[@]:k} ${all[@]:0:k}"
+    local -a all=($TARGETS) order=()
+    local n=${#all[@]} row=$((($1 - 1) % ${#all[@]})) j step
+    for ((j = 0; j < n; j++)); do
+        # Offsets 0, 1, n-1, 2, n-2, ... from the row's first target.
+        if ((j == 0)); then step=0; elif ((j % 2)); then step=$(((j + 1) / 2)); else step=$((n - j / 2)); fi
+        order+=("${all[(row + step) % n]}")
+    done
+    echo "${order[@]}"
 }
 : >"$OUT/runs.tsv"
 for mode in $MODES; do
