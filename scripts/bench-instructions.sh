@@ -77,6 +77,8 @@ instructions() { # PROXY C M N NAME
         --grpc-addr "127.0.0.1:$PORT" --admin-addr "127.0.0.1:$((PORT + 1))" \
         --table-cache "$OUT/$name.table.json" --log-level warn >"$OUT/$name.log" 2>&1 &
     pid=$!
+    # This runs in a command substitution: stop the proxy however the subshell ends.
+    trap 'kill "$pid" 2>/dev/null || true' EXIT
     wait_port "$PORT" 60
     h2load_calls 1000 "$c" "$m" >"$OUT/$name.warm.out" 2>&1
     h2load_calls "$n" "$c" "$m" >"$OUT/$name.h2load.out" 2>&1

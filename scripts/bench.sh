@@ -8,8 +8,8 @@
 #   nginx       nginx grpc_pass (least_conn),
 #   haproxy     HAProxy, proto h2 (leastconn),
 # round after round, every target once per round and shape before the next (interleaved;
-# the order changes each round, see targets_of_round: run ROUNDS = the number of targets
-# for a balanced order),
+# the order changes each round, see targets_of_round; by default there are as many
+# rounds as targets, which balances the order),
 # in two arrangements: shared (nothing pinned; nginx 2 workers, HAProxy 2 threads, tokio
 # 2 workers) and pinned (the load generator on CPU 0, everything else on CPU 1).
 #
@@ -29,7 +29,7 @@
 # CPU used by processes outside this script during each run is reported; the script waits
 # (boundedly) for a quieter machine before each run and retries a disturbed run once.
 #
-# Usage: scripts/bench.sh [SECONDS_PER_RUN (10)] [ROUNDS (3)]
+# Usage: scripts/bench.sh [SECONDS_PER_RUN (10)] [ROUNDS (the number of targets)]
 # Knobs (environment): MODES ("shared pinned"), LEVELS ("1x1 4x64 route:4x16 chat:4x16"),
 #   TARGETS (default: all), WARM (2 s), PROXY_A / PROXY_B / PROXY_C (meridian-proxy binaries; A
 #   defaults to this checkout's `dist` build: fat LTO, as shipped; the backends, control
@@ -45,7 +45,7 @@ ROOT=$PWD
 source scripts/lib/prereqs.sh
 
 DUR=${1:-${DUR:-10}}
-ROUNDS=${2:-${ROUNDS:-3}}
+ROUNDS=${2:-${ROUNDS:-}}
 WARM=${WARM:-2}
 MODES=${MODES:-"shared pinned"}
 LEVELS=${LEVELS:-"1x1 4x64 route:4x16 chat:4x16"}
@@ -71,6 +71,7 @@ PROXY_B=${PROXY_B:-}
 PROXY_C=${PROXY_C:-}
 declare -A PORT=([direct]=19101 [meridian]=18000 [meridian-b]=18010 [meridian-c]=18020 [nginx]=18100 [haproxy]=18200)
 TARGETS=${TARGETS:-"direct meridian ${PROXY_B:+meridian-b }${PROXY_C:+meridian-c }nginx haproxy"}
+ROUNDS=${ROUNDS:-$(wc -w <<<"$TARGETS")}
 NODES=(19101 19102 19103)
 mkdir -p "$OUT"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/bench.log" >&2; }
@@ -376,9 +377,9 @@ prepare_table
 [[ ${PREPARE_ONLY:-0} == 1 ]] && exit 0
 # The targets in the order of round ROUND: a row of a balanced Latin square (Williams),
 # so that over N rounds of N targets (N even) each target runs once in each place and
-# right after each other target once. What ran just before a run changes its figures
-# (BENCHMARKS.md, sessions 10 and 11: first in a round, or right after `direct`, the
-# proxy measured worse); a plain rotation kept every target after the same neighbour.
+# right after each other target once. What ran just before a run can change its figures
+# (BENCHMARKS.md, sessions 10 and 11: first in a round, a proxy measured worse in most
+# checks); a plain rotation kept every target after the same neighbour.
 targets_of_round() {
     local -a all=($TARGETS) order=()
     local n=${#all[@]} row=$((($1 - 1) % ${#all[@]})) j step
