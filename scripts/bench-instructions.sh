@@ -70,20 +70,21 @@ h2load_calls() { # N C M
 
 # Instructions the proxy PROXY executed serving N calls at CxM, start-up and shutdown included.
 instructions() { # PROXY C M N NAME
-    local proxy=$1 c=$2 m=$3 n=$4 name=$5 pid
+    local proxy=$1 c=$2 m=$3 n=$4 name=$5
     cp "$OUT/prepare/table.json" "$OUT/$name.table.json"
     valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.callgrind" "$proxy" --id bench-proxy \
         --federation bench --region local --zone a --control-planes http://127.0.0.1:1 \
         --grpc-addr "127.0.0.1:$PORT" --admin-addr "127.0.0.1:$((PORT + 1))" \
         --table-cache "$OUT/$name.table.json" --log-level warn >"$OUT/$name.log" 2>&1 &
-    pid=$!
-    # This runs in a command substitution: stop the proxy however the subshell ends.
-    trap 'kill "$pid" 2>/dev/null || true' EXIT
+    # Not local: this runs in a command substitution, whose exit (however it comes) stops
+    # the proxy.
+    proxy_pid=$!
+    trap 'kill "$proxy_pid" 2>/dev/null || true' EXIT
     wait_port "$PORT" 60
     h2load_calls 1000 "$c" "$m" >"$OUT/$name.warm.out" 2>&1
     h2load_calls "$n" "$c" "$m" >"$OUT/$name.h2load.out" 2>&1
-    kill -INT "$pid"
-    wait "$pid" 2>/dev/null || true
+    kill -INT "$proxy_pid"
+    wait "$proxy_pid" 2>/dev/null || true
     grep -q "$n succeeded" "$OUT/$name.h2load.out" ||
         { echo "not every call of $name succeeded; see $OUT/$name.h2load.out" >&2; exit 1; }
     grep -o 'I *refs: *[0-9,]*' "$OUT/$name.log" | tr -dc '0-9'
