@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::wire::RecvBody;
+use crate::wire::{ResponseBody, StreamError};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
@@ -37,7 +37,7 @@ impl NoAnswer {
 /// A node's answer, holding its call's place on the connection until dropped.
 #[derive(Debug)]
 pub struct AnswerBody {
-    inner: RecvBody,
+    inner: ResponseBody,
     connection: Arc<Connection>,
     stream: StreamSlot,
 }
@@ -50,12 +50,12 @@ impl Drop for AnswerBody {
 
 impl Body for AnswerBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = StreamError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

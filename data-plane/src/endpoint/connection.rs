@@ -7,7 +7,7 @@
 //! opened on first use and reopened when it closes. The request path loads the current
 //! connection lock-free (`ArcSwapOption`) and clones its handle; only (re)connecting takes
 //! a lock, so concurrent requests to a node that is down open one connection attempt per
-//! slot, not one each. The connections speak HTTP/2 through the `h2` crate directly
+//! slot, not one each. The connections speak HTTP/2 through the proxy's own client
 //! ([`crate::wire::client`]): the call's own future sends the request and waits for the
 //! answer.
 //!
@@ -41,7 +41,7 @@ use meridian_shared::config::UpstreamLimits;
 use meridian_shared::tls::ClientTls;
 use tokio::net::TcpStream;
 
-use crate::wire::{ClientConnection, RecvBody, SendError};
+use crate::wire::{ClientConnection, ResponseBody, SendError, StreamError};
 
 /// Request body type on every upstream connection.
 pub type UpstreamBody = tonic::body::Body;
@@ -56,7 +56,10 @@ pub enum UpstreamError {
     #[error("cannot connect to {address}: {reason}")]
     NotSent { address: String, reason: String },
     #[error("the connection to {address} failed: {source}")]
-    Failed { address: String, source: h2::Error },
+    Failed {
+        address: String,
+        source: StreamError,
+    },
 }
 
 /// A request that could not be forwarded; `unsent` holds it back when the node never saw
@@ -247,7 +250,7 @@ impl Connection {
     pub fn send(
         &self,
         request: http::Request<UpstreamBody>,
-    ) -> impl Future<Output = Result<(http::Response<RecvBody>, StreamSlot), SendFailure>> {
+    ) -> impl Future<Output = Result<(http::Response<ResponseBody>, StreamSlot), SendFailure>> {
         async move {
             let worker = WORKER.get() % self.per_worker.len();
             let pool = &self.per_worker[worker];
@@ -291,7 +294,7 @@ impl Connection {
         &self,
         own: &Slot,
         request: http::Request<UpstreamBody>,
-    ) -> Result<http::Response<RecvBody>, SendFailure> {
+    ) -> Result<http::Response<ResponseBody>, SendFailure> {
         let mut request = request;
         let mut reconnected = false;
         loop {
@@ -322,8 +325,8 @@ impl Connection {
     fn sent(
         &self,
         own: &Slot,
-        sent: Result<http::Response<RecvBody>, SendError<UpstreamBody>>,
-    ) -> Result<http::Response<RecvBody>, SendFailure> {
+        sent: Result<http::Response<ResponseBody>, SendError<UpstreamBody>>,
+    ) -> Result<http::Response<ResponseBody>, SendFailure> {
         sent.map_err(|e| {
             let (source, unsent) = match e {
                 SendError::NotSent(source, request) => {
@@ -371,18 +374,17 @@ impl Connection {
             .map_err(|e| not_sent(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let settings = &self.settings;
-        let handshaken = match &self.tls {
-            None => handshake(stream, &self.address, settings).await,
+        Ok(match &self.tls {
+            None => start(stream, &self.address, settings),
             Some(target) => {
                 let stream =
                     tokio::time::timeout_at(deadline, target.tls.connect(stream, &target.host))
                         .await
                         .map_err(timed_out)?
                         .map_err(|e| not_sent(format!("TLS handshake failed: {e}")))?;
-                handshake(stream, &self.address, settings).await
+                start(stream, &self.address, settings)
             }
-        };
-        handshaken.map_err(|e| not_sent(e.to_string()))
+        })
     }
 }
 
@@ -404,23 +406,18 @@ impl WorkerPool {
     }
 }
 
-/// The HTTP/2 handshake on a connected (and, for TLS, handshaken) stream, with the pool's
+/// Starts HTTP/2 on a connected (and, for TLS, handshaken) stream, with the pool's
 /// windows; spawns the task that drives the connection.
-async fn handshake<T>(
-    io: T,
-    address: &str,
-    settings: &PoolSettings,
-) -> Result<ClientConnection, h2::Error>
+fn start<T>(io: T, address: &str, settings: &PoolSettings) -> ClientConnection
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    ClientConnection::handshake(
+    ClientConnection::start(
         io,
         address,
         settings.stream_window_bytes,
         settings.connection_window_bytes,
     )
-    .await
 }
 
 #[cfg(test)]

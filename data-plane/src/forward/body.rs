@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use crate::wire::RecvBody;
+use crate::wire::{ResponseBody, StreamError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
@@ -50,7 +50,7 @@ pub struct CallShared {
 pin_project_lite::pin_project! {
     pub struct ObservedBody {
         // `None` once the proxy ended the call itself: dropping the node's stream resets it.
-        inner: Option<RecvBody>,
+        inner: Option<ResponseBody>,
         // The call's one timer: wakes at the earlier of the deadline and the idle time.
         timer: Option<CallTimer>,
         call: Option<Call>,
@@ -103,7 +103,7 @@ impl ObservedBody {
     /// or its idle timeout); its messages may be at most `max_message_bytes`, and `shared`
     /// is shared with the call's request body.
     pub fn new(
-        inner: RecvBody,
+        inner: ResponseBody,
         timer: Option<CallTimer>,
         call: Call,
         max_message_bytes: u32,
@@ -122,7 +122,7 @@ impl ObservedBody {
 /// Ends a call idle for `timeout`: the node's stream is dropped (reset), the caller gets
 /// the one error edge's UNAVAILABLE as trailers.
 fn end_idle(
-    inner: &mut Option<RecvBody>,
+    inner: &mut Option<ResponseBody>,
     call: &mut Option<Call>,
     timeout: Duration,
 ) -> Frame<Bytes> {
@@ -154,7 +154,7 @@ fn end_idle(
 /// Ends the call for an oversized message: the node's stream is dropped (reset), the
 /// caller gets the one error edge's RESOURCE_EXHAUSTED as trailers.
 fn end_oversized(
-    inner: &mut Option<RecvBody>,
+    inner: &mut Option<ResponseBody>,
     call: &mut Option<Call>,
     too_large: TooLarge,
 ) -> Frame<Bytes> {
@@ -177,12 +177,12 @@ fn end_oversized(
 
 impl Body for ObservedBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = StreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let this = self.project();
         if this.call.is_none() {
             return Poll::Ready(None);

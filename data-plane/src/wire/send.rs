@@ -91,7 +91,7 @@ where
                 }
                 Some(Err(e)) => {
                     let e = e.into();
-                    this.stream.send_reset(h2_reason(&*e));
+                    this.stream.send_reset(reason_of(&*e));
                     return Poll::Ready(Err(SendBodyError::Body(e)));
                 }
                 Some(Ok(frame)) => frame,
@@ -116,11 +116,19 @@ where
     }
 }
 
-/// The reason of the first HTTP/2 error among `error` and its sources (as hyper looked
-/// for it), else `INTERNAL_ERROR`.
-fn h2_reason(error: &(dyn StdError + 'static)) -> Reason {
+/// The reason of the first HTTP/2 reset among `error` and its sources (as hyper looked
+/// for it: an upstream stream's reset passes on as the same reset), else
+/// `INTERNAL_ERROR`.
+pub(super) fn reason_of(error: &(dyn StdError + 'static)) -> Reason {
     std::iter::successors(Some(error), |&e| e.source())
-        .find_map(|e| e.downcast_ref::<h2::Error>().and_then(h2::Error::reason))
+        .find_map(|e| {
+            e.downcast_ref::<h2::Error>()
+                .and_then(h2::Error::reason)
+                .or_else(|| {
+                    e.downcast_ref::<super::StreamError>()
+                        .and_then(super::StreamError::reason)
+                })
+        })
         .unwrap_or(Reason::INTERNAL_ERROR)
 }
 

@@ -1,0 +1,409 @@
+//! The task that drives one client connection: it writes the frames the calls queued,
+//! reads the node's frames and hands them to the streams, answers SETTINGS and PINGs,
+//! and PINGs an idle node to find out whether it is still there.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h2::Reason;
+use http::{HeaderMap, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+
+use super::StreamError;
+use super::state::{HeaderBlock, Shared};
+use crate::wire::frame::{self, Head};
+use crate::wire::hpack::{self, DecodeError, FieldName, Pseudo};
+use crate::wire::keepalive::KeepaliveSettings;
+
+/// The largest header list a node may send (SETTINGS_MAX_HEADER_LIST_SIZE).
+pub const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// The dynamic table a node's encoder may use: HPACK's default.
+const HEADER_TABLE_SIZE: usize = 4096;
+/// How many reads one poll makes before letting other tasks run.
+const READS_PER_POLL: usize = 16;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Ended {
+    Io(io::Error),
+    Closed,
+    /// This side found the node in breach of the protocol.
+    Protocol(Reason, &'static str),
+    Unanswered,
+    /// Went away (GOAWAY) and every stream it took is done.
+    Done,
+    /// Nothing holds the connection any more (its pool let it go).
+    Unused,
+}
+
+pub struct Driver<T> {
+    io: T,
+    shared: Arc<Shared>,
+    address: String,
+    decoder: hpack::Decoder,
+    read: BytesMut,
+    writing: Vec<u8>,
+    written: usize,
+    /// A header block waiting for its CONTINUATION frames: its stream, END_STREAM, and
+    /// the block so far.
+    continuation: Option<(u32, bool, BytesMut)>,
+    keepalive: KeepaliveSettings,
+    ping_timer: Pin<Box<Sleep>>,
+    ping_out: bool,
+}
+
+impl<T> Driver<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    pub fn new(io: T, shared: Arc<Shared>, address: String, keepalive: KeepaliveSettings) -> Self {
+        Driver {
+            io,
+            shared,
+            address,
+            decoder: hpack::Decoder::new(HEADER_TABLE_SIZE, MAX_HEADER_LIST as usize),
+            read: BytesMut::with_capacity(frame::DEFAULT_MAX_FRAME + frame::HEAD_LEN),
+            writing: Vec::with_capacity(4096),
+            written: 0,
+            continuation: None,
+            ping_timer: Box::pin(tokio::time::sleep(keepalive.interval)),
+            keepalive,
+            ping_out: false,
+        }
+    }
+
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
+        for _ in 0..READS_PER_POLL {
+            if let Err(e) = self.poll_write(cx) {
+                return Poll::Ready(Ended::Io(e));
+            }
+            match self.poll_read(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(ended)) => return Poll::Ready(ended),
+                Poll::Pending => {
+                    if let Poll::Ready(ended) = self.poll_keepalive(cx) {
+                        return Poll::Ready(ended);
+                    }
+                    if let Err(e) = self.poll_write(cx) {
+                        return Poll::Ready(Ended::Io(e));
+                    }
+                    // No handle but the driver's own: no call can come (checked when
+                    // the connection is next woken, at the latest by the keepalive timer).
+                    if Arc::strong_count(&self.shared) == 1 {
+                        return Poll::Ready(Ended::Unused);
+                    }
+                    let state = self.shared.lock();
+                    let done =
+                        self.shared.is_closed() && !state.has_streams() && state.out.is_empty();
+                    return if done && self.written == self.writing.len() {
+                        Poll::Ready(Ended::Done)
+                    } else {
+                        Poll::Pending
+                    };
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes what is queued until the socket takes no more or nothing is left.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        loop {
+            if self.written == self.writing.len() {
+                self.writing.clear();
+                self.written = 0;
+                let mut state = self.shared.lock();
+                state.register_driver(cx);
+                if state.out.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut state.out, &mut self.writing);
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &self.writing[self.written..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads once and handles every whole frame read.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
+        if self.read.capacity() - self.read.len() < 4096 {
+            self.read
+                .reserve(frame::DEFAULT_MAX_FRAME + frame::HEAD_LEN);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Ended::Io(e))),
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(Ended::Closed)),
+            Poll::Ready(Ok(_)) => {}
+        }
+        while self.read.len() >= frame::HEAD_LEN {
+            let head = Head::parse(&self.read[..frame::HEAD_LEN]);
+            if head.length > frame::DEFAULT_MAX_FRAME {
+                return Poll::Ready(Err(Ended::Protocol(
+                    Reason::FRAME_SIZE_ERROR,
+                    "a frame is larger than allowed",
+                )));
+            }
+            let whole = frame::HEAD_LEN + head.length;
+            if self.read.len() < whole {
+                self.read.reserve(whole - self.read.len());
+                break;
+            }
+            let mut payload = self.read.split_to(whole);
+            payload.advance(frame::HEAD_LEN);
+            self.handle(head, payload)
+                .map_err(|(reason, why)| Ended::Protocol(reason, why))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn handle(&mut self, head: Head, payload: BytesMut) -> Result<(), (Reason, &'static str)> {
+        const BAD_LENGTH: (Reason, &str) =
+            (Reason::FRAME_SIZE_ERROR, "a frame has the wrong length");
+        if let Some((id, end, mut block)) = self.continuation.take() {
+            if head.kind != frame::CONTINUATION || head.stream_id != id {
+                return Err((Reason::PROTOCOL_ERROR, "a header block was interrupted"));
+            }
+            block.extend_from_slice(&payload);
+            if block.len() > MAX_HEADER_LIST as usize * 2 {
+                return Err((Reason::PROTOCOL_ERROR, "a header block is too large"));
+            }
+            if !head.has(frame::END_HEADERS) {
+                self.continuation = Some((id, end, block));
+                return Ok(());
+            }
+            return self.header_block(id, end, block.freeze());
+        }
+        let id = head.stream_id;
+        let needs_stream = matches!(head.kind, frame::DATA | frame::HEADERS | frame::RST_STREAM);
+        if needs_stream && id == 0
+            || matches!(head.kind, frame::SETTINGS | frame::PING | frame::GOAWAY) && id != 0
+        {
+            return Err((Reason::PROTOCOL_ERROR, "a frame is on the wrong stream"));
+        }
+        match head.kind {
+            frame::DATA => {
+                let flow_length = payload.len();
+                let data = frame::unpadded(&head, payload.freeze())
+                    .ok_or((Reason::PROTOCOL_ERROR, "a DATA frame's padding is too long"))?;
+                self.shared
+                    .lock()
+                    .on_data(id, flow_length, data, head.has(frame::END_STREAM))
+                    .map_err(|reason| {
+                        (
+                            reason,
+                            "a DATA frame broke flow control or came on a stream never opened",
+                        )
+                    })
+            }
+            frame::HEADERS => {
+                let mut block = frame::unpadded(&head, payload.freeze()).ok_or((
+                    Reason::PROTOCOL_ERROR,
+                    "a HEADERS frame's padding is too long",
+                ))?;
+                if head.has(frame::PRIORITY) {
+                    if block.len() < 5 {
+                        return Err(BAD_LENGTH);
+                    }
+                    block.advance(5);
+                }
+                let end = head.has(frame::END_STREAM);
+                if head.has(frame::END_HEADERS) {
+                    self.header_block(id, end, block)
+                } else {
+                    self.continuation = Some((id, end, BytesMut::from(&block[..])));
+                    Ok(())
+                }
+            }
+            frame::RST_STREAM => {
+                if payload.len() != 4 {
+                    return Err(BAD_LENGTH);
+                }
+                self.shared
+                    .lock()
+                    .on_reset(id, Reason::from(frame::word(&payload, 0)));
+                Ok(())
+            }
+            frame::SETTINGS => {
+                if head.has(frame::ACK) {
+                    return if payload.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(BAD_LENGTH)
+                    };
+                }
+                if !payload.len().is_multiple_of(6) {
+                    return Err(BAD_LENGTH);
+                }
+                self.shared
+                    .lock()
+                    .on_settings(&payload)
+                    .map_err(|reason| (reason, "the node's SETTINGS are invalid"))
+            }
+            frame::PING => {
+                let payload: [u8; 8] = payload[..].try_into().map_err(|_| BAD_LENGTH)?;
+                if head.has(frame::ACK) {
+                    self.ping_out = false;
+                    let next = Instant::now() + self.keepalive.interval;
+                    self.ping_timer.as_mut().reset(next);
+                } else {
+                    self.shared.lock().write_ping(true, payload);
+                }
+                Ok(())
+            }
+            frame::GOAWAY => {
+                if payload.len() < 8 {
+                    return Err(BAD_LENGTH);
+                }
+                let last_id = frame::word(&payload, 0) & 0x7fff_ffff;
+                let reason = Reason::from(frame::word(&payload, 4));
+                let detail = String::from_utf8_lossy(&payload[8..]);
+                tracing::debug!(address = %self.address, %reason, %detail, last_id, "the node is closing the connection (GOAWAY)");
+                let mut state = self.shared.lock();
+                state.on_goaway(last_id, &self.shared);
+                Ok(())
+            }
+            frame::WINDOW_UPDATE => {
+                if payload.len() != 4 {
+                    return Err(BAD_LENGTH);
+                }
+                self.shared
+                    .lock()
+                    .on_window_update(id, frame::word(&payload, 0) & 0x7fff_ffff)
+                    .map_err(|reason| (reason, "a WINDOW_UPDATE broke flow control"))
+            }
+            frame::PUSH_PROMISE => Err((
+                Reason::PROTOCOL_ERROR,
+                "the node pushed, which this side disabled",
+            )),
+            frame::CONTINUATION => Err((
+                Reason::PROTOCOL_ERROR,
+                "a CONTINUATION frame follows no header block",
+            )),
+            // PRIORITY and unknown frames are ignored.
+            _ => Ok(()),
+        }
+    }
+
+    /// Decodes a whole header block (always: the dynamic table must stay in step) and
+    /// gives it to its stream.
+    fn header_block(
+        &mut self,
+        id: u32,
+        end: bool,
+        block: Bytes,
+    ) -> Result<(), (Reason, &'static str)> {
+        let mut status = None;
+        let mut headers = HeaderMap::new();
+        let mut malformed = false;
+        let decoded = self.decoder.decode(&block, |field| match field.name {
+            FieldName::Header(name) => {
+                headers.append(name, field.value);
+            }
+            FieldName::Pseudo(Pseudo::Status) if status.is_none() && headers.is_empty() => {
+                status = StatusCode::from_bytes(field.value.as_bytes()).ok();
+                malformed |= status.is_none();
+            }
+            _ => malformed = true,
+        });
+        let block = match decoded {
+            Err(DecodeError::ListTooLarge(_)) => Err(Reason::PROTOCOL_ERROR),
+            Err(_) => {
+                return Err((
+                    Reason::COMPRESSION_ERROR,
+                    "a header block could not be decoded",
+                ));
+            }
+            Ok(()) if malformed => Err(Reason::PROTOCOL_ERROR),
+            Ok(()) => Ok(match status {
+                None => HeaderBlock::Trailers(headers),
+                Some(status) if status.is_informational() => HeaderBlock::Informational,
+                Some(status) => {
+                    let mut head = Response::new(());
+                    *head.status_mut() = status;
+                    *head.version_mut() = http::Version::HTTP_2;
+                    *head.headers_mut() = headers;
+                    HeaderBlock::Head(head)
+                }
+            }),
+        };
+        self.shared.lock().on_header_block(id, end, block);
+        Ok(())
+    }
+
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
+        if self.ping_timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if self.ping_out {
+            return Poll::Ready(Ended::Unanswered);
+        }
+        self.ping_out = true;
+        self.shared.lock().write_ping(false, *b"meridian");
+        let deadline = Instant::now() + self.keepalive.timeout;
+        self.ping_timer.as_mut().reset(deadline);
+        // Registers the timer again.
+        let _ = self.ping_timer.as_mut().poll(cx);
+        Poll::Pending
+    }
+
+    /// Ends the connection: every open stream fails, and a node in breach of the
+    /// protocol hears why (GOAWAY) as far as the socket still takes it.
+    async fn finish(&mut self, ended: Ended) {
+        let error = match &ended {
+            Ended::Io(e) => {
+                StreamError::connection(format!("the connection to {} failed: {e}", self.address))
+            }
+            Ended::Closed => {
+                StreamError::connection(format!("{} closed the connection", self.address))
+            }
+            Ended::Protocol(reason, why) => StreamError::connection(format!(
+                "{} broke the HTTP/2 protocol ({reason}): {why}",
+                self.address
+            )),
+            Ended::Unanswered => StreamError::connection(format!(
+                "{} did not answer a keepalive PING within {:?}",
+                self.address, self.keepalive.timeout
+            )),
+            Ended::Done => {
+                StreamError::connection(format!("{} closed the connection (GOAWAY)", self.address))
+            }
+            Ended::Unused => StreamError::connection(format!(
+                "the connection to {} is no longer used",
+                self.address
+            )),
+        };
+        tracing::debug!(address = %self.address, %error, "upstream connection closed");
+        let goaway = {
+            let mut state = self.shared.lock();
+            state.fail_all(error, &self.shared);
+            let Ended::Protocol(reason, _) = ended else {
+                return;
+            };
+            state.write_goaway(reason);
+            std::mem::take(&mut state.out)
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.write_all(&goaway)).await;
+    }
+
+    /// Drives the connection until it ends.
+    pub async fn run(mut self) {
+        let ended = std::future::poll_fn(|cx| self.poll_drive(cx)).await;
+        self.finish(ended).await;
+    }
+}
