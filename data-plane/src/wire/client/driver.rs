@@ -27,6 +27,13 @@ pub const MAX_HEADER_LIST: u32 = 64 * 1024;
 const HEADER_TABLE_SIZE: usize = 4096;
 /// How many reads one poll makes before letting other tasks run.
 const READS_PER_POLL: usize = 16;
+/// A node whose SETTINGS and PINGs, each answered, find this much still unwritten is
+/// sending them faster than it reads the answers: it is dropped rather than buffered for.
+const MAX_UNWRITTEN_FOR_CONTROL: usize = 1024 * 1024;
+const CONTROL_FLOOD: (Reason, &str) = (
+    Reason::ENHANCE_YOUR_CALM,
+    "it sends SETTINGS or PINGs faster than it reads the answers",
+);
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -250,8 +257,11 @@ where
                 if !payload.len().is_multiple_of(6) {
                     return Err(BAD_LENGTH);
                 }
-                self.shared
-                    .lock()
+                let mut state = self.shared.lock();
+                if state.out.len() > MAX_UNWRITTEN_FOR_CONTROL {
+                    return Err(CONTROL_FLOOD);
+                }
+                state
                     .on_settings(&payload)
                     .map_err(|reason| (reason, "the node's SETTINGS are invalid"))
             }
@@ -262,7 +272,11 @@ where
                     let next = Instant::now() + self.keepalive.interval;
                     self.ping_timer.as_mut().reset(next);
                 } else {
-                    self.shared.lock().write_ping(true, payload);
+                    let mut state = self.shared.lock();
+                    if state.out.len() > MAX_UNWRITTEN_FOR_CONTROL {
+                        return Err(CONTROL_FLOOD);
+                    }
+                    state.write_ping(true, payload);
                 }
                 Ok(())
             }

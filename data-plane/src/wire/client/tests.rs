@@ -354,3 +354,27 @@ async fn a_connection_nothing_holds_any_more_is_closed() {
         .expect("the node saw the connection close")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_node_flooding_pings_without_reading_the_answers_is_dropped() {
+    let (client_io, mut node_io) = tokio::io::duplex(64 * 1024);
+    let connection = ClientConnection::start(client_io, "node", STREAM_WINDOW, 4 * STREAM_WINDOW);
+    let call = tokio::spawn({
+        let connection = connection.clone();
+        async move { connection.send(request("x")).await.map(|_| ()) }
+    });
+    // Never reads: every PING's answer stays with the client.
+    let mut ping = Vec::new();
+    for _ in 0..100 {
+        ping.extend_from_slice(&[0, 0, 8, frame::PING, 0, 0, 0, 0, 0]);
+        ping.extend_from_slice(b"flooding");
+    }
+    let flood = tokio::spawn(async move { while node_io.write_all(&ping).await.is_ok() {} });
+    match call.await.unwrap() {
+        Err(SendError::Failed(StreamError::Connection(message))) => {
+            assert!(message.contains("faster than it reads"), "{message}")
+        }
+        other => panic!("expected the connection to be dropped, got {other:?}"),
+    }
+    flood.await.unwrap();
+}
