@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
 use super::StreamError;
-use super::state::{HeaderBlock, Shared};
+use super::state::{CONNECTION_HEADERS, HeaderBlock, Shared};
 use crate::wire::frame::{self, Head};
 use crate::wire::hpack::{self, DecodeError, FieldName, Pseudo};
 use crate::wire::keepalive::KeepaliveSettings;
@@ -27,8 +27,9 @@ pub const MAX_HEADER_LIST: u32 = 64 * 1024;
 const HEADER_TABLE_SIZE: usize = 4096;
 /// How many reads one poll makes before letting other tasks run.
 const READS_PER_POLL: usize = 16;
-/// A node whose SETTINGS and PINGs, each answered, find this much still unwritten is
-/// sending them faster than it reads the answers: it is dropped rather than buffered for.
+/// A node whose SETTINGS and PINGs, each answered, find this much of the answers still
+/// unwritten sends them faster than it reads the answers: it is dropped rather than
+/// buffered for.
 const MAX_UNWRITTEN_FOR_CONTROL: usize = 1024 * 1024;
 const CONTROL_FLOOD: (Reason, &str) = (
     Reason::ENHANCE_YOUR_CALM,
@@ -131,7 +132,7 @@ where
                 if state.out.is_empty() {
                     break;
                 }
-                std::mem::swap(&mut state.out, &mut self.writing);
+                state.take_out(&mut self.writing);
             }
             match Pin::new(&mut self.io).poll_write(cx, &self.writing[self.written..]) {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
@@ -243,8 +244,8 @@ where
                 }
                 self.shared
                     .lock()
-                    .on_reset(id, Reason::from(frame::word(&payload, 0)));
-                Ok(())
+                    .on_reset(id, Reason::from(frame::word(&payload, 0)))
+                    .map_err(|reason| (reason, "RST_STREAM on a stream never opened"))
             }
             frame::SETTINGS => {
                 if head.has(frame::ACK) {
@@ -258,7 +259,7 @@ where
                     return Err(BAD_LENGTH);
                 }
                 let mut state = self.shared.lock();
-                if state.out.len() > MAX_UNWRITTEN_FOR_CONTROL {
+                if state.control_replies > MAX_UNWRITTEN_FOR_CONTROL {
                     return Err(CONTROL_FLOOD);
                 }
                 state
@@ -273,7 +274,7 @@ where
                     self.ping_timer.as_mut().reset(next);
                 } else {
                     let mut state = self.shared.lock();
-                    if state.out.len() > MAX_UNWRITTEN_FOR_CONTROL {
+                    if state.control_replies > MAX_UNWRITTEN_FOR_CONTROL {
                         return Err(CONTROL_FLOOD);
                     }
                     state.write_ping(true, payload);
@@ -327,11 +328,15 @@ where
         let mut malformed = false;
         let decoded = self.decoder.decode(&block, |field| match field.name {
             FieldName::Header(name) => {
+                // Connection-specific headers are malformed in HTTP/2 (RFC 9113, 8.2.2).
+                malformed |= CONNECTION_HEADERS.contains(&name)
+                    || (name == http::header::TE && field.value != "trailers");
                 headers.append(name, field.value);
             }
             FieldName::Pseudo(Pseudo::Status) if status.is_none() && headers.is_empty() => {
                 status = StatusCode::from_bytes(field.value.as_bytes()).ok();
-                malformed |= status.is_none();
+                // 101 (Switching Protocols) has no place in HTTP/2 (RFC 9113, 8.6).
+                malformed |= status.is_none_or(|s| s == StatusCode::SWITCHING_PROTOCOLS);
             }
             _ => malformed = true,
         });
@@ -356,8 +361,10 @@ where
                 }
             }),
         };
-        self.shared.lock().on_header_block(id, end, block);
-        Ok(())
+        self.shared
+            .lock()
+            .on_header_block(id, end, block)
+            .map_err(|reason| (reason, "HEADERS on a stream never opened"))
     }
 
     fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
@@ -410,7 +417,10 @@ where
                 return;
             };
             state.write_goaway(reason);
-            std::mem::take(&mut state.out)
+            // The frame being written first, so the GOAWAY starts a frame of its own.
+            let mut last = self.writing.split_off(self.written);
+            last.append(&mut state.out);
+            last
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.write_all(&goaway)).await;
     }

@@ -294,6 +294,19 @@ pub struct ResponseBody {
     done: bool,
 }
 
+impl Drop for ResponseBody {
+    /// An answer dropped before its end resets its stream, so the node stops sending and
+    /// a request body still streaming stops too (its sender holds the stream open).
+    fn drop(&mut self) {
+        if !self.done {
+            self.stream
+                .shared
+                .lock()
+                .reset(self.stream.id, Reason::CANCEL);
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = StreamError;
@@ -305,10 +318,16 @@ impl Body for ResponseBody {
         if self.done {
             return Poll::Ready(None);
         }
-        let frame = ready!(self.stream.shared.lock().poll_data(self.stream.id, cx));
-        if !matches!(frame, Some(Ok(ref frame)) if frame.is_data()) {
-            self.done = true;
-        }
+        let id = self.stream.id;
+        let mut state = self.stream.shared.lock();
+        let frame = ready!(state.poll_data(id, cx));
+        // Ended with its last DATA frame, or with trailers, an error or nothing.
+        let done = match &frame {
+            Some(Ok(frame)) if frame.is_data() => state.answer_read(id),
+            _ => true,
+        };
+        drop(state);
+        self.done = done;
         Poll::Ready(frame)
     }
 

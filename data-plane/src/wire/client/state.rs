@@ -19,15 +19,21 @@ use super::StreamError;
 use crate::wire::frame::{self, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, MAX_WINDOW};
 use crate::wire::hpack::{self, Pseudo};
 
-/// Request headers that mean something only on an HTTP/1 connection; RFC 9113 forbids
-/// them in HTTP/2 (section 8.2.2), so they are not passed on.
-const CONNECTION_HEADERS: [http::HeaderName; 5] = [
+/// Headers that mean something only on an HTTP/1 connection; RFC 9113 forbids them in
+/// HTTP/2 (section 8.2.2): they are not passed on in requests, and an answer with one is
+/// malformed.
+pub const CONNECTION_HEADERS: [http::HeaderName; 5] = [
     http::header::CONNECTION,
     http::header::TRANSFER_ENCODING,
     http::header::UPGRADE,
     http::HeaderName::from_static("keep-alive"),
     http::HeaderName::from_static("proxy-connection"),
 ];
+
+/// Request DATA waits while this much is queued and not yet taken by the driver: with
+/// what the driver is writing, at most twice this is buffered per connection, whatever
+/// windows the node grants.
+const MAX_QUEUED_DATA: usize = 256 * 1024;
 
 /// The connection's shared half.
 #[derive(Debug)]
@@ -73,6 +79,10 @@ pub struct State {
     active: usize,
     /// Calls waiting for the node to allow another stream.
     openers: Vec<Waker>,
+    /// Request bodies waiting for `out` to be taken by the driver.
+    queue_waiters: Vec<Waker>,
+    /// Octets of answers to the node's SETTINGS and PINGs in `out`.
+    pub control_replies: usize,
     peer: PeerSettings,
     /// Room left in the node's connection window.
     send_window: i64,
@@ -138,6 +148,8 @@ impl State {
             next_id: 1,
             active: 0,
             openers: Vec::new(),
+            queue_waiters: Vec::new(),
+            control_replies: 0,
             peer: PeerSettings {
                 max_concurrent_streams: usize::MAX,
                 initial_window: i64::from(DEFAULT_WINDOW),
@@ -183,6 +195,15 @@ impl State {
         register(&mut self.driver, cx);
     }
 
+    /// The driver takes what is queued (leaving `spare`, emptied, in its place).
+    pub fn take_out(&mut self, spare: &mut Vec<u8>) {
+        std::mem::swap(&mut self.out, spare);
+        self.control_replies = 0;
+        for waiter in self.queue_waiters.drain(..) {
+            waiter.wake();
+        }
+    }
+
     pub fn has_streams(&self) -> bool {
         !self.streams.is_empty()
     }
@@ -201,7 +222,9 @@ impl State {
             return Poll::Ready(Err(error.clone()));
         }
         if self.active >= self.peer.max_concurrent_streams {
-            self.openers.push(cx.waker().clone());
+            if !self.openers.iter().any(|w| w.will_wake(cx.waker())) {
+                self.openers.push(cx.waker().clone());
+            }
             return Poll::Pending;
         }
         let id = self.next_id;
@@ -304,14 +327,7 @@ impl State {
             .expect("a handle keeps its stream");
         if let Some(data) = stream.data.pop_front() {
             let taken = data.len() as u32;
-            stream.unreleased += taken;
-            let stream_update = (!stream.remote_end && stream.unreleased >= self.stream_window / 2)
-                .then(|| std::mem::take(&mut stream.unreleased));
-            if let Some(update) = stream_update {
-                stream.recv_window += i64::from(update);
-                frame::write_words(&mut self.out, frame::WINDOW_UPDATE, id, &[update]);
-                self.wake_driver();
-            }
+            self.release_stream_window(id, taken);
             self.release_connection_window(taken);
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
@@ -327,6 +343,29 @@ impl State {
         }
         register(&mut stream.reader, cx);
         Poll::Pending
+    }
+
+    /// Whether the answer was read to its end: the node ended it and nothing is left.
+    pub fn answer_read(&self, id: u32) -> bool {
+        self.streams
+            .get(&id)
+            .is_some_and(|s| s.remote_end && s.data.is_empty() && s.trailers.is_none())
+    }
+
+    /// Gives `taken` octets back to the stream's window, in a WINDOW_UPDATE once half of
+    /// the window is owed (and only while the node may still send).
+    fn release_stream_window(&mut self, id: u32, taken: u32) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        stream.unreleased += taken;
+        if stream.remote_end || stream.unreleased < self.stream_window / 2 {
+            return;
+        }
+        let update = std::mem::take(&mut stream.unreleased);
+        stream.recv_window += i64::from(update);
+        frame::write_words(&mut self.out, frame::WINDOW_UPDATE, id, &[update]);
+        self.wake_driver();
     }
 
     fn release_connection_window(&mut self, taken: u32) {
@@ -370,6 +409,12 @@ impl State {
             return Poll::Ready(Err(error.clone()));
         }
         loop {
+            if self.out.len() >= MAX_QUEUED_DATA && !data.is_empty() {
+                if !self.queue_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    self.queue_waiters.push(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
             let room = stream
                 .send_window
                 .min(self.send_window)
@@ -484,12 +529,17 @@ impl State {
     // ---- the driver's side ----
 
     /// The head or the trailers of an answer; `Err` for a stream error to reset with.
-    pub fn on_header_block(&mut self, id: u32, end: bool, block: Result<HeaderBlock, Reason>) {
+    pub fn on_header_block(
+        &mut self,
+        id: u32,
+        end: bool,
+        block: Result<HeaderBlock, Reason>,
+    ) -> Result<(), Reason> {
         let Some(stream) = self.streams.get_mut(&id) else {
-            return;
+            return self.check_was_opened(id);
         };
         if stream.remote_end || stream.error.is_some() {
-            return;
+            return Ok(());
         }
         let block = block.and_then(|block| match block {
             HeaderBlock::Head(head) if !stream.got_head => Ok(Some(head)),
@@ -506,7 +556,10 @@ impl State {
                 stream.head = Some((head, end));
             }
             Ok(None) => {}
-            Err(reason) => return self.reset(id, reason),
+            Err(reason) => {
+                self.reset(id, reason);
+                return Ok(());
+            }
         }
         if end {
             stream.remote_end = true;
@@ -516,6 +569,17 @@ impl State {
         }
         if let Some(stream) = self.streams.get_mut(&id) {
             stream.wake();
+        }
+        Ok(())
+    }
+
+    /// Frames on a stream this side never opened (even ids are the server's, which it may
+    /// only open by PUSH_PROMISE, disabled) are a connection error.
+    fn check_was_opened(&self, id: u32) -> Result<(), Reason> {
+        if id >= self.next_id || id.is_multiple_of(2) {
+            Err(Reason::PROTOCOL_ERROR)
+        } else {
+            Ok(())
         }
     }
 
@@ -538,9 +602,7 @@ impl State {
             .get_mut(&id)
             .filter(|s| !s.remote_end && s.error.is_none())
         else {
-            if id >= self.next_id || id.is_multiple_of(2) {
-                return Err(Reason::PROTOCOL_ERROR);
-            }
+            self.check_was_opened(id)?;
             // A stream this side reset or dropped: its data is given back at once.
             self.release_connection_window(flow_length as u32);
             return Ok(());
@@ -556,8 +618,6 @@ impl State {
             return Ok(());
         }
         stream.recv_window -= flow_length;
-        // Padding is given back at once: the reader never sees it.
-        stream.unreleased += padding;
         if !data.is_empty() {
             stream.data.push_back(data);
         }
@@ -570,20 +630,24 @@ impl State {
         if let Some(stream) = self.streams.get_mut(&id) {
             stream.wake();
         }
+        // Padding is given back at once: the reader never sees it.
         if padding > 0 {
+            self.release_stream_window(id, padding);
             self.release_connection_window(padding);
         }
         Ok(())
     }
 
-    pub fn on_reset(&mut self, id: u32, reason: Reason) {
-        if let Some(stream) = self.streams.get_mut(&id)
-            && !stream.is_closed()
-        {
+    pub fn on_reset(&mut self, id: u32, reason: Reason) -> Result<(), Reason> {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return self.check_was_opened(id);
+        };
+        if !stream.is_closed() {
             stream.error = Some(StreamError::Reset(reason));
             stream.wake();
             self.deactivate(id);
         }
+        Ok(())
     }
 
     /// The node's SETTINGS: applied, then acknowledged.
@@ -603,6 +667,13 @@ impl State {
                         return Err(Reason::FLOW_CONTROL_ERROR);
                     }
                     let delta = i64::from(value) - self.peer.initial_window;
+                    if self
+                        .streams
+                        .values()
+                        .any(|s| s.send_window + delta > MAX_WINDOW)
+                    {
+                        return Err(Reason::FLOW_CONTROL_ERROR);
+                    }
                     self.peer.initial_window = i64::from(value);
                     for stream in self.streams.values_mut() {
                         stream.send_window += delta;
@@ -625,13 +696,17 @@ impl State {
             }
         }
         frame::write_head(&mut self.out, 0, frame::SETTINGS, frame::ACK, 0);
+        self.control_replies += frame::HEAD_LEN;
         Ok(())
     }
 
     pub fn on_window_update(&mut self, id: u32, increment: u32) -> Result<(), Reason> {
         let increment = i64::from(increment);
         if id == 0 {
-            if increment == 0 || self.send_window + increment > MAX_WINDOW {
+            if increment == 0 {
+                return Err(Reason::PROTOCOL_ERROR);
+            }
+            if self.send_window + increment > MAX_WINDOW {
                 return Err(Reason::FLOW_CONTROL_ERROR);
             }
             self.send_window += increment;
@@ -646,7 +721,12 @@ impl State {
             return Ok(());
         };
         if increment == 0 || stream.send_window + increment > MAX_WINDOW {
-            self.reset(id, Reason::FLOW_CONTROL_ERROR);
+            let reason = if increment == 0 {
+                Reason::PROTOCOL_ERROR
+            } else {
+                Reason::FLOW_CONTROL_ERROR
+            };
+            self.reset(id, reason);
             return Ok(());
         }
         stream.send_window += increment;
@@ -670,7 +750,8 @@ impl State {
             .filter(|&id| id > last_id)
             .collect();
         for id in refused {
-            self.on_reset(id, Reason::REFUSED_STREAM);
+            // Listed from the open streams: never an error.
+            let _ = self.on_reset(id, Reason::REFUSED_STREAM);
         }
     }
 
@@ -708,6 +789,9 @@ impl State {
             0,
         );
         self.out.extend_from_slice(&payload);
+        if ack {
+            self.control_replies += frame::HEAD_LEN + 8;
+        }
     }
 
     pub fn write_goaway(&mut self, reason: Reason) {

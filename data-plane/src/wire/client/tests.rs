@@ -379,3 +379,101 @@ async fn a_node_flooding_pings_without_reading_the_answers_is_dropped() {
     }
     flood.await.unwrap();
 }
+
+type ChunkResult = Result<http_body::Frame<Bytes>, std::convert::Infallible>;
+type ChannelBody = http_body_util::StreamBody<tokio_stream::wrappers::ReceiverStream<ChunkResult>>;
+
+/// A request body fed chunk by chunk through a channel, never ending by itself.
+fn streaming_request() -> (mpsc::Sender<ChunkResult>, Request<ChannelBody>) {
+    let (tx, rx) = mpsc::channel(1);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let request = Request::post("http://node.local/demo.v1.Echo/Chat")
+        .body(body)
+        .unwrap();
+    (tx, request)
+}
+
+#[tokio::test]
+async fn a_node_that_grants_huge_windows_and_stops_reading_holds_back_the_request_body() {
+    let (client_io, mut node_io) = tokio::io::duplex(64 * 1024);
+    // The largest windows HTTP/2 allows, then the node reads no more.
+    let mut settings = Vec::new();
+    frame::write_settings(
+        &mut settings,
+        &[(frame::SETTINGS_INITIAL_WINDOW_SIZE, (1 << 31) - 1)],
+    );
+    frame::write_words(
+        &mut settings,
+        frame::WINDOW_UPDATE,
+        0,
+        &[(1 << 31) - 1 - 65_535],
+    );
+    node_io.write_all(&settings).await.unwrap();
+    let connection = ClientConnection::start(client_io, "node", STREAM_WINDOW, 4 * STREAM_WINDOW);
+    let (body, request) = streaming_request();
+    let _call = tokio::spawn({
+        let connection = connection.clone();
+        async move { connection.send(request).await.map(|_| ()) }
+    });
+    let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+    let mut taken = 0;
+    while taken < 16 * 1024 * 1024 {
+        let sent = tokio::time::timeout(
+            Duration::from_millis(500),
+            body.send(Ok(http_body::Frame::data(chunk.clone()))),
+        );
+        if sent.await.is_err() {
+            break;
+        }
+        taken += chunk.len();
+    }
+    assert!(
+        taken < 2 * 1024 * 1024,
+        "the proxy took {taken} bytes of a body it cannot send"
+    );
+    // A PING from the node is answered as ever: the queued DATA is not a PING flood.
+    let mut ping = Vec::new();
+    frame::write_head(&mut ping, 8, frame::PING, 0, 0);
+    ping.extend_from_slice(b"stillok?");
+    node_io.write_all(&ping).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!connection.is_closed());
+}
+
+#[tokio::test]
+async fn dropping_an_answer_while_the_request_still_streams_resets_the_stream() {
+    let (reset_tx, mut reset_rx) = mpsc::unbounded_channel();
+    let connection = node(h2::server::Builder::new(), move |_request, mut respond| {
+        let reset_tx = reset_tx.clone();
+        async move {
+            let mut stream = respond.send_response(Response::new(()), false).unwrap();
+            stream
+                .send_data(Bytes::from_static(b"first"), false)
+                .unwrap();
+            let reason = std::future::poll_fn(|cx| stream.poll_reset(cx))
+                .await
+                .unwrap();
+            reset_tx.send(reason).unwrap();
+        }
+    });
+    let (body, request) = streaming_request();
+    body.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello"))))
+        .await
+        .unwrap();
+    let response = connection.send(request).await.ok().unwrap();
+    let mut answer = response.into_body();
+    assert_eq!(
+        answer.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "first"
+    );
+    drop(answer);
+    let reset = tokio::time::timeout(Duration::from_secs(5), reset_rx.recv()).await;
+    assert_eq!(
+        reset.expect("the node saw a reset"),
+        Some(h2::Reason::CANCEL)
+    );
+    // The request body's sender stopped: its channel closes.
+    tokio::time::timeout(Duration::from_secs(5), body.closed())
+        .await
+        .expect("the request body was dropped");
+}

@@ -32,7 +32,7 @@ pub enum DecodeError {
     TableSize(usize),
     #[error("a header table size update came after a field")]
     LateTableSizeUpdate,
-    #[error("a header name is not a valid lowercase HTTP/2 name")]
+    #[error("a header name holds characters HTTP does not allow")]
     InvalidName,
     #[error("a header value holds characters HTTP does not allow")]
     InvalidValue,
