@@ -561,16 +561,22 @@ impl State {
                 return Ok(());
             }
         }
-        if end {
-            stream.remote_end = true;
-            if stream.local_end {
-                self.deactivate(id);
-            }
-        }
-        if let Some(stream) = self.streams.get_mut(&id) {
-            stream.wake();
-        }
+        self.arrived(id, end);
         Ok(())
+    }
+
+    /// A frame of the node's answer on `id` arrived, its last when `end`: the reader wakes,
+    /// and a stream over both ways no longer counts against the node's limit.
+    fn arrived(&mut self, id: u32, end: bool) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        stream.remote_end |= end;
+        let over = end && stream.local_end;
+        stream.wake();
+        if over {
+            self.deactivate(id);
+        }
     }
 
     /// Frames on a stream this side never opened (even ids are the server's, which it may
@@ -621,15 +627,7 @@ impl State {
         if !data.is_empty() {
             stream.data.push_back(data);
         }
-        if end {
-            stream.remote_end = true;
-            if stream.local_end {
-                self.deactivate(id);
-            }
-        }
-        if let Some(stream) = self.streams.get_mut(&id) {
-            stream.wake();
-        }
+        self.arrived(id, end);
         // Padding is given back at once: the reader never sees it.
         if padding > 0 {
             self.release_stream_window(id, padding);

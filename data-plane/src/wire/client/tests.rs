@@ -142,9 +142,10 @@ async fn a_reset_from_the_node_fails_the_call_with_its_reason() {
     }
 }
 
-#[tokio::test]
-async fn dropping_an_answer_before_its_end_resets_the_stream() {
-    let (reset_tx, mut reset_rx) = mpsc::unbounded_channel();
+/// A node that answers with a head and `first`, then reports the reset it sees.
+fn node_sending_first_then_waiting_for_a_reset()
+-> (ClientConnection, mpsc::UnboundedReceiver<h2::Reason>) {
+    let (reset_tx, reset_rx) = mpsc::unbounded_channel();
     let connection = node(h2::server::Builder::new(), move |_request, mut respond| {
         let reset_tx = reset_tx.clone();
         async move {
@@ -158,6 +159,12 @@ async fn dropping_an_answer_before_its_end_resets_the_stream() {
             reset_tx.send(reason).unwrap();
         }
     });
+    (connection, reset_rx)
+}
+
+#[tokio::test]
+async fn dropping_an_answer_before_its_end_resets_the_stream() {
+    let (connection, mut reset_rx) = node_sending_first_then_waiting_for_a_reset();
     let response = connection.send(request("x")).await.ok().unwrap();
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap();
@@ -442,20 +449,7 @@ async fn a_node_that_grants_huge_windows_and_stops_reading_holds_back_the_reques
 
 #[tokio::test]
 async fn dropping_an_answer_while_the_request_still_streams_resets_the_stream() {
-    let (reset_tx, mut reset_rx) = mpsc::unbounded_channel();
-    let connection = node(h2::server::Builder::new(), move |_request, mut respond| {
-        let reset_tx = reset_tx.clone();
-        async move {
-            let mut stream = respond.send_response(Response::new(()), false).unwrap();
-            stream
-                .send_data(Bytes::from_static(b"first"), false)
-                .unwrap();
-            let reason = std::future::poll_fn(|cx| stream.poll_reset(cx))
-                .await
-                .unwrap();
-            reset_tx.send(reason).unwrap();
-        }
-    });
+    let (connection, mut reset_rx) = node_sending_first_then_waiting_for_a_reset();
     let (body, request) = streaming_request();
     body.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello"))))
         .await
