@@ -66,10 +66,14 @@ impl Head {
 
 /// Appends a frame header.
 pub fn write_head(out: &mut Vec<u8>, length: usize, kind: u8, flags: u8, stream_id: u32) {
-    let length = length as u32;
-    out.extend_from_slice(&length.to_be_bytes()[1..]);
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream_id.to_be_bytes());
+    out.extend_from_slice(&head(length, kind, flags, stream_id));
+}
+
+/// A frame header's octets (for a header written in place after its payload).
+pub fn head(length: usize, kind: u8, flags: u8, stream_id: u32) -> [u8; HEAD_LEN] {
+    let [_, l0, l1, l2] = (length as u32).to_be_bytes();
+    let [s0, s1, s2, s3] = stream_id.to_be_bytes();
+    [l0, l1, l2, kind, flags, s0, s1, s2, s3]
 }
 
 /// Appends a frame whose payload is 32-bit words (RST_STREAM, WINDOW_UPDATE, GOAWAY).

@@ -245,10 +245,18 @@ where
                 if end {
                     return Poll::Ready(Ok(()));
                 }
-            } else if let Some(error) = stream.shared.lock().poll_failed(stream.id, cx) {
-                return Poll::Ready(Err(error.into()));
             }
-            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                // Waiting for the body: a failure of the stream must end the wait.
+                Poll::Pending => {
+                    return match stream.shared.lock().poll_failed(stream.id, cx) {
+                        Some(error) => Poll::Ready(Err(error.into())),
+                        None => Poll::Pending,
+                    };
+                }
+                Poll::Ready(frame) => frame,
+            };
+            let frame = match frame {
                 None => {
                     self.pending = Some((Bytes::new(), true));
                     continue;

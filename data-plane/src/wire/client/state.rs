@@ -268,14 +268,7 @@ impl State {
         let end_flag = if end { frame::END_STREAM } else { 0 };
         let length = self.out.len() - start - frame::HEAD_LEN;
         if length <= self.peer.max_frame {
-            let mut head = Vec::with_capacity(frame::HEAD_LEN);
-            frame::write_head(
-                &mut head,
-                length,
-                frame::HEADERS,
-                end_flag | frame::END_HEADERS,
-                id,
-            );
+            let head = frame::head(length, frame::HEADERS, end_flag | frame::END_HEADERS, id);
             self.out[start..start + frame::HEAD_LEN].copy_from_slice(&head);
             return;
         }
