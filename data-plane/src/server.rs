@@ -581,10 +581,7 @@ impl ConnectionSettings {
         };
         let opened = async {
             let io = opening.await?;
-            self.http2
-                .handshake(io, handler)
-                .await
-                .map_err(std::io::Error::other)
+            Ok(self.http2.serve(io.into_inner(), handler))
         };
         let Some(mut connection) = self.handshake(client, opened).await else {
             return;

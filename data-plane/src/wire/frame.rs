@@ -1,6 +1,9 @@
-//! HTTP/2 frames (RFC 9113, section 4 and 6) as the proxy's own client connections
-//! ([`super::client`]) read and write them: the 9-octet frame header, the frame types
-//! and flags, and the SETTINGS parameters.
+//! HTTP/2 frames (RFC 9113, section 4 and 6) as the proxy's own connections
+//! ([`super::client`], [`super::server`]) write them: the 9-octet frame header, the
+//! frame types and flags, and the SETTINGS parameters.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::Bytes;
 
@@ -93,6 +96,40 @@ pub fn write_settings(out: &mut Vec<u8>, settings: &[(u16, u32)]) {
     }
 }
 
+/// Appends a header block as a HEADERS frame (ending the stream when `end`), followed by
+/// CONTINUATION frames past `max_frame` octets; `encode` writes the block in place.
+pub fn write_header_block(
+    out: &mut Vec<u8>,
+    id: u32,
+    end: bool,
+    max_frame: usize,
+    encode: impl FnOnce(&mut Vec<u8>),
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEAD_LEN]);
+    encode(out);
+    let end_flag = if end { END_STREAM } else { 0 };
+    let length = out.len() - start - HEAD_LEN;
+    if length <= max_frame {
+        let head = head(length, HEADERS, end_flag | END_HEADERS, id);
+        out[start..start + HEAD_LEN].copy_from_slice(&head);
+        return;
+    }
+    let block = out.split_off(start + HEAD_LEN);
+    out.truncate(start);
+    let mut chunks = block.chunks(max_frame).peekable();
+    let mut kind = HEADERS;
+    let mut flags = end_flag;
+    while let Some(chunk) = chunks.next() {
+        if chunks.peek().is_none() {
+            flags |= END_HEADERS;
+        }
+        write_head(out, chunk.len(), kind, flags, id);
+        out.extend_from_slice(chunk);
+        (kind, flags) = (CONTINUATION, 0);
+    }
+}
+
 /// The payload of a frame that may be PADDED, without its padding; `None` when the
 /// padding is longer than the frame (a PROTOCOL_ERROR).
 pub fn unpadded(head: &Head, payload: Bytes) -> Option<Bytes> {
@@ -112,6 +149,29 @@ pub fn word(payload: &[u8], at: usize) -> u32 {
         payload[at + 2],
         payload[at + 3],
     ])
+}
+
+/// A map from stream ids to what a connection keeps per stream.
+pub type StreamMap<V> = HashMap<u32, V, BuildHasherDefault<StreamIdHasher>>;
+
+/// Stream ids are odd and increasing: a multiplication spreads them over the table.
+#[derive(Default)]
+pub struct StreamIdHasher(u64);
+
+impl Hasher for StreamIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 #[cfg(test)]

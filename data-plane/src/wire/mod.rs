@@ -1,24 +1,23 @@
-//! The HTTP/2 streams the proxy drives itself. hyper's HTTP/2 layer put tasks, a channel
-//! and boxed futures between each call and its streams; the proxy relays frames, so it
-//! speaks HTTP/2 itself: to clients over the `h2` crate directly, to nodes over its own
-//! framing and HPACK, which do only what forwarding needs.
+//! The HTTP/2 connections the proxy drives itself. hyper's and h2's general HTTP/2 put
+//! tasks, channels, boxed futures and their own buffering between each call and its
+//! streams; the proxy relays frames, so it speaks HTTP/2 itself, on both sides, over its
+//! own framing ([`frame`], [`reader`]) and HPACK ([`hpack`]), which do only what
+//! forwarding needs.
 //!
-//! [`RecvBody`] reads a client stream's DATA frames and trailers as an
-//! [`http_body::Body`] (giving back flow-control window as the reader takes them);
-//! [`send_body`] writes a body onto a client stream as the peer's window allows;
-//! [`server`] serves a client connection with them, every stream in the connection's own
-//! task; [`keepalive`] pings the client. [`client`] is a connection to a node, where the
-//! call's own future sends the request and waits for the answer, over [`frame`] and
-//! [`hpack`].
+//! [`server`] serves a client connection, every call in the connection's own task, its
+//! request body a [`RecvBody`]; [`client`] is a connection to a node, where the call's
+//! own future sends the request and waits for the answer. Both fail a stream with a
+//! [`StreamError`] and PING their peer ([`keepalive`]).
 
 pub mod client;
+mod error;
 mod frame;
+mod headers;
 mod hpack;
 pub mod keepalive;
-mod recv;
-mod send;
+mod reader;
 pub mod server;
 
-pub use client::{ClientConnection, ResponseBody, SendError, StreamError};
-pub use recv::RecvBody;
-pub use send::{SendBody, SendBodyError, send_body};
+pub use client::{ClientConnection, ResponseBody, SendError};
+pub use error::StreamError;
+pub use server::RecvBody;

@@ -38,6 +38,12 @@ impl<S> PrefacedIo<S> {
     pub fn get_ref(&self) -> &S {
         &self.io
     }
+
+    /// The stream, for a reader that knows the preface was read (and is not to be
+    /// given it again).
+    pub fn into_inner(self) -> S {
+        self.io
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for PrefacedIo<S> {

@@ -2,24 +2,24 @@
 //! reads the node's frames and hands them to the streams, answers SETTINGS and PINGs,
 //! and PINGs an idle node to find out whether it is still there.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::Reason;
 use http::{HeaderMap, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, Sleep};
 
 use super::StreamError;
-use super::state::{CONNECTION_HEADERS, HeaderBlock, Shared};
+use super::state::{HeaderBlock, Shared};
 use crate::wire::frame::{self, Head};
+use crate::wire::headers::is_connection_specific;
 use crate::wire::hpack::{self, DecodeError, FieldName, Pseudo};
-use crate::wire::keepalive::KeepaliveSettings;
+use crate::wire::keepalive::{Due, Keepalive, KeepaliveSettings, PING_PAYLOAD};
+use crate::wire::reader::{BAD_LENGTH, Frame, FrameReader, ProtocolError, check_stream};
 
 /// The largest header list a node may send (SETTINGS_MAX_HEADER_LIST_SIZE).
 pub const MAX_HEADER_LIST: u32 = 64 * 1024;
@@ -55,15 +55,10 @@ pub struct Driver<T> {
     shared: Arc<Shared>,
     address: String,
     decoder: hpack::Decoder,
-    read: BytesMut,
+    reader: FrameReader,
     writing: Vec<u8>,
     written: usize,
-    /// A header block waiting for its CONTINUATION frames: its stream, END_STREAM, and
-    /// the block so far.
-    continuation: Option<(u32, bool, BytesMut)>,
-    keepalive: KeepaliveSettings,
-    ping_timer: Pin<Box<Sleep>>,
-    ping_out: bool,
+    keepalive: Keepalive,
 }
 
 impl<T> Driver<T>
@@ -76,13 +71,10 @@ where
             shared,
             address,
             decoder: hpack::Decoder::new(HEADER_TABLE_SIZE, MAX_HEADER_LIST as usize),
-            read: BytesMut::with_capacity(frame::DEFAULT_MAX_FRAME + frame::HEAD_LEN),
+            reader: FrameReader::new(MAX_HEADER_LIST as usize * 2),
             writing: Vec::with_capacity(4096),
             written: 0,
-            continuation: None,
-            ping_timer: Box::pin(tokio::time::sleep(keepalive.interval)),
-            keepalive,
-            ping_out: false,
+            keepalive: Keepalive::new(keepalive),
         }
     }
 
@@ -149,61 +141,26 @@ where
 
     /// Reads once and handles every whole frame read.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
-        if self.read.capacity() - self.read.len() < 4096 {
-            self.read
-                .reserve(frame::DEFAULT_MAX_FRAME + frame::HEAD_LEN);
-        }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
+        match self.reader.poll_fill(&mut self.io, cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(Ended::Io(e))),
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(Ended::Closed)),
             Poll::Ready(Ok(_)) => {}
         }
-        while self.read.len() >= frame::HEAD_LEN {
-            let head = Head::parse(&self.read[..frame::HEAD_LEN]);
-            if head.length > frame::DEFAULT_MAX_FRAME {
-                return Poll::Ready(Err(Ended::Protocol(
-                    Reason::FRAME_SIZE_ERROR,
-                    "a frame is larger than allowed",
-                )));
+        let protocol = |(reason, why): ProtocolError| Ended::Protocol(reason, why);
+        while let Some(frame) = self.reader.next_frame().map_err(protocol)? {
+            match frame {
+                Frame::HeaderBlock { id, end, block } => self.header_block(id, end, block),
+                Frame::Other(head, payload) => self.handle(head, payload),
             }
-            let whole = frame::HEAD_LEN + head.length;
-            if self.read.len() < whole {
-                self.read.reserve(whole - self.read.len());
-                break;
-            }
-            let mut payload = self.read.split_to(whole);
-            payload.advance(frame::HEAD_LEN);
-            self.handle(head, payload)
-                .map_err(|(reason, why)| Ended::Protocol(reason, why))?;
+            .map_err(protocol)?;
         }
         Poll::Ready(Ok(()))
     }
 
-    fn handle(&mut self, head: Head, payload: BytesMut) -> Result<(), (Reason, &'static str)> {
-        const BAD_LENGTH: (Reason, &str) =
-            (Reason::FRAME_SIZE_ERROR, "a frame has the wrong length");
-        if let Some((id, end, mut block)) = self.continuation.take() {
-            if head.kind != frame::CONTINUATION || head.stream_id != id {
-                return Err((Reason::PROTOCOL_ERROR, "a header block was interrupted"));
-            }
-            block.extend_from_slice(&payload);
-            if block.len() > MAX_HEADER_LIST as usize * 2 {
-                return Err((Reason::PROTOCOL_ERROR, "a header block is too large"));
-            }
-            if !head.has(frame::END_HEADERS) {
-                self.continuation = Some((id, end, block));
-                return Ok(());
-            }
-            return self.header_block(id, end, block.freeze());
-        }
+    fn handle(&mut self, head: Head, payload: BytesMut) -> Result<(), ProtocolError> {
+        check_stream(&head)?;
         let id = head.stream_id;
-        let needs_stream = matches!(head.kind, frame::DATA | frame::HEADERS | frame::RST_STREAM);
-        if needs_stream && id == 0
-            || matches!(head.kind, frame::SETTINGS | frame::PING | frame::GOAWAY) && id != 0
-        {
-            return Err((Reason::PROTOCOL_ERROR, "a frame is on the wrong stream"));
-        }
         match head.kind {
             frame::DATA => {
                 let flow_length = payload.len();
@@ -218,25 +175,6 @@ where
                             "a DATA frame broke flow control or came on a stream never opened",
                         )
                     })
-            }
-            frame::HEADERS => {
-                let mut block = frame::unpadded(&head, payload.freeze()).ok_or((
-                    Reason::PROTOCOL_ERROR,
-                    "a HEADERS frame's padding is too long",
-                ))?;
-                if head.has(frame::PRIORITY) {
-                    if block.len() < 5 {
-                        return Err(BAD_LENGTH);
-                    }
-                    block.advance(5);
-                }
-                let end = head.has(frame::END_STREAM);
-                if head.has(frame::END_HEADERS) {
-                    self.header_block(id, end, block)
-                } else {
-                    self.continuation = Some((id, end, BytesMut::from(&block[..])));
-                    Ok(())
-                }
             }
             frame::RST_STREAM => {
                 if payload.len() != 4 {
@@ -269,9 +207,7 @@ where
             frame::PING => {
                 let payload: [u8; 8] = payload[..].try_into().map_err(|_| BAD_LENGTH)?;
                 if head.has(frame::ACK) {
-                    self.ping_out = false;
-                    let next = Instant::now() + self.keepalive.interval;
-                    self.ping_timer.as_mut().reset(next);
+                    self.keepalive.on_ack();
                 } else {
                     let mut state = self.shared.lock();
                     if state.control_replies > MAX_UNWRITTEN_FOR_CONTROL {
@@ -306,10 +242,6 @@ where
                 Reason::PROTOCOL_ERROR,
                 "the node pushed, which this side disabled",
             )),
-            frame::CONTINUATION => Err((
-                Reason::PROTOCOL_ERROR,
-                "a CONTINUATION frame follows no header block",
-            )),
             // PRIORITY and unknown frames are ignored.
             _ => Ok(()),
         }
@@ -317,20 +249,14 @@ where
 
     /// Decodes a whole header block (always: the dynamic table must stay in step) and
     /// gives it to its stream.
-    fn header_block(
-        &mut self,
-        id: u32,
-        end: bool,
-        block: Bytes,
-    ) -> Result<(), (Reason, &'static str)> {
+    fn header_block(&mut self, id: u32, end: bool, block: Bytes) -> Result<(), ProtocolError> {
         let mut status = None;
         let mut headers = HeaderMap::new();
         let mut malformed = false;
         let decoded = self.decoder.decode(&block, |field| match field.name {
             FieldName::Header(name) => {
                 // Connection-specific headers are malformed in HTTP/2 (RFC 9113, 8.2.2).
-                malformed |= CONNECTION_HEADERS.contains(&name)
-                    || (name == http::header::TE && field.value != "trailers");
+                malformed |= is_connection_specific(&name, &field.value);
                 headers.append(name, field.value);
             }
             FieldName::Pseudo(Pseudo::Status) if status.is_none() && headers.is_empty() => {
@@ -368,19 +294,14 @@ where
     }
 
     fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
-        if self.ping_timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        match self.keepalive.poll_due(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Due::Unanswered) => Poll::Ready(Ended::Unanswered),
+            Poll::Ready(Due::Ping) => {
+                self.shared.lock().write_ping(false, PING_PAYLOAD);
+                Poll::Pending
+            }
         }
-        if self.ping_out {
-            return Poll::Ready(Ended::Unanswered);
-        }
-        self.ping_out = true;
-        self.shared.lock().write_ping(false, *b"meridian");
-        let deadline = Instant::now() + self.keepalive.timeout;
-        self.ping_timer.as_mut().reset(deadline);
-        // Registers the timer again.
-        let _ = self.ping_timer.as_mut().poll(cx);
-        Poll::Pending
     }
 
     /// Ends the connection: every open stream fails, and a node in breach of the
@@ -399,7 +320,8 @@ where
             )),
             Ended::Unanswered => StreamError::connection(format!(
                 "{} did not answer a keepalive PING within {:?}",
-                self.address, self.keepalive.timeout
+                self.address,
+                self.keepalive.settings().timeout
             )),
             Ended::Done => {
                 StreamError::connection(format!("{} closed the connection (GOAWAY)", self.address))

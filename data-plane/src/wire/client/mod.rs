@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use driver::{Driver, MAX_HEADER_LIST};
 
+pub use super::error::StreamError;
 use super::keepalive::KeepaliveSettings;
 use state::Shared;
 
@@ -38,29 +39,6 @@ const KEEPALIVE: KeepaliveSettings = KeepaliveSettings {
     interval: Duration::from_secs(20),
     timeout: Duration::from_secs(10),
 };
-
-/// Why a call's stream failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StreamError {
-    #[error("the node reset the stream ({0})")]
-    Reset(Reason),
-    #[error("{0}")]
-    Connection(Arc<str>),
-}
-
-impl StreamError {
-    fn connection(message: impl Into<String>) -> StreamError {
-        StreamError::Connection(message.into().into())
-    }
-
-    /// The HTTP/2 reason a reset gave.
-    pub fn reason(&self) -> Option<Reason> {
-        match self {
-            StreamError::Reset(reason) => Some(*reason),
-            StreamError::Connection(_) => None,
-        }
-    }
-}
 
 /// Why a request was not answered. `NotSent` hands the request back: the node never saw
 /// it (boxed: failures are rare, and the result is part of every call's future).
@@ -266,7 +244,7 @@ where
                     stream
                         .shared
                         .lock()
-                        .reset(stream.id, crate::wire::send::reason_of(&*e));
+                        .reset(stream.id, crate::wire::error::reason_of(&*e));
                     return Poll::Ready(Err(BodyError::Body(e)));
                 }
                 Some(Ok(frame)) => frame,

@@ -4,8 +4,7 @@
 //! themselves (HPACK encoding needs no per-connection state, see [`crate::wire::hpack`])
 //! and wake the driver, which writes `out` in one go and feeds what it reads back in.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -16,19 +15,9 @@ use http::{HeaderMap, Response, request};
 use http_body::Frame;
 
 use super::StreamError;
-use crate::wire::frame::{self, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, MAX_WINDOW};
+use crate::wire::frame::{self, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, MAX_WINDOW, StreamMap};
+use crate::wire::headers::is_connection_specific;
 use crate::wire::hpack::{self, Pseudo};
-
-/// Headers that mean something only on an HTTP/1 connection; RFC 9113 forbids them in
-/// HTTP/2 (section 8.2.2): they are not passed on in requests, and an answer with one is
-/// malformed.
-pub const CONNECTION_HEADERS: [http::HeaderName; 5] = [
-    http::header::CONNECTION,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-    http::HeaderName::from_static("keep-alive"),
-    http::HeaderName::from_static("proxy-connection"),
-];
 
 /// Request DATA waits while this much is queued and not yet taken by the driver: with
 /// what the driver is writing, at most twice this is buffered per connection, whatever
@@ -73,7 +62,7 @@ pub struct State {
     /// Frames for the driver to write.
     pub out: Vec<u8>,
     driver: Option<Waker>,
-    streams: HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>,
+    streams: StreamMap<Stream>,
     next_id: u32,
     /// Streams that count against the node's SETTINGS_MAX_CONCURRENT_STREAMS.
     active: usize,
@@ -144,7 +133,7 @@ impl State {
         State {
             out: Vec::with_capacity(4096),
             driver: None,
-            streams: HashMap::default(),
+            streams: StreamMap::default(),
             next_id: 1,
             active: 0,
             openers: Vec::new(),
@@ -262,29 +251,7 @@ impl State {
     /// Writes a header block as HEADERS (and CONTINUATION frames past the node's frame
     /// size), encoding it in place.
     fn write_headers(&mut self, id: u32, end: bool, encode: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.out.len();
-        self.out.extend_from_slice(&[0; frame::HEAD_LEN]);
-        encode(&mut self.out);
-        let end_flag = if end { frame::END_STREAM } else { 0 };
-        let length = self.out.len() - start - frame::HEAD_LEN;
-        if length <= self.peer.max_frame {
-            let head = frame::head(length, frame::HEADERS, end_flag | frame::END_HEADERS, id);
-            self.out[start..start + frame::HEAD_LEN].copy_from_slice(&head);
-            return;
-        }
-        let block = self.out.split_off(start + frame::HEAD_LEN);
-        self.out.truncate(start);
-        let mut chunks = block.chunks(self.peer.max_frame).peekable();
-        let mut kind = frame::HEADERS;
-        let mut flags = end_flag;
-        while let Some(chunk) = chunks.next() {
-            if chunks.peek().is_none() {
-                flags |= frame::END_HEADERS;
-            }
-            frame::write_head(&mut self.out, chunk.len(), kind, flags, id);
-            self.out.extend_from_slice(chunk);
-            (kind, flags) = (frame::CONTINUATION, 0);
-        }
+        frame::write_header_block(&mut self.out, id, end, self.peer.max_frame, encode);
     }
 
     /// The answer's head, with whether the answer ends with it.
@@ -815,29 +782,9 @@ fn encode_request(out: &mut Vec<u8>, request: &request::Parts) {
         hpack::encode_pseudo(out, Pseudo::Authority, authority.as_str().as_bytes());
     }
     for (name, value) in &request.headers {
-        if CONNECTION_HEADERS.contains(name) || (name == http::header::TE && value != "trailers") {
+        if is_connection_specific(name, value) {
             continue;
         }
         hpack::encode_header(out, name, value);
-    }
-}
-
-/// Stream ids are odd and increasing: a multiplication spreads them over the table.
-#[derive(Default)]
-pub struct StreamIdHasher(u64);
-
-impl Hasher for StreamIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }

@@ -32,6 +32,12 @@ pub fn encode_pseudo(out: &mut Vec<u8>, pseudo: Pseudo, value: &[u8]) {
     literal(out, 0x00, name_index, pseudo.as_str().as_bytes(), value);
 }
 
+/// Appends a dynamic table size update (RFC 7541, section 6.3): the encoder's table is
+/// always empty, but a peer that lowers SETTINGS_HEADER_TABLE_SIZE hears it confirmed.
+pub fn encode_table_size(out: &mut Vec<u8>, size: usize) {
+    encode_integer(out, 0x20, 5, size);
+}
+
 /// Appends a header field.
 pub fn encode_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     let flags = if value.is_sensitive() { 0x10 } else { 0x00 };

@@ -1,6 +1,6 @@
-//! HPACK (RFC 7541), the header compression of the proxy's own HTTP/2 connections to
-//! nodes ([`super::client`]). Decoding is complete: a node's encoder may use the dynamic
-//! table and Huffman strings. Encoding is deliberately stateless, as HAProxy's is: names
+//! HPACK (RFC 7541), the header compression of the proxy's own HTTP/2 connections, to
+//! nodes ([`super::client`]) and from clients ([`super::server`]). Decoding is
+//! complete: a peer's encoder may use the dynamic table and Huffman strings. Encoding is deliberately stateless, as HAProxy's is: names
 //! from the static table where it has them, values as plain literals, never Huffman,
 //! never added to the peer's dynamic table. That costs some octets on the wire and saves
 //! the table lookups and Huffman coding h2's encoder spent on every header it sent.
@@ -13,7 +13,7 @@ mod table;
 use bytes::{Buf, Bytes};
 
 pub use decoder::Decoder;
-pub use encoder::{encode_header, encode_pseudo};
+pub use encoder::{encode_header, encode_pseudo, encode_table_size};
 pub use table::{Field, FieldName, Pseudo};
 
 /// Why a header block could not be decoded. All but [`DecodeError::ListTooLarge`] leave

@@ -1,0 +1,651 @@
+//! The server side of a client connection, over the proxy's own framing
+//! ([`crate::wire::frame`], [`crate::wire::reader`]) and HPACK ([`crate::wire::hpack`])
+//! rather than a general HTTP/2 server: one future per connection reads the client's
+//! frames, starts a call for each request, drives every call and its answer, and writes
+//! what they queued in one go, all in the connection's one task. A call is one entry of
+//! the connection's [`FuturesUnordered`] (one allocation, woken on its own); it writes
+//! its answer's HEADERS, DATA and trailers straight into the connection's outgoing
+//! buffer ([`state`]).
+//!
+//! The work of a call:
+//! 1. the request's header block is decoded and checked (RFC 9113, section 8.3) and
+//!    becomes a `Request<RecvBody>` for the handler;
+//! 2. while the call runs, a RST_STREAM from the client drops the call's future at once
+//!    (so a guard inside it sees a call cancelled before its answer);
+//! 3. the answer's head goes out (ending the stream if the body is already empty), with
+//!    a `date` header when it has none, as hyper added;
+//! 4. the body goes out as the client's windows allow, then its trailers.
+//!
+//! What protects the proxy from a client: the stream limit (streams over it are refused
+//! with REFUSED_STREAM), the header list limit (431, as h2 answered), a bound on header
+//! blocks and their CONTINUATION frames, flow control both ways, a client that provokes
+//! answers (SETTINGS and PING acknowledgements, refusals) faster than it reads them is
+//! dropped, as is one whose streams break the protocol over 1,024 times; and a keepalive
+//! PING. Rapid reset is counted by the caller ([`crate::server`]), whose call guard sees
+//! each cancelled call.
+//!
+//! The settings are hyper's defaults where the listener sets none (1 MiB stream and
+//! connection windows, 16 KiB frames), so clients see the same SETTINGS as before.
+
+mod date;
+mod request;
+mod state;
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
+use h2::Reason;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::StreamError;
+use super::error::reason_of;
+use super::frame::{self, Head};
+use super::hpack;
+use super::keepalive::{Due, Keepalive, KeepaliveSettings, PING_PAYLOAD};
+use super::reader::{BAD_LENGTH, Frame as ReadFrame, FrameReader, ProtocolError, check_stream};
+use state::{Limits, Opened, Shared};
+
+const WINDOW: u32 = 1024 * 1024;
+/// How many reads one poll makes before letting other tasks run.
+const READS_PER_POLL: usize = 16;
+/// A client whose SETTINGS, PINGs and refused streams, each answered, find this much of
+/// the answers still unwritten sends them faster than it reads the answers: it is
+/// dropped rather than buffered for.
+const MAX_UNWRITTEN_FOR_CONTROL: usize = 1024 * 1024;
+const CONTROL_FLOOD: ProtocolError = (
+    Reason::ENHANCE_YOUR_CALM,
+    "it sends SETTINGS, PINGs or refused streams faster than it reads the answers",
+);
+/// The dynamic table a client's encoder may use: HPACK's default.
+const HEADER_TABLE_SIZE: usize = 4096;
+
+/// How the connections of a listener are served: their HTTP/2 settings and keep-alive.
+#[derive(Clone, Debug)]
+pub struct Http2Server {
+    limits: Limits,
+    keepalive: Option<KeepaliveSettings>,
+}
+
+impl Http2Server {
+    /// A server allowing `max_concurrent_streams` calls at once per connection and
+    /// request headers up to `max_header_list_size` bytes; with `keepalive_interval`,
+    /// it PINGs every connection that often and closes one whose client does not
+    /// answer within `keepalive_timeout`.
+    pub fn new(
+        max_concurrent_streams: u32,
+        max_header_list_size: u32,
+        keepalive_interval: Option<Duration>,
+        keepalive_timeout: Duration,
+    ) -> Self {
+        Http2Server {
+            limits: Limits {
+                max_concurrent_streams,
+                max_header_list: max_header_list_size,
+                stream_window: WINDOW,
+                connection_window: WINDOW,
+            },
+            keepalive: keepalive_interval.map(|interval| KeepaliveSettings {
+                interval,
+                timeout: keepalive_timeout,
+            }),
+        }
+    }
+
+    /// Serves `io`, whose client preface was already read and checked, with `handler`.
+    /// This side's SETTINGS go out with the connection's first write.
+    pub fn serve<T, H>(&self, io: T, handler: H) -> Connection<T, H>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+        H: Handler,
+    {
+        let shared = Arc::new(Shared::new(&self.limits));
+        shared.lock().write_settings();
+        let max_list = self.limits.max_header_list as usize;
+        Connection {
+            io,
+            shared,
+            handler,
+            streams: FuturesUnordered::new(),
+            decoder: hpack::Decoder::new(HEADER_TABLE_SIZE, max_list),
+            reader: FrameReader::new(max_list.saturating_mul(2).max(frame::DEFAULT_MAX_FRAME)),
+            writing: Vec::with_capacity(4096),
+            written: 0,
+            keepalive: self.keepalive.map(Keepalive::new),
+            got_settings: false,
+        }
+    }
+}
+
+/// What answers the calls of a connection: a function from a request to the future of
+/// its response.
+pub trait Handler {
+    type Body: Body<Data = Bytes>;
+    type Call: Future<Output = Response<Self::Body>>;
+
+    fn call(&mut self, request: Request<RecvBody>) -> Self::Call;
+}
+
+impl<H, F, B> Handler for H
+where
+    H: FnMut(Request<RecvBody>) -> F,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    type Body = B;
+    type Call = F;
+
+    fn call(&mut self, request: Request<RecvBody>) -> F {
+        self(request)
+    }
+}
+
+/// Why a connection ended other than cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("the connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the client broke the HTTP/2 protocol ({0:?}): {1}")]
+    Protocol(Reason, &'static str),
+    #[error("the client did not answer a keep-alive PING within {0:?}")]
+    Unanswered(Duration),
+}
+
+/// One served connection: resolves when it closed (after a graceful shutdown, once its
+/// last call ended, or when the client closed it), or failed. Dropping it closes the
+/// socket and drops its calls.
+pub struct Connection<T, H: Handler> {
+    io: T,
+    shared: Arc<Shared>,
+    handler: H,
+    streams: FuturesUnordered<Call<H::Call, H::Body>>,
+    decoder: hpack::Decoder,
+    reader: FrameReader,
+    /// What is being written, and how much of it went.
+    writing: Vec<u8>,
+    written: usize,
+    keepalive: Option<Keepalive>,
+    /// The client's first frame must be its SETTINGS.
+    got_settings: bool,
+}
+
+impl<T, H> Connection<T, H>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    /// Sends GOAWAY: no new call is accepted, the ones in flight finish, then the
+    /// connection closes.
+    pub fn graceful_shutdown(&mut self) {
+        let mut state = self.shared.lock();
+        state.write_goaway(Reason::NO_ERROR);
+        state.wake_driver();
+    }
+
+    /// Writes what is queued until the socket takes no more or nothing is left; the
+    /// task is woken for what is queued later from elsewhere.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        loop {
+            if self.written == self.writing.len() {
+                self.writing.clear();
+                self.written = 0;
+                let mut state = self.shared.lock();
+                if state.out.is_empty() {
+                    state.register_driver(cx);
+                    break;
+                }
+                state.take_out(&mut self.writing);
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &self.writing[self.written..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads once and handles every whole frame read; ready with `false` at the end of
+    /// the client's stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, ConnectionError>> {
+        if ready!(self.reader.poll_fill(&mut self.io, cx))? == 0 {
+            return Poll::Ready(Ok(false));
+        }
+        let protocol = |(reason, why): ProtocolError| ConnectionError::Protocol(reason, why);
+        while let Some(frame) = self.reader.next_frame().map_err(protocol)? {
+            match frame {
+                ReadFrame::HeaderBlock { id, end, block } => self.header_block(id, end, &block),
+                ReadFrame::Other(head, payload) => self.handle(head, payload),
+            }
+            .map_err(protocol)?;
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    fn handle(&mut self, head: Head, payload: BytesMut) -> Result<(), ProtocolError> {
+        check_stream(&head)?;
+        if !self.got_settings {
+            if head.kind != frame::SETTINGS || head.has(frame::ACK) {
+                return Err((Reason::PROTOCOL_ERROR, "its first frame was not SETTINGS"));
+            }
+            self.got_settings = true;
+        }
+        let id = head.stream_id;
+        match head.kind {
+            frame::DATA => {
+                let flow_length = payload.len();
+                let data = frame::unpadded(&head, payload.freeze())
+                    .ok_or((Reason::PROTOCOL_ERROR, "a DATA frame's padding is too long"))?;
+                self.shared
+                    .lock()
+                    .on_data(id, flow_length, data, head.has(frame::END_STREAM))
+            }
+            frame::RST_STREAM => {
+                if payload.len() != 4 {
+                    return Err(BAD_LENGTH);
+                }
+                self.shared
+                    .lock()
+                    .on_reset(id, Reason::from(frame::word(&payload, 0)))
+            }
+            frame::SETTINGS => {
+                if head.has(frame::ACK) {
+                    return if payload.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(BAD_LENGTH)
+                    };
+                }
+                if !payload.len().is_multiple_of(6) {
+                    return Err(BAD_LENGTH);
+                }
+                let mut state = self.shared.lock();
+                if state.control_replies > MAX_UNWRITTEN_FOR_CONTROL {
+                    return Err(CONTROL_FLOOD);
+                }
+                state
+                    .on_settings(&payload)
+                    .map_err(|reason| (reason, "its SETTINGS are invalid"))
+            }
+            frame::PING => {
+                let payload: [u8; 8] = payload[..].try_into().map_err(|_| BAD_LENGTH)?;
+                if head.has(frame::ACK) {
+                    if let Some(keepalive) = &mut self.keepalive {
+                        keepalive.on_ack();
+                    }
+                    return Ok(());
+                }
+                let mut state = self.shared.lock();
+                if state.control_replies > MAX_UNWRITTEN_FOR_CONTROL {
+                    return Err(CONTROL_FLOOD);
+                }
+                state.write_ping(true, payload);
+                Ok(())
+            }
+            frame::GOAWAY => {
+                if payload.len() < 8 {
+                    return Err(BAD_LENGTH);
+                }
+                // The client opens no more streams; the ones it has finish.
+                self.shared.lock().go_away();
+                Ok(())
+            }
+            frame::WINDOW_UPDATE => {
+                if payload.len() != 4 {
+                    return Err(BAD_LENGTH);
+                }
+                self.shared
+                    .lock()
+                    .on_window_update(id, frame::word(&payload, 0) & 0x7fff_ffff)
+            }
+            frame::PUSH_PROMISE => Err((Reason::PROTOCOL_ERROR, "a client cannot push")),
+            // PRIORITY and unknown frames are ignored.
+            _ => Ok(()),
+        }
+    }
+
+    /// Decodes a whole header block (always: the dynamic table must stay in step); a
+    /// new request starts its call.
+    fn header_block(&mut self, id: u32, end: bool, block: &Bytes) -> Result<(), ProtocolError> {
+        if !self.got_settings {
+            return Err((Reason::PROTOCOL_ERROR, "its first frame was not SETTINGS"));
+        }
+        let (decoded, head) = request::decode(&mut self.decoder, block)?;
+        let opened = self.shared.lock().on_header_block(id, end, decoded)?;
+        if let (Opened::Request(id), Some(head)) = (opened, head) {
+            let body = RecvBody {
+                stream: StreamRef {
+                    shared: Arc::clone(&self.shared),
+                    id,
+                },
+                done: end,
+            };
+            let call = self.handler.call(Request::from_parts(head, body));
+            let stream = StreamRef {
+                shared: Arc::clone(&self.shared),
+                id,
+            };
+            self.streams.push(Call::Calling {
+                call,
+                stream: Some(stream),
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the connection: every call still open fails, and the client hears why
+    /// (GOAWAY) as far as the socket takes it without waiting.
+    fn finish(&mut self, error: Option<ConnectionError>) -> Poll<Result<(), ConnectionError>> {
+        let message = match &error {
+            Some(e) => e.to_string(),
+            None => "the client closed the connection".to_owned(),
+        };
+        {
+            let mut state = self.shared.lock();
+            state.fail_all(&StreamError::connection(message));
+            let reason = match &error {
+                Some(ConnectionError::Protocol(reason, _)) => Some(*reason),
+                Some(ConnectionError::Unanswered(_)) => Some(Reason::NO_ERROR),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                state.write_goaway(reason);
+                // After the frame being written, so the GOAWAY starts a frame of its own.
+                let mut rest = std::mem::take(&mut state.out);
+                self.writing.append(&mut rest);
+            }
+        }
+        if error
+            .as_ref()
+            .is_some_and(|e| !matches!(e, ConnectionError::Io(_)))
+        {
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            while self.written < self.writing.len() {
+                match Pin::new(&mut self.io).poll_write(&mut cx, &self.writing[self.written..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => self.written += n,
+                    _ => break,
+                }
+            }
+        }
+        self.streams.clear();
+        Poll::Ready(error.map_or(Ok(()), Err))
+    }
+}
+
+impl<T, H> Future for Connection<T, H>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    H: Handler + Unpin,
+    <H::Body as Body>::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Output = Result<(), ConnectionError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        for _ in 0..READS_PER_POLL {
+            // The calls first, so what they write goes out in the same pass below.
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            if let Err(e) = this.poll_write(cx) {
+                return this.finish(Some(e.into()));
+            }
+            match this.poll_read(cx) {
+                Poll::Ready(Ok(true)) => continue,
+                Poll::Ready(Ok(false)) => return this.finish(None),
+                Poll::Ready(Err(e)) => return this.finish(Some(e)),
+                Poll::Pending => {}
+            }
+            if let Some(keepalive) = &mut this.keepalive {
+                match keepalive.poll_due(cx) {
+                    Poll::Pending => {}
+                    Poll::Ready(Due::Ping) => this.shared.lock().write_ping(false, PING_PAYLOAD),
+                    Poll::Ready(Due::Unanswered) => {
+                        let timeout = keepalive.settings().timeout;
+                        tracing::debug!(
+                            ?timeout,
+                            "client connection closed: no answer to a keep-alive PING (listener_limits.keepalive_timeout_seconds)"
+                        );
+                        return this.finish(Some(ConnectionError::Unanswered(timeout)));
+                    }
+                }
+            }
+            if let Err(e) = this.poll_write(cx) {
+                return this.finish(Some(e.into()));
+            }
+            let done = this.shared.lock().is_done() && this.streams.is_empty();
+            if done && this.written == this.writing.len() {
+                return Poll::Ready(Ok(()));
+            }
+            return Poll::Pending;
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// A handle to one stream of a connection; the stream is forgotten (reset first if it
+/// is still open) when the last handle goes.
+#[derive(Debug)]
+struct StreamRef {
+    shared: Arc<Shared>,
+    id: u32,
+}
+
+impl Drop for StreamRef {
+    fn drop(&mut self) {
+        self.shared.lock().drop_ref(self.id);
+    }
+}
+
+// === impl Call ===
+
+pin_project_lite::pin_project! {
+    /// One call of a connection, from its request to the end of its answer.
+    #[project = CallProj]
+    enum Call<F, B> {
+        Calling {
+            #[pin]
+            call: F,
+            // Taken over by `Sending`.
+            stream: Option<StreamRef>,
+        },
+        Sending {
+            #[pin]
+            body: B,
+            stream: StreamRef,
+            // A DATA frame's payload the windows did not take yet, and whether it ends
+            // the answer.
+            pending: Option<(Bytes, bool)>,
+        },
+    }
+}
+
+impl<F, B> Future for Call<F, B>
+where
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let (body, stream) = match self.as_mut().project() {
+            CallProj::Calling { call, stream } => {
+                // The client may cancel while the call runs: drop it then, before it
+                // can see the reset itself (its request body fails) and answer, so the
+                // call counts as cancelled before its answer.
+                let handle = stream.as_ref().expect("a call holds its stream");
+                if let Some(error) = handle.shared.lock().poll_failed(handle.id, cx) {
+                    tracing::trace!(%error, "call cancelled by the client");
+                    return Poll::Ready(());
+                }
+                let Poll::Ready(response) = call.poll(cx) else {
+                    return Poll::Pending;
+                };
+                let (head, body) = response.into_parts();
+                let end = body.is_end_stream();
+                let stream = stream.take().expect("a call holds its stream");
+                stream
+                    .shared
+                    .lock()
+                    .send_head(stream.id, &head, date::now(), end);
+                if end {
+                    return Poll::Ready(());
+                }
+                (body, stream)
+            }
+            CallProj::Sending {
+                body,
+                stream,
+                pending,
+            } => {
+                if let Err(e) = ready!(poll_send_body(body, stream, pending, cx)) {
+                    tracing::debug!(error = %e, "an answer was not sent to its end");
+                }
+                return Poll::Ready(());
+            }
+        };
+        // The call's future is dropped here; its body goes on alone.
+        self.set(Call::Sending {
+            body,
+            stream,
+            pending: None,
+        });
+        self.poll(cx)
+    }
+}
+
+/// Writes an answer body onto its stream as the client's windows allow. A stream that
+/// fails stops it (the body is dropped with the call, which ends what feeds it); a body
+/// that fails resets the stream with the reason of the HTTP/2 error found in its error's
+/// sources (a node's reset passes on as the same reset), else INTERNAL_ERROR.
+fn poll_send_body<B>(
+    mut body: Pin<&mut B>,
+    stream: &StreamRef,
+    pending: &mut Option<(Bytes, bool)>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), SendError>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    loop {
+        if let Some((data, end)) = pending.as_mut() {
+            let end = *end;
+            ready!(
+                stream
+                    .shared
+                    .lock()
+                    .poll_send_data(stream.id, cx, data, end)
+            )?;
+            *pending = None;
+            if end {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        let frame = match body.as_mut().poll_frame(cx) {
+            // Waiting for the body: a reset of the stream must end the wait.
+            Poll::Pending => {
+                return match stream.shared.lock().poll_failed(stream.id, cx) {
+                    Some(error) => Poll::Ready(Err(error.into())),
+                    None => Poll::Pending,
+                };
+            }
+            Poll::Ready(frame) => frame,
+        };
+        let frame = match frame {
+            None => {
+                *pending = Some((Bytes::new(), true));
+                continue;
+            }
+            Some(Err(e)) => {
+                let e = e.into();
+                stream.shared.lock().reset(stream.id, reason_of(&*e));
+                return Poll::Ready(Err(SendError::Body(e)));
+            }
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => *pending = Some((data, body.is_end_stream())),
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    stream.shared.lock().send_trailers(stream.id, &trailers);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// Why an answer was not sent to its end.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("the answer's body failed: {0}")]
+    Body(Box<dyn StdError + Send + Sync>),
+}
+
+/// A request's DATA frames and trailers. What the reader takes is given back to the
+/// client's windows, so a reader that stops reading stops the client at one stream
+/// window; once the body is dropped, what the client still sends is given back at once.
+#[derive(Debug)]
+pub struct RecvBody {
+    stream: StreamRef,
+    done: bool,
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stream.shared.lock().stop_reading(self.stream.id);
+        }
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let id = self.stream.id;
+        let mut state = self.stream.shared.lock();
+        let frame = ready!(state.poll_data(id, cx));
+        // Ended with its last DATA frame, or with trailers, an error or nothing.
+        let done = match &frame {
+            Some(Ok(frame)) if frame.is_data() => state.request_read(id),
+            _ => true,
+        };
+        drop(state);
+        self.done = done;
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
