@@ -1,9 +1,9 @@
 //! HPACK's Huffman code (RFC 7541, Appendix B), decoding only: the proxy never
 //! Huffman-encodes what it sends (see [`super::encoder`]). The code is canonical, so it
 //! is fully given by each symbol's code length; the decoding tables are built from those
-//! lengths at compile time, and decoding walks the code one bit at a time. Only header
-//! values a node sends for the first time are decoded here: the values it repeats come
-//! from the dynamic table.
+//! lengths at compile time. Only the strings a peer sends as literals are decoded here:
+//! what it repeats comes from the dynamic table (but nghttp2, h2load's library, never
+//! indexes `:path` or `content-length`, so those are decoded on every request).
 
 use super::DecodeError;
 
@@ -54,38 +54,108 @@ const SYMBOLS: [u16; 257] = {
     symbols
 };
 
-/// Appends the decoding of `encoded` to `out`. The last octet's unused bits must be the
-/// start of EOS (all ones) and fewer than 8; EOS itself must not appear.
-pub fn decode(encoded: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
-    // The code read so far, its length, the first code of that length and the index in
-    // `SYMBOLS` of that first code.
-    let (mut code, mut length, mut first, mut index) = (0u32, 0usize, 0u32, 0usize);
-    for &octet in encoded {
-        for shift in (0..8).rev() {
-            code = (code << 1) | u32::from((octet >> shift) & 1);
-            length += 1;
-            if length > MAX_LENGTH {
-                return Err(DecodeError::Huffman);
-            }
-            let count = u32::from(COUNTS[length]);
-            if code - first < count {
-                let symbol = SYMBOLS[index + (code - first) as usize];
-                if symbol == EOS {
-                    return Err(DecodeError::Huffman);
-                }
-                out.push(symbol as u8);
-                (code, length, first, index) = (0, 0, 0, 0);
-            } else {
-                index += count as usize;
-                first = (first + count) << 1;
-            }
-        }
+/// Per code length: the first code of that length, and the index in `SYMBOLS` of its
+/// symbol (the canonical code's definition, RFC 1951 section 3.2.2).
+const FIRST: [(u32, u16); MAX_LENGTH + 1] = {
+    let mut first = [(0u32, 0u16); MAX_LENGTH + 1];
+    let (mut code, mut index) = (0u32, 0u16);
+    let mut length = 1;
+    while length <= MAX_LENGTH {
+        code = (code + COUNTS[length - 1] as u32) << 1;
+        index += COUNTS[length - 1];
+        first[length] = (code, index);
+        length += 1;
     }
-    let padding_is_eos_prefix = length < 8 && code == (1 << length) - 1;
-    if padding_is_eos_prefix {
-        Ok(())
-    } else {
-        Err(DecodeError::Huffman)
+    first
+};
+
+/// Per code length: the end of its codes, with the code left-aligned in 32 bits. The
+/// length of the code starting a 32-bit window is the first whose end is past it.
+const LIMITS: [u64; MAX_LENGTH + 1] = {
+    let mut limits = [0u64; MAX_LENGTH + 1];
+    let mut length = 1;
+    while length <= MAX_LENGTH {
+        limits[length] = ((FIRST[length].0 + COUNTS[length] as u32) as u64) << (32 - length);
+        length += 1;
+    }
+    limits
+};
+
+/// The symbol and code length of every code of 8 bits or fewer, by the 8 bits that
+/// start with it (length 0: the code is longer).
+const SHORT: [(u16, u8); 256] = {
+    let mut short = [(0u16, 0u8); 256];
+    let mut prefix = 0;
+    while prefix < 256 {
+        let window = (prefix as u64) << 24;
+        let mut length = 1;
+        while length <= 8 {
+            if window < LIMITS[length] {
+                let code = (window >> (32 - length)) as u32;
+                let index = FIRST[length].1 as usize + (code - FIRST[length].0) as usize;
+                short[prefix] = (SYMBOLS[index], length as u8);
+                break;
+            }
+            length += 1;
+        }
+        prefix += 1;
+    }
+    short
+};
+
+/// The symbol and length of the code that starts `window` (32 bits, left-aligned).
+fn lookup(window: u32) -> (u16, u32) {
+    let (symbol, length) = SHORT[(window >> 24) as usize];
+    if length != 0 {
+        return (symbol, u32::from(length));
+    }
+    let mut length = 9;
+    while length < MAX_LENGTH && u64::from(window) >= LIMITS[length] {
+        length += 1;
+    }
+    let (first, index) = FIRST[length];
+    let code = window >> (32 - length);
+    (
+        SYMBOLS[usize::from(index) + (code - first) as usize],
+        length as u32,
+    )
+}
+
+/// Appends the decoding of `encoded` to `out`. The last octet's unused bits must be the
+/// start of EOS (all ones) and fewer than 8; EOS itself must not appear. Decodes a code
+/// per step from a 64-bit window of the input: codes of up to 8 bits (most of what
+/// headers hold) by one table lookup, longer ones by the canonical code's limits.
+pub fn decode(encoded: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    // The bits not decoded yet, left-aligned, and how many there are.
+    let (mut bits, mut count) = (0u64, 0u32);
+    let mut input = encoded.iter();
+    out.reserve(encoded.len() * 8 / 5);
+    loop {
+        while count <= 56 {
+            let Some(&octet) = input.next() else { break };
+            bits |= u64::from(octet) << (56 - count);
+            count += 8;
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        // Past the input, the window is padded with ones: EOS's prefix.
+        let window = ((bits | u64::MAX.checked_shr(count).unwrap_or(0)) >> 32) as u32;
+        let (symbol, length) = lookup(window);
+        if length > count {
+            let padding_is_eos_prefix = count < 8 && window >> (32 - count) == (1 << count) - 1;
+            return if padding_is_eos_prefix {
+                Ok(())
+            } else {
+                Err(DecodeError::Huffman)
+            };
+        }
+        if symbol == EOS {
+            return Err(DecodeError::Huffman);
+        }
+        out.push(symbol as u8);
+        bits <<= length;
+        count -= length;
     }
 }
 
