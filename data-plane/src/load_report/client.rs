@@ -112,7 +112,7 @@ impl LoadReporter {
         };
         tracing::info!(control_plane = %url, interval = ?state.interval, "reporting load");
         outage.recovered(url);
-        let mut next = Instant::now();
+        let mut next = state.undelivered.ready_at();
         loop {
             tokio::time::sleep_until(next).await;
             let table = self.table.current();

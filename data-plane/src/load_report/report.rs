@@ -27,6 +27,10 @@ type Key = (String, String);
 /// (service, rate-limit tier).
 type TierKey = (String, String);
 
+/// The shortest span a report may cover: the control plane refuses a report claiming
+/// less (its `MIN_INTERVAL_MS`), since rates over a few milliseconds mean nothing.
+pub const MIN_SPAN: Duration = Duration::from_millis(100);
+
 /// Figures gathered since the last delivered report.
 #[derive(Debug)]
 pub struct Undelivered {
@@ -128,6 +132,13 @@ impl Undelivered {
             interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
             endpoints,
         }
+    }
+
+    /// The earliest a report of these figures may go: once they cover [`MIN_SPAN`]
+    /// (the first report of a proxy just started, or of a stream opened just after a
+    /// delivery, waits that long).
+    pub fn ready_at(&self) -> Instant {
+        self.since + MIN_SPAN
     }
 
     /// The control plane answered the last report: its figures are delivered.
@@ -254,6 +265,16 @@ pub(super) mod tests {
             .iter()
             .find(|e| e.node_id == node && e.service == service)
             .unwrap_or_else(|| panic!("no entry for {node} {service} in {report:?}"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_report_waits_until_it_covers_the_shortest_span_the_control_plane_takes() {
+        let started = Instant::now();
+        let undelivered = Undelivered::new(started);
+        tokio::time::sleep_until(undelivered.ready_at()).await;
+        let report = undelivered.report(&identity(), None, Instant::now());
+        // The control plane refuses reports under 100 ms (its MIN_INTERVAL_MS).
+        assert_eq!(report.interval_ms, 100);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,12 +6,21 @@ use http::{HeaderName, HeaderValue};
 use super::table::DynamicTable;
 use super::{DecodeError, Field, FieldName, Pseudo, decode_integer, decode_string};
 
+/// How many Huffman-coded literal values a decoder remembers, and the longest it does.
+const RECENT_VALUES: usize = 4;
+const MAX_RECENT_VALUE: usize = 128;
+
 /// The decoding side of one connection's HPACK context.
 #[derive(Debug)]
 pub struct Decoder {
     table: DynamicTable,
     max_list_size: usize,
     scratch: Vec<u8>,
+    /// The last Huffman-coded literal values, as sent and decoded: nghttp2 (h2load,
+    /// curl, Envoy) never indexes `:path` or `content-length`, so each request sends
+    /// them again, and a repeat is found here instead of decoded.
+    recent: Vec<(Box<[u8]>, HeaderValue)>,
+    next_recent: usize,
 }
 
 impl Decoder {
@@ -23,6 +32,8 @@ impl Decoder {
             table: DynamicTable::new(table_size),
             max_list_size,
             scratch: Vec::new(),
+            recent: Vec::with_capacity(RECENT_VALUES),
+            next_recent: 0,
         }
     }
 
@@ -42,7 +53,14 @@ impl Decoder {
                 self.table.get(index)?.clone()
             } else if first & 0xc0 == 0x40 {
                 let field = self.literal(block, &mut at, 6)?;
-                self.table.insert(field.clone());
+                // A copy of its own: a slice of the block would hold the whole read
+                // buffer it came in for as long as the entry stays in the table.
+                let value = HeaderValue::from_bytes(field.value.as_bytes())
+                    .map_err(|_| DecodeError::InvalidValue)?;
+                self.table.insert(Field {
+                    name: field.name.clone(),
+                    value,
+                });
                 field
             } else if first & 0xe0 == 0x20 {
                 if seen_a_field {
@@ -93,9 +111,35 @@ impl Decoder {
         } else {
             self.table.get(index)?.name.clone()
         };
+        let value = self.value(block, at)?;
+        Ok(Field { name, value })
+    }
+
+    /// A field's value; a Huffman-coded one sent again is taken from `recent`.
+    fn value(&mut self, block: &Bytes, at: &mut usize) -> Result<HeaderValue, DecodeError> {
+        let mut input = &block[*at..];
+        let huffman = input.first().ok_or(DecodeError::Truncated)? & 0x80 != 0;
+        let length = decode_integer(&mut input, 7)?;
+        let encoded = input.get(..length).ok_or(DecodeError::Truncated)?;
+        if huffman && let Some((_, value)) = self.recent.iter().find(|(sent, _)| **sent == *encoded)
+        {
+            *at = block.len() - input.len() + length;
+            return Ok(value.clone());
+        }
+        let remember = huffman && length <= MAX_RECENT_VALUE;
+        let encoded: Option<Box<[u8]>> = remember.then(|| encoded.into());
         let value = decode_string(block, at, &mut self.scratch)?;
         let value = HeaderValue::from_maybe_shared(value).map_err(|_| DecodeError::InvalidValue)?;
-        Ok(Field { name, value })
+        if let Some(encoded) = encoded {
+            let entry = (encoded, value.clone());
+            if self.recent.len() < RECENT_VALUES {
+                self.recent.push(entry);
+            } else {
+                self.recent[self.next_recent] = entry;
+                self.next_recent = (self.next_recent + 1) % RECENT_VALUES;
+            }
+        }
+        Ok(value)
     }
 }
 
@@ -189,6 +233,44 @@ mod tests {
                 ),
             ])
         );
+    }
+
+    /// A `:path` (static index 4) sent as a Huffman-coded literal without indexing.
+    fn huffman_path(path: &str) -> Vec<u8> {
+        let encoded = huffman::encode(path.as_bytes());
+        let mut block = vec![0x04];
+        super::super::encode_integer(&mut block, 0x80, 7, encoded.len());
+        block.extend_from_slice(&encoded);
+        block
+    }
+
+    #[test]
+    fn huffman_values_sent_again_decode_the_same_as_the_first_time() {
+        let mut decoder = Decoder::new(4096, 16_384);
+        let paths = [
+            "/demo.v1.Echo/Say",
+            "/a",
+            "/b",
+            "/c",
+            "/d",
+            "/demo.v1.Echo/Say",
+        ];
+        for round in 0..3 {
+            for path in paths {
+                let block = Bytes::from(huffman_path(path));
+                assert_eq!(
+                    decode(&mut decoder, &block).unwrap(),
+                    pairs(&[(":path", path)]),
+                    "round {round}"
+                );
+            }
+        }
+        // A value differing in its last octet only is not taken for a remembered one.
+        let mut near = huffman_path("/demo.v1.Echo/Sa");
+        let last = near.len() - 1;
+        near[last] ^= 0x10;
+        let decoded = decode(&mut decoder, &Bytes::from(near));
+        assert_ne!(decoded, Ok(pairs(&[(":path", "/demo.v1.Echo/Say")])));
     }
 
     #[test]

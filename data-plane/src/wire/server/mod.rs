@@ -57,14 +57,6 @@ use state::{Limits, Opened, Shared};
 const WINDOW: u32 = 1024 * 1024;
 /// How many reads one poll makes before letting other tasks run.
 const READS_PER_POLL: usize = 16;
-/// A client whose SETTINGS, PINGs and refused streams, each answered, find this much of
-/// the answers still unwritten sends them faster than it reads the answers: it is
-/// dropped rather than buffered for.
-const MAX_UNWRITTEN_FOR_CONTROL: usize = 1024 * 1024;
-const CONTROL_FLOOD: ProtocolError = (
-    Reason::ENHANCE_YOUR_CALM,
-    "it sends SETTINGS, PINGs or refused streams faster than it reads the answers",
-);
 /// The dynamic table a client's encoder may use: HPACK's default.
 const HEADER_TABLE_SIZE: usize = 4096;
 
@@ -272,9 +264,7 @@ where
                     return Err(BAD_LENGTH);
                 }
                 let mut state = self.shared.lock();
-                if state.control_replies > MAX_UNWRITTEN_FOR_CONTROL {
-                    return Err(CONTROL_FLOOD);
-                }
+                state.check_control_flood()?;
                 state
                     .on_settings(&payload)
                     .map_err(|reason| (reason, "its SETTINGS are invalid"))
@@ -288,9 +278,7 @@ where
                     return Ok(());
                 }
                 let mut state = self.shared.lock();
-                if state.control_replies > MAX_UNWRITTEN_FOR_CONTROL {
-                    return Err(CONTROL_FLOOD);
-                }
+                state.check_control_flood()?;
                 state.write_ping(true, payload);
                 Ok(())
             }

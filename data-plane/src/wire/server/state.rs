@@ -26,6 +26,14 @@ const MAX_QUEUED_DATA: usize = 256 * 1024;
 /// A client whose requests this side reset for breaking the protocol this many times
 /// is dropped (ENHANCE_YOUR_CALM), as h2 did.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// A client whose SETTINGS, PINGs and refused streams, each answered, find this much of
+/// the answers still unwritten sends them faster than it reads the answers: it is
+/// dropped rather than buffered for.
+const MAX_UNWRITTEN_FOR_CONTROL: usize = 1024 * 1024;
+/// New streams are refused while this much waits to be written: answer DATA alone stops
+/// at [`MAX_QUEUED_DATA`], so the rest is answers' HEADERS (an empty answer has no DATA
+/// to wait with) of a client that opens streams and does not read what comes back.
+const MAX_QUEUED_FOR_NEW_STREAMS: usize = 2 * MAX_QUEUED_DATA;
 
 /// The connection's shared half.
 #[derive(Debug)]
@@ -276,16 +284,21 @@ impl State {
                     &[Reason::REFUSED_STREAM.into()],
                 );
                 self.control_replies += self.out.len() - before;
+                self.check_control_flood()?;
                 return Ok(Opened::Handled);
             }
             Decoded::Trailers(_) | Decoded::Malformed => {
                 self.write_reset(id, Reason::PROTOCOL_ERROR);
                 self.count_error_reset()?;
+                self.check_control_flood()?;
                 return Ok(Opened::Handled);
             }
         }
-        if self.active >= self.limits.max_concurrent_streams as usize {
+        if self.active >= self.limits.max_concurrent_streams as usize
+            || self.out.len() >= MAX_QUEUED_FOR_NEW_STREAMS
+        {
             self.write_reset(id, Reason::REFUSED_STREAM);
+            self.check_control_flood()?;
             return Ok(Opened::Handled);
         }
         self.active += 1;
@@ -309,6 +322,18 @@ impl State {
             },
         );
         Ok(Opened::Request(id))
+    }
+
+    /// A client that provokes answers (SETTINGS and PING acknowledgements, refusals)
+    /// faster than it reads them is dropped.
+    pub fn check_control_flood(&self) -> Result<(), ProtocolError> {
+        if self.control_replies > MAX_UNWRITTEN_FOR_CONTROL {
+            return Err((
+                Reason::ENHANCE_YOUR_CALM,
+                "it sends SETTINGS, PINGs or refused streams faster than it reads the answers",
+            ));
+        }
+        Ok(())
     }
 
     /// A RST_STREAM this side sends because of the client, counted as a refusal.

@@ -625,3 +625,37 @@ async fn a_first_frame_other_than_settings_is_a_protocol_error() {
         "{ended:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_opening_streams_without_reading_the_answers_is_refused_then_dropped() {
+    // Every call is answered at once with an empty body: the answers have no DATA that
+    // could wait for the client to read.
+    let empty = |_request: Request<RecvBody>| async { Response::new(Full::new(Bytes::new())) };
+    let (client, served) = RawClient::connect(server(None), empty).await;
+    let RawClient { io, .. } = client;
+    let (_read_half, mut write_half) = tokio::io::split(io);
+    let flood = tokio::spawn(async move {
+        for batch in 0..400u32 {
+            let mut requests = Vec::new();
+            for n in 0..1000 {
+                let id = (batch * 1000 + n) * 2 + 1;
+                requests.extend_from_slice(&request_frames(id, true, &GET));
+            }
+            if write_half.write_all(&requests).await.is_err() {
+                break;
+            }
+        }
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(30), served).await;
+    assert!(
+        matches!(
+            ended,
+            Ok(Ok(Err(ConnectionError::Protocol(
+                Reason::ENHANCE_YOUR_CALM,
+                _
+            ))))
+        ),
+        "{ended:?}"
+    );
+    flood.abort();
+}
