@@ -231,7 +231,7 @@ impl Body for ObservedBody {
                     && let Some(call) = this.call.take()
                 {
                     let code =
-                        code_of(trailers.get("grpc-status")).unwrap_or(tonic::Code::Unknown as i32);
+                        code_of(trailers.get(&GRPC_STATUS)).unwrap_or(tonic::Code::Unknown as i32);
                     if let Some(utilization) = call.metrics.load.observe_orca_headers(trailers) {
                         call.report_load(utilization);
                     }
@@ -330,10 +330,13 @@ where
     }
 }
 
+/// The status trailer (or trailers-only header) of a gRPC answer, made once.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// What a request body's errors may be: anything tonic's body can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The status of a response head (set only for trailers-only responses).
 pub fn header_status(headers: &HeaderMap) -> Option<i32> {
-    code_of(headers.get("grpc-status"))
+    code_of(headers.get(&GRPC_STATUS))
 }

@@ -484,10 +484,7 @@ where
                 let (head, body) = response.into_parts();
                 let end = body.is_end_stream();
                 let stream = stream.take().expect("a call holds its stream");
-                stream
-                    .shared
-                    .lock()
-                    .send_head(stream.id, &head, date::now(), end);
+                stream.shared.lock().send_head(stream.id, &head, end);
                 if end {
                     return Poll::Ready(());
                 }

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use h2::Reason;
-use http::{HeaderMap, HeaderValue, response};
+use http::{HeaderMap, response};
 use http_body::Frame;
 
 use crate::wire::StreamError;
@@ -582,9 +582,10 @@ impl State {
         stream.error.clone()
     }
 
-    /// Writes the answer's head (ending the stream when `end`), with `date` when it has
-    /// none. Written by the connection's own task: the driver need not be woken.
-    pub fn send_head(&mut self, id: u32, head: &response::Parts, date: HeaderValue, end: bool) {
+    /// Writes the answer's head (ending the stream when `end`), with a `date` when it has
+    /// none (a node's answer has its own). Written by the connection's own task: the
+    /// driver need not be woken.
+    pub fn send_head(&mut self, id: u32, head: &response::Parts, end: bool) {
         let stream = self
             .streams
             .get_mut(&id)
@@ -605,7 +606,7 @@ impl State {
                 }
             }
             if !head.headers.contains_key(http::header::DATE) {
-                hpack::encode_header(out, &http::header::DATE, &date);
+                hpack::encode_header(out, &http::header::DATE, &super::date::now());
             }
         });
         if end && self.streams[&id].remote_end {
