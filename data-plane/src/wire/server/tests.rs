@@ -659,3 +659,86 @@ async fn a_client_opening_streams_without_reading_the_answers_is_refused_then_dr
     );
     flood.abort();
 }
+
+#[tokio::test]
+async fn an_answer_ending_before_its_request_stops_the_request_with_no_error() {
+    // Answers at once, without reading the request body.
+    let early = |_request: Request<RecvBody>| async {
+        Response::new(Full::new(Bytes::from_static(b"early")))
+    };
+    let (client, served) = serve(server(None), early).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, mut request_body) = client.send_request(post("/early"), false).unwrap();
+    request_body
+        .send_data(Bytes::from_static(b"more to come"), false)
+        .unwrap();
+    let mut body = response.await.unwrap().into_body();
+    assert_eq!(read_body(&mut body).await, b"early");
+    let reset = tokio::time::timeout(
+        Duration::from_secs(10),
+        std::future::poll_fn(|cx| request_body.poll_reset(cx)),
+    )
+    .await
+    .expect("the rest of the request is refused");
+    assert_eq!(reset.unwrap(), Reason::NO_ERROR);
+    // The connection goes on.
+    let mut client = client.ready().await.unwrap();
+    let (response, mut request_body) = client.send_request(post("/again"), false).unwrap();
+    request_body
+        .send_data(Bytes::from_static(b"x"), true)
+        .unwrap();
+    assert_eq!(
+        read_body(&mut response.await.unwrap().into_body()).await,
+        b"early"
+    );
+    assert!(!served.is_finished());
+}
+
+#[tokio::test]
+async fn a_client_going_away_has_its_calls_answered_then_the_connection_ends() {
+    let gate = Arc::new(Notify::new());
+    let (mut client, served) = RawClient::connect(server(None), gated(Arc::clone(&gate))).await;
+    client.send(&request_frames(1, true, &GET)).await;
+    let mut goaway = Vec::new();
+    frame::write_words(&mut goaway, frame::GOAWAY, 0, &[0, Reason::NO_ERROR.into()]);
+    client.send(&goaway).await;
+    // Stored as a permit if the call is not waiting yet.
+    gate.notify_one();
+    let (head, _) = client.frame_of(frame::HEADERS, 1).await;
+    assert!(head.has(frame::END_STREAM), "the call taken is answered");
+    let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_client_closing_its_socket_ends_the_connection_and_drops_its_calls() {
+    let alive = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(Notify::new());
+    let handler = {
+        let (alive, started) = (Arc::clone(&alive), Arc::clone(&started));
+        move |_request: Request<RecvBody>| {
+            let (alive, started) = (Arc::clone(&alive), Arc::clone(&started));
+            async move {
+                struct Alive(Arc<AtomicUsize>);
+                impl Drop for Alive {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                alive.fetch_add(1, Ordering::SeqCst);
+                let _alive = Alive(alive);
+                started.notify_one();
+                std::future::pending::<()>().await;
+                Response::new(Full::new(Bytes::new()))
+            }
+        }
+    };
+    let (mut client, served) = RawClient::connect(server(None), handler).await;
+    client.send(&request_frames(1, false, &GET)).await;
+    started.notified().await;
+    assert_eq!(alive.load(Ordering::SeqCst), 1);
+    drop(client);
+    let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    assert_eq!(alive.load(Ordering::SeqCst), 0, "the call was dropped");
+}
