@@ -117,7 +117,7 @@ where
     fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         loop {
             if self.written == self.writing.len() {
-                self.writing.clear();
+                frame::recycle_write_buffer(&mut self.writing);
                 self.written = 0;
                 let mut state = self.shared.lock();
                 state.register_driver(cx);
