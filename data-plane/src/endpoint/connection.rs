@@ -2,7 +2,7 @@
 //! HTTP/2 connections; the proxy keeps a small pool of them per worker thread (see
 //! `server.rs`: each worker runs its own single-threaded runtime and serves the client
 //! connections handed to it), and a call goes over one of its worker's. A call, its client
-//! connection and its upstream connection then live on one thread: no lock of the h2
+//! connection and its upstream connection then live on one thread: no lock of the
 //! connection is contended across cores and no wake-up crosses them. Each connection is
 //! opened on first use and reopened when it closes. The request path loads the current
 //! connection lock-free (`ArcSwapOption`) and clones its handle; only (re)connecting takes
