@@ -742,3 +742,25 @@ async fn a_client_closing_its_socket_ends_the_connection_and_drops_its_calls() {
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
     assert_eq!(alive.load(Ordering::SeqCst), 0, "the call was dropped");
 }
+
+#[tokio::test]
+async fn a_client_whose_streams_keep_breaking_the_protocol_is_dropped() {
+    let (mut client, served) = RawClient::connect(server(None), echo).await;
+    // Requests without `:path`: each is reset with PROTOCOL_ERROR, up to 1,024 of them.
+    let mut malformed = Vec::new();
+    for n in 0..1100u32 {
+        malformed.extend_from_slice(&request_frames(n * 2 + 1, true, &GET[..3]));
+    }
+    client.send(&malformed).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
+    assert!(
+        matches!(
+            ended,
+            Ok(Ok(Err(ConnectionError::Protocol(
+                Reason::ENHANCE_YOUR_CALM,
+                _
+            ))))
+        ),
+        "{ended:?}"
+    );
+}
