@@ -324,6 +324,15 @@ impl State {
         Ok(Opened::Request(id))
     }
 
+    /// A frame for a stream no longer kept is ignored when the stream was opened (it is
+    /// over, or this side reset it); on a stream never opened it is a connection error.
+    fn check_opened(&self, id: u32, what: &'static str) -> Result<(), ProtocolError> {
+        if id > self.last_id {
+            return Err((Reason::PROTOCOL_ERROR, what));
+        }
+        Ok(())
+    }
+
     /// A client that provokes answers (SETTINGS and PING acknowledgements, refusals)
     /// faster than it reads them is dropped.
     pub fn check_control_flood(&self) -> Result<(), ProtocolError> {
@@ -396,9 +405,7 @@ impl State {
             .get_mut(&id)
             .filter(|s| !s.remote_end && s.error.is_none())
         else {
-            if id > self.last_id {
-                return Err((Reason::PROTOCOL_ERROR, "DATA on a stream never opened"));
-            }
+            self.check_opened(id, "DATA on a stream never opened")?;
             // A stream over or reset: its data is given back at once.
             self.release_connection_window(flow_length as u32);
             return Ok(());
@@ -424,13 +431,7 @@ impl State {
 
     pub fn on_reset(&mut self, id: u32, reason: Reason) -> Result<(), ProtocolError> {
         let Some(stream) = self.streams.get_mut(&id) else {
-            if id > self.last_id {
-                return Err((
-                    Reason::PROTOCOL_ERROR,
-                    "RST_STREAM on a stream never opened",
-                ));
-            }
-            return Ok(());
+            return self.check_opened(id, "RST_STREAM on a stream never opened");
         };
         if !stream.is_closed() {
             stream.error = Some(StreamError::Reset(reason));
@@ -510,13 +511,7 @@ impl State {
             return Ok(());
         }
         let Some(stream) = self.streams.get_mut(&id) else {
-            if id > self.last_id {
-                return Err((
-                    Reason::PROTOCOL_ERROR,
-                    "WINDOW_UPDATE on a stream never opened",
-                ));
-            }
-            return Ok(());
+            return self.check_opened(id, "WINDOW_UPDATE on a stream never opened");
         };
         if increment == 0 {
             return self.reset_for_error(id, Reason::PROTOCOL_ERROR);
