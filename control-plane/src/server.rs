@@ -178,7 +178,7 @@ impl ControlPlane {
         let http = tokio::spawn(admin_http::serve(
             self.http,
             "meridian_control_http",
-            admin_http::router(self.metrics, self.readiness.clone()).merge(dashboard.router()),
+            admin_http::router(self.metrics, &[], self.readiness.clone()).merge(dashboard.router()),
             self.http_tls,
             http_stop.clone(),
         ));

@@ -57,7 +57,7 @@ use crate::load_report::LoadReporter;
 use crate::reload::{LoadConfig, ProxyReloader};
 use crate::router::Router;
 use crate::table::subscription::{Subscription, report_table_age};
-use crate::table::{ProxyIdentity, TableHandle};
+use crate::table::{ProxyIdentity, TableHandle, route_metrics};
 use crate::wire::RecvBody;
 use crate::wire::server::Http2Server;
 
@@ -220,25 +220,29 @@ impl Proxy {
         }
 
         let limits = proxy_limits_json(&self.config);
-        let admin_router = admin_http::router(self.metrics, self.readiness.clone())
-            .route(
-                "/debug/table",
-                get({
-                    let table = self.table.clone();
-                    move || async move {
-                        Json(table.current().map(|t| t.debug_json()).unwrap_or_else(
-                            || serde_json::json!({ "version": 0, "note": "no routing table yet" }),
-                        ))
-                    }
-                }),
-            )
-            .route(
-                "/debug/limits",
-                get(move || {
-                    let limits = limits.clone();
-                    async move { Json(limits) }
-                }),
-            );
+        let admin_router = admin_http::router(
+            self.metrics,
+            route_metrics::LATENCY_FAMILIES,
+            self.readiness.clone(),
+        )
+        .route(
+            "/debug/table",
+            get({
+                let table = self.table.clone();
+                move || async move {
+                    Json(table.current().map(|t| t.debug_json()).unwrap_or_else(
+                        || serde_json::json!({ "version": 0, "note": "no routing table yet" }),
+                    ))
+                }
+            }),
+        )
+        .route(
+            "/debug/limits",
+            get(move || {
+                let limits = limits.clone();
+                async move { Json(limits) }
+            }),
+        );
         // The admin endpoints outlive the drain, so `/ready` can say 503 while it runs.
         self.readiness.drain_on(&shutdown);
         let admin_stop = Shutdown::new();

@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::Shutdown;
 use crate::listener::AdminListener;
+use crate::telemetry::LatencyFamily;
 use crate::tls::ServerTls;
 
 /// Whether the process is ready; flipped by the component that knows, and off for good
@@ -59,20 +60,33 @@ impl Readiness {
 #[derive(Clone)]
 struct AdminState {
     metrics: PrometheusHandle,
+    latency_families: &'static [&'static LatencyFamily],
     readiness: Readiness,
 }
 
-/// `/metrics`, `/live` and `/ready`.
-pub fn router(metrics: PrometheusHandle, readiness: Readiness) -> Router {
+/// `/metrics` (the recorder's text, then `latency_families`'), `/live` and `/ready`.
+pub fn router(
+    metrics: PrometheusHandle,
+    latency_families: &'static [&'static LatencyFamily],
+    readiness: Readiness,
+) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))
-        .with_state(AdminState { metrics, readiness })
+        .with_state(AdminState {
+            metrics,
+            latency_families,
+            readiness,
+        })
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> String {
-    state.metrics.render()
+    let mut text = state.metrics.render();
+    for family in state.latency_families {
+        family.render(&mut text);
+    }
+    text
 }
 
 async fn ready(State(state): State<AdminState>) -> (StatusCode, &'static str) {
@@ -138,6 +152,7 @@ mod tests {
                 metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
                     .build_recorder()
                     .handle(),
+                latency_families: &[],
                 readiness: r,
             }))
             .await;

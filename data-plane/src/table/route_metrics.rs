@@ -7,16 +7,27 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
+use meridian_shared::telemetry::{LatencyFamily, LatencySeries};
+use metrics::Counter;
 
 use crate::forward::status::code_name;
 use crate::load_report::CallLoad;
+
+/// `meridian_proxy_request_duration_seconds`, recorded on the request path.
+pub static REQUEST_DURATION: LatencyFamily = LatencyFamily::new(
+    "meridian_proxy_request_duration_seconds",
+    "Latency of the calls (forwarded and RouteMessage) that reached a node, from the call's start to the end of the response.",
+    &["service", "node"],
+);
+
+/// The latency histograms the proxy's `/metrics` renders after the recorder's text.
+pub static LATENCY_FAMILIES: &[&LatencyFamily] = &[&REQUEST_DURATION];
 
 #[derive(Debug)]
 pub struct RouteMetrics {
     service: String,
     node: String,
-    latency: Histogram,
+    latency: Arc<LatencySeries>,
     /// By gRPC code 0..=16, made on first use.
     codes: [OnceLock<Counter>; 17],
     /// What the load reports say of this service on this node.
@@ -26,11 +37,7 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     pub fn new(service: &str, node: &str) -> Self {
         RouteMetrics {
-            latency: metrics::histogram!(
-                "meridian_proxy_request_duration_seconds",
-                "service" => service.to_owned(),
-                "node" => node.to_owned()
-            ),
+            latency: REQUEST_DURATION.series(&[service, node]),
             service: service.to_owned(),
             node: node.to_owned(),
             codes: Default::default(),
@@ -51,7 +58,7 @@ impl RouteMetrics {
     /// Records a finished call.
     pub fn record(&self, code: i32, latency: Duration) {
         self.load.record(code, latency);
-        self.latency.record(latency.as_secs_f64());
+        self.latency.record(latency);
         let index = usize::try_from(code).ok().filter(|c| *c < 17).unwrap_or(2);
         self.codes[index]
             .get_or_init(|| {

@@ -75,7 +75,7 @@ mod tests {
         let recorder = builder().unwrap().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
-            let latency = metrics::histogram!("meridian_proxy_request_duration_seconds", "service" => "s", "node" => "n");
+            let latency = metrics::histogram!("meridian_control_push_latency_seconds");
             for ms in [1.0, 4.0, 22.0, 22.0] {
                 latency.record(ms / 1_000.0);
             }
@@ -83,7 +83,7 @@ mod tests {
         });
         let text = handle.render();
         assert!(
-            text.contains("# TYPE meridian_proxy_request_duration_seconds histogram"),
+            text.contains("# TYPE meridian_control_push_latency_seconds histogram"),
             "{text}"
         );
         assert!(!text.contains("quantile="), "{text}");
@@ -94,9 +94,8 @@ mod tests {
             ("0.025", 4),
             ("+Inf", 4),
         ] {
-            let line = format!(
-                "meridian_proxy_request_duration_seconds_bucket{{service=\"s\",node=\"n\",le=\"{le}\"}} {count}"
-            );
+            let line =
+                format!("meridian_control_push_latency_seconds_bucket{{le=\"{le}\"}} {count}");
             assert!(text.contains(&line), "missing {line}:\n{text}");
         }
         assert!(

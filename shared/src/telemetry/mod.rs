@@ -3,11 +3,13 @@
 //! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, W3C trace-context propagation across hops,
 //! and a Prometheus recorder whose text the HTTP endpoints serve at `/metrics`.
 
+mod latency_family;
 mod logging;
 mod metrics;
 mod propagation;
 mod traces;
 
+pub use latency_family::{LatencyFamily, LatencySeries};
 pub use logging::{LogConfig, LogFormat, LogLevelChange, set_log_level};
 pub use metrics::{MetricsError, install_prometheus};
 pub use metrics_exporter_prometheus::PrometheusHandle;
