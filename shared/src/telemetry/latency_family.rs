@@ -38,8 +38,11 @@ pub struct LatencyFamily {
     name: &'static str,
     help: &'static str,
     label_names: &'static [&'static str],
-    series: Mutex<Vec<(Box<[String]>, Weak<LatencySeries>)>>,
+    series: Mutex<Vec<HeldSeries>>,
 }
+
+/// A series' label values, and the series while someone holds it.
+type HeldSeries = (Box<[String]>, Weak<LatencySeries>);
 
 impl LatencyFamily {
     pub const fn new(
