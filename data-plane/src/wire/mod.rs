@@ -10,6 +10,7 @@
 //! [`StreamError`] and PING their peer ([`keepalive`]).
 
 pub mod client;
+mod conn;
 mod error;
 mod frame;
 mod headers;
@@ -17,6 +18,8 @@ mod hpack;
 pub mod keepalive;
 mod reader;
 pub mod server;
+mod stream;
+mod writer;
 
 pub use client::{ClientConnection, ResponseBody, SendError};
 pub use error::StreamError;

@@ -3,7 +3,6 @@
 //! and PINGs an idle node to find out whether it is still there.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,12 +13,14 @@ use http::{HeaderMap, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::StreamError;
-use super::state::{HeaderBlock, Shared};
+use super::state::{Client, HeaderBlock};
+use crate::wire::conn::Shared;
 use crate::wire::frame::{self, Head};
 use crate::wire::headers::is_connection_specific;
 use crate::wire::hpack::{self, DecodeError, FieldName, Pseudo};
 use crate::wire::keepalive::{Due, Keepalive, KeepaliveSettings, PING_PAYLOAD};
 use crate::wire::reader::{BAD_LENGTH, Frame, FrameReader, ProtocolError, check_stream};
+use crate::wire::writer::Writer;
 
 /// The largest header list a node may send (SETTINGS_MAX_HEADER_LIST_SIZE).
 pub const MAX_HEADER_LIST: u32 = 64 * 1024;
@@ -52,12 +53,11 @@ enum Ended {
 
 pub struct Driver<T> {
     io: T,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Client>>,
     address: String,
     decoder: hpack::Decoder,
     reader: FrameReader,
-    writing: Vec<u8>,
-    written: usize,
+    writer: Writer,
     keepalive: Keepalive,
 }
 
@@ -65,15 +65,19 @@ impl<T> Driver<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    pub fn new(io: T, shared: Arc<Shared>, address: String, keepalive: KeepaliveSettings) -> Self {
+    pub fn new(
+        io: T,
+        shared: Arc<Shared<Client>>,
+        address: String,
+        keepalive: KeepaliveSettings,
+    ) -> Self {
         Driver {
             io,
             shared,
             address,
             decoder: hpack::Decoder::new(HEADER_TABLE_SIZE, MAX_HEADER_LIST as usize),
             reader: FrameReader::new(MAX_HEADER_LIST as usize * 2),
-            writing: Vec::with_capacity(4096),
-            written: 0,
+            writer: Writer::new(),
             keepalive: Keepalive::new(keepalive),
         }
     }
@@ -101,7 +105,7 @@ where
                     let state = self.shared.lock();
                     let done =
                         self.shared.is_closed() && !state.has_streams() && state.out.is_empty();
-                    return if done && self.written == self.writing.len() {
+                    return if done && self.writer.is_idle() {
                         Poll::Ready(Ended::Done)
                     } else {
                         Poll::Pending
@@ -113,30 +117,8 @@ where
         Poll::Pending
     }
 
-    /// Writes what is queued until the socket takes no more or nothing is left.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        loop {
-            if self.written == self.writing.len() {
-                frame::recycle_write_buffer(&mut self.writing);
-                self.written = 0;
-                let mut state = self.shared.lock();
-                state.register_driver(cx);
-                if state.out.is_empty() {
-                    break;
-                }
-                state.take_out(&mut self.writing);
-            }
-            match Pin::new(&mut self.io).poll_write(cx, &self.writing[self.written..]) {
-                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => self.written += n,
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(()),
-            }
-        }
-        match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(Err(e)) => Err(e),
-            _ => Ok(()),
-        }
+        self.writer.poll_write(&mut self.io, &self.shared, cx)
     }
 
     /// Reads once and handles every whole frame read.
@@ -169,12 +151,6 @@ where
                 self.shared
                     .lock()
                     .on_data(id, flow_length, data, head.has(frame::END_STREAM))
-                    .map_err(|reason| {
-                        (
-                            reason,
-                            "a DATA frame broke flow control or came on a stream never opened",
-                        )
-                    })
             }
             frame::RST_STREAM => {
                 if payload.len() != 4 {
@@ -183,7 +159,6 @@ where
                 self.shared
                     .lock()
                     .on_reset(id, Reason::from(frame::word(&payload, 0)))
-                    .map_err(|reason| (reason, "RST_STREAM on a stream never opened"))
             }
             frame::SETTINGS => {
                 if head.has(frame::ACK) {
@@ -236,7 +211,6 @@ where
                 self.shared
                     .lock()
                     .on_window_update(id, frame::word(&payload, 0) & 0x7fff_ffff)
-                    .map_err(|reason| (reason, "a WINDOW_UPDATE broke flow control"))
             }
             frame::PUSH_PROMISE => Err((
                 Reason::PROTOCOL_ERROR,
@@ -287,10 +261,7 @@ where
                 }
             }),
         };
-        self.shared
-            .lock()
-            .on_header_block(id, end, block)
-            .map_err(|reason| (reason, "HEADERS on a stream never opened"))
+        self.shared.lock().on_header_block(id, end, block)
     }
 
     fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
@@ -339,10 +310,7 @@ where
                 return;
             };
             state.write_goaway(reason);
-            // The frame being written first, so the GOAWAY starts a frame of its own.
-            let mut last = self.writing.split_off(self.written);
-            last.append(&mut state.out);
-            last
+            self.writer.take_rest(&mut state.out)
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.write_all(&goaway)).await;
     }

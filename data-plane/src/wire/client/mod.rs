@@ -23,16 +23,17 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::Reason;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use driver::{Driver, MAX_HEADER_LIST};
 
+use super::conn::Shared;
 pub use super::error::StreamError;
 use super::keepalive::KeepaliveSettings;
-use state::Shared;
+use super::stream::{IncomingBody, SendBodyError, StreamRef, poll_send_body};
+use state::Client;
 
 /// A PING every 20 s on each connection to a node, to be answered within 10 s.
 const KEEPALIVE: KeepaliveSettings = KeepaliveSettings {
@@ -51,7 +52,7 @@ pub enum SendError<B> {
 /// An open HTTP/2 connection to a node.
 #[derive(Debug, Clone)]
 pub struct ClientConnection {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Client>>,
 }
 
 impl ClientConnection {
@@ -68,7 +69,7 @@ impl ClientConnection {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let shared = Arc::new(Shared::new(stream_window_bytes, connection_window_bytes));
+        let shared = Arc::new(state::shared(stream_window_bytes, connection_window_bytes));
         shared.lock().write_preface(MAX_HEADER_LIST);
         let driver = Driver::new(io, Arc::clone(&shared), address.to_owned(), KEEPALIVE);
         tokio::spawn(driver.run());
@@ -108,7 +109,7 @@ impl ClientConnection {
                     ));
                 }
             };
-            let stream = StreamRef { shared, id };
+            let stream = StreamRef::opened(&shared, id);
             let body = (!end).then(|| BodySender::new(body));
             AnswerHead {
                 stream: Some(stream),
@@ -120,34 +121,10 @@ impl ClientConnection {
     }
 }
 
-/// A handle to one stream of a connection; the stream is forgotten (reset first if it
-/// is still open) when the last handle goes.
-#[derive(Debug)]
-struct StreamRef {
-    shared: Arc<Shared>,
-    id: u32,
-}
-
-impl Clone for StreamRef {
-    fn clone(&self) -> Self {
-        self.shared.lock().add_ref(self.id);
-        StreamRef {
-            shared: Arc::clone(&self.shared),
-            id: self.id,
-        }
-    }
-}
-
-impl Drop for StreamRef {
-    fn drop(&mut self) {
-        self.shared.lock().drop_ref(self.id);
-    }
-}
-
 /// Waits for the head of an answer while sending the request body; a body still
 /// streaming when the head comes goes on in a task of its own.
 struct AnswerHead<B> {
-    stream: Option<StreamRef>,
+    stream: Option<StreamRef<Client>>,
     body: Option<BodySender<B>>,
 }
 
@@ -179,14 +156,14 @@ where
                 }
             });
         }
-        Poll::Ready(Ok(head.map(|()| ResponseBody { stream, done: end })))
+        Poll::Ready(Ok(head.map(|()| ResponseBody::new(stream, end))))
     }
 }
 
-/// Writes a request body onto its stream as the node's windows allow.
+/// A request body to send, and a DATA frame's payload the node's windows did not take
+/// yet (with whether it ends the body).
 struct BodySender<B> {
     body: B,
-    /// A DATA frame's payload the windows did not take yet, and whether it ends the body.
     pending: Option<(Bytes, bool)>,
 }
 
@@ -202,129 +179,18 @@ where
         }
     }
 
-    /// Sends the body to its end. A stream that fails stops it (the body is dropped with
-    /// the sender, which ends what feeds it); a body that fails resets the stream with
-    /// the reason of the HTTP/2 error found in its error's sources, else INTERNAL_ERROR.
+    /// Sends the body to its end ([`poll_send_body`]).
     fn poll_send(
         &mut self,
-        stream: &StreamRef,
+        stream: &StreamRef<Client>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(), BodyError>> {
-        loop {
-            if let Some((data, end)) = self.pending.as_mut() {
-                let end = *end;
-                ready!(
-                    stream
-                        .shared
-                        .lock()
-                        .poll_send_data(stream.id, cx, data, end)
-                )?;
-                self.pending = None;
-                if end {
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
-                // Waiting for the body: a failure of the stream must end the wait.
-                Poll::Pending => {
-                    return match stream.shared.lock().poll_failed(stream.id, cx) {
-                        Some(error) => Poll::Ready(Err(error.into())),
-                        None => Poll::Pending,
-                    };
-                }
-                Poll::Ready(frame) => frame,
-            };
-            let frame = match frame {
-                None => {
-                    self.pending = Some((Bytes::new(), true));
-                    continue;
-                }
-                Some(Err(e)) => {
-                    let e = e.into();
-                    stream
-                        .shared
-                        .lock()
-                        .reset(stream.id, crate::wire::error::reason_of(&*e));
-                    return Poll::Ready(Err(BodyError::Body(e)));
-                }
-                Some(Ok(frame)) => frame,
-            };
-            match frame.into_data() {
-                Ok(data) => self.pending = Some((data, self.body.is_end_stream())),
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        stream.shared.lock().send_trailers(stream.id, &trailers);
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-            }
-        }
+    ) -> Poll<Result<(), SendBodyError>> {
+        poll_send_body(Pin::new(&mut self.body), stream, &mut self.pending, cx)
     }
 }
 
-/// Why a request body was not sent to its end.
-#[derive(Debug, thiserror::Error)]
-enum BodyError {
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    #[error("the request body failed: {0}")]
-    Body(Box<dyn StdError + Send + Sync>),
-}
-
-/// An answer's DATA frames and trailers. What the reader takes is given back to the
-/// node's windows, so a reader that stops reading stops the node at one stream window;
-/// dropping the body before its end resets the stream.
-#[derive(Debug)]
-pub struct ResponseBody {
-    stream: StreamRef,
-    done: bool,
-}
-
-impl Drop for ResponseBody {
-    /// An answer dropped before its end resets its stream, so the node stops sending and
-    /// a request body still streaming stops too (its sender holds the stream open).
-    fn drop(&mut self) {
-        if !self.done {
-            self.stream
-                .shared
-                .lock()
-                .reset(self.stream.id, Reason::CANCEL);
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = StreamError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let id = self.stream.id;
-        let mut state = self.stream.shared.lock();
-        let frame = ready!(state.poll_data(id, cx));
-        // Ended with its last DATA frame, or with trailers, an error or nothing.
-        let done = match &frame {
-            Some(Ok(frame)) if frame.is_data() => state.answer_read(id),
-            _ => true,
-        };
-        drop(state);
-        self.done = done;
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
+/// An answer's DATA frames and trailers; dropping it before its end resets the stream.
+pub type ResponseBody = IncomingBody<Client>;
 
 #[cfg(test)]
 mod tests;

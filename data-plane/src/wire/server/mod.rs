@@ -43,16 +43,18 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use h2::Reason;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::StreamError;
-use super::error::reason_of;
+use super::conn::Shared;
 use super::frame::{self, Head};
 use super::hpack;
 use super::keepalive::{Due, Keepalive, KeepaliveSettings, PING_PAYLOAD};
 use super::reader::{BAD_LENGTH, Frame as ReadFrame, FrameReader, ProtocolError, check_stream};
-use state::{Limits, Opened, Shared};
+use super::stream::{IncomingBody, StreamRef, poll_send_body};
+use super::writer::Writer;
+use state::{Limits, Opened, Server};
 
 const WINDOW: u32 = 1024 * 1024;
 /// How many reads one poll makes before letting other tasks run.
@@ -99,7 +101,7 @@ impl Http2Server {
         T: AsyncRead + AsyncWrite + Unpin,
         H: Handler,
     {
-        let shared = Arc::new(Shared::new(&self.limits));
+        let shared = Arc::new(state::shared(&self.limits));
         shared.lock().write_settings();
         let max_list = self.limits.max_header_list as usize;
         Connection {
@@ -109,8 +111,7 @@ impl Http2Server {
             streams: FuturesUnordered::new(),
             decoder: hpack::Decoder::new(HEADER_TABLE_SIZE, max_list),
             reader: FrameReader::new(max_list.saturating_mul(2).max(frame::DEFAULT_MAX_FRAME)),
-            writing: Vec::with_capacity(4096),
-            written: 0,
+            writer: Writer::new(),
             keepalive: self.keepalive.map(Keepalive::new),
             got_settings: false,
         }
@@ -156,14 +157,12 @@ pub enum ConnectionError {
 /// socket and drops its calls.
 pub struct Connection<T, H: Handler> {
     io: T,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Server>>,
     handler: H,
     streams: FuturesUnordered<Call<H::Call, H::Body>>,
     decoder: hpack::Decoder,
     reader: FrameReader,
-    /// What is being written, and how much of it went.
-    writing: Vec<u8>,
-    written: usize,
+    writer: Writer,
     keepalive: Option<Keepalive>,
     /// The client's first frame must be its SETTINGS.
     got_settings: bool,
@@ -182,31 +181,8 @@ where
         state.wake_driver();
     }
 
-    /// Writes what is queued until the socket takes no more or nothing is left; the
-    /// task is woken for what is queued later from elsewhere.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        loop {
-            if self.written == self.writing.len() {
-                frame::recycle_write_buffer(&mut self.writing);
-                self.written = 0;
-                let mut state = self.shared.lock();
-                if state.out.is_empty() {
-                    state.register_driver(cx);
-                    break;
-                }
-                state.take_out(&mut self.writing);
-            }
-            match Pin::new(&mut self.io).poll_write(cx, &self.writing[self.written..]) {
-                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => self.written += n,
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(()),
-            }
-        }
-        match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(Err(e)) => Err(e),
-            _ => Ok(()),
-        }
+        self.writer.poll_write(&mut self.io, &self.shared, cx)
     }
 
     /// Reads once and handles every whole frame read; ready with `false` at the end of
@@ -313,18 +289,9 @@ where
         let (decoded, head) = request::decode(&mut self.decoder, block)?;
         let opened = self.shared.lock().on_header_block(id, end, decoded)?;
         if let (Opened::Request(id), Some(head)) = (opened, head) {
-            let body = RecvBody {
-                stream: StreamRef {
-                    shared: Arc::clone(&self.shared),
-                    id,
-                },
-                done: end,
-            };
+            let body = RecvBody::new(StreamRef::opened(&self.shared, id), end);
             let call = self.handler.call(Request::from_parts(head, body));
-            let stream = StreamRef {
-                shared: Arc::clone(&self.shared),
-                id,
-            };
+            let stream = StreamRef::opened(&self.shared, id);
             self.streams.push(Call::Calling {
                 call,
                 stream: Some(stream),
@@ -340,9 +307,9 @@ where
             Some(e) => e.to_string(),
             None => "the client closed the connection".to_owned(),
         };
-        {
+        let last = {
             let mut state = self.shared.lock();
-            state.fail_all(&StreamError::connection(message));
+            state.fail_streams(&StreamError::connection(message));
             let reason = match &error {
                 Some(ConnectionError::Protocol(reason, _)) => Some(*reason),
                 Some(ConnectionError::Unanswered(_)) => Some(Reason::NO_ERROR),
@@ -350,19 +317,19 @@ where
             };
             if let Some(reason) = reason {
                 state.write_goaway(reason);
-                // After the frame being written, so the GOAWAY starts a frame of its own.
-                let mut rest = std::mem::take(&mut state.out);
-                self.writing.append(&mut rest);
             }
-        }
+            // After the frame being written, so a GOAWAY starts a frame of its own.
+            self.writer.take_rest(&mut state.out)
+        };
         if error
             .as_ref()
             .is_some_and(|e| !matches!(e, ConnectionError::Io(_)))
         {
             let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-            while self.written < self.writing.len() {
-                match Pin::new(&mut self.io).poll_write(&mut cx, &self.writing[self.written..]) {
-                    Poll::Ready(Ok(n)) if n > 0 => self.written += n,
+            let mut written = 0;
+            while written < last.len() {
+                match Pin::new(&mut self.io).poll_write(&mut cx, &last[written..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => written += n,
                     _ => break,
                 }
             }
@@ -412,27 +379,13 @@ where
                 return this.finish(Some(e.into()));
             }
             let done = this.shared.lock().is_done() && this.streams.is_empty();
-            if done && this.written == this.writing.len() {
+            if done && this.writer.is_idle() {
                 return Poll::Ready(Ok(()));
             }
             return Poll::Pending;
         }
         cx.waker().wake_by_ref();
         Poll::Pending
-    }
-}
-
-/// A handle to one stream of a connection; the stream is forgotten (reset first if it
-/// is still open) when the last handle goes.
-#[derive(Debug)]
-struct StreamRef {
-    shared: Arc<Shared>,
-    id: u32,
-}
-
-impl Drop for StreamRef {
-    fn drop(&mut self) {
-        self.shared.lock().drop_ref(self.id);
     }
 }
 
@@ -446,12 +399,12 @@ pin_project_lite::pin_project! {
             #[pin]
             call: F,
             // Taken over by `Sending`.
-            stream: Option<StreamRef>,
+            stream: Option<StreamRef<Server>>,
         },
         Sending {
             #[pin]
             body: B,
-            stream: StreamRef,
+            stream: StreamRef<Server>,
             // A DATA frame's payload the windows did not take yet, and whether it ends
             // the answer.
             pending: Option<(Bytes, bool)>,
@@ -511,126 +464,9 @@ where
     }
 }
 
-/// Writes an answer body onto its stream as the client's windows allow. A stream that
-/// fails stops it (the body is dropped with the call, which ends what feeds it); a body
-/// that fails resets the stream with the reason of the HTTP/2 error found in its error's
-/// sources (a node's reset passes on as the same reset), else INTERNAL_ERROR.
-fn poll_send_body<B>(
-    mut body: Pin<&mut B>,
-    stream: &StreamRef,
-    pending: &mut Option<(Bytes, bool)>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), SendError>>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    loop {
-        if let Some((data, end)) = pending.as_mut() {
-            let end = *end;
-            ready!(
-                stream
-                    .shared
-                    .lock()
-                    .poll_send_data(stream.id, cx, data, end)
-            )?;
-            *pending = None;
-            if end {
-                return Poll::Ready(Ok(()));
-            }
-        }
-        let frame = match body.as_mut().poll_frame(cx) {
-            // Waiting for the body: a reset of the stream must end the wait.
-            Poll::Pending => {
-                return match stream.shared.lock().poll_failed(stream.id, cx) {
-                    Some(error) => Poll::Ready(Err(error.into())),
-                    None => Poll::Pending,
-                };
-            }
-            Poll::Ready(frame) => frame,
-        };
-        let frame = match frame {
-            None => {
-                *pending = Some((Bytes::new(), true));
-                continue;
-            }
-            Some(Err(e)) => {
-                let e = e.into();
-                stream.shared.lock().reset(stream.id, reason_of(&*e));
-                return Poll::Ready(Err(SendError::Body(e)));
-            }
-            Some(Ok(frame)) => frame,
-        };
-        match frame.into_data() {
-            Ok(data) => *pending = Some((data, body.is_end_stream())),
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    stream.shared.lock().send_trailers(stream.id, &trailers);
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-    }
-}
-
-/// Why an answer was not sent to its end.
-#[derive(Debug, thiserror::Error)]
-enum SendError {
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    #[error("the answer's body failed: {0}")]
-    Body(Box<dyn StdError + Send + Sync>),
-}
-
-/// A request's DATA frames and trailers. What the reader takes is given back to the
-/// client's windows, so a reader that stops reading stops the client at one stream
-/// window; once the body is dropped, what the client still sends is given back at once.
-#[derive(Debug)]
-pub struct RecvBody {
-    stream: StreamRef,
-    done: bool,
-}
-
-impl Drop for RecvBody {
-    fn drop(&mut self) {
-        if !self.done {
-            self.stream.shared.lock().stop_reading(self.stream.id);
-        }
-    }
-}
-
-impl Body for RecvBody {
-    type Data = Bytes;
-    type Error = StreamError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let id = self.stream.id;
-        let mut state = self.stream.shared.lock();
-        let frame = ready!(state.poll_data(id, cx));
-        // Ended with its last DATA frame, or with trailers, an error or nothing.
-        let done = match &frame {
-            Some(Ok(frame)) if frame.is_data() => state.request_read(id),
-            _ => true,
-        };
-        drop(state);
-        self.done = done;
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
+/// A request's DATA frames and trailers; once dropped, what the client still sends is
+/// given back at once.
+pub type RecvBody = IncomingBody<Server>;
 
 #[cfg(test)]
 mod tests;
