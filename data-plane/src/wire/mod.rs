@@ -6,7 +6,9 @@
 //!
 //! [`server`] serves a client connection, every call in the connection's own task, its
 //! request body a [`RecvBody`]; [`client`] is a connection to a node, where the call's
-//! own future sends the request and waits for the answer. Both fail a stream with a
+//! own future sends the request and waits for the answer. Both keep their streams,
+//! windows and outgoing frames in one shared state (`conn`), hold streams and bodies the
+//! same way (`stream`), write with the same `writer`, fail a stream with a
 //! [`StreamError`] and PING their peer ([`keepalive`]).
 
 pub mod client;
