@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderName};
 use meridian_shared::telemetry;
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::error::RequestError;
 use crate::forward::timeout;
 
@@ -42,13 +43,13 @@ pub fn deadline(
         (Some(asked), Some(max)) => Some(asked.min(max)),
         (asked, _) => asked,
     };
-    Ok(budget.map(|budget| Instant::now() + budget))
+    Ok(budget.map(|budget| clock::now() + budget))
 }
 
 /// Writes the budget left before `deadline` as the next hop's `grpc-timeout`.
 pub fn pass_deadline(deadline: Option<Instant>, outgoing: &mut HeaderMap) {
     if let Some(deadline) = deadline {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.saturating_duration_since(clock::now());
         outgoing.insert(GRPC_TIMEOUT, timeout::format(remaining));
     }
 }

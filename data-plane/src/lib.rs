@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod balance;
 pub mod cli;
+mod clock;
 pub mod endpoint;
 pub mod error;
 pub mod forward;

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::clock;
+
 /// What a breaker is configured with (from the service's outlier policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSettings {
@@ -240,7 +242,7 @@ pub(crate) fn nanos(d: Duration) -> i64 {
 pub(crate) fn now_ns() -> i64 {
     static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| tokio::time::Instant::now() - Duration::from_secs(1));
-    let now = tokio::time::Instant::now();
+    let now = clock::now();
     if now >= epoch {
         nanos(now - epoch)
     } else {

@@ -39,6 +39,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock;
+
 /// Estimate of an endpoint before its first response: optimistic, see the module doc.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(1);
 /// Time constant of the average: how fast the estimate follows a change of latency.
@@ -126,7 +128,7 @@ fn epoch() -> Instant {
 /// Nanoseconds since [`epoch`]; signed because tokio's paused test clocks each start from
 /// their own base, which can be earlier than the epoch another runtime captured first.
 fn now_ns() -> i64 {
-    let (now, epoch) = (Instant::now(), epoch());
+    let (now, epoch) = (clock::now(), epoch());
     let signed = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
     if now >= epoch {
         signed(now - epoch)

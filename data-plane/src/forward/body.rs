@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::clock;
 use crate::wire::{ResponseBody, StreamError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
@@ -94,7 +95,7 @@ impl Call {
     }
 
     fn finish(self, code: i32) {
-        self.metrics.record(code, self.started.elapsed());
+        self.metrics.record(code, clock::since(self.started));
     }
 }
 

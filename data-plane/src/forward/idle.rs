@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::clock;
+
 /// When a frame last passed on one call, either way.
 #[derive(Debug)]
 pub struct Activity {
@@ -34,7 +36,7 @@ pub struct Activity {
 impl Default for Activity {
     fn default() -> Self {
         Activity {
-            since: Instant::now(),
+            since: clock::now(),
             last_frame_ns: AtomicU64::new(0),
         }
     }
@@ -43,7 +45,7 @@ impl Default for Activity {
 impl Activity {
     /// A frame passed now.
     pub fn touch(&self) {
-        let elapsed = self.since.elapsed().as_nanos();
+        let elapsed = clock::since(self.since).as_nanos();
         self.last_frame_ns.store(
             u64::try_from(elapsed).unwrap_or(u64::MAX),
             Ordering::Relaxed,

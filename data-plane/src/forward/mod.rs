@@ -50,6 +50,7 @@ use self::replay::{Buffered, ReplayBuffer};
 use crate::admission::concurrency::{self, ConcurrencyPermit};
 use crate::admission::priority::Priority;
 use crate::balance::PickContext;
+use crate::clock;
 use crate::endpoint::Endpoint;
 use crate::error::{RequestError, Scope};
 use crate::hop;
@@ -144,7 +145,7 @@ impl Forwarder {
         B::Error: Into<BoxError>,
     {
         async move {
-            let started = Instant::now();
+            let started = clock::now();
             let route = self.route_of(request.uri())?;
             route.rate_limit.admit(request.headers())?;
             let deadline = route.deadline(request.headers())?;
@@ -423,7 +424,7 @@ impl Attempt for ForwardAttempt<'_> {
         let request = self.request_for(route, endpoint)?;
         let metrics = route.metrics_of(&endpoint.node.id);
         let mut in_flight = (endpoint.start_owned_request(), metrics.load.start());
-        let sent_at = Instant::now();
+        let sent_at = clock::now();
         let activity = &self.shared.activity;
         activity.touch();
         if self
@@ -448,7 +449,7 @@ impl Attempt for ForwardAttempt<'_> {
             Ok(sent) => sent,
             Err(Expired::Idle(timeout)) => {
                 // A node that never answers, or a client that went silent while streaming.
-                metrics.record(Code::Unavailable as i32, self.started.elapsed());
+                metrics.record(Code::Unavailable as i32, clock::since(self.started));
                 return Err(not_sent(RequestError::StreamIdle {
                     node: endpoint.node.id.clone(),
                     service: route.name.clone(),
@@ -456,7 +457,7 @@ impl Attempt for ForwardAttempt<'_> {
                 }));
             }
             Err(Expired::Deadline) => {
-                metrics.record(Code::DeadlineExceeded as i32, self.started.elapsed());
+                metrics.record(Code::DeadlineExceeded as i32, clock::since(self.started));
                 return Err(not_sent(RequestError::DeadlineExceeded {
                     node: endpoint.node.id.clone(),
                     service: self.route.name.clone(),
@@ -473,14 +474,14 @@ impl Attempt for ForwardAttempt<'_> {
                 if let Some(too_large) = self.shared.oversize.get() {
                     // The proxy cut the request itself: the node is not at fault, and the
                     // call must not go elsewhere.
-                    metrics.record(Code::ResourceExhausted as i32, self.started.elapsed());
+                    metrics.record(Code::ResourceExhausted as i32, clock::since(self.started));
                     return Err(not_sent(RequestError::message_too_large(
                         route.name.clone(),
                         too_large,
                     )));
                 }
                 route.record_failure(endpoint);
-                metrics.record(Code::Unavailable as i32, self.started.elapsed());
+                metrics.record(Code::Unavailable as i32, clock::since(self.started));
                 drop(in_flight);
                 // A call the node never saw may always go elsewhere; an idempotent call
                 // (its body kept for replay) may even if it was sent.
@@ -499,7 +500,7 @@ impl Attempt for ForwardAttempt<'_> {
                 });
             }
         };
-        endpoint.ewma.observe(sent_at.elapsed());
+        endpoint.ewma.observe(clock::since(sent_at));
         let (mut parts, body) = response.into_parts();
         if let Some(node) = &endpoint.node_header {
             parts.headers.insert(SERVED_BY, node.clone());
@@ -507,7 +508,7 @@ impl Attempt for ForwardAttempt<'_> {
         let header_status = body::header_status(&parts.headers);
         if header_status.is_some_and(|code| hop::node_ended_at_deadline(code.into(), self.deadline))
         {
-            metrics.record(Code::DeadlineExceeded as i32, self.started.elapsed());
+            metrics.record(Code::DeadlineExceeded as i32, clock::since(self.started));
             return Err(not_sent(RequestError::DeadlineExceeded {
                 node: endpoint.node.id.clone(),
                 service: self.route.name.clone(),
@@ -754,7 +755,7 @@ mod tests {
             route: &route,
             outgoing: Outgoing::once(Request::new(ProxyBody::default())),
             deadline: None,
-            started: Instant::now(),
+            started: clock::now(),
             admission: None,
             fallback_admission: None,
             priority: Priority::NORMAL,

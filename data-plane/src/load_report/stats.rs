@@ -24,6 +24,7 @@ use meridian_shared::latency_histogram::{BUCKETS, LatencyHistogram, bucket_index
 use tokio::time::Instant;
 
 use super::orca::{OrcaCell, OrcaFigures};
+use crate::clock;
 
 /// Bits of the packed word that count calls in flight (up to about a million).
 const COUNT_BITS: u32 = 20;
@@ -209,7 +210,7 @@ impl IntervalFigures {
 /// wrapping: only differences are used.
 fn now_micros() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let (now, epoch) = (Instant::now(), *EPOCH.get_or_init(Instant::now));
+    let (now, epoch) = (clock::now(), *EPOCH.get_or_init(Instant::now));
     // A paused test clock may start before the epoch another runtime captured. Rounding
     // toward minus infinity on both sides of the epoch keeps a difference of whole
     // microseconds exact when the clock crosses it.

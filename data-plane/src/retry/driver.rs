@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::TriedEndpoints;
 use crate::balance::{Balancer, PickContext};
+use crate::clock;
 use crate::endpoint::Endpoint;
 use crate::error::{RequestError, Scope};
 use crate::table::ServiceRoute;
@@ -144,7 +145,7 @@ impl<'a> RetryDriver<'a> {
         fallbacks: Option<&'a dyn FallbackChain<'a>>,
     ) -> impl Future<Output = Result<Delivered<'a, A::Answer>, RequestError>> {
         async move {
-            let started = Instant::now();
+            let started = clock::now();
             self.route.retry_budget.deposit();
             let policy = &self.route.policy.retry;
             let mut backoff = Backoff::new(
@@ -203,7 +204,7 @@ impl<'a> RetryDriver<'a> {
                     Err(failure) => failure,
                 };
                 let may_go_on =
-                    failure.retry_safe && self.deadline.is_none_or(|d| Instant::now() < d);
+                    failure.retry_safe && self.deadline.is_none_or(|d| clock::now() < d);
                 let retry_here = may_go_on && on_link < max_attempts(&link);
                 let next = (may_go_on && !retry_here)
                     .then(|| self.link_after(&link, fallbacks, &mut attempt, &mut refused))
@@ -332,7 +333,7 @@ impl<'a> RetryDriver<'a> {
     ) -> RequestError {
         route
             .metrics_of(&endpoint.node.id)
-            .record(tonic::Code::DeadlineExceeded as i32, started.elapsed());
+            .record(tonic::Code::DeadlineExceeded as i32, clock::since(started));
         RequestError::DeadlineExceeded {
             node: endpoint.node.id.clone(),
             service: self.route.name.clone(),

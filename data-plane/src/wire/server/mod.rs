@@ -350,6 +350,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         for _ in 0..READS_PER_POLL {
+            // The calls served in this pass take their times from one clock reading.
+            let _pass = crate::clock::Pass::begin();
             // The calls first, so what they write goes out in the same pass below.
             while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
             if let Err(e) = this.poll_write(cx) {
