@@ -262,22 +262,14 @@ impl Connection {
                 kept: false,
             };
             // The common case, an open connection, sends at once; (re)connecting is boxed
-            // so its state is not part of every call's future (nor moved with it).
-            // The sending future holds its own handle of the connection, so nothing else
-            // is cloned and the lock-free load is given back before it is awaited.
-            let sending = {
-                let open = own.sender.load();
-                match open.as_deref().filter(|s| !s.is_closed()) {
-                    Some(connection) => Ok(connection.send(request)),
-                    None => Err(request),
-                }
-            };
-            let response = match sending {
-                Ok(sending) => {
-                    let sent = sending.await;
-                    self.sent(own, sent)?
-                }
-                Err(request) => Box::pin(self.send_on(own, request)).await?,
+            // so its state is not part of every call's future (nor moved with it). The
+            // connection's handle is taken (the lock-free load is given back at once) and
+            // its sending future awaited where it is made: bound to a local first, it
+            // would take its space in this future twice.
+            let open = own.sender.load().as_deref().filter(|s| !s.is_closed()).cloned();
+            let response = match open {
+                Some(connection) => self.sent(own, connection.send(request).await)?,
+                None => Box::pin(self.send_on(own, request)).await?,
             };
             claim.kept = true;
             let stream = StreamSlot {
