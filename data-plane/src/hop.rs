@@ -46,10 +46,12 @@ pub fn deadline(
     Ok(budget.map(|budget| clock::now() + budget))
 }
 
-/// Writes the budget left before `deadline` as the next hop's `grpc-timeout`.
+/// Writes the budget left before `deadline` as the next hop's `grpc-timeout`. The
+/// clock is read anew, not the pass's (`crate::clock`): the time spent in the proxy so far,
+/// however short, is taken off.
 pub fn pass_deadline(deadline: Option<Instant>, outgoing: &mut HeaderMap) {
     if let Some(deadline) = deadline {
-        let remaining = deadline.saturating_duration_since(clock::now());
+        let remaining = deadline.saturating_duration_since(Instant::now());
         outgoing.insert(GRPC_TIMEOUT, timeout::format(remaining));
     }
 }

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::routing::get;
+use futures::future::Either;
 use futures::stream::{FuturesUnordered, StreamExt};
 use http::{Request, Response};
 use meridian_proto::v1::message_router_server::MessageRouterServer;
@@ -316,24 +317,24 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    /// Not an `async fn`, which would hold `request` twice in every call's future.
-    #[allow(clippy::manual_async_fn)] // see above
+    /// Not an `async fn`: a layer that holds the request takes its space in every
+    /// call's future (see [`Forwarder::forward`]).
     fn handle(
         &self,
         request: Request<RecvBody>,
         client: SocketAddr,
     ) -> impl Future<Output = Response<ProxyBody>> {
-        async move {
-            let path = request.uri().path();
-            if LOCAL_SERVICES.iter().any(|prefix| path.starts_with(prefix)) {
-                let mut local = self.local.clone();
-                return match local.call(request).await {
+        let path = request.uri().path();
+        if LOCAL_SERVICES.iter().any(|prefix| path.starts_with(prefix)) {
+            let mut local = self.local.clone();
+            return Either::Left(async move {
+                match local.call(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
-                };
-            }
-            self.forwarder.forward(request, Some(client)).await
+                }
+            });
         }
+        Either::Right(self.forwarder.forward(request, Some(client)))
     }
 }
 

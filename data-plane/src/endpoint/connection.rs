@@ -266,7 +266,12 @@ impl Connection {
             // connection's handle is taken (the lock-free load is given back at once) and
             // its sending future awaited where it is made: bound to a local first, it
             // would take its space in this future twice.
-            let open = own.sender.load().as_deref().filter(|s| !s.is_closed()).cloned();
+            let open = own
+                .sender
+                .load()
+                .as_deref()
+                .filter(|s| !s.is_closed())
+                .cloned();
             let response = match open {
                 Some(connection) => self.sent(own, connection.send(request).await)?,
                 None => Box::pin(self.send_on(own, request)).await?,
