@@ -5,7 +5,7 @@
 //! what they queued in one go, all in the connection's one task. A call is one entry of
 //! the connection's [`FuturesUnordered`] (one allocation, woken on its own); it writes
 //! its answer's HEADERS, DATA and trailers straight into the connection's outgoing
-//! buffer ([`state`]).
+//! buffer (`wire::conn`, with what a client connection adds in [`state`]).
 //!
 //! The work of a call:
 //! 1. the request's header block is decoded and checked (RFC 9113, section 8.3) and
