@@ -438,6 +438,20 @@ impl RawClient {
 }
 
 /// A request's HEADERS frame (with CONTINUATION frames past 16 KiB) from `fields`.
+/// Waits (at most `within`) for the served connection to end because the client broke
+/// the protocol, and checks the reason it was given.
+async fn assert_ended_with(
+    served: tokio::task::JoinHandle<Result<(), ConnectionError>>,
+    reason: Reason,
+    within: Duration,
+) {
+    let ended = tokio::time::timeout(within, served).await;
+    assert!(
+        matches!(&ended, Ok(Ok(Err(ConnectionError::Protocol(r, _)))) if *r == reason),
+        "expected the connection to end with {reason:?}: {ended:?}"
+    );
+}
+
 fn request_frames(id: u32, end: bool, fields: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     frame::write_header_block(&mut out, id, end, frame::DEFAULT_MAX_FRAME, |out| {
@@ -555,17 +569,7 @@ async fn an_undecodable_header_block_ends_the_connection_with_compression_error(
         Reason::from(frame::word(&goaway, 4)),
         Reason::COMPRESSION_ERROR
     );
-    let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
-    assert!(
-        matches!(
-            ended,
-            Ok(Ok(Err(ConnectionError::Protocol(
-                Reason::COMPRESSION_ERROR,
-                _
-            ))))
-        ),
-        "{ended:?}"
-    );
+    assert_ended_with(served, Reason::COMPRESSION_ERROR, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -586,17 +590,7 @@ async fn a_client_that_pings_without_reading_the_answers_is_dropped() {
             }
         }
     });
-    let ended = tokio::time::timeout(Duration::from_secs(20), served).await;
-    assert!(
-        matches!(
-            ended,
-            Ok(Ok(Err(ConnectionError::Protocol(
-                Reason::ENHANCE_YOUR_CALM,
-                _
-            ))))
-        ),
-        "{ended:?}"
-    );
+    assert_ended_with(served, Reason::ENHANCE_YOUR_CALM, Duration::from_secs(20)).await;
     flood.abort();
 }
 
@@ -613,17 +607,7 @@ async fn a_first_frame_other_than_settings_is_a_protocol_error() {
     opening.extend_from_slice(b"12345678");
     let mut client_io = client_io;
     client_io.write_all(&opening).await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
-    assert!(
-        matches!(
-            ended,
-            Ok(Ok(Err(ConnectionError::Protocol(
-                Reason::PROTOCOL_ERROR,
-                _
-            ))))
-        ),
-        "{ended:?}"
-    );
+    assert_ended_with(served, Reason::PROTOCOL_ERROR, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -646,17 +630,7 @@ async fn a_client_opening_streams_without_reading_the_answers_is_refused_then_dr
             }
         }
     });
-    let ended = tokio::time::timeout(Duration::from_secs(30), served).await;
-    assert!(
-        matches!(
-            ended,
-            Ok(Ok(Err(ConnectionError::Protocol(
-                Reason::ENHANCE_YOUR_CALM,
-                _
-            ))))
-        ),
-        "{ended:?}"
-    );
+    assert_ended_with(served, Reason::ENHANCE_YOUR_CALM, Duration::from_secs(30)).await;
     flood.abort();
 }
 
@@ -752,15 +726,5 @@ async fn a_client_whose_streams_keep_breaking_the_protocol_is_dropped() {
         malformed.extend_from_slice(&request_frames(n * 2 + 1, true, &GET[..3]));
     }
     client.send(&malformed).await;
-    let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
-    assert!(
-        matches!(
-            ended,
-            Ok(Ok(Err(ConnectionError::Protocol(
-                Reason::ENHANCE_YOUR_CALM,
-                _
-            ))))
-        ),
-        "{ended:?}"
-    );
+    assert_ended_with(served, Reason::ENHANCE_YOUR_CALM, Duration::from_secs(10)).await;
 }
