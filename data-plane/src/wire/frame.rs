@@ -151,19 +151,6 @@ pub fn word(payload: &[u8], at: usize) -> u32 {
     ])
 }
 
-/// A write buffer that grew past this in a burst (a peer reading slowly) is let go once
-/// written, so that a connection does not hold its largest burst for the rest of its life.
-const KEPT_WRITE_BUFFER: usize = 64 * 1024;
-
-/// Empties a write buffer that was written whole, for reuse (or a new one).
-pub fn recycle_write_buffer(buffer: &mut Vec<u8>) {
-    if buffer.capacity() > KEPT_WRITE_BUFFER {
-        *buffer = Vec::with_capacity(4096);
-    } else {
-        buffer.clear();
-    }
-}
-
 /// A map from stream ids to what a connection keeps per stream.
 pub type StreamMap<V> = HashMap<u32, V, BuildHasherDefault<StreamIdHasher>>;
 

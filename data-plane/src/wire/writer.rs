@@ -8,7 +8,10 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 
 use super::conn::{Role, Shared};
-use super::frame;
+
+/// A write buffer that grew past this in a burst (a peer reading slowly) is let go once
+/// written, so that a connection does not hold its largest burst for the rest of its life.
+const KEPT_WRITE_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub struct Writer {
@@ -44,7 +47,7 @@ impl Writer {
     {
         loop {
             if self.is_idle() {
-                frame::recycle_write_buffer(&mut self.writing);
+                self.recycle();
                 self.written = 0;
                 let mut conn = shared.lock();
                 if conn.out.is_empty() {
@@ -63,6 +66,15 @@ impl Writer {
         match Pin::new(io).poll_flush(cx) {
             Poll::Ready(Err(e)) => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// Empties the buffer written whole, for reuse (or a new one).
+    fn recycle(&mut self) {
+        if self.writing.capacity() > KEPT_WRITE_BUFFER {
+            self.writing = Vec::with_capacity(4096);
+        } else {
+            self.writing.clear();
         }
     }
 
